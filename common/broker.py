@@ -1,0 +1,117 @@
+"""The bus: a ZeroMQ XSUB/XPUB proxy, so every publisher and subscriber knows one address each.
+
+Readers PUB-connect to the frontend (XSUB), the writer, the uplink and taps SUB-connect to the
+backend (XPUB); subscriptions flow upstream through the proxy. The forwarding itself runs in
+libzmq's C proxy (zmq.proxy_steerable) on a thread of its own, since a Python loop would cap
+the bus far below what the sockets can carry; the main thread only watches for the stop signal
+and publishes the broker's heartbeat. At the high-water mark XPUB drops for the slow subscriber
+only (never blocks the others); readers' replay buffers and the writer's gap accounting make
+such a drop visible and repairable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import zmq
+from powmon.common.errors import PowmonError
+from powmon.common.lifecycle import run_process
+from powmon.common.settings import Settings
+from powmon.common.transport import Heartbeat, pub_socket
+
+log = logging.getLogger(__name__)
+
+_CONTROL = "inproc://powmon-broker-control"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    frontend: str
+    backend: str
+    hwm: int
+    heartbeat_interval: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerConfig:
+        return cls(
+            settings.broker_frontend,
+            settings.broker_backend,
+            settings.hwm,
+            settings.heartbeat_interval,
+        )
+
+
+def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, ready: threading.Event,
+           failed: list[BaseException]) -> None:  # fmt: skip
+    frontend = ctx.socket(zmq.XSUB)
+    backend = ctx.socket(zmq.XPUB)
+    control = ctx.socket(zmq.PAIR)
+    try:
+        for sock in (frontend, backend, control):
+            sock.setsockopt(zmq.LINGER, 0)
+        frontend.setsockopt(zmq.RCVHWM, config.hwm)
+        backend.setsockopt(zmq.SNDHWM, config.hwm)
+        frontend.bind(config.frontend)
+        backend.bind(config.backend)
+        control.bind(_CONTROL)
+        ready.set()
+        zmq.proxy_steerable(frontend, backend, None, control)
+    except zmq.ZMQError as err:
+        failed.append(err)
+        ready.set()
+    finally:
+        for sock in (frontend, backend, control):
+            sock.close()
+
+
+def run(config: BrokerConfig, stop: threading.Event) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ready = threading.Event()
+    failed: list[BaseException] = []
+    thread = threading.Thread(
+        target=_proxy, args=(ctx, config, ready, failed), name="proxy", daemon=True
+    )
+    thread.start()
+    ready.wait()
+    if failed:
+        ctx.term()
+        raise PowmonError(
+            f"broker cannot bind {config.frontend} / {config.backend}: {failed[0]}"
+        ) from failed[0]
+    log.info("broker up frontend=%s backend=%s hwm=%d", config.frontend, config.backend,
+             config.hwm)  # fmt: skip
+    status = pub_socket(ctx, config.frontend, config.hwm)
+    status.setsockopt(zmq.LINGER, 0)
+    beat = Heartbeat(status, "broker", "broker", config.heartbeat_interval, dict)
+    control = ctx.socket(zmq.PAIR)
+    control.setsockopt(zmq.LINGER, 0)
+    control.connect(_CONTROL)
+    try:
+        while not stop.wait(min(0.2, config.heartbeat_interval)):
+            beat.beat()
+    finally:
+        beat.beat("stopping", force=True)
+        control.send(b"TERMINATE")
+        thread.join(timeout=5)
+        control.close()
+        status.close()
+        ctx.term()
+        log.info("broker stopped")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)")
+@click.option("--log-level", type=click.IntRange(0, 3), default=None,
+              help="override LOG_LEVEL (0 quiet .. 3 everything)")
+def main(config_path: Path | None, log_level: int | None) -> None:  # fmt: skip
+    """Run the PowMon bus: an XSUB/XPUB proxy on BROKER_FRONTEND / BROKER_BACKEND."""
+    run_process("powmon-broker", config_path, BrokerConfig.from_settings, run, log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The wire format of the PowMon bus: the only module that knows how messages look in bytes.
+
+A message is two ZeroMQ frames, `[topic, payload]`, the payload msgpack. Topics end with '/' so
+that a prefix subscription to `reading/VIC/` never matches `reading/VIC2/`. A reading travels as
+a msgpack array (not a map): it is the hot path, and an array is about half the bytes and
+noticeably faster to pack and unpack than a map with repeated key names.
+
+`(sensor_id, session, seq)` identifies a reading everywhere: on the bus, in CSV, upstream.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+from powmon.common.errors import SchemaError
+
+SCHEMA_VERSION: Final = 1
+READING_PREFIX: Final = b"reading/"
+STATUS_PREFIX: Final = b"status/"
+
+CSV_FIELDS: Final = (
+    "timestamp", "sensor_id", "session", "seq", "raw", "volts", "amps", "watts", "flags",
+)  # fmt: skip
+
+
+class Flag(enum.IntFlag):
+    """Per-reading conditions, stored as names in CSV and as an integer on the wire."""
+
+    OVER_RANGE = 1  # |amps| above the sensor's MAX_AMPS: raw kept, never zeroed
+    AC_RMS = 2  # raw is the RMS deviation over whole mains cycles, not one sample
+    AVERAGED = 4  # raw is the mean of several ADC samples (firmware `avg K`)
+    REPLAYED = 8  # delivered late from a reader's replay buffer, after a gap
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One measurement of one sensor; volts/amps/watts already converted by the reader."""
+
+    sensor_id: str
+    session: str
+    seq: int
+    ts_ns: int
+    raw: float
+    volts: float
+    amps: float
+    watts: float
+    flags: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.sensor_id, self.session, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A heartbeat or event of one process: who it is, its state, and its counters."""
+
+    process: str
+    ident: str
+    pid: int
+    ts_ns: int
+    state: str
+    counters: Mapping[str, Any] = field(default_factory=dict)
+
+
+def reading_topic(sensor_id: str) -> bytes:
+    return READING_PREFIX + sensor_id.encode() + b"/"
+
+
+def status_topic(process: str, ident: str) -> bytes:
+    return STATUS_PREFIX + process.encode() + b"/" + ident.encode() + b"/"
+
+
+def encode_reading(r: Reading) -> list[bytes]:
+    payload = msgpack.packb(
+        [SCHEMA_VERSION, r.sensor_id, r.session, r.seq, r.ts_ns, r.raw, r.volts, r.amps,
+         r.watts, r.flags],
+    )  # fmt: skip
+    return [reading_topic(r.sensor_id), payload]
+
+
+def encode_status(s: Status) -> list[bytes]:
+    payload = msgpack.packb(
+        {"v": SCHEMA_VERSION, "process": s.process, "id": s.ident, "pid": s.pid,
+         "ts": s.ts_ns, "state": s.state, "counters": dict(s.counters)},
+    )  # fmt: skip
+    return [status_topic(s.process, s.ident), payload]
+
+
+def _unpack(payload: bytes) -> Any:
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as err:  # fmt: skip
+        raise SchemaError(f"payload is not msgpack: {err}") from err
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def decode_reading(frames: Sequence[bytes]) -> Reading:
+    """Parse and validate a reading; raise SchemaError for anything else."""
+    if len(frames) != 2:
+        raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
+    topic, payload = bytes(frames[0]), bytes(frames[1])
+    body = _unpack(payload)
+    if not isinstance(body, list) or len(body) != 10:
+        raise SchemaError(f"reading payload: expected a list of 10 fields, got {body!r:.80}")
+    version, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = body
+    if version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"reading: schema version {version!r}, this build speaks {SCHEMA_VERSION}"
+        )
+    if not (isinstance(sensor_id, str) and isinstance(session, str) and sensor_id and session):
+        raise SchemaError(f"reading: bad sensor_id/session {sensor_id!r}/{session!r}")
+    if topic != reading_topic(sensor_id):
+        raise SchemaError(f"reading: topic {topic!r} does not match sensor_id {sensor_id!r}")
+    ints_ok = all(isinstance(x, int) and not isinstance(x, bool) for x in (seq, ts_ns, flags))
+    if not ints_ok or seq < 0 or not all(_num(x) for x in (raw, volts, amps, watts)):
+        raise SchemaError(f"reading: bad field types in {body!r:.120}")
+    return Reading(sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags)
+
+
+def decode_status(frames: Sequence[bytes]) -> Status:
+    """Parse and validate a status message; raise SchemaError for anything else."""
+    if len(frames) != 2:
+        raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
+    body = _unpack(bytes(frames[1]))
+    if not isinstance(body, dict) or body.get("v") != SCHEMA_VERSION:
+        raise SchemaError(f"status: expected a map with v={SCHEMA_VERSION}, got {body!r:.80}")
+    try:
+        status = Status(
+            process=str(body["process"]), ident=str(body["id"]), pid=int(body["pid"]),
+            ts_ns=int(body["ts"]), state=str(body["state"]), counters=dict(body["counters"]),
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as err:
+        raise SchemaError(f"status: missing or bad field: {err}") from err
+    if bytes(frames[0]) != status_topic(status.process, status.ident):
+        raise SchemaError(f"status: topic {bytes(frames[0])!r} does not match its body")
+    return status
+
+
+def flag_names(flags: int) -> str:
+    """'over_range|ac_rms' style text for CSV and JSON; empty for a plain reading."""
+    if not flags:
+        return ""
+    return "|".join(f.name.lower() for f in Flag if f.name is not None and flags & f)
+
+
+_ts_cache: list[Any] = [-1, ""]
+
+
+def format_ts(ts_ns: int) -> str:
+    """UTC ISO 8601 with microseconds and 'Z', the one timestamp format PowMon writes.
+
+    The seconds part is cached: consecutive readings share it, and strftime is the costly bit.
+    """
+    secs, rem = divmod(ts_ns, 1_000_000_000)
+    if secs != _ts_cache[0]:
+        _ts_cache[0] = secs
+        _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    return f"{_ts_cache[1]}.{rem // 1000:06d}Z"
+
+
+def csv_row(r: Reading) -> tuple[object, ...]:
+    """The CSV_FIELDS values of one reading, in order, formatted for a csv.writer."""
+    return (
+        format_ts(r.ts_ns), r.sensor_id, r.session, r.seq, r.raw, f"{r.volts:.5f}",
+        f"{r.amps:.4f}", f"{r.watts:.3f}", flag_names(r.flags),
+    )  # fmt: skip
+
+
+def reading_dict(r: Reading) -> dict[str, object]:
+    """JSON-ready form (tap, uplink json format): CSV_FIELDS plus the exact ns timestamp."""
+    return {
+        "timestamp": format_ts(r.ts_ns), "ts_ns": r.ts_ns, "sensor_id": r.sensor_id,
+        "session": r.session, "seq": r.seq, "raw": r.raw, "volts": r.volts, "amps": r.amps,
+        "watts": r.watts, "flags": flag_names(r.flags),
+    }  # fmt: skip

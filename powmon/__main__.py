@@ -1,0 +1,5 @@
+"""`python -m powmon` is `powmon`."""
+
+from powmon.cli import main
+
+main()

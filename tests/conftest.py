@@ -1,0 +1,46 @@
+"""Fixtures: real processes, real sockets, loopback only, and teardown that always cleans up."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import zmq
+
+from tests.helpers import Proc, python_module
+
+
+@pytest.fixture
+def zmq_ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A context whose sockets get linger 0, so a failing test can never hang at term()."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ctx.setsockopt(zmq.LINGER, 0)
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start child processes; at teardown SIGTERM them, wait with a deadline, then kill."""
+    procs: list[Proc] = []
+
+    def start(argv: Sequence[str], name: str = "proc", env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(argv, tmp_path / f"{name}-{len(procs)}.log", env=env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in reversed(procs):
+        proc.stop(signal.SIGTERM)
+
+
+@pytest.fixture
+def broker(spawn: Callable[..., Proc]) -> Callable[[Path], Proc]:
+    """Start a real powmon broker for a settings file."""
+
+    def start(settings: Path) -> Proc:
+        return spawn(python_module("powmon.common.broker", "--config", str(settings)), "broker")
+
+    return start

@@ -1,0 +1,98 @@
+"""Small synchronisation and process helpers shared by the tests (no sleeps as synchronisation)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_tcp_port()}"
+
+
+def write_settings(path: Path, sensors: Sequence[dict[str, Any]], **overrides: Any) -> Path:
+    """A settings.yaml for tests: loopback endpoints on free ports, data under path's folder."""
+    data: dict[str, Any] = {
+        "SENSORS": list(sensors),
+        "BUDRATE": 115200,
+        "TIMEOUT": 0.5,
+        "POLLING_DELAY": 0.0,
+        "LOCAL_DATA_ROOT": "data",
+        "LOCAL_DATA_FILE": "data.csv",
+        "LOG_LEVEL": 1,
+        "BROKER_FRONTEND": free_endpoint(),
+        "BROKER_BACKEND": free_endpoint(),
+        "HEARTBEAT_INTERVAL": 0.2,
+        "FLUSH_INTERVAL": 0.1,
+    }
+    data.update(overrides)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class Proc:
+    """A child process started by a test, stopped for sure at teardown."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Send `sig`, wait with a deadline, kill if needed; return the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
