@@ -65,6 +65,8 @@ class SensorSettings:
     channel: int | None
     avg: int
     mode: str
+    mains_hz: float
+    ac_cycles: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +262,10 @@ _TOP: Final[dict[str, tuple[Check, Any]]] = {
     "REPLAY_BUFFER": (_int(0), 60_000),
     "RESTART_BACKOFF_MAX": (_float(0.1), 30.0),
     "UPLINK_URL": (_optional(_URL), None),
-    "HOST_KEY_ENV": (_text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),
-                     "POWMON_HOST_KEY"),
+    "HOST_KEY_ENV": (
+        _text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),
+        "POWMON_HOST_KEY",
+    ),
     "HOST_KEY_FILE": (_optional(_text("a path")), None),
     "UPLINK_FORMAT": (_choice(UPLINK_FORMATS), "seed"),
     "UPLINK_BATCH_SIZE": (_int(1, 100_000), 500),
@@ -294,8 +298,16 @@ _SENSOR: Final[dict[str, Check]] = {
     "CHANNEL": _optional(_int(0, 15)),
     "AVG": _int(1, 64),
     "MODE": _choice(SENSOR_MODES),
+    "MAINS_HZ": _float(1, 1000),
+    "AC_CYCLES": _int(1, 100),
 }
-_SENSOR_DEFAULTS: Final = {"CHANNEL": None, "AVG": 1, "MODE": "dc"}
+_SENSOR_DEFAULTS: Final = {
+    "CHANNEL": None,
+    "AVG": 1,
+    "MODE": "dc",
+    "MAINS_HZ": 50.0,
+    "AC_CYCLES": 5,
+}
 _SENSOR_REQUIRED: Final = ("PORT", "SENSORS_ID")
 
 
@@ -327,8 +339,7 @@ def _read_yaml(where: Path) -> dict[str, Any]:
         raise SettingsError(f"{where}: {at}not valid YAML: {problem}") from err
     if not isinstance(data, dict):
         raise SettingsError(
-            f"{where}: expected a mapping of settings at the top level, "
-            f"got {type(data).__name__}"
+            f"{where}: expected a mapping of settings at the top level, got {type(data).__name__}"
         )
     return data
 
@@ -401,7 +412,8 @@ def _check_sensor(where: Path, i: int, entry: Any, top: dict[str, Any]) -> Senso
         sensor_id=got["SENSORS_ID"], port=got["PORT"], baudrate=got["BUDRATE"],
         timeout=got["TIMEOUT"], polling_delay=got["POLLING_DELAY"], vpp=got["VPP"],
         offset=got["OFFSET"], sns=got["SNS"], vcc=got["VCC"], max_amps=got["MAX_AMPS"],
-        channel=got["CHANNEL"], avg=got["AVG"], mode=got["MODE"],
+        channel=got["CHANNEL"], avg=got["AVG"], mode=got["MODE"], mains_hz=got["MAINS_HZ"],
+        ac_cycles=got["AC_CYCLES"],
     )  # fmt: skip
 
 
