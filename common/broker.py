@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 import zmq
+
 from powmon.common.errors import PowmonError
 from powmon.common.lifecycle import run_process
 from powmon.common.settings import Settings

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgpack
+
 from powmon.common.errors import SchemaError
 
 SCHEMA_VERSION: Final = 1

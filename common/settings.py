@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+
 from powmon.common.errors import SettingsError
 
 ENV_SETTINGS: Final = "POWMON_SETTINGS"

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import zmq
+
 from powmon.common.schema import Status, encode_status
 
 PUB_LINGER_MS: Final = 2000

@@ -1,0 +1,101 @@
+"""`powmon tap`: watch the live stream as one more subscriber, one JSON object a line.
+
+A tap is an ordinary SUB socket on the broker's backend. It cannot slow the pipeline down: if
+the terminal (or a pipe into `jq`) reads too slowly, the broker drops messages for this
+subscriber only (the seq column shows where), never for the writer or the uplink.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+import click
+import zmq
+
+from powmon.common.errors import SchemaError
+from powmon.common.lifecycle import install_stop_handlers, load_or_exit
+from powmon.common.schema import (
+    READING_PREFIX,
+    STATUS_PREFIX,
+    decode_reading,
+    decode_status,
+    reading_dict,
+    reading_topic,
+)
+from powmon.common.transport import sub_socket
+
+
+def _topics(sensors: tuple[str, ...], with_status: bool) -> list[bytes]:
+    topics = [reading_topic(s) for s in sensors] if sensors else [READING_PREFIX]
+    if with_status:
+        topics.append(STATUS_PREFIX)
+    return topics
+
+
+def _render(frames: list[bytes]) -> dict[str, object]:
+    if frames[0].startswith(STATUS_PREFIX):
+        status = decode_status(frames)
+        return {
+            "status": status.process, "id": status.ident, "pid": status.pid,
+            "ts_ns": status.ts_ns, "state": status.state, "counters": dict(status.counters),
+        }  # fmt: skip
+    return reading_dict(decode_reading(frames))
+
+
+def tap(
+    backend: str, topics: list[bytes], hwm: int, stop: threading.Event, out: TextIO, count: int
+) -> int:
+    """Print messages until stopped or `count` readings were shown; return how many were."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = sub_socket(ctx, backend, topics, hwm)
+    shown = bad = 0
+    try:
+        while not stop.is_set() and (count == 0 or shown < count):
+            if not sock.poll(200):
+                continue
+            frames = sock.recv_multipart()
+            try:
+                record = _render(frames)
+            except SchemaError as err:
+                bad += 1
+                print(f"powmon tap: skipped a bad message ({bad} so far): {err}", file=sys.stderr)
+                continue
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            shown += "sensor_id" in record
+    except BrokenPipeError:
+        pass  # `powmon tap | head` closed the pipe: that is a normal way to stop
+    finally:
+        sock.close()
+        ctx.term()
+    return shown
+
+
+@click.command("tap", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
+)
+@click.option("--sensor", "sensors", multiple=True, help="only this sensor id (repeatable)")
+@click.option("--status", "with_status", is_flag=True, help="also print heartbeats")
+@click.option(
+    "--count",
+    type=click.IntRange(0),
+    default=0,
+    help="exit after this many readings (0: run until Ctrl-C)",
+)
+def tap_command(config_path: Path | None, sensors: tuple[str, ...], with_status: bool,
+                count: int) -> None:  # fmt: skip
+    """Print live readings of a running pipeline as JSON lines, without disturbing it."""
+    settings = load_or_exit(config_path)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    tap(settings.broker_backend, _topics(sensors, with_status), settings.hwm, stop,
+        sys.stdout, count)  # fmt: skip
