@@ -129,7 +129,9 @@ def deploy_command() -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="write here instead of stdout"
 )
-def supervisord_command(config_path: Path | None, run_dir: Path, out: Path | None) -> None:  # fmt: skip
+def supervisord_command(
+    config_path: Path | None, run_dir: Path, out: Path | None
+) -> None:
     """Print a supervisord.conf with one program per reader, plus broker, writer, uplink."""
     text = supervisord_conf(load_or_exit(config_path), run_dir)
     if out is None:
