@@ -1,0 +1,16 @@
+"""The firmware is built once per session; without the AVR toolchain or simavr the tests skip."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.firmware.simboard import Built, FirmwareUnavailable, build
+
+
+@pytest.fixture(scope="session")
+def firmware() -> Built:
+    """firmware/build/powmon.elf and the powmon_sim harness, made (or found up to date) once."""
+    try:
+        return build()
+    except FirmwareUnavailable as err:
+        pytest.skip(str(err))

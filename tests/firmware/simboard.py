@@ -1,0 +1,183 @@
+"""The real PowMon firmware on a simulated ATmega328P, reachable through a real pseudo-terminal.
+
+`build()` runs `make -C firmware all harness` (seconds; make skips what is up to date) and
+`SimBoard` starts `firmware/build/powmon_sim` as a child process:
+
+    with SimBoard(built.elf, mv=2600) as port:        # A0 at 2.6 V, AREF 5 V
+        serial.Serial(port, 115200, timeout=2)         # 'read \\n' -> b'532\\r\\n'
+
+Linux only (pseudo-terminals, simavr), like the rest of the simulator.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE_DIR = REPO / "firmware"
+BUILD_DIR = FIRMWARE_DIR / "build"
+ELF = BUILD_DIR / "powmon.elf"
+HARNESS = BUILD_DIR / "powmon_sim"
+ARDUINO_CORE = Path("/usr/share/arduino/hardware/arduino/avr/cores/arduino/Arduino.h")
+BAUD = 115200
+AREF_MV = 5000
+
+Sine = tuple[float, float, float]
+"""offset mV, amplitude mV, frequency Hz"""
+
+
+class FirmwareUnavailable(RuntimeError):
+    """The AVR toolchain, the Arduino core or simavr is not installed: tests skip with this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    elf: Path
+    harness: Path
+
+
+def missing_tools() -> list[str]:
+    """What `firmware/install-deps.sh` would install, as far as it is missing here."""
+    tools = ("make", "avr-gcc", "avr-g++", "avr-objcopy", "cc", "pkg-config")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not ARDUINO_CORE.is_file():
+        missing.append(f"Arduino core ({ARDUINO_CORE.parent})")
+    if shutil.which("pkg-config"):
+        for lib in ("simavr", "libelf"):
+            if subprocess.run(["pkg-config", "--exists", lib], check=False).returncode != 0:
+                missing.append(f"{lib} (pkg-config)")
+    return missing
+
+
+def build(timeout: float = 300.0) -> Built:
+    """Build firmware and harness; a missing tool is FirmwareUnavailable, a failed build is not."""
+    missing = missing_tools()
+    if missing:
+        raise FirmwareUnavailable(
+            f"firmware toolchain missing: {', '.join(missing)}; run firmware/install-deps.sh"
+        )
+    proc = subprocess.run(
+        ["make", "-C", str(FIRMWARE_DIR), "all", "harness"],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"make -C firmware failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
+    return Built(ELF, HARNESS)
+
+
+def ideal_count(mv: float, aref_mv: float = AREF_MV) -> int:
+    """What a perfect 10-bit ADC reads for `mv`, clipped to 0..1023."""
+    return max(0, min(1023, round(mv / aref_mv * 1024)))
+
+
+def harness_argv(
+    harness: Path, elf: Path, inputs: Mapping[int, float | Sine], aref_mv: int, speed: float
+) -> list[str]:
+    argv = [str(harness), "--aref-mv", str(aref_mv), "--speed", str(speed)]
+    for channel, value in sorted(inputs.items()):
+        argv += ["--ch", str(channel)]
+        if isinstance(value, tuple):
+            argv += ["--sine-mv", ":".join(str(v) for v in value)]
+        else:
+            argv += ["--mv", str(value)]
+    return [*argv, str(elf)]
+
+
+class SimBoard:
+    """A simulated board as a context manager: entering starts it and gives its pty path.
+
+    `mv` or `sine` drive A0; `inputs` drives any of A0..A5 ({3: 1200.0, 1: (2500, 800, 60)}).
+    Inputs not given read 0 V. `speed` 1 keeps simulated time in step with the wall clock.
+    """
+
+    def __init__(
+        self,
+        elf: Path | str = ELF,
+        mv: float | None = None,
+        sine: Sine | None = None,
+        *,
+        inputs: Mapping[int, float | Sine] | None = None,
+        aref_mv: int = AREF_MV,
+        speed: float = 1.0,
+        harness: Path | str = HARNESS,
+        start_timeout: float = 15.0,
+    ) -> None:
+        if mv is not None and sine is not None:
+            raise ValueError("give A0 either a constant `mv` or a `sine`, not both")
+        chosen: dict[int, float | Sine] = dict(inputs or {})
+        if mv is not None:
+            chosen[0] = mv
+        if sine is not None:
+            chosen[0] = sine
+        self.argv = harness_argv(Path(harness), Path(elf), chosen, aref_mv, speed)
+        self.start_timeout = start_timeout
+        self.port = ""
+        self.popen: subprocess.Popen[bytes] | None = None
+        self._log_path = Path()
+
+    def __enter__(self) -> str:
+        fd, name = tempfile.mkstemp(prefix="powmon-sim-", suffix=".log")
+        self._log_path = Path(name)
+        with os.fdopen(fd, "wb") as log:
+            self.popen = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            self.port = self._wait_for_pty()
+        except BaseException:
+            self.stop()
+            raise
+        return self.port
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def output(self) -> str:
+        """What the harness printed (stdout and stderr), for failure messages."""
+        try:
+            return self._log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _wait_for_pty(self) -> str:
+        assert self.popen is not None
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            for line in self.output().splitlines():
+                if line.startswith("PTY "):
+                    return line.split(" ", 1)[1].strip()
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"powmon_sim exited with {self.popen.returncode}: {self.output().strip()}"
+                )
+            time.sleep(0.01)  # polling a file with a deadline; the harness prints once
+        raise TimeoutError(f"powmon_sim printed no PTY line in {self.start_timeout:.0f}s")
+
+    def stop(self) -> None:
+        """SIGTERM, wait with a deadline, then SIGKILL; idempotent."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        if self._log_path.name:
+            self._log_path.unlink(missing_ok=True)
