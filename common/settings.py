@@ -66,7 +66,7 @@ class SensorSettings:
     channel: int | None
     avg: int
     mode: str
-    mains_hz: float
+    mains_hz: int
     ac_cycles: int
 
 
@@ -296,17 +296,17 @@ _SENSOR: Final[dict[str, Check]] = {
     "SNS": _TOP["SNS"][0],
     "VCC": _TOP["VCC"][0],
     "MAX_AMPS": _TOP["MAX_AMPS"][0],
-    "CHANNEL": _optional(_int(0, 15)),
+    "CHANNEL": _optional(_int(0, 5)),  # A0..A5 of an Uno
     "AVG": _int(1, 64),
     "MODE": _choice(SENSOR_MODES),
-    "MAINS_HZ": _float(1, 1000),
+    "MAINS_HZ": _int(1, 1000),  # the firmware takes whole hertz
     "AC_CYCLES": _int(1, 100),
 }
 _SENSOR_DEFAULTS: Final = {
     "CHANNEL": None,
     "AVG": 1,
     "MODE": "dc",
-    "MAINS_HZ": 50.0,
+    "MAINS_HZ": 50,
     "AC_CYCLES": 5,
 }
 _SENSOR_REQUIRED: Final = ("PORT", "SENSORS_ID")

@@ -1,0 +1,107 @@
+"""Text options (sim:// query strings, `powmon sim` sensor specs) to typed simulator settings.
+
+Both front ends share one table so that `sim://VIC?amps=2&ac=50` and `powmon sim
+VIC:amps=2,ac=50` mean the same thing and fail with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from powmon.sim.device import Fault, SignalSpec
+
+Parser = Callable[[str], Any]
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _nonneg(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _ac(text: str) -> float | None:
+    """`ac=0` (or `ac=dc`) keeps the sensor on DC, which reads better in scripts than omitting."""
+    return None if text in {"0", "dc"} else _positive(text)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _flag(text: str) -> bool:
+    if text not in {"0", "1"}:
+        raise ValueError("expected 0 or 1")
+    return text == "1"
+
+
+# option name -> (SignalSpec field, parser)
+SIGNAL_OPTIONS: Final[dict[str, tuple[str, Parser]]] = {
+    "amps": ("amps", _float),
+    "ac": ("ac_hz", _ac),
+    "noise": ("noise", _nonneg),
+    "seed": ("seed", int),
+    "boot": ("boot_chatter", _flag),
+    "offset": ("offset_v", _float),
+    "sns": ("sns", _positive),
+    "vref": ("vref", _positive),
+}
+
+# option name -> the fault it repeats, for `<name>_every=N`
+FAULT_OPTIONS: Final[dict[str, Fault]] = {f"{f.value}_every": f for f in Fault}
+
+# URL-only options: pacing, the simulated unplug and periodic faults
+PORT_OPTIONS: Final[dict[str, Parser]] = {
+    "baud": _count,
+    "pace": _flag,
+    "disconnect_after": _count,
+    **dict.fromkeys(FAULT_OPTIONS, _count),
+}
+
+
+def parse_options(
+    where: str, options: Mapping[str, str], extra: Mapping[str, Parser] | None = None
+) -> tuple[SignalSpec, dict[str, Any]]:
+    """Split options into a SignalSpec and the parsed `extra` ones; ValueError names the culprit.
+
+    Unknown names are all listed at once, with the known ones, so a typo is fixed in one go.
+    """
+    extra = extra or {}
+    unknown = sorted(set(options) - set(SIGNAL_OPTIONS) - set(extra))
+    if unknown:
+        known = ", ".join(sorted([*SIGNAL_OPTIONS, *extra]))
+        raise ValueError(
+            f"{where}: unknown parameter(s) {', '.join(map(repr, unknown))}; known: {known}"
+        )
+    fields: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for name, text in options.items():
+        parser = SIGNAL_OPTIONS[name][1] if name in SIGNAL_OPTIONS else extra[name]
+        try:
+            value = parser(text.strip())
+        except ValueError as err:
+            raise ValueError(f"{where}: parameter {name}={text!r}: {err}") from None
+        if name in SIGNAL_OPTIONS:
+            fields[SIGNAL_OPTIONS[name][0]] = value
+        else:
+            rest[name] = value
+    return SignalSpec(**fields), rest

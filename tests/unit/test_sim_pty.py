@@ -1,0 +1,172 @@
+"""The simulated Arduino on a real pseudo-terminal, driven through real pyserial (POSIX)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import serial
+
+from powmon.sim.device import BOOT_CHATTER, Fault, SignalSpec, SimDevice
+from powmon.sim.pty import PtySimulator
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[PtySimulator]:
+    """A noisy 2.5 A DC sensor behind a pty, reachable through a stable link."""
+    device = SimDevice(SignalSpec(amps=2.5, noise=0.05, seed=3), sensor_id="VIC")
+    with PtySimulator(device, link=tmp_path / "ttyVIC") as simulator:
+        yield simulator
+
+
+def open_port(path: str, timeout: float = 1.0) -> serial.SerialBase:
+    return serial.serial_for_url(path, baudrate=115200, timeout=timeout)
+
+
+def ask(port: serial.SerialBase, request: bytes = b"read \n") -> bytes:
+    port.write(request)
+    return port.readline()
+
+
+def test_reads_through_pyserial_match_device(sim: PtySimulator) -> None:
+    """The host's parsed answers are exactly the values the device says it sent."""
+    assert Path(sim.path).is_symlink()
+    with open_port(sim.path) as port:
+        assert ask(port) == BOOT_CHATTER  # the open rebooted the board
+        values = [float(port.readline())]
+        values += [float(ask(port)) for _ in range(30)]
+    assert values == sim.device.sent
+    assert all(500 < v < 600 for v in values)
+
+
+def test_raw_mode_no_echo_no_translation(sim: PtySimulator) -> None:
+    """The pty is raw: \\r reaches the device unchanged and nothing is echoed back."""
+    with open_port(sim.path, timeout=0.2) as port:
+        assert ask(port, b"r\r\n") == BOOT_CHATTER
+        assert port.readline() == b"ok\r\n"
+        assert ask(port, b"id\r\n") == b"POWMON 1.0.0 SIM-VIC\r\n"
+        assert port.read(100) == b""  # no echo of the requests
+
+
+def test_reopen_reboots_the_board(sim: PtySimulator) -> None:
+    """Every open is a DTR reset: chatter again, and modes set before are forgotten."""
+    with open_port(sim.path) as port:
+        assert ask(port, b"avg 4\n") == BOOT_CHATTER
+        assert port.readline() == b"ok avg 4\r\n"
+        assert b"." in ask(port)
+        assert sim.host_open
+    wait_until(lambda: not sim.host_open, what="the simulator to see the close")
+    with open_port(sim.path) as port:
+        assert ask(port) == BOOT_CHATTER
+        assert b"." not in port.readline()
+
+
+def test_no_chatter_when_disabled(tmp_path: Path) -> None:
+    """boot_chatter=False: the first line after open is the first answer."""
+    device = SimDevice(SignalSpec(boot_chatter=False))
+    with PtySimulator(device) as sim, open_port(sim.path) as port:
+        assert sim.path.startswith("/dev/")
+        assert ask(port) == b"512\r\n"
+
+
+def test_overlong_input_recovers(sim: PtySimulator) -> None:
+    """200 bytes without a newline overflow the RX buffer (`err`); the next line is answered."""
+    with open_port(sim.path) as port:
+        port.write(b"x" * 200 + b"\nr \n")
+        assert port.readline() == BOOT_CHATTER
+        assert port.readline() == b"err\r\n"
+        assert port.readline() == b"ok\r\n"
+
+
+def test_fault_through_pty(sim: PtySimulator) -> None:
+    """Injected faults reach the host as bytes on the wire."""
+    with open_port(sim.path, timeout=0.2) as port:
+        ask(port, b"r\n")
+        assert port.readline() == b"ok\r\n"
+        sim.device.inject(Fault.NONNUMERIC)
+        sim.device.inject(Fault.PARTIAL)
+        assert ask(port) == b"abc\r\n"
+        partial = ask(port)
+        assert partial.isdigit()  # no line end: readline gave up at the timeout
+        assert float(partial) not in sim.device.sent
+
+
+def test_unplug_fails_the_open_port_and_replug_reconnects(sim: PtySimulator) -> None:
+    """unplug: the open port errors or reads EOF, the link goes; replug: the path works again."""
+    port = open_port(sim.path)
+    try:
+        ask(port, b"r\n")
+        assert port.readline() == b"ok\r\n"
+        sim.unplug()
+        assert not sim.plugged
+        assert not os.path.lexists(sim.path)
+        try:
+            got = port.read(1)
+        except serial.SerialException:
+            got = b""
+        assert got == b""
+        with pytest.raises(serial.SerialException):
+            port.write(b"read\n")
+            port.flush()
+    finally:
+        port.close()
+    with pytest.raises(serial.SerialException):
+        open_port(sim.path)
+    sim.replug()
+    with open_port(sim.path) as again:
+        assert ask(again) == BOOT_CHATTER
+        assert float(again.readline()) == sim.device.sent[-1]
+
+
+def test_replug_without_link_gives_a_new_path() -> None:
+    """Without a link the path is the pty itself, which a replug replaces."""
+    with PtySimulator(SimDevice(SignalSpec())) as sim:
+        first = sim.path
+        sim.replug()
+        assert sim.path != "" and os.path.exists(sim.path)
+        with open_port(sim.path) as port:
+            ask(port, b"r\n")
+            assert port.readline() == b"ok\r\n"
+    assert not sim.plugged
+    assert first.startswith("/dev/")
+
+
+def test_link_refuses_to_replace_a_real_file(tmp_path: Path) -> None:
+    """A link path that is a regular file is left alone (it is not ours)."""
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    with pytest.raises(FileExistsError):
+        PtySimulator(SimDevice(SignalSpec()), link=target).start()
+    assert target.read_text() == "keep me"
+
+
+def test_baud_pacing_takes_at_least_wire_time() -> None:
+    """At 9600 baud, 50 exchanges cannot be faster than their bytes on a UART."""
+    device = SimDevice(SignalSpec(amps=1.0, boot_chatter=False))
+    with PtySimulator(device, baud=9600) as sim, open_port(sim.path, timeout=2) as port:
+        started = time.monotonic()
+        wire = 0
+        for _ in range(50):
+            answer = ask(port)
+            assert answer.endswith(b"\r\n")
+            wire += len(b"read \n") + len(answer)
+        elapsed = time.monotonic() - started
+    assert elapsed >= wire * 10 / 9600
+    assert len(device.sent) == 50
+
+
+def test_close_stops_the_thread() -> None:
+    """close() ends the serving thread and closes the pty; a second close is harmless."""
+    sim = PtySimulator(SimDevice(SignalSpec())).start()
+    with pytest.raises(RuntimeError):
+        sim.start()
+    sim.close()
+    sim.close()
+    assert not sim.plugged
