@@ -184,3 +184,82 @@ def reading_dict(r: Reading) -> dict[str, object]:
         "session": r.session, "seq": r.seq, "raw": r.raw, "volts": r.volts, "amps": r.amps,
         "watts": r.watts, "flags": flag_names(r.flags),
     }  # fmt: skip
+
+
+# ---- replay side channel (reader ROUTER <-> writer/uplink DEALER) ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """Ask a reader for readings first..last (inclusive) of one of its sessions."""
+
+    session: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReply:
+    """What a reader still holds of the asked range, and what it holds at all.
+
+    `readings` are the asked readings still in the reader's ring (possibly fewer than asked,
+    capped per reply); `available` is (first, last) of the whole ring, (0, -1) when empty or
+    when `session` is not the reader's current session, so the asker can tell a range that is
+    gone for good from one that merely did not fit in this reply.
+    """
+
+    sensor_id: str
+    session: str
+    available: tuple[int, int]
+    readings: tuple[Reading, ...]
+
+
+def encode_replay_request(req: ReplayRequest) -> bytes:
+    return msgpack.packb([SCHEMA_VERSION, "replay", req.session, req.first, req.last])
+
+
+def decode_replay_request(payload: bytes) -> ReplayRequest:
+    body = _unpack(payload)
+    if (
+        not isinstance(body, list)
+        or len(body) != 5
+        or body[0] != SCHEMA_VERSION
+        or body[1] != "replay"
+        or not isinstance(body[2], str)
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in body[3:])
+    ):
+        raise SchemaError(
+            f"replay request: expected [v, 'replay', session, first, last], got {body!r:.80}"
+        )
+    return ReplayRequest(body[2], body[3], body[4])
+
+
+def encode_replay_reply(
+    sensor_id: str, session: str, available: tuple[int, int], payloads: Sequence[bytes]
+) -> bytes:
+    """Reading payloads go as they were published (already packed), nested as bin fields."""
+    return msgpack.packb(
+        [SCHEMA_VERSION, "replayed", sensor_id, session, list(available), list(payloads)],
+        use_bin_type=True,
+    )
+
+
+def decode_replay_reply(payload: bytes) -> ReplayReply:
+    body = _unpack(payload)
+    if (
+        not isinstance(body, list)
+        or len(body) != 6
+        or body[0] != SCHEMA_VERSION
+        or body[1] != "replayed"
+        or not isinstance(body[2], str)
+        or not isinstance(body[3], str)
+        or not isinstance(body[4], list)
+        or len(body[4]) != 2
+        or not isinstance(body[5], list)
+    ):
+        raise SchemaError(f"replay reply: malformed {body!r:.80}")
+    topic = reading_topic(body[2])
+    readings = tuple(decode_reading([topic, p]) for p in body[5] if isinstance(p, bytes))
+    if len(readings) != len(body[5]):
+        raise SchemaError("replay reply: a reading payload is not bytes")
+    return ReplayReply(body[2], body[3], (int(body[4][0]), int(body[4][1])), readings)

@@ -1,0 +1,102 @@
+"""Readers answer range requests from their ring; what the ring lost is reported as gone."""
+
+from __future__ import annotations
+
+import zmq
+
+from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer, replay_bind_endpoint
+from powmon.common.schema import Reading, Status, encode_reading
+from tests.helpers import wait_until
+
+
+def _payload(seq: int, session: str = "s1") -> bytes:
+    return encode_reading(Reading("VIC", session, seq, seq, 512, 0.0, 0.0, 0.0))[1]
+
+
+def test_ring_keeps_the_last_n_and_knows_its_range() -> None:
+    """A ring of 5 after 12 appends holds seq 7..11 and serves only those."""
+    ring = ReplayRing(5)
+    for seq in range(12):
+        ring.append(seq, _payload(seq))
+    assert ring.available == (7, 11)
+    assert len(ring.range(0, 100)) == 5
+    assert ring.range(9, 9) == [_payload(9)]
+    assert ring.range(0, 6) == []
+    assert len(ring.range(7, 11, limit=2)) == 2
+
+
+def test_bind_endpoint_follows_the_broker_interface() -> None:
+    """Replay listens where the broker listens (loopback by default), never on all interfaces."""
+    assert replay_bind_endpoint("tcp://127.0.0.1:5555") == "tcp://127.0.0.1"
+    assert replay_bind_endpoint("tcp://10.1.2.3:5555") == "tcp://10.1.2.3"
+    assert replay_bind_endpoint("tcp://*:5555") == "tcp://127.0.0.1"
+
+
+def test_client_gets_missing_range_and_learns_what_is_gone(
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    """Over real sockets: a request for 0..9 of a ring holding 3..9 returns 3..9, avail (3, 9)."""
+    ring = ReplayRing(7)
+    for seq in range(10):
+        ring.append(seq, _payload(seq))
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1")
+    client = ReplayClient(zmq_ctx, timeout=30)
+    assert not client.ask("VIC", "s1", 0, 9)  # no heartbeat seen yet: endpoint unknown
+    client.learn(
+        Status("reader", "VIC", 1, 0, "running", {"session": "s1", "replay": server.endpoint})
+    )
+    assert client.ask("VIC", "s1", 0, 9)
+    replies = []
+
+    def answered() -> bool:
+        server.serve_pending()
+        replies.extend(client.replies())
+        return bool(replies)
+
+    wait_until(answered, timeout=10, what="replay reply")
+    (reply,) = replies
+    assert reply.available == (3, 9)
+    assert [r.seq for r in reply.readings] == list(range(3, 10))
+    assert client.outstanding == 0
+    server.close()
+    client.close()
+
+
+def test_request_for_another_session_gets_nothing(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """After a reader restart its old session is gone for good: avail (0, -1), no readings."""
+    ring = ReplayRing(10)
+    ring.append(0, _payload(0, "new"))
+    server = ReplayServer(zmq_ctx, "VIC", "new", ring, "tcp://127.0.0.1")
+    client = ReplayClient(zmq_ctx)
+    client.learn(
+        Status("reader", "VIC", 1, 0, "running", {"session": "old", "replay": server.endpoint})
+    )
+    assert client.ask("VIC", "old", 0, 5)
+    got = []
+
+    def answered() -> bool:
+        server.serve_pending()
+        got.extend(client.replies())
+        return bool(got)
+
+    wait_until(answered, timeout=10, what="replay reply")
+    assert got[0].available == (0, -1)
+    assert got[0].readings == ()
+    server.close()
+    client.close()
+
+
+def test_junk_request_is_counted_not_fatal(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """Bytes that are not a replay request are counted; the server keeps serving."""
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ReplayRing(4), "tcp://127.0.0.1")
+    dealer = zmq_ctx.socket(zmq.DEALER)
+    dealer.connect(server.endpoint)
+    dealer.send(b"\xc1\x00junk")
+
+    def counted() -> bool:
+        server.serve_pending()
+        return server.bad_requests == 1
+
+    wait_until(counted, timeout=10, what="bad request counted")
+    dealer.close()
+    server.close()
