@@ -101,29 +101,40 @@ def _unpack(payload: bytes) -> Any:
         raise SchemaError(f"payload is not msgpack: {err}") from err
 
 
-def _num(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+_NUMBER: Final = (int, float)
 
 
 def decode_reading(frames: Sequence[bytes]) -> Reading:
-    """Parse and validate a reading; raise SchemaError for anything else."""
+    """Parse and validate a reading; raise SchemaError for anything else.
+
+    This runs once per reading in every subscriber, so the checks use exact `type(x) is`
+    tests (which also rule out bool, a subclass of int) instead of isinstance chains.
+    """
     if len(frames) != 2:
         raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
-    topic, payload = bytes(frames[0]), bytes(frames[1])
+    topic, payload = frames
     body = _unpack(payload)
-    if not isinstance(body, list) or len(body) != 10:
+    if type(body) is not list or len(body) != 10:
         raise SchemaError(f"reading payload: expected a list of 10 fields, got {body!r:.80}")
     version, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = body
     if version != SCHEMA_VERSION:
         raise SchemaError(
             f"reading: schema version {version!r}, this build speaks {SCHEMA_VERSION}"
         )
-    if not (isinstance(sensor_id, str) and isinstance(session, str) and sensor_id and session):
+    if type(sensor_id) is not str or type(session) is not str or not sensor_id or not session:
         raise SchemaError(f"reading: bad sensor_id/session {sensor_id!r}/{session!r}")
-    if topic != reading_topic(sensor_id):
+    if bytes(topic) != READING_PREFIX + sensor_id.encode() + b"/":
         raise SchemaError(f"reading: topic {topic!r} does not match sensor_id {sensor_id!r}")
-    ints_ok = all(isinstance(x, int) and not isinstance(x, bool) for x in (seq, ts_ns, flags))
-    if not ints_ok or seq < 0 or not all(_num(x) for x in (raw, volts, amps, watts)):
+    if (
+        type(seq) is not int
+        or type(ts_ns) is not int
+        or type(flags) is not int
+        or seq < 0
+        or type(raw) not in _NUMBER
+        or type(volts) not in _NUMBER
+        or type(amps) not in _NUMBER
+        or type(watts) not in _NUMBER
+    ):
         raise SchemaError(f"reading: bad field types in {body!r:.120}")
     return Reading(sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags)
 

@@ -1,0 +1,148 @@
+"""Data file names, and finding the file to append to, from the directory alone.
+
+A name is `<stem>-<counter>-<UTC time><suffix>`, e.g. `data-000001-20261125T174216Z.csv` for
+LOCAL_DATA_FILE `data.csv`. The counter comes first so that lexical order is creation order even
+when the wall clock jumps back; the time is there for people. The current file is the one with
+the highest counter: the original script remembered it by rewriting settings.yaml on every
+rotation, which lost the setting (and the secret in it) whenever it crashed mid-write.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Final
+
+from powmon.common.schema import CSV_FIELDS
+
+log = logging.getLogger(__name__)
+
+COUNTER_WIDTH: Final = 6
+TIME_FORMAT: Final = "%Y%m%dT%H%M%SZ"
+LINE_TERMINATOR: Final = "\n"
+# How much of the newest files to read on start to learn the last stored seq of each stream.
+TAIL_BYTES: Final = 256 * 1024
+
+_SENSOR_COL: Final = CSV_FIELDS.index("sensor_id")
+_SESSION_COL: Final = CSV_FIELDS.index("session")
+_SEQ_COL: Final = CSV_FIELDS.index("seq")
+
+
+def header_line() -> str:
+    """The header row exactly as the csv module writes it, so a resumed file can be checked."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator=LINE_TERMINATOR).writerow(CSV_FIELDS)
+    return out.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class FileNaming:
+    """How data file names derive from LOCAL_DATA_FILE, and how to read them back."""
+
+    stem: str
+    suffix: str
+
+    @classmethod
+    def from_data_file(cls, data_file: str) -> FileNaming:
+        name = PurePath(data_file).name
+        suffix = PurePath(name).suffix
+        stem = name[: len(name) - len(suffix)] if suffix else name
+        return cls(stem or "data", suffix)
+
+    def name(self, counter: int, created: float) -> str:
+        stamp = time.strftime(TIME_FORMAT, time.gmtime(created))
+        return f"{self.stem}-{counter:0{COUNTER_WIDTH}d}-{stamp}{self.suffix}"
+
+    def counter_of(self, name: str) -> int | None:
+        """The counter of a data file name, or None for any other file."""
+        pattern = rf"{re.escape(self.stem)}-(\d{{{COUNTER_WIDTH},}})-\d{{8}}T\d{{6}}Z"
+        match = re.fullmatch(pattern + re.escape(self.suffix), name)
+        return int(match.group(1)) if match else None
+
+
+def list_files(root: Path, naming: FileNaming) -> list[tuple[int, Path]]:
+    """The data files in `root` as (counter, path), oldest first; other files are ignored."""
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    found: list[tuple[int, Path]] = []
+    for entry in entries:
+        counter = naming.counter_of(entry.name)
+        if counter is not None and entry.is_file():
+            found.append((counter, Path(entry.path)))
+    found.sort()
+    return found
+
+
+def find_current(root: Path, naming: FileNaming) -> tuple[int, Path] | None:
+    """The file with the highest counter, which is where appending resumes."""
+    files = list_files(root, naming)
+    return files[-1] if files else None
+
+
+def resume_size(path: Path, limit: int, header: bytes) -> int | None:
+    """The size of `path` if rows may be appended to it, else None (start a new file).
+
+    Appending is safe only below the limit, under our own header (a file from another schema
+    version is left alone) and after a complete row: a crash can leave a partial last line,
+    which stays as it was for inspection rather than being glued to the next row.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    if size >= limit or size < len(header):
+        return None
+    with path.open("rb") as f:
+        first = f.read(len(header))
+        f.seek(size - 1)
+        last = f.read(1)
+    if first != header or last != LINE_TERMINATOR.encode():
+        log.warning("not appending to %s: header or last row is not as expected", path.name)
+        return None
+    return size
+
+
+def tail_last_seqs(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> dict[
+    tuple[str, str], int
+]:  # fmt: skip
+    """The highest stored seq per (sensor_id, session) in the tail of the newest files.
+
+    The data on disk is the source of truth: seeding the gap tracker from it makes readings
+    published while the writer was down show up as a gap instead of passing unnoticed.
+    """
+    last: dict[tuple[str, str], int] = {}
+    budget = limit
+    for _, path in reversed(list_files(root, naming)[-2:]):
+        try:
+            text, budget = _read_tail(path, budget)
+        except OSError as err:
+            log.warning("cannot read the tail of %s: %s", path.name, err)
+            continue
+        for row in csv.reader(io.StringIO(text)):
+            if len(row) != len(CSV_FIELDS) or not row[_SEQ_COL].isdigit():
+                continue  # header, a partial first/last line, or a foreign row
+            key = (row[_SENSOR_COL], row[_SESSION_COL])
+            seq = int(row[_SEQ_COL])
+            if seq > last.get(key, -1):
+                last[key] = seq
+        if budget <= 0:
+            break
+    return last
+
+
+def _read_tail(path: Path, budget: int) -> tuple[str, int]:
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - budget)
+        f.seek(start)
+        data = f.read()
+    if start > 0:  # drop the partial first line
+        data = data[data.find(b"\n") + 1 :]
+    return data.decode("utf-8", errors="replace"), budget - (size - start)
