@@ -1,0 +1,1 @@
+"""The uplink: readings from the bus to a remote HTTP server, through a durable spool."""

@@ -1,0 +1,75 @@
+"""The uplink's receive side: bus -> spool, with bad messages and the size cap accounted for."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from click.testing import CliRunner
+
+from powmon.common.schema import READING_PREFIX, Reading, encode_reading
+from powmon.uplink.__main__ import main
+from powmon.uplink.sender import Stats
+from powmon.uplink.spool import Spool
+from powmon.uplink.uplink import _Receiver
+from tests.helpers import wait_until, write_settings
+
+
+@pytest.fixture
+def bus(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[tuple[zmq.Socket[bytes], ...]]:
+    """A PUB and a SUB on an inproc endpoint (real sockets, no broker needed here)."""
+    pub = zmq_ctx.socket(zmq.PUB)
+    pub.bind("inproc://uplink-receiver-test")
+    sub = zmq_ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, READING_PREFIX)
+    sub.connect("inproc://uplink-receiver-test")
+    yield pub, sub
+    pub.close()
+    sub.close()
+
+
+def reading(seq: int) -> Reading:
+    return Reading("VIC", "s1", seq, 1_700_000_000_000_000_000 + seq, 512.0, 0.0, 0.0, 0.0)
+
+
+def test_receiver_spools_counts_bad_messages_and_logs_cap_drops(
+    tmp_path: Path, bus: tuple[zmq.Socket[bytes], ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bad frames are counted and skipped; past the cap, drops are counted and logged at ERROR."""
+    pub, sub = bus
+    spool = Spool(tmp_path / "spool.sqlite3", max_rows=10)
+    stats = Stats()
+    receiver = _Receiver(sub, spool, stats)
+    try:
+        for seq in range(15):
+            pub.send_multipart(encode_reading(reading(seq)))
+        pub.send_multipart([b"reading/VIC/", b"\xc1 not msgpack"])
+        pub.send_multipart(encode_reading(reading(3)))  # a duplicate
+        with caplog.at_level(logging.WARNING, logger="powmon.uplink"):
+            wait_until(lambda: receiver.drain() == 0 and stats.received == 16, what="drained")
+        assert stats.bad_messages == 1
+        assert stats.dropped_over_cap == 5
+        assert [row.reading.seq for row in spool.peek(100)] == list(range(5, 15))
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any("dropped the 5 oldest readings" in m for m in errors)
+    finally:
+        spool.close()
+
+
+def test_requeue_dead_letters_command(tmp_path: Path) -> None:
+    """`powmon-uplink --requeue-dead-letters` puts dead-lettered readings back in the queue."""
+    settings = write_settings(tmp_path / "settings.yaml", [{"PORT": "sim://V", "SENSORS_ID": "V"}],
+                              UPLINK_SPOOL="spool.sqlite3")  # fmt: skip
+    spool = Spool(tmp_path / "data" / "spool.sqlite3", 1000)
+    try:
+        spool.add([reading(0), reading(1)])
+        spool.dead_letter([row.id for row in spool.peek(2)], 401, "HTTP 401")
+        result = CliRunner().invoke(main, ["--config", str(settings), "--requeue-dead-letters"])
+        assert result.exit_code == 0, result.output
+        assert "requeued 2" in result.output
+        assert [row.reading.seq for row in spool.peek(10)] == [0, 1]
+    finally:
+        spool.close()

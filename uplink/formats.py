@@ -1,0 +1,212 @@
+"""Request bodies for the four uplink formats: seed, csv, json, influx.
+
+`encode()` turns a batch of spooled rows into HTTP requests, each carrying the row ids it
+covers (what the sender acks or dead-letters), plus the rows that cannot be expressed in the
+format at all: those go to the dead-letter table with the reason, never silently dropped.
+
+- seed: the original script's body, one reading per POST, `unix_ts,sensor_id,raw,volts,amps,
+  watts\\n`. It carries no session or seq, so a seed server cannot deduplicate.
+- csv: one batch per POST, header row schema.CSV_FIELDS, like the writer's files.
+- json: one batch per POST, an array of schema.reading_dict() objects.
+- influx: InfluxDB 2 line protocol, one line per reading.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from powmon.common.schema import CSV_FIELDS, Reading, csv_row, flag_names, reading_dict
+from powmon.uplink.spool import Row
+
+CSV_TYPE: Final = "text/csv; charset=utf-8; header=present"
+JSON_TYPE: Final = "application/json"
+INFLUX_TYPE: Final = "text/plain; charset=utf-8"
+
+_Problem = Callable[[Reading], "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One POST body and the spool rows it delivers."""
+
+    ids: tuple[int, ...]
+    body: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    requests: list[Request]
+    rejected: list[tuple[int, str]]  # (row id, why it cannot be sent in this format)
+
+
+# --- seed ---------------------------------------------------------------------------------
+
+
+def seed_timestamp(ts_ns: int) -> str:
+    """The original's `str(time.time()).replace('.', '')`, computed from ts_ns.
+
+    The seconds as Python prints the float (shortest repr, usually 6-7 fraction digits,
+    trailing zeros dropped) with the point removed: 1700000000.25 -> '170000000025'. Integer
+    true division rounds correctly, so this is the very float time.time() would have given.
+    """
+    return str(ts_ns / 1_000_000_000).replace(".", "")
+
+
+def _seed_raw(raw: float) -> str:
+    # The original sent the device's own text, an integer ADC count.
+    return str(int(raw)) if float(raw).is_integer() else repr(float(raw))
+
+
+def seed_line(r: Reading) -> str:
+    """`unix_ts,sensor_id,raw,volts(.2f),amps(.4f),watts(str(float))` + '\\n'.
+
+    Over-range readings keep their values (the original zeroed them). A sensor id needing CSV
+    quoting (a comma, a quote) is quoted; ordinary ids come out byte for byte as the original.
+    """
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(
+        (seed_timestamp(r.ts_ns), r.sensor_id, _seed_raw(r.raw), f"{r.volts:.2f}",
+         f"{r.amps:.4f}", str(float(r.watts)))
+    )  # fmt: skip
+    return out.getvalue()
+
+
+def _seed(rows: Sequence[Row]) -> Encoded:
+    # No Content-Type: the original posted a str with requests, which sets none.
+    return Encoded([Request((row.id,), seed_line(row.reading).encode(), None) for row in rows], [])
+
+
+# --- csv and json -------------------------------------------------------------------------
+
+
+def _csv(rows: Sequence[Row]) -> Encoded:
+    if not rows:
+        return Encoded([], [])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
+    writer.writerow(CSV_FIELDS)
+    writer.writerows(csv_row(row.reading) for row in rows)
+    ids = tuple(row.id for row in rows)
+    return Encoded([Request(ids, out.getvalue().encode(), CSV_TYPE)], [])
+
+
+def _non_finite(r: Reading) -> str | None:
+    for name in ("raw", "volts", "amps", "watts"):
+        if not math.isfinite(getattr(r, name)):
+            return f"{name} is {getattr(r, name)!r}, which this format cannot carry"
+    return None
+
+
+def _json(rows: Sequence[Row]) -> Encoded:
+    good, rejected = _split(rows, _non_finite)
+    if not good:
+        return Encoded([], rejected)
+    body = json.dumps(
+        [reading_dict(row.reading) for row in good],
+        ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+    )  # fmt: skip
+    return Encoded([Request(tuple(r.id for r in good), body.encode(), JSON_TYPE)], rejected)
+
+
+# --- influx line protocol -----------------------------------------------------------------
+
+_MEASUREMENT_ESC: Final = str.maketrans({",": "\\,", " ": "\\ "})
+_KEY_ESC: Final = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
+_STRING_ESC: Final = str.maketrans({'"': '\\"', "\\": "\\\\"})
+
+
+def lp_unrepresentable(text: str) -> str | None:
+    """Why `text` cannot be a measurement, tag key/value or field key, or None if it can.
+
+    Line protocol has no escape for a newline or other control character in these, and a
+    trailing backslash would escape the separator after it (InfluxDB's own encoder refuses
+    both). PowMon does not rewrite such a value (that would change the reading's key): the
+    reading goes to the dead-letter table with this reason.
+    """
+    if not text:
+        return "is empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        return "contains a control character (newline, tab, ...)"
+    if text.endswith("\\"):
+        return "ends with a backslash"
+    return None
+
+
+def lp_measurement(name: str) -> str:
+    return name.translate(_MEASUREMENT_ESC)
+
+
+def lp_key(text: str) -> str:
+    """Escape a tag key, tag value or field key."""
+    return text.translate(_KEY_ESC)
+
+
+def lp_string(text: str) -> str:
+    return '"' + text.translate(_STRING_ESC) + '"'
+
+
+def _lp_float(x: float) -> str:
+    return repr(float(x))  # '0.5', '1e-05': both valid line-protocol floats
+
+
+def influx_line(measurement: str, r: Reading) -> str:
+    """`measurement,sensor_id=..,session=.. raw=..,volts=..,amps=..,watts=..,seq=Ni,flags=".."
+    ts_ns`; tags in key order, as InfluxDB prefers. The measurement is pre-escaped."""
+    return (
+        f"{measurement},sensor_id={lp_key(r.sensor_id)},session={lp_key(r.session)} "
+        f"raw={_lp_float(r.raw)},volts={_lp_float(r.volts)},amps={_lp_float(r.amps)},"
+        f"watts={_lp_float(r.watts)},seq={r.seq}i,flags={lp_string(flag_names(r.flags))} "
+        f"{r.ts_ns}"
+    )
+
+
+def _influx_problem(r: Reading) -> str | None:
+    for name in ("sensor_id", "session"):
+        why = lp_unrepresentable(getattr(r, name))
+        if why is not None:
+            return f"line protocol: tag {name} {getattr(r, name)!r} {why}"
+    return _non_finite(r)
+
+
+def _influx(rows: Sequence[Row], measurement: str) -> Encoded:
+    good, rejected = _split(rows, _influx_problem)
+    if not good:
+        return Encoded([], rejected)
+    escaped = lp_measurement(measurement)
+    body = "".join(influx_line(escaped, row.reading) + "\n" for row in good)
+    return Encoded([Request(tuple(r.id for r in good), body.encode(), INFLUX_TYPE)], rejected)
+
+
+# --- dispatch -----------------------------------------------------------------------------
+
+
+def _split(rows: Sequence[Row], problem: _Problem) -> tuple[list[Row], list[tuple[int, str]]]:
+    good: list[Row] = []
+    rejected: list[tuple[int, str]] = []
+    for row in rows:
+        why = problem(row.reading)
+        if why is None:
+            good.append(row)
+        else:
+            rejected.append((row.id, why))
+    return good, rejected
+
+
+def encode(fmt: str, rows: Sequence[Row], measurement: str = "power") -> Encoded:
+    """The requests that deliver `rows` in format `fmt` (one of settings.UPLINK_FORMATS)."""
+    if fmt == "seed":
+        return _seed(rows)
+    if fmt == "csv":
+        return _csv(rows)
+    if fmt == "json":
+        return _json(rows)
+    if fmt == "influx":
+        return _influx(rows, measurement)
+    raise ValueError(f"unknown uplink format {fmt!r}")

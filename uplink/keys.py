@@ -1,0 +1,188 @@
+"""The server's address: UPLINK_URL, or HOST (a Fernet token) decrypted with a key kept apart.
+
+The original kept the key (LOCAL_DATA_PATH) in the same settings.yaml as the token it
+decrypts, which hides the URL from nobody who can read the file. PowMon looks for the key, in
+order, in the environment variable named by HOST_KEY_ENV, in HOST_KEY_FILE (refused when group
+or others can read it, as ssh refuses a private key), and only then in LOCAL_DATA_PATH, with a
+warning. The decrypted URL is a Secret: it is never logged (only scheme and host are) and
+never written anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import click
+from cryptography.fernet import Fernet, InvalidToken
+
+from powmon.common.errors import SettingsError
+from powmon.common.settings import Secret, UplinkSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY_ENV: Final = "POWMON_HOST_KEY"
+
+
+def redact_url(url: str) -> str:
+    """scheme://host[:port] only: what may appear in a log line."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
+def check_url(url: str) -> str | None:
+    """Why `url` is not a usable http(s) URL, without repeating it; None when it is fine."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        return "it is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return f"its scheme is {parts.scheme!r}, not 'http' or 'https'"
+    if not parts.hostname:
+        return "it has no host name"
+    return None
+
+
+def read_key_file(path: Path) -> str:
+    """The key in `path`, refused when the file is open to group or others (POSIX only)."""
+    try:
+        mode = path.stat().st_mode
+        if os.name != "nt" and mode & 0o077:
+            raise SettingsError(
+                f"{path}: HOST_KEY_FILE: permissions {stat.S_IMODE(mode):04o} are too open; "
+                f"the key must be readable by its owner only (chmod 600 {path})"
+            )
+        key = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{path}: HOST_KEY_FILE: cannot read the key: {err}") from err
+    if not key:
+        raise SettingsError(f"{path}: HOST_KEY_FILE: the file is empty")
+    return key
+
+
+def find_key(where: Path, cfg: UplinkSettings, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(key, where it came from), in order of preference; SettingsError when there is none."""
+    from_env = environ.get(cfg.key_env, "").strip()
+    if from_env:
+        return from_env, f"${cfg.key_env}"
+    if cfg.key_file is not None:
+        return read_key_file(cfg.key_file), str(cfg.key_file)
+    if cfg.legacy_key is not None:
+        log.warning(
+            "HOST key read from LOCAL_DATA_PATH in %s: a key kept beside the token it decrypts "
+            "protects nothing; put it in $%s or HOST_KEY_FILE instead (see docs/uplink.md)",
+            where, cfg.key_env,
+        )  # fmt: skip
+        return cfg.legacy_key.reveal(), "LOCAL_DATA_PATH"
+    raise SettingsError(
+        f"{where}: HOST: is encrypted, but no key was found: set ${cfg.key_env}, or "
+        "HOST_KEY_FILE to a file made by 'powmon keygen --out FILE'"
+    )
+
+
+def decrypt_url(token: str, key: str, source: str, where: Path) -> Secret:
+    """Decrypt HOST; errors name the key's source, never the key or the URL."""
+    try:
+        fernet = Fernet(key.encode())
+    except ValueError as err:
+        raise SettingsError(
+            f"{where}: HOST: the key from {source} is not a Fernet key "
+            "(32 url-safe base64-encoded bytes, as 'powmon keygen' makes)"
+        ) from err
+    try:
+        url = fernet.decrypt(token.strip().encode()).decode("utf-8")
+    except (InvalidToken, UnicodeDecodeError) as err:
+        raise SettingsError(
+            f"{where}: HOST: cannot decrypt it with the key from {source}: wrong key, or the "
+            "token is damaged (make a new one with 'powmon encrypt-url')"
+        ) from err
+    problem = check_url(url)
+    if problem is not None:
+        raise SettingsError(f"{where}: HOST: decrypts to something PowMon cannot use: {problem}")
+    return Secret(url)
+
+
+def resolve_url(
+    where: Path, cfg: UplinkSettings, environ: Mapping[str, str] | None = None
+) -> Secret:
+    """The server's URL: UPLINK_URL if set, else HOST decrypted."""
+    env = os.environ if environ is None else environ
+    if cfg.url:
+        if cfg.host_token:
+            log.info("UPLINK_URL is set; HOST is ignored")
+        return Secret(cfg.url)
+    if not cfg.host_token:
+        raise SettingsError(f"{where}: UPLINK_URL: or HOST is required to send readings")
+    key, source = find_key(where, cfg, env)
+    url = decrypt_url(cfg.host_token, key, source, where)
+    log.info("HOST decrypted with the key from %s: %s", source, redact_url(url.reveal()))
+    return url
+
+
+# --- CLI: powmon keygen / powmon encrypt-url ---------------------------------------------
+
+
+class _CliError(click.ClickException):
+    """One line on stderr, exit 2 (a usage or settings problem, like the processes)."""
+
+    exit_code = 2
+
+
+@click.command("keygen", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write the key to FILE (mode 0600; refuses to overwrite) instead of printing it",
+)
+def keygen_command(out: Path | None) -> None:
+    """Make a new Fernet key for encrypting HOST."""
+    key = Fernet.generate_key().decode()
+    if out is None:
+        click.echo(key)
+        return
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise _CliError(f"{out}: already exists; not overwriting a key") from None
+    except OSError as err:
+        raise _CliError(f"{out}: cannot create the key file: {err}") from err
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key + "\n")
+    click.echo(f"wrote a new key to {out}; point HOST_KEY_FILE at it", err=True)
+
+
+@click.command("encrypt-url", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("url")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="the key file (default: the key in $POWMON_HOST_KEY, or --key-env)",
+)
+@click.option("--key-env", default=DEFAULT_KEY_ENV, show_default=True,
+              help="environment variable holding the key")  # fmt: skip
+def encrypt_url_command(url: str, key_file: Path | None, key_env: str) -> None:
+    """Print the Fernet token for URL, to paste into settings.yaml as HOST."""
+    problem = check_url(url)
+    if problem is not None:
+        raise _CliError(f"URL: cannot use it: {problem}")
+    try:
+        key = read_key_file(key_file) if key_file else os.environ.get(key_env, "").strip()
+    except SettingsError as err:
+        raise _CliError(str(err)) from None
+    if not key:
+        raise _CliError(f"no key: pass --key-file FILE or set ${key_env} ('powmon keygen')")
+    try:
+        fernet = Fernet(key.encode())
+    except ValueError:
+        raise _CliError("the key is not a Fernet key (make one with 'powmon keygen')") from None
+    click.echo(fernet.encrypt(url.encode()).decode())
