@@ -1,0 +1,48 @@
+"""`powmon-reader` / `python -m powmon.readers`: one reader process for one serial port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from powmon.common.lifecycle import run_process
+from powmon.common.settings import Settings
+from powmon.readers.reader import ReaderConfig, run
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--sensor-id",
+    required=True,
+    help="SENSORS_ID of the sensor in settings.yaml (its calibration and, by default, its PORT)",
+)
+@click.option(
+    "--port",
+    default=None,
+    help="serial port or URL, overriding the sensor's PORT: COM4, /dev/ttyACM0, sim://VIC?amps=2",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
+)
+@click.option(
+    "--log-level",
+    type=click.IntRange(0, 3),
+    default=None,
+    help="override LOG_LEVEL (0 quiet, 1 status, 2 readings, 3 both)",
+)
+def main(sensor_id: str, port: str | None, config_path: Path | None, log_level: int | None) -> None:
+    """Read one Arduino's current sensor and publish each reading to the PowMon broker."""
+
+    def build(settings: Settings) -> ReaderConfig:
+        return ReaderConfig.from_settings(settings, sensor_id, port)
+
+    run_process(f"powmon-reader-{sensor_id}", config_path, build, run, log_level)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The host side of the Arduino serial protocol: open a port, ask, read one answer line, parse it.
+
+The device answers each request with one line. A request has no id, so the only way to keep
+answers lined up with requests is to read exactly one line per request and, whenever a line is
+bad (garbage, partial, silence), drain: send `r`, read its answer, and drop anything still
+buffered. This module knows the bytes; reader.py decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Final, Protocol, cast
+
+import serial
+
+log = logging.getLogger(__name__)
+
+SIM_HANDLERS: Final = "powmon.sim"
+ADC_MAX: Final = 1023
+MAX_LINE: Final = 64  # longest answer we wait for; a line with no '\n' by then is garbage
+READ_SLICE: Final = 0.2  # longest blocking read, so that a stop request is seen in time
+
+READ: Final = b"read \n"
+DRAIN: Final = b"r \n"
+IDENT: Final = b"id \n"
+
+# An answer is a count 0..1023, with decimals when the firmware averages or takes an RMS.
+_NUMBER: Final = re.compile(rb"\s*(\d{1,9}(?:\.\d{1,9})?)\s*")
+
+
+class BadAnswer(Exception):
+    """An answer line that is not a reading; `kind` names why, for counters and logs."""
+
+    def __init__(self, kind: str, line: bytes) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.line = line
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.line[:40]!r}"
+
+
+class Port(Protocol):
+    """What the reader uses of a pyserial port (every concrete pyserial class has it all)."""
+
+    @property
+    def port(self) -> str | None: ...
+    @property
+    def in_waiting(self) -> int: ...
+    def read(self, size: int = 1, /) -> bytes: ...
+    def write(self, data: bytes, /) -> int | None: ...
+    def reset_input_buffer(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def read_command(channel: int | None) -> bytes:
+    return READ if channel is None else b"read %d\n" % channel
+
+
+def parse_answer(line: bytes) -> float:
+    """The ADC count in one answer line (int when the device sent no decimals).
+
+    Raises BadAnswer for silence ('timeout'), a line cut short ('partial'), bytes that are not
+    UTF-8 ('non_utf8'), anything that is not a plain decimal number ('non_numeric') and a
+    number outside 0..1023 ('out_of_range').
+    """
+    match = _NUMBER.fullmatch(line)
+    if match is not None and line.endswith(b"\n"):
+        text = match.group(1)
+        value: float = float(text) if b"." in text else int(text)
+        if value <= ADC_MAX:
+            return value
+        raise BadAnswer("out_of_range", line)
+    raise BadAnswer(_why_bad(line), line)
+
+
+def _why_bad(line: bytes) -> str:
+    if not line:
+        return "timeout"
+    if not line.endswith(b"\n"):
+        return "partial"
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "non_utf8"
+    return "non_numeric"
+
+
+def open_port(url: str, baudrate: int, timeout: float) -> Port:
+    """Open a serial port by name or URL (COM4, /dev/ttyACM0, a pty, sim://VIC?amps=2).
+
+    Exclusive access keeps a second reader off the same board; handlers that do not know the
+    option (pyserial raises ValueError or TypeError for those) are opened without it.
+    Raises serial.SerialException (or OSError) when the port is not there (retryable) and
+    ValueError when the name or the options are wrong (not retryable).
+    """
+    if SIM_HANDLERS not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(SIM_HANDLERS)
+    slice_ = min(timeout, READ_SLICE)
+    try:
+        port = serial.serial_for_url(
+            url, baudrate=baudrate, timeout=slice_, write_timeout=timeout, exclusive=True
+        )
+    except (ValueError, TypeError) as err:
+        log.debug("port=%s exclusive open refused (%s); opening shared", url, err)
+        port = serial.serial_for_url(url, baudrate=baudrate, timeout=slice_, write_timeout=timeout)
+    # The stubs type the result as SerialBase, which declares neither in_waiting nor
+    # reset_input_buffer; every class serial_for_url can return defines both.
+    return cast(Port, port)
+
+
+class Link:
+    """One open port: write a request, read exactly one answer line within TIMEOUT."""
+
+    def __init__(self, port: Port, timeout: float, stop: threading.Event) -> None:
+        self.port = port
+        self._timeout = timeout
+        self._slice = min(timeout, READ_SLICE)
+        self._stop = stop
+        self._buf = bytearray()
+
+    def ask(self, request: bytes) -> bytes:
+        self.port.write(request)
+        return self.read_line()
+
+    def read_line(self) -> bytes:
+        """One line with its b'\\n'; what came before the deadline if none (b'' for silence).
+
+        The first read waits for one byte (the answer is rarely there yet); then one read takes
+        all the driver holds. A typical answer costs two reads, where pyserial's readline makes
+        one read per character.
+        """
+        buf = self._buf
+        port = self.port
+        deadline = 0.0
+        want = 1
+        while True:
+            end = buf.find(b"\n")
+            if end >= 0:
+                line = bytes(buf[: end + 1])
+                del buf[: end + 1]
+                return line
+            if len(buf) > MAX_LINE:
+                return self._take()
+            chunk = port.read(want)
+            if chunk:
+                buf += chunk
+                want = port.in_waiting or 1
+                continue
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + self._timeout - self._slice
+            if now >= deadline or self._stop.is_set():
+                return self._take()
+
+    def _take(self) -> bytes:
+        line = bytes(self._buf)
+        self._buf.clear()
+        return line
+
+    def drain(self) -> None:
+        """Realign after a bad answer: `r` and its one-line answer, then drop what is left."""
+        self.port.write(DRAIN)
+        self.read_line()
+        self._buf.clear()
+        self.port.reset_input_buffer()
+
+    def discard_input(self) -> None:
+        self._buf.clear()
+        self.port.reset_input_buffer()
+
+    def close(self) -> None:
+        self.port.close()

@@ -1,0 +1,122 @@
+"""One reader session: its identity, its counters, and turning answers into published readings.
+
+A session starts with the process; `(sensor_id, session, seq)` names each reading everywhere
+downstream, so seq only moves when a reading is actually published: a skipped bad line leaves
+no gap. Everything here runs once per reading, so it does the minimum: convert, encode, send,
+keep the frames in the replay ring, bump counters. No log formatting unless payload logging is on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from powmon.common.conversion import Calibration
+from powmon.common.logs import PAYLOAD_LOGGER
+from powmon.common.schema import Reading, encode_reading
+
+payload_log = logging.getLogger(PAYLOAD_LOGGER)
+
+SUBSCRIPTION_GRACE: Final = 0.05
+
+Converter = Callable[[float, Calibration, int], tuple[float, float, float, int]]
+
+
+def wait_for_broker(sock: zmq.Socket[bytes], stop: threading.Event, timeout: float) -> bool:
+    """Wait (bounded) until the PUB socket has a live connection to the broker.
+
+    A PUB drops what it sends before the broker's subscriptions reach it, and a reader's first
+    readings (seq 0, 1, ...) would be lost to every subscriber on each start. Readers start
+    far less often than they publish, so a short wait here is cheap. A broker that is down
+    only delays the start by `timeout`; readings then flow (and are dropped) as PUB does.
+    """
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if monitor.poll(int(min(left, 0.1) * 1000) + 1):
+                event = recv_monitor_message(monitor)
+                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    # The broker sends its subscriptions right after the handshake; PUB takes
+                    # them in at its next send. One short grace covers that loopback hop.
+                    stop.wait(SUBSCRIPTION_GRACE)
+                    return True
+        return False
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
+def new_session_id() -> str:
+    """12 hex digits: unique per process start, short enough for CSV rows."""
+    return secrets.token_hex(6)
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the heartbeat reports; field names are the documented counter keys."""
+
+    session: str
+    port: str
+    seq: int = 0
+    readings: int = 0
+    bad_lines: int = 0
+    timeouts: int = 0
+    reconnects: int = 0
+    disconnects: int = 0
+    skipped_slots: int = 0
+    connected: bool = False
+    last_reading_ns: int = 0
+    firmware: str = ""
+
+    def snapshot(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Emitter:
+    """Builds, publishes and remembers readings for one sensor, numbering them without gaps."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        sensor_id: str,
+        cal: Calibration,
+        counters: Counters,
+        replay: int,
+    ) -> None:
+        self._sock = sock
+        self._sensor_id = sensor_id
+        self._cal = cal
+        self.counters = counters
+        # The last readings' frames, for the replay side socket of a later issue; appending
+        # to a bounded deque costs next to nothing and never grows.
+        self.ring: collections.deque[list[bytes]] = collections.deque(maxlen=replay)
+
+    def emit(self, raw: float, ts_ns: int, flags: int, convert: Converter) -> Reading:
+        c = self.counters
+        volts, amps, watts, flags = convert(raw, self._cal, flags)
+        reading = Reading(self._sensor_id, c.session, c.seq, ts_ns, raw, volts, amps, watts, flags)
+        frames = encode_reading(reading)
+        self._sock.send_multipart(frames)  # PUB never blocks; at HWM it drops
+        self.ring.append(frames)
+        c.seq += 1
+        c.readings += 1
+        c.last_reading_ns = ts_ns
+        if payload_log.isEnabledFor(logging.DEBUG):
+            payload_log.debug(
+                "sensor=%s session=%s seq=%d raw=%s volts=%.5f amps=%.4f watts=%.3f flags=%d",
+                self._sensor_id, c.session, reading.seq, raw, volts, amps, watts, flags,
+            )  # fmt: skip
+        return reading

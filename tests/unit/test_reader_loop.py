@@ -1,0 +1,228 @@
+"""The reader's loops in-process (run() on a thread): real sim:// ports, real ZeroMQ sockets.
+
+The end-to-end tests cover the same ground with real processes and a real pty; these ones
+steer the device precisely (faults, disconnect_after) and stay fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from powmon.common.logs import PAYLOAD_LOGGER
+from powmon.common.schema import (
+    Flag,
+    Reading,
+    Status,
+    decode_reading,
+    decode_status,
+)
+from powmon.common.settings import load_settings
+from powmon.readers.reader import MAX_SILENT, ReaderConfig, run
+from powmon.sim import protocol_sim
+from powmon.sim.device import Fault, SimDevice
+from tests.helpers import wait_until, write_settings
+
+
+@dataclass
+class Bus:
+    """A SUB bound where the reader's PUB connects, collecting what it publishes."""
+
+    sock: zmq.Socket[bytes]
+    readings: list[Reading] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+
+    def pump(self) -> None:
+        """Take what has arrived (waiting up to 10 ms for the first), then return."""
+        if not self.sock.poll(10):
+            return
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frames[0].startswith(b"reading/"):
+                self.readings.append(decode_reading(frames))
+            else:
+                self.statuses.append(decode_status(frames))
+
+    def all_statuses(self) -> list[Status]:
+        self.pump()
+        return self.statuses
+
+    def counters(self) -> dict[str, Any]:
+        self.pump()
+        return dict(self.statuses[-1].counters) if self.statuses else {}
+
+
+@dataclass
+class Running:
+    thread: threading.Thread
+    stop: threading.Event
+    bus: Bus
+    name: str
+
+    @property
+    def device(self) -> SimDevice:
+        return protocol_sim.devices[self.name]
+
+    def finish(self) -> None:
+        """Stop the reader, then take everything up to its final 'stopping' heartbeat."""
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        wait_until(lambda: any(s.state == "stopping" for s in self.bus.all_statuses()), 5)
+
+
+@pytest.fixture
+def start_reader(tmp_path: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Any]:
+    started: list[Running] = []
+
+    def start(query: str, sensor: dict[str, Any] | None = None, **settings: Any) -> Running:
+        name = f"L{uuid.uuid4().hex[:8]}"
+        entry = {"PORT": f"sim://{name}?{query}", "SENSORS_ID": name, **(sensor or {})}
+        # A 10 ms period: a reader thread polling flat out would starve the test thread of the
+        # GIL, and nothing here needs speed.
+        settings.setdefault("POLLING_DELAY", 0.01)
+        path = write_settings(tmp_path / f"{name}.yaml", [entry], **settings)
+        config = ReaderConfig.from_settings(load_settings(path), name)
+        sub = zmq_ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.bind(config.frontend)
+        stop = threading.Event()
+        thread = threading.Thread(target=run, args=(config, stop), daemon=True)
+        running = Running(thread, stop, Bus(sub), name)
+        started.append(running)
+        thread.start()
+        return running
+
+    yield start
+    for running in started:
+        running.stop.set()
+        running.thread.join(10)
+        running.bus.sock.close()
+
+
+def _assert_matches_device(r: Running, unpublished: int = 0) -> None:
+    """Every published reading is the device's answer, in order; `unpublished` sync answers."""
+    readings = r.bus.readings
+    assert [x.seq for x in readings] == list(range(len(readings)))
+    assert len({x.session for x in readings}) == 1
+    assert [x.raw for x in readings] == r.device.sent[unpublished:]
+
+
+def test_faults_are_counted_skipped_and_leave_no_gap(start_reader: Any) -> None:
+    """Garbage, non-numeric, partial, non-UTF-8 and silence: counted, skipped, seq unbroken."""
+    r = start_reader("amps=2.5&noise=0.05&seed=3", TIMEOUT=0.1)
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 20, 10)
+    for fault in (Fault.GARBAGE, Fault.NONNUMERIC, Fault.PARTIAL, Fault.NON_UTF8, Fault.SILENCE):
+        r.device.inject(fault)
+    wait_until(lambda: r.bus.counters().get("bad_lines", 0) >= 4
+               and r.bus.counters().get("timeouts", 0) >= 1, 10)  # fmt: skip
+    seen = r.bus.counters()["readings"]
+    wait_until(lambda: r.bus.counters()["readings"] >= seen + 20, 10)
+    r.finish()
+    final = r.bus.statuses[-1].counters
+    assert final["bad_lines"] == 4
+    assert final["timeouts"] == 1
+    assert final["reconnects"] == 0
+    assert final["readings"] == final["seq"] == len(r.bus.readings)
+    _assert_matches_device(r)
+
+
+def test_vanishing_device_is_reconnected_and_seq_continues(start_reader: Any) -> None:
+    """A device that disconnects every 30 reads is reopened each time; nothing is lost."""
+    r = start_reader("amps=1&disconnect_after=30")
+    wait_until(lambda: r.bus.counters().get("reconnects", 0) >= 3, 20)
+    r.finish()
+    final = r.bus.statuses[-1].counters
+    assert final["reconnects"] >= 3
+    assert final["disconnects"] >= 3
+    assert final["bad_lines"] == 0
+    _assert_matches_device(r)
+    assert len(r.bus.readings) >= 90
+
+
+def test_a_device_that_goes_silent_is_reopened(start_reader: Any) -> None:
+    """MAX_SILENT unanswered requests in a row count as a lost device: the port is reopened."""
+    r = start_reader("amps=1", TIMEOUT=0.05)
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 5, 10)
+    r.device.inject(Fault.SILENCE, count=MAX_SILENT)
+    wait_until(lambda: r.bus.counters().get("reconnects", 0) == 1, 15)
+    seen = r.bus.counters()["readings"]
+    wait_until(lambda: r.bus.counters()["readings"] > seen + 5, 10)
+    r.finish()
+    final = r.bus.statuses[-1].counters
+    assert final["timeouts"] == MAX_SILENT
+    _assert_matches_device(r)
+
+
+def test_averaging_and_channel_reach_the_device_and_the_flags(start_reader: Any) -> None:
+    """AVG and CHANNEL settings are applied; every published reading says AVERAGED."""
+    r = start_reader("amps=2&noise=0.2&seed=1", sensor={"AVG": 16, "CHANNEL": 2})
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 20, 10)
+    r.finish()
+    assert r.bus.readings
+    assert all(x.flags == Flag.AVERAGED for x in r.bus.readings)
+    assert any(x.raw != int(x.raw) for x in r.bus.readings)  # means, not single samples
+    # The sync answer was a single sample, so it was not published.
+    _assert_matches_device(r, unpublished=1)
+
+
+def test_ac_readings_are_rms_and_flagged(start_reader: Any) -> None:
+    """MODE ac: RMS answers converted with convert_rms; amps match the simulated RMS current."""
+    r = start_reader("amps=4&ac=50", sensor={"MODE": "ac", "AC_CYCLES": 2})
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 5, 10)
+    r.finish()
+    assert r.bus.readings
+    assert all(x.flags == Flag.AC_RMS for x in r.bus.readings)
+    assert all(x.amps == pytest.approx(4.0, rel=0.05) for x in r.bus.readings)
+
+
+def test_over_range_keeps_raw_and_flags_it(start_reader: Any) -> None:
+    """A saturated sensor is reported as it reads (raw kept), flagged OVER_RANGE, never zeroed."""
+    r = start_reader("amps=20", sensor={"MAX_AMPS": 5.0})
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 3, 10)
+    r.finish()
+    assert r.bus.readings
+    assert all(x.flags & Flag.OVER_RANGE for x in r.bus.readings)
+    assert all(x.raw > 700 and x.amps > 5.0 for x in r.bus.readings)
+
+
+def test_heartbeats_go_on_while_the_port_is_missing(start_reader: Any, tmp_path: Path) -> None:
+    """No device: the reader keeps retrying and heartbeating 'disconnected', and stops promptly."""
+    r = start_reader("amps=1", sensor={"PORT": str(tmp_path / "no-such-tty")})
+    wait_until(lambda: len(r.bus.all_statuses()) >= 3, 10)
+    assert all(s.state == "disconnected" for s in r.bus.statuses)
+    assert all(s.counters["connected"] is False for s in r.bus.statuses)
+    assert all(s.counters["last_reading_ns"] == 0 for s in r.bus.statuses)
+    r.finish()
+    assert r.bus.readings == []
+
+
+def test_payload_lines_are_logged_only_when_enabled(
+    start_reader: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LOG_LEVEL 2/3: one DEBUG line per reading on powmon.payload; nothing when it is off."""
+    caplog.set_level(logging.DEBUG, logger=PAYLOAD_LOGGER)
+    r = start_reader("amps=1")
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 10, 10)
+    r.finish()
+    lines = [rec for rec in caplog.records if rec.name == PAYLOAD_LOGGER]
+    assert len(lines) == r.bus.statuses[-1].counters["readings"]
+    assert "seq=0 " in lines[0].getMessage()
+
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger=PAYLOAD_LOGGER)
+    r2 = start_reader("amps=1")
+    wait_until(lambda: r2.bus.counters().get("readings", 0) >= 10, 10)
+    r2.finish()
+    assert not [rec for rec in caplog.records if rec.name == PAYLOAD_LOGGER]
