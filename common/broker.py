@@ -21,6 +21,7 @@ import zmq
 
 from powmon.common.errors import PowmonError
 from powmon.common.lifecycle import run_process
+from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket
 
@@ -104,20 +105,9 @@ def run(config: BrokerConfig, stop: threading.Event) -> None:
         log.info("broker stopped")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
-)
-@click.option(
-    "--log-level",
-    type=click.IntRange(0, 3),
-    default=None,
-    help="override LOG_LEVEL (0 quiet .. 3 everything)",
-)
+@click.command(context_settings=CONTEXT_SETTINGS)
+@config_option
+@log_level_option
 def main(config_path: Path | None, log_level: int | None) -> None:  # fmt: skip
     """Run the PowMon bus: an XSUB/XPUB proxy on BROKER_FRONTEND / BROKER_BACKEND."""
     run_process("powmon-broker", config_path, BrokerConfig.from_settings, run, log_level)

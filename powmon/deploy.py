@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from powmon.common.lifecycle import load_or_exit
+from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.settings import Settings
 
 
@@ -112,13 +113,13 @@ def systemd_units(settings: Settings, python: str = sys.executable) -> dict[str,
     return units
 
 
-@click.group("deploy", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("deploy", context_settings=CONTEXT_SETTINGS)
 def deploy_command() -> None:
     """Generate supervisord or systemd configuration from settings.yaml."""
 
 
 @deploy_command.command("supervisord")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
+@config_option
 @click.option(
     "--run-dir",
     type=click.Path(path_type=Path),
@@ -129,9 +130,7 @@ def deploy_command() -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path), default=None, help="write here instead of stdout"
 )
-def supervisord_command(
-    config_path: Path | None, run_dir: Path, out: Path | None
-) -> None:
+def supervisord_command(config_path: Path | None, run_dir: Path, out: Path | None) -> None:
     """Print a supervisord.conf with one program per reader, plus broker, writer, uplink."""
     text = supervisord_conf(load_or_exit(config_path), run_dir)
     if out is None:
@@ -141,7 +140,7 @@ def supervisord_command(
 
 
 @deploy_command.command("systemd")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None)
+@config_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

@@ -23,6 +23,7 @@ from powmon.children import Child, ChildSpec, module_argv, reader_argv, stop_gro
 from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
 from powmon.common.logs import configure_logging
+from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.common.schema import Status, decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
@@ -169,20 +170,9 @@ class Supervisor:
                 child.start(now)
 
 
-@click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
-)
-@click.option(
-    "--log-level",
-    type=click.IntRange(0, 3),
-    default=None,
-    help="override LOG_LEVEL for the supervisor (0 quiet .. 3 everything)",
-)
+@click.command("run", context_settings=CONTEXT_SETTINGS)
+@config_option
+@log_level_option
 def run_command(config_path: Path | None, log_level: int | None) -> None:  # fmt: skip
     """Start broker, writer, uplink and one reader per sensor, and keep them running."""
     settings = load_or_exit(config_path)

@@ -18,6 +18,7 @@ import zmq
 
 from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
+from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.schema import (
     READING_PREFIX,
     STATUS_PREFIX,
@@ -75,14 +76,8 @@ def tap(
     return shown
 
 
-@click.command("tap", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
-)
+@click.command("tap", context_settings=CONTEXT_SETTINGS)
+@config_option
 @click.option("--sensor", "sensors", multiple=True, help="only this sensor id (repeatable)")
 @click.option("--status", "with_status", is_flag=True, help="also print heartbeats")
 @click.option(

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from powmon.common.lifecycle import run_process
+from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.common.settings import Settings
 from powmon.readers.reader import ReaderConfig, run
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--sensor-id",
     required=True,
@@ -22,19 +23,8 @@ from powmon.readers.reader import ReaderConfig, run
     default=None,
     help="serial port or URL, overriding the sensor's PORT: COM4, /dev/ttyACM0, sim://VIC?amps=2",
 )
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
-)
-@click.option(
-    "--log-level",
-    type=click.IntRange(0, 3),
-    default=None,
-    help="override LOG_LEVEL (0 quiet, 1 status, 2 readings, 3 both)",
-)
+@config_option
+@log_level_option
 def main(sensor_id: str, port: str | None, config_path: Path | None, log_level: int | None) -> None:
     """Read one Arduino's current sensor and publish each reading to the PowMon broker."""
 

@@ -9,6 +9,7 @@ import click
 
 from powmon.common.errors import UplinkError
 from powmon.common.lifecycle import EXIT_OK, load_or_exit, run_process
+from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.spool import Spool
 from powmon.uplink.uplink import run
@@ -27,20 +28,9 @@ def _requeue(config_path: Path | None) -> None:
     click.echo(f"requeued {moved} dead-lettered readings in {up.spool_path}")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
-)
-@click.option(
-    "--log-level",
-    type=click.IntRange(0, 3),
-    default=None,
-    help="override LOG_LEVEL (0 quiet .. 3 everything)",
-)
+@click.command(context_settings=CONTEXT_SETTINGS)
+@config_option
+@log_level_option
 @click.option(
     "--requeue-dead-letters",
     is_flag=True,

@@ -7,23 +7,13 @@ from pathlib import Path
 import click
 
 from powmon.common.lifecycle import run_process
+from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.writer.writer import WriterConfig, run
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="settings.yaml (default: $POWMON_SETTINGS or ./settings.yaml)",
-)
-@click.option(
-    "--log-level",
-    type=click.IntRange(0, 3),
-    default=None,
-    help="override LOG_LEVEL (0 quiet .. 3 everything)",
-)
+@click.command(context_settings=CONTEXT_SETTINGS)
+@config_option
+@log_level_option
 def main(config_path: Path | None, log_level: int | None) -> None:
     """Store readings from the bus (BROKER_BACKEND) as CSV files in LOCAL_DATA_ROOT."""
     run_process("powmon-writer", config_path, WriterConfig.from_settings, run, log_level)
