@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Proc, free_endpoint, wait_until
+from tests.helpers import Proc, free_endpoint, wait_until, write_settings
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -102,3 +102,45 @@ def test_tap_sees_what_the_writer_stores(tmp_path: Path, spawn: Callable[..., Pr
         row = stored[(t["session"], t["seq"])]
         assert float(row["raw"]) == t["raw"]
         assert row["timestamp"] == t["timestamp"]
+
+
+def _child_pids(settings: Path, module: str) -> list[int]:
+    return [p for p in _pids_using(str(settings)) if _cmdline(p).find(module) >= 0]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="process accounting reads /proc")
+def test_a_dead_child_is_restarted_and_a_silent_reader_is_restarted(
+    tmp_path: Path, spawn: Callable[..., Proc]
+) -> None:
+    """kill -9 of the writer: restarted with backoff, and said so; a reader that is alive but
+    produces no reading for STALL_TIMEOUT is treated as stalled and restarted."""
+    settings = tmp_path / "settings.yaml"
+    write_settings(
+        settings,
+        [{"PORT": "sim://OK1?amps=1", "SENSORS_ID": "OK1"},
+         {"PORT": "sim://MUTE?silence_every=1", "SENSORS_ID": "MUTE"}],
+        POLLING_DELAY=0.05, STALL_TIMEOUT=2,
+    )  # fmt: skip
+    run = _run(spawn, settings)
+    data = tmp_path / "data"
+    wait_until(lambda: any(r["sensor_id"] == "OK1" for r in _rows(data)), timeout=20,
+               what="first rows")  # fmt: skip
+    (writer,) = _child_pids(settings, "powmon.writer")
+    os.kill(writer, signal.SIGKILL)
+    wait_until(lambda: "writer exited with code -9; restarting in" in run.output(), timeout=10,
+               what="the supervisor reporting the writer's death")  # fmt: skip
+    wait_until(lambda: [p for p in _child_pids(settings, "powmon.writer") if p != writer],
+               timeout=20, what="a new writer")  # fmt: skip
+    wait_until(lambda: "reader MUTE stalled: no reading for 2s; restarting" in run.output(),
+               timeout=20, what="the silent reader restarted as stalled")  # fmt: skip
+    count = len(_rows(data))
+    wait_until(lambda: len(_rows(data)) > count, timeout=20, what="rows after the restarts")
+    assert run.stop(signal.SIGTERM) == 0
+    assert not any(r["sensor_id"] == "MUTE" for r in _rows(data))
