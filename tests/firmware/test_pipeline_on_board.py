@@ -1,0 +1,95 @@
+"""PowMon's own reader, writer and `powmon run` against the real firmware on a simulated MCU."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.firmware.simboard import BAUD, Built, SimBoard, ideal_count
+from tests.helpers import Proc, wait_until, write_settings
+
+pytestmark = pytest.mark.e2e
+
+VPP, OFFSET, SNS, VCC = 5.0 / 1024, 2.5, 0.066, 5.0
+SINE = (2500.0, 1000.0, 50.0)  # offset, amplitude (mV), Hz: an ACS712 on a 50 Hz load
+
+
+def _rows(data: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for f in sorted(data.glob("*.csv")):
+        with f.open(newline="", encoding="utf-8") as handle:
+            rows.extend(csv.DictReader(handle))
+    return rows
+
+
+def _run_on_board(
+    tmp_path: Path, spawn: Callable[..., Proc], port: str, count: int, **sensor: object
+) -> list[dict[str, str]]:
+    """`powmon run` with one sensor on `port`; returns the rows once `count` are stored."""
+    settings = write_settings(
+        tmp_path / "settings.yaml", [{"PORT": port, "SENSORS_ID": "MCU", **sensor}],
+        BUDRATE=BAUD, TIMEOUT=2, POLLING_DELAY=0.02, VPP=VPP, OFFSET=OFFSET, SNS=SNS, VCC=VCC,
+    )  # fmt: skip
+    run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
+    wait_until(lambda: len(_rows(tmp_path / "data")) >= count, timeout=60,
+               what=f"{count} rows from the simulated board")  # fmt: skip
+    assert run.stop(signal.SIGTERM) == 0
+    rows = _rows(tmp_path / "data")
+    assert [int(r["seq"]) for r in rows] == list(range(len(rows)))
+    return rows
+
+
+def _check_conversion(row: dict[str, str]) -> None:
+    """Stored volts, amps and watts follow from the stored raw count."""
+    raw = float(row["raw"])
+    volts = raw * VPP - OFFSET
+    assert float(row["volts"]) == pytest.approx(volts, abs=1e-5)
+    assert float(row["amps"]) == pytest.approx(volts / SNS, abs=1e-4)
+    assert float(row["watts"]) == pytest.approx(volts / SNS * VCC, abs=1e-3)
+
+
+@pytest.mark.parametrize("mv", [0, 2500, 5000])
+def test_stored_counts_match_the_voltage_on_a0(
+    firmware: Built, tmp_path: Path, spawn: Callable[..., Proc], mv: int
+) -> None:
+    """0 V, mid-scale and full scale: every stored raw count is within 1 LSB of the ideal."""
+    with SimBoard(firmware.elf, mv=mv) as port:
+        rows = _run_on_board(tmp_path, spawn, port, 20)
+    for row in rows:
+        assert abs(float(row["raw"]) - ideal_count(mv)) <= 1
+        _check_conversion(row)
+
+
+def test_single_samples_of_a_sine_stay_within_its_range(
+    firmware: Built, tmp_path: Path, spawn: Callable[..., Proc]
+) -> None:
+    """DC mode on a 50 Hz sine: each sample lies within the sine's extremes (+-1 LSB), and
+    the samples do move (they are not all one value)."""
+    offset, amplitude, _hz = SINE
+    lo, hi = ideal_count(offset - amplitude), ideal_count(offset + amplitude)
+    with SimBoard(firmware.elf, sine=SINE) as port:
+        rows = _run_on_board(tmp_path, spawn, port, 30)
+    raws = [float(r["raw"]) for r in rows]
+    assert all(lo - 1 <= raw <= hi + 1 for raw in raws)
+    assert len(set(raws)) > 3
+    for row in rows:
+        _check_conversion(row)
+
+
+def test_ac_mode_stores_the_rms_of_the_sine(
+    firmware: Built, tmp_path: Path, spawn: Callable[..., Proc]
+) -> None:
+    """MODE ac: the firmware's RMS over 5 cycles is within 2% of amplitude/sqrt(2)."""
+    _offset, amplitude, _hz = SINE
+    true_rms = amplitude / 5000.0 * 1024 / 2**0.5
+    with SimBoard(firmware.elf, sine=SINE) as port:
+        rows = _run_on_board(tmp_path, spawn, port, 5, MODE="ac", MAINS_HZ=50, AC_CYCLES=5)
+    for row in rows:
+        assert float(row["raw"]) == pytest.approx(true_rms, rel=0.02)
+        assert "ac_rms" in row["flags"]
+        assert float(row["amps"]) == pytest.approx(float(row["raw"]) * VPP / SNS, abs=1e-3)
