@@ -75,23 +75,58 @@ def configure_logging(log_level: int, proc: str, stream: TextIO | None = None) -
     logging.getLogger(PAYLOAD_LOGGER).setLevel(payload_level)
 
 
+SUPPRESSED_SUFFIX: Final = " (%d similar suppressed)"
+OVERFLOW_KEY: Final = "(other)"
+
+
 class RateLimiter:
     """Lets one message through per `period` per key, and counts what it held back.
 
     A flapping port or a stream of bad lines must not fill the disk with identical warnings;
-    the count of suppressed lines is reported with the next one that passes.
+    the count of suppressed lines is reported with the next one that passes. Keys may come
+    from the outside world (a sensor id off the bus), so at most `max_keys` are tracked: past
+    that, new keys share one OVERFLOW_KEY bucket and memory stays bounded.
     """
 
-    def __init__(self, period: float = 10.0) -> None:
+    def __init__(self, period: float = 10.0, max_keys: int = 1024) -> None:
         self._period = period
+        self._max_keys = max(1, max_keys)
         self._next: dict[str, float] = {}
         self._held: dict[str, int] = {}
+        self._pruned_at = float("-inf")
 
     def allow(self, key: str) -> tuple[bool, int]:
         """Return (may log now, how many were suppressed since the last one logged)."""
         now = time.monotonic()
+        key = self._bucket(key, now)
         if now < self._next.get(key, 0.0):
             self._held[key] = self._held.get(key, 0) + 1
             return False, 0
         self._next[key] = now + self._period
         return True, self._held.pop(key, 0)
+
+    def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: object) -> bool:
+        """Log `msg % args` unless held back, with SUPPRESSED_SUFFIX when some were; True if
+        it was logged. The arguments are only formatted when the line goes out."""
+        ok, held = self.allow(key)
+        if ok:
+            if held:
+                logger.log(level, msg + SUPPRESSED_SUFFIX, *args, held)
+            else:
+                logger.log(level, msg, *args)
+        return ok
+
+    def held(self) -> dict[str, int]:
+        """Suppressed counts not yet reported, per key: for a last line at shutdown."""
+        return dict(self._held)
+
+    def _bucket(self, key: str, now: float) -> str:
+        if key in self._next or len(self._next) < self._max_keys:
+            return key
+        if now >= self._pruned_at + self._period:  # at most one sweep per period: O(1) amortised
+            self._pruned_at = now
+            # Keys whose period is over and that hold nothing back would log at once anyway
+            # the next time they come, so forgetting them loses nothing.
+            for old in [k for k, t in self._next.items() if t <= now and k not in self._held]:
+                del self._next[old]
+        return key if len(self._next) < self._max_keys else OVERFLOW_KEY

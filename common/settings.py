@@ -8,12 +8,14 @@ included); new keys sit beside them. Nothing in PowMon ever writes this file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import yaml
 
@@ -140,7 +142,9 @@ _REQUIRED: Final = object()
 def _number(kind: str, lo: float | None, hi: float | None, *, lo_open: bool = False) -> Check:
     def check(value: Any) -> Any:
         ok_type = isinstance(value, int) if kind == "an integer" else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok_type:
+        # NaN passes every range test (all comparisons are false) and .inf makes timers never
+        # fire; an integer too large for a float would raise OverflowError further down.
+        if isinstance(value, bool) or not ok_type or not _finite(value):
             raise _Bad(kind + _range_text(lo, hi, lo_open))
         if (lo is not None and (value <= lo if lo_open else value < lo)) or (
             hi is not None and value > hi
@@ -149,6 +153,13 @@ def _number(kind: str, lo: float | None, hi: float | None, *, lo_open: bool = Fa
         return value if kind == "an integer" else float(value)
 
     return check
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def _range_text(lo: float | None, hi: float | None, lo_open: bool) -> str:
@@ -173,9 +184,24 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _clean(value: Any) -> TypeGuard[str]:
+    """A string that can go into a file name, a URL or a log line: no NUL, valid UTF-8.
+
+    YAML's "\\0" and "\\ud800" escapes make strings that are neither; found by fuzzing, they
+    crashed the loader (UnicodeEncodeError) or the writer later (ValueError from the OS layer).
+    """
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(expected: str = "a non-empty string", pattern: str | None = None) -> Check:
     def check(value: Any) -> str:
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value.strip() or not _clean(value):
             raise _Bad(expected)
         if pattern is not None and not re.fullmatch(pattern, value):
             raise _Bad(expected)
@@ -204,7 +230,7 @@ def _sensor_id(value: Any) -> str:
     # The id goes into ZeroMQ topics ("reading/<id>/"), where '/' ends it; anything else is
     # fine (CSV quoting and the influx escaper handle commas, spaces and '=').
     if (
-        not isinstance(value, str)
+        not _clean(value)
         or not value.strip()
         or "/" in value
         or any(ord(c) < 32 for c in value)
@@ -217,9 +243,7 @@ def _sensor_id(value: Any) -> str:
 def _headers(value: Any) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(_clean(k) and _clean(v) for k, v in value.items()):
         raise _Bad("a mapping of header names to string values")
     return dict(value)
 
@@ -228,8 +252,26 @@ def _verify_tls(value: Any) -> bool | str:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip():
-        return value
+        path: str = _PATH(value)
+        return path
     raise _Bad("true, false, or the path of a CA bundle")
+
+
+def _path(expected: str) -> Check:
+    text = _text(expected)
+
+    def check(value: Any) -> str:
+        path: str = text(value)
+        try:
+            Path(path).expanduser()
+        except RuntimeError:  # '~someone' with no such user: pathlib cannot expand it
+            raise _Bad(f"{expected} ('~user' must name an existing user)") from None
+        return path
+
+    return check
+
+
+_PATH: Final = _path("a path")
 
 
 _ENDPOINT = _text("a ZeroMQ endpoint like 'tcp://127.0.0.1:5555'", r"(tcp|ipc|inproc)://\S+")
@@ -242,7 +284,7 @@ _TOP: Final[dict[str, tuple[Check, Any]]] = {
     "TIMEOUT": (_float(0, lo_open=True), 1.0),
     "POLLING_DELAY": (_float(0), 0.1),
     "FILE_SIZE_LIMIT": (_int(1024), 10_000_000),
-    "LOCAL_DATA_ROOT": (_text(), "data"),
+    "LOCAL_DATA_ROOT": (_path("a folder path"), "data"),
     "LOCAL_DATA_FILE": (_text("a file name like 'data.csv'", r"/?[^/\\]+"), "data.csv"),
     "LOG_LEVEL": (_int(0, 3), 1),
     "REMOTE_SAVE": (_bool, False),
@@ -267,13 +309,13 @@ _TOP: Final[dict[str, tuple[Check, Any]]] = {
         _text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),
         "POWMON_HOST_KEY",
     ),
-    "HOST_KEY_FILE": (_optional(_text("a path")), None),
+    "HOST_KEY_FILE": (_optional(_PATH), None),
     "UPLINK_FORMAT": (_choice(UPLINK_FORMATS), "seed"),
     "UPLINK_BATCH_SIZE": (_int(1, 100_000), 500),
     "UPLINK_BATCH_WAIT": (_float(0), 1.0),
     "UPLINK_TIMEOUT": (_float(0, lo_open=True), 5.0),
     "UPLINK_BACKOFF_MAX": (_float(0.1), 60.0),
-    "UPLINK_SPOOL": (_text("a path"), "uplink-spool.sqlite3"),
+    "UPLINK_SPOOL": (_PATH, "uplink-spool.sqlite3"),
     "UPLINK_SPOOL_MAX": (_int(1000), 5_000_000),
     "UPLINK_VERIFY_TLS": (_verify_tls, True),
     "UPLINK_TOKEN": (_optional(_text()), None),
@@ -333,6 +375,8 @@ def _read_yaml(where: Path) -> dict[str, Any]:
         raise SettingsError(f"{where}: cannot read settings: {err}") from err
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML composes nested nodes recursively; found by fuzzing
+        raise SettingsError(f"{where}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -345,8 +389,16 @@ def _read_yaml(where: Path) -> dict[str, Any]:
     return data
 
 
+# What a message shows of a bad value: enough to recognise it, never the whole of a huge or
+# alias-multiplied YAML structure (whose full repr can be exponentially long).
+_SHOW: Final = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 200
+_SHOW.maxlist = _SHOW.maxdict = 6
+_SHOW.maxlevel = 2
+
+
 def _fail(where: Path, key: str, expected: str, value: Any) -> SettingsError:
-    return SettingsError(f"{where}: {key}: expected {expected}, got {value!r}")
+    return SettingsError(f"{where}: {key}: expected {expected}, got {_SHOW.repr(value)}")
 
 
 def _check_top(where: Path, raw: dict[str, Any]) -> dict[str, Any]:

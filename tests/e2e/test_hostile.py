@@ -1,0 +1,354 @@
+"""Hostile input never kills a process: junk on the bus, junk on the wire, a disk that says no.
+
+Real processes only: a broker, writer, uplink (to a RecordingServer on 127.0.0.1), `powmon
+tap`, readers on sim:// ports, and a writer whose disk fails under it. Every test checks that
+the junk was counted where docs/hostile.md says, that valid data still arrived in full, and
+that every process is still alive (or stopped cleanly with exit code 0).
+
+The tests run as root, where chmod-based "permission denied" does not stop anything, so the
+disk failures use RLIMIT_FSIZE (EFBIG) and /dev/full (ENOSPC) instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import resource
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from powmon.common.errors import SchemaError
+from powmon.common.schema import Reading, decode_status, encode_reading
+from powmon.common.settings import load_settings
+from tests.helpers import Proc, python_module, wait_until, write_settings
+from tests.httpserver import RecordingServer
+
+pytestmark = pytest.mark.e2e
+
+Ctx = zmq.Context[zmq.Socket[bytes]]
+T0_NS = 1_795_628_536 * 10**9
+
+
+def reading(sensor: str, session: str, seq: int) -> list[bytes]:
+    return encode_reading(Reading(sensor, session, seq, T0_NS + seq, 512, 0.0, 0.0, 0.0))
+
+
+class Bus:
+    """The test's end of the bus: a PUB on the frontend, a SUB for every heartbeat."""
+
+    def __init__(self, ctx: Ctx, settings: Path) -> None:
+        conf = load_settings(settings)
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 1_000_000)
+        self.pub.connect(conf.broker_frontend)
+        self.status = ctx.socket(zmq.SUB)
+        self.status.setsockopt(zmq.SUBSCRIBE, b"status/")
+        self.status.connect(conf.broker_backend)
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def counters(self, process: str) -> dict[str, Any]:
+        while self.status.poll(0):
+            try:
+                status = decode_status(self.status.recv_multipart())
+            except SchemaError:
+                continue  # the test's own junk status messages come back here too
+            self.latest[status.process] = dict(status.counters)
+        return self.latest.get(process, {})
+
+    def wait(self, process: str, what: str, check: Callable[[dict[str, Any]], bool],
+             timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
+        def ready() -> dict[str, Any] | None:
+            seen = self.counters(process)
+            return seen if seen and check(seen) else None
+
+        found = wait_until(ready, timeout, what=f"{process}: {what}; last {self.latest}")
+        assert found is not None
+        return found
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.status.close(linger=0)
+
+
+@pytest.fixture
+def bus_for(zmq_ctx: Ctx) -> Iterator[Callable[[Path], Bus]]:
+    buses: list[Bus] = []
+
+    def make(settings: Path) -> Bus:
+        buses.append(Bus(zmq_ctx, settings))
+        return buses[-1]
+
+    yield make
+    for bus in buses:
+        bus.close()
+
+
+def csv_rows(root: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in sorted(root.glob("data-*.csv")):
+        with path.open(newline="", encoding="utf-8") as f:
+            rows += csv.DictReader(f)
+    return rows
+
+
+def stop_ok(*procs: Proc) -> None:
+    for proc in procs:
+        assert proc.popen.poll() is None, f"{proc.argv} died:\n{proc.output()}"
+    for proc in procs:
+        assert proc.stop() == 0, proc.output()
+        assert "Traceback" not in proc.output()
+
+
+# ---- 1. junk on the bus ----------------------------------------------------------------------
+
+JUNK: list[list[bytes]] = [
+    [b"reading/VIC/"],  # one frame
+    [*reading("VIC", "junk", 0), b"third frame"],  # three frames
+    [b"reading/VIC/", b"\xc1\xc1 not msgpack \x00\xff"],  # garbage
+    [b"reading/VIC/", msgpack.packb([99, "VIC", "junk", 0, T0_NS, 512, 0.0, 0.0, 0.0, 0])],
+    [b"reading/ATT/", reading("VIC", "junk", 1)[1]],  # topic / sensor mismatch
+    [b"reading/VIC/", msgpack.packb({"sensor_id": "VIC"})],  # a map, not the array
+]
+STATUS_JUNK: list[list[bytes]] = [
+    [b"status/evil/x/", b"\xc1"],
+    [b"status/evil/x/", msgpack.packb({"v": 99, "process": "evil", "id": "x"})],
+]
+
+
+def _tap_readings(tap: Proc, session: str) -> list[dict[str, Any]]:
+    out = []
+    for line in tap.output().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("session") == session:
+                out.append(record)
+    return out
+
+
+def test_junk_on_the_bus_is_counted_and_dropped_by_every_subscriber(
+    tmp_path: Path,
+    broker: Callable[[Path], Proc],
+    spawn: Callable[..., Proc],
+    bus_for: Callable[[Path], Bus],
+) -> None:
+    """1 frame, 3 frames, garbage, version 99, topic mismatch: counted; good readings all land."""
+    with RecordingServer() as server:
+        settings = write_settings(
+            tmp_path / "settings.yaml", [{"PORT": "sim://VIC", "SENSORS_ID": "VIC"}],
+            REMOTE_SAVE=True, UPLINK_URL=server.url, UPLINK_FORMAT="json",
+            UPLINK_BATCH_SIZE=50, UPLINK_BATCH_WAIT=0.05, UPLINK_SPOOL="spool.sqlite3",
+        )  # fmt: skip
+        broker(settings)
+        bus = bus_for(settings)
+        config = ["--config", str(settings)]
+        writer = spawn(python_module("powmon.writer", *config), "writer")
+        uplink = spawn(python_module("powmon.uplink", *config), "uplink")
+        tap = spawn(python_module("powmon", "tap", "--status", *config), "tap")
+        _probe_until_all_subscribed(bus, tap)
+        for frames in JUNK + STATUS_JUNK:
+            bus.pub.send_multipart(frames)
+        for seq in range(20):
+            bus.pub.send_multipart(reading("VIC", "good", seq))
+        for proc in ("writer", "uplink"):
+            bus.wait(proc, "junk counted", lambda c: c["bad_messages"] == len(JUNK))
+        wait_until(lambda: len(_tap_readings(tap, "good")) == 20, 15, what="tap shows 20")
+        wait_until(lambda: len(_delivered(server, "good")) == 20, 15, what="uplink sent 20")
+        wait_until(lambda: len(_stored(tmp_path, "good")) == 20, 15, what="writer stored 20")
+        stop_ok(writer, uplink, tap)
+    assert _delivered(server, "good") == list(range(20))
+    assert _stored(tmp_path, "good") == list(range(20))
+    assert not _stored(tmp_path, "junk")
+    assert bus.counters("writer")["bad_messages"] == len(JUNK)  # nothing more came late
+    skipped = [line for line in tap.output().splitlines() if "skipped a bad message" in line]
+    assert len(skipped) == len(JUNK) + len(STATUS_JUNK)
+
+
+def _probe_until_all_subscribed(bus: Bus, tap: Proc) -> None:
+    """Publish probes until the writer, the uplink and the tap have each seen one.
+
+    Each probe is seq 0 of a session of its own, so probes lost before a subscription took
+    effect leave no gap (which the writer and uplink would try to recover).
+    """
+    sent = 0
+
+    def everyone_saw_one() -> bool:
+        nonlocal sent
+        bus.pub.send_multipart(reading("VIC", f"probe{sent}", 0))
+        sent += 1
+        return (
+            bus.counters("writer").get("received", 0) > 0
+            and bus.counters("uplink").get("received", 0) > 0
+            and any(line.startswith('{"timestamp"') for line in tap.output().splitlines())
+        )
+
+    wait_until(everyone_saw_one, 30, interval=0.05, what="writer, uplink and tap subscribed")
+
+
+def _stored(tmp_path: Path, session: str) -> list[int]:
+    return [int(r["seq"]) for r in csv_rows(tmp_path / "data") if r["session"] == session]
+
+
+def _delivered(server: RecordingServer, session: str) -> list[int]:
+    return sorted(
+        d["seq"]
+        for rec in server.delivered()
+        for d in json.loads(rec.body)
+        if d["session"] == session
+    )
+
+
+# ---- 2. junk on the serial line, and what it does to the log ---------------------------------
+
+SUPPRESSED = re.compile(r"bad answer (\w+).*\((\d+) similar suppressed\)")
+
+
+def test_non_utf8_and_garbage_from_serial_are_counted_skipped_and_rate_limited(
+    tmp_path: Path,
+    broker: Callable[[Path], Proc],
+    spawn: Callable[..., Proc],
+    bus_for: Callable[[Path], Bus],
+) -> None:
+    """Every 2nd answer not UTF-8, every 3rd garbage: bad_lines rises, readings go on, and
+    the log holds a handful of warnings, then one that counts the lines it held back."""
+    port = "sim://HOSTILE1?nonutf8_every=2&garbage_every=3&seed=5"
+    settings = write_settings(tmp_path / "settings.yaml", [{"PORT": port, "SENSORS_ID": "H1"}],
+                              LOG_LEVEL=0)  # fmt: skip
+    broker(settings)
+    bus = bus_for(settings)
+    reader = spawn(python_module("powmon.readers", "--sensor-id", "H1", "--config",
+                                 str(settings)), "reader")  # fmt: skip
+    bus.wait("reader", "bad lines and readings", lambda c: c["bad_lines"] > 100
+             and c["readings"] > 100)  # fmt: skip
+    # The reader logs each kind of bad answer at most once per 10 s: wait for the second one.
+    match = wait_until(lambda: SUPPRESSED.search(reader.output()), 30, interval=0.2,
+                       what="a warning that reports the suppressed count")  # fmt: skip
+    assert match is not None
+    counters = bus.counters("reader")
+    stop_ok(reader)
+    warnings = [line for line in reader.output().splitlines() if " WARNING " in line]
+    kinds = {m.group(1) for m in re.finditer(r"bad answer (\w+)", reader.output())}
+    assert "non_utf8" in kinds
+    assert len(warnings) <= 2 * len(kinds) + 1, warnings  # one per kind per 10 s, plus slack
+    assert int(match.group(2)) >= 100
+    assert counters["bad_lines"] > 10 * len(warnings)
+    assert counters["readings"] > 100
+    assert counters["reconnects"] == 0  # bad lines are skipped, not a reason to reconnect
+
+
+# ---- 3. a disk that refuses writes -----------------------------------------------------------
+
+# Run a module with a file size limit set in the child itself, before it starts. (preexec_fn
+# would do the same from the parent, but it is unsafe in a process with threads, and the test
+# process has ZeroMQ's.) SIGXFSZ is ignored so that write() fails with EFBIG instead of the
+# signal killing the process: that is the failure a full quota or a size limit looks like.
+LIMITED = """\
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.argv = sys.argv[2:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+FSIZE = 64 * 1024
+
+
+def _wait_writer_subscribed(bus: Bus) -> None:
+    """Probes (each seq 0 of its own session, so no gaps) until the writer received one."""
+    sent = 0
+
+    def received() -> bool:
+        nonlocal sent
+        bus.pub.send_multipart(reading("VIC", f"probe{sent}", 0))
+        sent += 1
+        return bus.counters("writer").get("received", 0) > 0
+
+    wait_until(received, 30, interval=0.05, what="the writer's subscription")
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="prlimit(2) is Linux-only")
+def test_writer_over_its_file_size_limit_keeps_rows_and_stores_all_once_lifted(
+    tmp_path: Path,
+    broker: Callable[[Path], Proc],
+    spawn: Callable[..., Proc],
+    bus_for: Callable[[Path], Bus],
+) -> None:
+    """EFBIG mid-write: the file is cut back to whole rows, rows wait in memory, errors are
+    logged; once the limit is lifted every reading is stored exactly once, in order."""
+    settings = write_settings(tmp_path / "settings.yaml", [{"PORT": "sim://VIC",
+                              "SENSORS_ID": "VIC"}], LOG_LEVEL=0)  # fmt: skip
+    broker(settings)
+    bus = bus_for(settings)
+    writer = spawn([sys.executable, "-c", LIMITED, str(FSIZE), "powmon.writer", "--config",
+                    str(settings)], "writer")  # fmt: skip
+    _wait_writer_subscribed(bus)
+    for seq in range(2000):  # about 150 KB of rows: more than twice the limit
+        bus.pub.send_multipart(reading("VIC", "big", seq))
+    bus.wait("writer", "refused writes", lambda c: c["write_errors"] >= 2 and c["pending"] > 0)
+    [path] = sorted((tmp_path / "data").glob("data-*.csv"))
+    assert path.stat().st_size <= FSIZE
+    assert path.read_bytes().endswith(b"\n")  # never half a row
+    resource.prlimit(writer.pid, resource.RLIMIT_FSIZE,
+                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # fmt: skip
+    wait_until(lambda: _stored(tmp_path, "big") == list(range(2000)), 30,
+               what="every reading stored once the limit is gone")  # fmt: skip
+    bus.wait("writer", "nothing pending", lambda c: c["pending"] == 0 and c["dropped"] == 0)
+    stop_ok(writer)
+    log = writer.output()
+    assert "cannot write to" in log
+    assert "File too large" in log
+    assert "writing again after" in log
+
+
+def _can_unshare_mounts() -> bool:
+    if sys.platform != "linux" or not (shutil.which("unshare") and shutil.which("nsenter")):
+        return False
+    done = subprocess.run(["unshare", "--mount", "true"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs Linux mount namespaces (root)")
+def test_writer_on_a_full_disk_keeps_rows_and_stores_all_once_there_is_room(
+    tmp_path: Path,
+    broker: Callable[[Path], Proc],
+    spawn: Callable[..., Proc],
+    bus_for: Callable[[Path], Bus],
+) -> None:
+    """ENOSPC: the data file is /dev/full (bind-mounted, in the writer's own mount namespace
+    only); rows wait in memory, errors are logged; unmounted, everything is stored once."""
+    settings = write_settings(tmp_path / "settings.yaml", [{"PORT": "sim://VIC",
+                              "SENSORS_ID": "VIC"}], LOG_LEVEL=0)  # fmt: skip
+    data = tmp_path / "data"
+    data.mkdir()
+    current = data / "data-000001-20260101T000000Z.csv"
+    current.write_text("timestamp,sensor_id,session,seq,raw,volts,amps,watts,flags\n")
+    broker(settings)
+    bus = bus_for(settings)
+    # A private mount namespace: the bind mount exists for the writer alone and vanishes
+    # with it, whatever happens to the test.
+    writer = spawn(["unshare", "--mount", "--propagation", "private", *python_module(
+        "powmon.writer", "--config", str(settings))], "writer")  # fmt: skip
+    bus.wait("writer", "up (its start-up read of the data files is done)", lambda c: True)
+    nsenter = ["nsenter", "--target", str(writer.pid), "--mount"]
+    subprocess.run([*nsenter, "mount", "--bind", "/dev/full", str(current)], check=True)
+    _wait_writer_subscribed(bus)  # the data file is opened at the first flush: /dev/full
+    for seq in range(300):
+        bus.pub.send_multipart(reading("VIC", "full", seq))
+    bus.wait("writer", "refused writes", lambda c: c["write_errors"] >= 2 and c["pending"] >= 300)
+    subprocess.run([*nsenter, "umount", str(current)], check=True)
+    wait_until(lambda: _stored(tmp_path, "full") == list(range(300)), 30,
+               what="every reading stored once the disk has room")  # fmt: skip
+    bus.wait("writer", "nothing pending", lambda c: c["pending"] == 0 and c["dropped"] == 0)
+    stop_ok(writer)
+    assert sorted(data.glob("data-*.csv")) == [current]  # appended to, under its one header
+    assert current.read_text().count("timestamp,") == 1
+    log = writer.output()
+    assert "No space left on device" in log
+    assert "writing again after" in log
