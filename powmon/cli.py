@@ -17,6 +17,7 @@ SUBCOMMANDS: Final = {
     "deploy": "powmon.deploy:deploy_command",
     "keygen": "powmon.uplink.keys:keygen_command",
     "encrypt-url": "powmon.uplink.keys:encrypt_url_command",
+    "bench": "powmon.bench:bench_command",
 }
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -43,7 +42,6 @@ DEEP = b"\x91" * 1020 + b"\xc0"
 DEFAULT_RECURSION_LIMIT = 1000
 # Known findings, each with a proposed fix to common/schema.py (docs/hostile.md, "Findings").
 # strict: once the fix lands these pass, and the mark must go.
-FINDING = "finding {} in docs/hostile.md: remove this mark once common/schema.py is fixed"
 
 
 def pack(value: Any) -> bytes:
@@ -106,7 +104,6 @@ def test_decode_reading_raises_only_schema_error(frames: list[bytes]) -> None:
     assert decode_reading(encode_reading(reading)).key == reading.key
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=FINDING.format("S1"))
 def test_a_deeply_nested_payload_is_a_schema_error() -> None:
     """1 KB of nested arrays (within msgpack's own limit) is refused, not a crash."""
     old = sys.getrecursionlimit()
@@ -133,7 +130,6 @@ def _fits_every_store(r: Reading) -> bool:
     )
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FINDING.format("S2"))
 @fuzz(300)
 @given(mutated_reading())
 @example([b"reading/VIC/", pack([1, "VIC", "s", 2**63, 0, 512, 0.0, 0.0, 0.0, 0])])
@@ -163,7 +159,6 @@ def status_frames(draw: st.DrawFn) -> list[bytes]:
     return [draw(st.just(topic) | st.binary(max_size=20)), pack(body)]
 
 
-@pytest.mark.xfail(strict=True, raises=(OverflowError, ValueError), reason=FINDING.format("S3"))
 @fuzz(150)
 @given(status_frames() | any_frames | packed_frames)
 @example([b"status/reader/VIC/", pack({"v": 1, "process": "reader", "id": "VIC",
@@ -175,7 +170,6 @@ def test_decode_status_raises_only_schema_error(frames: list[bytes]) -> None:
     assert status is None or isinstance(status, Status)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=FINDING.format("T1"))
 @fuzz(200)
 @given(status_frames())
 @example(
@@ -227,9 +221,6 @@ def replay_replies(draw: st.DrawFn) -> bytes:
                  available, payloads])  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True, raises=(ValueError, TypeError, OverflowError), reason=FINDING.format("S4")
-)
 @fuzz(150)
 @given(replay_replies() | st.binary(max_size=60) | msgpack_values.map(pack))
 @example(pack([SCHEMA_VERSION, "replayed", "VIC", "s1", ["x", 1], []]))

@@ -1,0 +1,1 @@
+"""PowMon benchmarks: `python -m benchmarks` (the code is in powmon.bench; see README.md)."""

@@ -1,0 +1,101 @@
+"""Figure 1, serial efficiency: the real reader against the same simulated link driven bare.
+
+The simulated Arduino (powmon.sim.pty.PtySimulator) runs here, behind a real pseudo-terminal,
+paced like a UART at the given baud rate; its `reads` counter is the one meter for every
+contender, so the reader process, the bare pyserial loop and the pipelined prototype are
+measured identically. The wire arithmetic (10 bits per byte, `read \\n` out, `512\\r\\n`
+back) is the ceiling of one request/answer at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Final
+
+from powmon.bench.procs import Pipeline, wait_for
+from powmon.bench.results import Row, median
+from powmon.bench.runner import Plan, result, worker
+from powmon.sim.device import SignalSpec, SimDevice
+from powmon.sim.pty import PtySimulator
+
+REQUEST: Final = len(b"read \n")
+ANSWER: Final = len(b"512\r\n")
+BITS: Final = 10
+TARGET: Final = 0.90
+
+
+def wire_limit(baud: int) -> float:
+    """Exchanges per second when each `read` waits for its answer: bits per exchange / baud."""
+    return baud / ((REQUEST + ANSWER) * BITS)
+
+
+def _windows(device: SimDevice, plan: Plan) -> list[float]:
+    rates = []
+    for _ in range(plan.windows):
+        n0, t0 = device.reads, time.monotonic()
+        time.sleep(plan.window_s)
+        rates.append((device.reads - n0) / (time.monotonic() - t0))
+    return rates
+
+
+def _measure(
+    baud: int | None, plan: Plan, start: Callable[[str], Callable[[], None]]
+) -> list[float]:
+    """Serve a fresh simulated board; `start(path)` starts the contender, returns its stopper."""
+    device = SimDevice(SignalSpec(amps=1.0, seed=1), "B1")
+    with PtySimulator(device, baud=baud) as sim:
+        stopper = start(sim.path)
+        try:
+            wait_for(lambda: device.reads > 5, 30, "the first answers")
+            time.sleep(0.3)  # past the handshake and the first wakeups
+            return _windows(device, plan)
+        finally:
+            stopper()
+
+
+def reader_rate(baud: int | None, plan: Plan) -> list[float]:
+    def start(path: str) -> Callable[[], None]:
+        pipe = Pipeline(plan.sub(f"serial-{baud}"), [{"PORT": path, "SENSORS_ID": "B1"}],
+                        BUDRATE=baud or 115200, POLLING_DELAY=0.0)  # fmt: skip
+        pipe.broker()
+        pipe.reader("B1")
+        return pipe.stop
+
+    return _measure(baud, plan, start)
+
+
+def loop_rate(baud: int | None, plan: Plan, depth: int) -> tuple[list[float], int]:
+    bad: list[int] = []
+
+    def start(path: str) -> Callable[[], None]:
+        args = ["--port", path, "--baud", str(baud or 115200), "--depth", str(depth)]
+        proc = worker("serial", *args, "--seconds", "120")
+        return lambda: bad.append(result(proc, stop=True)["bad"])
+
+    rates = _measure(baud, plan, start)
+    return rates, sum(bad)
+
+
+def run(plan: Plan) -> list[Row]:
+    bauds: list[int | None] = [115200] if plan.quick else [115200, 9600, None]
+    rows: list[Row] = []
+    for baud in bauds:
+        label = f"{baud} baud" if baud else "unpaced pty"
+        reader = reader_rate(baud, plan)
+        bare, _ = loop_rate(baud, plan, 1)
+        r, b = median(reader), median(bare)
+        relative = b > 0 and r / b >= TARGET
+        rows.append(Row("1", f"reader, {label}", "readings/s", r, b, "bare loop",
+                        ">= 0.90 x bare" if baud else "", relative if baud else None,
+                        reader))  # fmt: skip
+        if baud:
+            rows.append(Row("1", f"wire rate, {label}", "readings/s", r, wire_limit(baud),
+                            "bits/baud", note="one request/answer in flight"))  # fmt: skip
+        for depth in (4,) if plan.quick or not baud else (4, 8):
+            piped, bad = loop_rate(baud, plan, depth)
+            rows.append(Row("1", f"pipelined x{depth}, {label}", "readings/s", median(piped), b,
+                            "bare loop", runs=piped,
+                            note=f"{bad} bad answers; {depth * REQUEST} request bytes in "
+                            "flight of the 64-byte Arduino buffer"))  # fmt: skip
+    return rows

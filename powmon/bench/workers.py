@@ -1,0 +1,225 @@
+"""Load generators and reference loops, each in a process: `python -m powmon.bench.workers`.
+
+A reference has to run in a process of its own, like the PowMon process it is compared with,
+or the benchmark would measure the GIL of the benchmark itself. Each worker prints one JSON
+object on stdout when it is done.
+
+- `serial`: a bare pyserial request/answer loop (`--depth 1`), or a pipelined one that keeps
+  `--depth` requests in flight (the stretch goal of figure 1).
+- `synpub`: a synthetic reader: encode_reading frames onto the broker as fast as it can.
+- `rawpub` / `rawsub`: plain pyzmq PUB/SUB for the same message, the bus's ceiling.
+- `latency`: a tap subscriber that records reading timestamp -> receipt latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Final
+
+import msgpack
+import serial
+import zmq
+
+from powmon.common.schema import (
+    READING_PREFIX,
+    SCHEMA_VERSION,
+    Reading,
+    decode_reading,
+    encode_reading,
+)
+from powmon.common.transport import pub_socket, sub_socket
+from powmon.readers.session import wait_for_broker
+
+_ANSWER: Final = re.compile(rb"\s*\d{1,9}(?:\.\d{1,9})?\s*")
+READ: Final = b"read \n"
+BODY: Final = [SCHEMA_VERSION, "S01", "0123456789ab", 0, 0, 512, 0.00488, 0.0740, 0.370, 0]
+
+
+def _stop_on_term() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def serial_loop(port: str, baud: int, depth: int, seconds: float) -> dict[str, Any]:
+    """Request/answer as fast as the link goes, `depth` requests in flight at any time."""
+    stop = _stop_on_term()
+    link = serial.Serial(port, baud, timeout=1.0)
+    buf = bytearray()
+    answers = bad = 0
+    deadline = time.monotonic() + seconds
+    link.write(READ)  # sync: the board sends boot chatter before its first answer
+    while _ANSWER.fullmatch(link.read_until(b"\n")) is None:
+        link.write(READ)
+    link.write(READ * depth)
+    inflight = depth
+    while not stop.is_set() and time.monotonic() < deadline:
+        chunk = link.read(link.in_waiting or 1)
+        if not chunk:
+            break  # a lost answer: the pipelined loop would need a drain here
+        buf += chunk
+        while (end := buf.find(b"\n")) >= 0:
+            line = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            inflight -= 1
+            if _ANSWER.fullmatch(line):
+                answers += 1
+            else:
+                bad += 1
+        if inflight < depth:
+            link.write(READ * (depth - inflight))
+            inflight = depth
+    link.close()
+    return {"answers": answers, "bad": bad}
+
+
+def synthetic_publisher(endpoint: str, sensor: str, count: int, hwm: int) -> dict[str, Any]:
+    """What a reader does per reading (Reading, encode_reading, send), minus the serial port."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = pub_socket(ctx, endpoint, hwm)
+    wait_for_broker(sock, threading.Event(), 5.0)
+    session = f"{time.time_ns() & 0xFFFFFFFFFFFF:012x}"
+    send = sock.send_multipart
+    start = time.time()
+    for seq in range(count):
+        send(encode_reading(Reading(sensor, session, seq, time.time_ns(), 512, 0.00488,
+                                    0.0740, 0.370, 0)))  # fmt: skip
+    end = time.time()
+    sock.close(linger=60_000)  # let everything queued reach the broker
+    ctx.term()
+    return {"start": start, "end": end, "sent": count}
+
+
+def raw_publisher(endpoint: str, count: int, pack: bool, hwm: int) -> dict[str, Any]:
+    """XPUB (binds; its first recv is the subscriber arriving), then `count` messages.
+
+    Frames go out with two send() calls rather than send_multipart(): the same two-frame message
+    on the wire, without pyzmq's per-call Python overhead (about 4 us against 1.8 us here), so
+    this is the ceiling of the message format itself.
+    """
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.bind(endpoint)
+    sock.recv()  # the subscription: nothing sent from now on is lost to the slow joiner
+    topic = READING_PREFIX + b"S01/"
+    body = list(BODY)
+    payload = msgpack.packb(body)
+    send = sock.send
+    more = zmq.SNDMORE
+    start = time.time()
+    if pack:
+        packb = msgpack.packb
+        for seq in range(count):
+            body[3] = seq
+            send(topic, more)
+            send(packb(body))
+    else:
+        for _ in range(count):
+            send(topic, more)
+            send(payload)
+    end = time.time()
+    sock.close(linger=60_000)
+    ctx.term()
+    return {"start": start, "end": end, "sent": count}
+
+
+def raw_subscriber(endpoint: str, count: int, unpack: bool, hwm: int) -> dict[str, Any]:
+    """Receive until `count` messages or 3 s of silence; time from the first to the last."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = sub_socket(ctx, endpoint, [READING_PREFIX], hwm)
+    recv = sock.recv
+    unpackb = msgpack.unpackb
+    got = 0
+    first = last = 0.0
+    noblock = zmq.NOBLOCK
+    if sock.poll(30_000):
+        first = time.time()
+        while got < count:
+            try:
+                recv(noblock)  # the topic; the payload frame is already there with it
+            except zmq.Again:
+                if not sock.poll(3000):
+                    break
+                continue
+            payload = recv()
+            if unpack:
+                unpackb(payload)
+            got += 1
+        last = time.time()
+    sock.close(0)
+    ctx.term()
+    return {"received": got, "first": first, "last": last}
+
+
+def latency_tap(endpoint: str, seconds: float, warmup: float) -> dict[str, Any]:
+    """Reading timestamp -> decoded here, in ms, for every reading after `warmup`."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = sub_socket(ctx, endpoint, [READING_PREFIX], 1_000_000)
+    now_ns = time.time_ns
+    lat: list[float] = []
+    begin = time.monotonic() + warmup
+    end = begin + seconds
+    while time.monotonic() < end:
+        if sock.poll(100):
+            frames = sock.recv_multipart()
+            r = decode_reading(frames)
+            if time.monotonic() >= begin:
+                lat.append((now_ns() - r.ts_ns) / 1e6)
+    sock.close(0)
+    ctx.term()
+    return {"latencies_ms": lat}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m powmon.bench.workers")
+    sub = p.add_subparsers(dest="kind", required=True)
+    s = sub.add_parser("serial")
+    s.add_argument("--port", required=True)
+    s.add_argument("--baud", type=int, default=115200)
+    s.add_argument("--depth", type=int, default=1)
+    s.add_argument("--seconds", type=float, default=10.0)
+    s = sub.add_parser("synpub")
+    s.add_argument("--endpoint", required=True)
+    s.add_argument("--sensor", required=True)
+    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--hwm", type=int, default=1_000_000)
+    for name in ("rawpub", "rawsub"):
+        s = sub.add_parser(name)
+        s.add_argument("--endpoint", required=True)
+        s.add_argument("--count", type=int, required=True)
+        s.add_argument("--codec", action="store_true", help="pack (pub) / unpack (sub) each")
+        s.add_argument("--hwm", type=int, default=1_000_000)
+    s = sub.add_parser("latency")
+    s.add_argument("--endpoint", required=True)
+    s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--warmup", type=float, default=0.5)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = _parser().parse_args(argv)
+    jobs: dict[str, Callable[[], dict[str, Any]]] = {
+        "serial": lambda: serial_loop(a.port, a.baud, a.depth, a.seconds),
+        "synpub": lambda: synthetic_publisher(a.endpoint, a.sensor, a.count, a.hwm),
+        "rawpub": lambda: raw_publisher(a.endpoint, a.count, a.codec, a.hwm),
+        "rawsub": lambda: raw_subscriber(a.endpoint, a.count, a.codec, a.hwm),
+        "latency": lambda: latency_tap(a.endpoint, a.seconds, a.warmup),
+    }
+    print(json.dumps(jobs[a.kind]()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
