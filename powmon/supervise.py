@@ -91,6 +91,7 @@ class Supervisor:
             "children": len(self.children),
             "running": sum(c.running for c in self.children),
             "restarts": {c.spec.key: c.restarts for c in self.children},
+            "bad_status": self.bad_status,
         }
 
     def run(self, stop: threading.Event) -> None:

@@ -18,6 +18,7 @@ import zmq
 
 from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
+from powmon.common.logs import RateLimiter
 from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.schema import (
     READING_PREFIX,
@@ -54,6 +55,7 @@ def tap(
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = sub_socket(ctx, backend, topics, hwm)
     shown = bad = 0
+    limiter = RateLimiter(period=5.0)
     try:
         while not stop.is_set() and (count == 0 or shown < count):
             if not sock.poll(200):
@@ -63,7 +65,9 @@ def tap(
                 record = _render(frames)
             except SchemaError as err:
                 bad += 1
-                print(f"powmon tap: skipped a bad message ({bad} so far): {err}", file=sys.stderr)
+                if limiter.allow("bad")[0]:  # a stream of junk must not flood the terminal
+                    print(f"powmon tap: skipped a bad message ({bad} so far): {err}",
+                          file=sys.stderr)  # fmt: skip
                 continue
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
@@ -73,6 +77,8 @@ def tap(
     finally:
         sock.close()
         ctx.term()
+        if bad:
+            print(f"powmon tap: skipped {bad} bad message(s) in all", file=sys.stderr)
     return shown
 
 
