@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Final
 
 import zmq
 
 from powmon.common.errors import SchemaError
+from powmon.common.gaps import GapFiller
 from powmon.common.schema import (
+    Reading,
     ReplayReply,
     ReplayRequest,
     Status,
@@ -120,24 +120,20 @@ class ReplayServer:
         self.sock.close()
 
 
-@dataclass(slots=True)
-class _Asked:
-    sensor_id: str
-    session: str
-    first: int
-    last: int
-    deadline: float
-
-
 class ReplayClient:
-    """Asks readers for missing ranges; learns where they listen from their heartbeats."""
+    """Asks readers for missing ranges; learns where they listen from their heartbeats.
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], timeout: float = 3.0) -> None:
+    One reader runs per sensor, so a request always goes to the sensor's newest reader, even
+    for an older session: a restarted reader answers (0, -1) for a session it does not run,
+    which tells the asker that range is gone for good, instead of leaving it to wait on the
+    dead reader's address. Sockets to readers that went away are closed as their successors
+    announce themselves, so there is at most one per sensor.
+    """
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         self._ctx = ctx
-        self._timeout = timeout
-        self._where: dict[tuple[str, str], str] = {}  # (sensor, session) -> endpoint
+        self._latest: dict[str, tuple[str, str]] = {}  # sensor -> (session, endpoint)
         self._socks: dict[str, zmq.Socket[bytes]] = {}
-        self._asked: list[_Asked] = []
         self.bad_replies = 0
 
     def learn(self, status: Status) -> None:
@@ -146,17 +142,30 @@ class ReplayClient:
             return
         session = status.counters.get("session")
         endpoint = status.counters.get("replay")
-        if isinstance(session, str) and isinstance(endpoint, str) and endpoint:
-            self._where[(status.ident, session)] = endpoint
+        if not (isinstance(session, str) and isinstance(endpoint, str) and endpoint):
+            return
+        old = self._latest.get(status.ident)
+        self._latest[status.ident] = (session, endpoint)
+        if old is not None and old[1] != endpoint and old[1] in self._socks:
+            self._socks.pop(old[1]).close()  # that reader is gone; so are its replies
 
     def knows(self, sensor_id: str, session: str) -> bool:
-        return (sensor_id, session) in self._where
+        return self._latest.get(sensor_id, ("", ""))[0] == session
 
     def ask(self, sensor_id: str, session: str, first: int, last: int) -> bool:
-        """Send a request; False when no endpoint is known (yet) for that session."""
-        endpoint = self._where.get((sensor_id, session))
-        if endpoint is None:
+        """Send a request; False when no endpoint is known (yet) or the socket is full."""
+        latest = self._latest.get(sensor_id)
+        if latest is None:
             return False
+        try:
+            self._socket(latest[1]).send(
+                encode_replay_request(ReplayRequest(session, first, last)), zmq.NOBLOCK
+            )
+        except zmq.Again:
+            return False
+        return True
+
+    def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
         sock = self._socks.get(endpoint)
         if sock is None:
             sock = self._ctx.socket(zmq.DEALER)
@@ -164,22 +173,11 @@ class ReplayClient:
             sock.setsockopt(zmq.SNDHWM, 1000)
             sock.connect(endpoint)
             self._socks[endpoint] = sock
-        try:
-            sock.send(encode_replay_request(ReplayRequest(session, first, last)), zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        self._asked.append(
-            _Asked(sensor_id, session, first, last, time.monotonic() + self._timeout)
-        )
-        return True
+        return sock
 
     @property
     def sockets(self) -> list[zmq.Socket[bytes]]:
         return list(self._socks.values())
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._asked)
 
     def replies(self) -> Iterator[ReplayReply]:
         """Every reply already received, without blocking."""
@@ -191,26 +189,28 @@ class ReplayClient:
                     break
                 try:
                     reply = decode_replay_reply(payload)
-                except SchemaError:
+                except (SchemaError, ValueError, TypeError, OverflowError):
+                    # ValueError & co: docs/hostile.md finding S4 (int() of `available`)
                     self.bad_replies += 1
                     continue
-                self._settle(reply.sensor_id, reply.session)
                 yield reply
-
-    def _settle(self, sensor_id: str, session: str) -> None:
-        for i, asked in enumerate(self._asked):
-            if asked.sensor_id == sensor_id and asked.session == session:
-                del self._asked[i]
-                return
-
-    def expired(self) -> list[tuple[str, str, int, int]]:
-        """Requests that got no reply in time (the reader died or went away)."""
-        now = time.monotonic()
-        gone = [a for a in self._asked if a.deadline <= now]
-        self._asked = [a for a in self._asked if a.deadline > now]
-        return [(a.sensor_id, a.session, a.first, a.last) for a in gone]
 
     def close(self) -> None:
         for sock in self._socks.values():
             sock.close()
         self._socks.clear()
+
+
+def take_replayed(client: ReplayClient | None, filler: GapFiller) -> list[Reading]:
+    """Every reply already received, through the filler: the readings to store, flagged."""
+    if client is None:
+        return []
+    out: list[Reading] = []
+    for reply in client.replies():
+        out += filler.on_reply(reply)
+    return out
+
+
+def nowhere(sensor_id: str, session: str, first: int, last: int) -> bool:
+    """The `ask` of a subscriber without a replay client: nobody to ask, ranges are lost."""
+    return False

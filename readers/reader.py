@@ -23,6 +23,7 @@ from powmon.common.backoff import backoff
 from powmon.common.conversion import Calibration
 from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
+from powmon.common.replay import ReplayServer, replay_bind_endpoint
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket
 from powmon.readers.handshake import Agreed, NoAnswer, Wanted, handshake
@@ -38,6 +39,8 @@ MAX_SILENT: Final = 10  # consecutive unanswered requests before the device coun
 SUMMARY_INTERVAL: Final = 60.0
 LOG_PERIOD: Final = 10.0  # at most one warning per kind per this many seconds
 BROKER_WAIT: Final = 1.0  # longest wait at start for the bus, so seq 0 is not lost to PUB
+SERVE_EVERY: Final = 0.005  # how often the hot loop looks for replay requests
+IDLE_STEP: Final = 0.05  # longest wait between replay checks (slow polling, reconnecting)
 
 
 class DeviceLost(DeviceError):
@@ -85,13 +88,23 @@ class ReaderConfig:
 class Reader:
     """The connect/poll state machine of one reader; sockets are handed in by run()."""
 
-    def __init__(self, config: ReaderConfig, sock: zmq.Socket[bytes], stop: threading.Event):
+    def __init__(
+        self, config: ReaderConfig, sock: zmq.Socket[bytes], stop: threading.Event,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.stop = stop
         self.counters = Counters(session=new_session_id(), port=config.port)
         self.emitter = Emitter(
             sock, config.sensor_id, config.calibration, self.counters, config.replay_buffer
         )
+        self.replay: ReplayServer | None = None
+        if ctx is not None and config.replay_buffer > 0:
+            self.replay = ReplayServer(
+                ctx, config.sensor_id, self.counters.session, self.emitter.ring,
+                replay_bind_endpoint(config.frontend),
+            )  # fmt: skip
+            self.counters.replay = self.replay.endpoint
         self.heartbeat = Heartbeat(
             sock, "reader", config.sensor_id, config.heartbeat_interval, self.counters.snapshot
         )
@@ -103,8 +116,9 @@ class Reader:
 
     def run(self) -> None:
         cfg = self.config
-        log.info("reader start sensor=%s port=%s session=%s endpoint=%s", cfg.sensor_id,
-                 cfg.port, self.counters.session, cfg.frontend)  # fmt: skip
+        log.info("reader start sensor=%s port=%s session=%s endpoint=%s replay=%s",
+                 cfg.sensor_id, cfg.port, self.counters.session, cfg.frontend,
+                 self.counters.replay or "off")  # fmt: skip
         self._next_summary = time.monotonic() + SUMMARY_INTERVAL
         try:
             while not self.stop.is_set():
@@ -115,6 +129,8 @@ class Reader:
         finally:
             self.counters.connected = False
             self.heartbeat.beat("stopping", force=True)
+            if self.replay is not None:
+                self.replay.close()
             c = self.counters
             log.info("reader stop sensor=%s readings=%d bad_lines=%d timeouts=%d reconnects=%d",
                      cfg.sensor_id, c.readings, c.bad_lines, c.timeouts,
@@ -194,16 +210,21 @@ class Reader:
         chores_every = self.config.heartbeat_interval
         schedule = self._schedule
         schedule.restart(time.monotonic())
-        next_chores = 0.0
+        next_chores = next_serve = 0.0
+        replay = self.replay.sock if self.replay is not None else None
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_chores:
                 next_chores = now + chores_every
                 self._chores(now)
+            if replay is not None and now >= next_serve:
+                next_serve = now + SERVE_EVERY
+                if int(replay.get(zmq.EVENTS)) & zmq.POLLIN:
+                    self._serve()
             if schedule.period:
                 wait = schedule.delay(now)
                 if wait > 0:
-                    stop.wait(min(wait, chores_every))
+                    stop.wait(min(wait, chores_every, IDLE_STEP))
                     continue
                 schedule.advance(now)
             ts_ns = time.time_ns()
@@ -235,6 +256,7 @@ class Reader:
         """Heartbeat and the periodic summary; called at most once per heartbeat interval."""
         c = self.counters
         c.skipped_slots = self._schedule.skipped
+        self._serve()
         self.heartbeat.beat("running" if c.connected else "disconnected")
         if now >= self._next_summary:
             self._next_summary = now + SUMMARY_INTERVAL
@@ -251,8 +273,13 @@ class Reader:
             left = deadline - now
             if left <= 0:
                 return self.stop.is_set()
-            if self.stop.wait(min(left, self.config.heartbeat_interval)):
+            if self.stop.wait(min(left, IDLE_STEP)):
                 return True
+
+    def _serve(self) -> None:
+        """Answer queued replay requests; they never block, and a bad one is only counted."""
+        if self.replay is not None:
+            self.replay.serve_pending()
 
     def _warn(self, key: str, msg: str, *args: object) -> None:
         self._log(logging.WARNING, key, msg, *args)
@@ -274,7 +301,7 @@ def run(config: ReaderConfig, stop: threading.Event) -> None:
     try:
         if not wait_for_broker(sock, stop, BROKER_WAIT):
             log.debug("no broker at %s yet; starting anyway", config.frontend)
-        Reader(config, sock, stop).run()
+        Reader(config, sock, stop, ctx).run()
     finally:
         sock.close()  # linger (transport.PUB_LINGER_MS) lets queued readings out
         ctx.term()

@@ -3,12 +3,11 @@
 A session starts with the process; `(sensor_id, session, seq)` names each reading everywhere
 downstream, so seq only moves when a reading is actually published: a skipped bad line leaves
 no gap. Everything here runs once per reading, so it does the minimum: convert, encode, send,
-keep the frames in the replay ring, bump counters. No log formatting unless payload logging is on.
+keep the payload in the replay ring, bump counters. No log formatting unless payload logging is on.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import secrets
 import threading
@@ -22,6 +21,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from powmon.common.conversion import Calibration
 from powmon.common.logs import PAYLOAD_LOGGER
+from powmon.common.replay import ReplayRing
 from powmon.common.schema import Reading, encode_reading
 
 payload_log = logging.getLogger(PAYLOAD_LOGGER)
@@ -80,6 +80,7 @@ class Counters:
     connected: bool = False
     last_reading_ns: int = 0
     firmware: str = ""
+    replay: str = ""  # the replay endpoint (common.replay); empty when REPLAY_BUFFER is 0
 
     def snapshot(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,9 +101,9 @@ class Emitter:
         self._sensor_id = sensor_id
         self._cal = cal
         self.counters = counters
-        # The last readings' frames, for the replay side socket of a later issue; appending
-        # to a bounded deque costs next to nothing and never grows.
-        self.ring: collections.deque[list[bytes]] = collections.deque(maxlen=replay)
+        # The last readings' payloads, for subscribers that missed some (common.replay);
+        # appending to a bounded deque costs next to nothing and never grows.
+        self.ring = ReplayRing(replay)
 
     def emit(self, raw: float, ts_ns: int, flags: int, convert: Converter) -> Reading:
         c = self.counters
@@ -110,7 +111,7 @@ class Emitter:
         reading = Reading(self._sensor_id, c.session, c.seq, ts_ns, raw, volts, amps, watts, flags)
         frames = encode_reading(reading)
         self._sock.send_multipart(frames)  # PUB never blocks; at HWM it drops
-        self.ring.append(frames)
+        self.ring.append(c.seq, frames[1])
         c.seq += 1
         c.readings += 1
         c.last_reading_ns = ts_ns

@@ -6,6 +6,11 @@ only when the server acknowledged it with a 2xx, or moved to `dead_letter` when 
 refused it for good; nothing leaves the spool any other way except the size cap, which is
 counted and logged by the caller.
 
+The `progress` table keeps, per (sensor_id, session), the highest seq received and the ranges
+still missing below it, committed in the same transaction as the readings: after a restart the
+uplink knows exactly what it already has, so it asks the readers for what it missed (and only
+that) and never mistakes a reading it sent long ago for a new one.
+
 synchronous=NORMAL: a committed insert survives a crash or kill -9 of the process; a power cut
 can lose the last few transactions (the writer's CSV files still have those readings).
 
@@ -18,6 +23,7 @@ millions of rows.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -29,6 +35,7 @@ from powmon.common.errors import UplinkError
 from powmon.common.schema import Reading
 
 BUSY_TIMEOUT_S: Final = 10.0
+MAX_PROGRESS: Final = 4096  # streams remembered; the least recently updated are forgotten
 
 # The column lists are spelled out in each statement: SQL text is never assembled at runtime.
 _INSERT: Final = (
@@ -64,7 +71,20 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     watts REAL NOT NULL, flags INTEGER NOT NULL, received_ns INTEGER NOT NULL,
     status INTEGER, reason TEXT NOT NULL, dead_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS progress (
+    sensor_id TEXT NOT NULL, session TEXT NOT NULL, last_seq INTEGER NOT NULL,
+    floor INTEGER NOT NULL, missing TEXT NOT NULL, updated_ns INTEGER NOT NULL,
+    PRIMARY KEY (sensor_id, session)
+);
 """
+_SAVE_PROGRESS: Final = (
+    "INSERT OR REPLACE INTO progress (sensor_id, session, last_seq, floor, missing, updated_ns) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_PRUNE_PROGRESS: Final = (
+    "DELETE FROM progress WHERE rowid NOT IN "
+    "(SELECT rowid FROM progress ORDER BY updated_ns DESC LIMIT ?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +94,17 @@ class Row:
     id: int
     reading: Reading
     received_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far the uplink got with one stream: last seq received, holes [lo, hi) below it."""
+
+    sensor_id: str
+    session: str
+    last_seq: int
+    floor: int
+    missing: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +133,12 @@ class Spool:
     def close(self) -> None:
         self._db.close()
 
-    def add(self, readings: Sequence[Reading], now_ns: int | None = None) -> AddResult:
-        """Insert one receive batch in one transaction; enforce the size cap in the same one."""
-        if not readings:
+    def add(
+        self, readings: Sequence[Reading], now_ns: int | None = None,
+        progress: Sequence[Progress] = (),
+    ) -> AddResult:  # fmt: skip
+        """Insert one receive batch and its progress in one transaction, with the size cap."""
+        if not readings and not progress:
             return AddResult(0, 0, 0)
         received = time.time_ns() if now_ns is None else now_ns
         rows = [
@@ -117,7 +151,22 @@ class Spool:
             self._db.executemany(_INSERT, rows)
             inserted = self._db.total_changes - before
             dropped = self._enforce_cap()
+            self._db.executemany(
+                _SAVE_PROGRESS,
+                ((p.sensor_id, p.session, p.last_seq, p.floor, json.dumps(p.missing), received)
+                 for p in progress),
+            )  # fmt: skip
         return AddResult(inserted, len(rows) - inserted, dropped)
+
+    def progress(self) -> list[Progress]:
+        """Every remembered stream, after forgetting all but the MAX_PROGRESS newest."""
+        with self._transaction():
+            self._db.execute(_PRUNE_PROGRESS, (MAX_PROGRESS,))
+        cur = self._db.execute("SELECT sensor_id, session, last_seq, floor, missing FROM progress")
+        return [
+            Progress(sensor, session, last, floor, tuple((lo, hi) for lo, hi in json.loads(gaps)))
+            for sensor, session, last, floor, gaps in cur.fetchall()
+        ]
 
     def _enforce_cap(self) -> int:
         (top,) = self._db.execute("SELECT max(id) FROM readings").fetchone()

@@ -9,6 +9,11 @@ On SIGTERM: stop receiving (everything received is already committed), tell the 
 stop, wait for its in-flight request at most UPLINK_TIMEOUT (+ a margin), then exit 0. A
 request still hanging then is abandoned with its batch still spooled: it is sent on the next
 start, and a server that deduplicates by (sensor_id, session, seq) sees it at most twice.
+
+Readings that never reached the uplink (its own restart, a broker restart, the slow joiner) are
+asked for from the readers' replay buffers and spooled late (common.gaps, common.replay); the
+spool's `progress` table makes that survive an uplink restart. What cannot be had any more is
+counted (`lost`, `lost_ranges`) and logged at WARNING.
 """
 
 from __future__ import annotations
@@ -23,22 +28,35 @@ import urllib3
 import zmq
 
 from powmon.common.errors import SchemaError
+from powmon.common.gaps import KEEP, GapFiller, GapTracker, Verdict
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import READING_PREFIX, Reading, decode_reading
+from powmon.common.replay import ReplayClient, nowhere, take_replayed
+from powmon.common.schema import (
+    READING_PREFIX,
+    STATUS_PREFIX,
+    Reading,
+    decode_reading,
+    decode_status,
+)
 from powmon.common.transport import Heartbeat, close_all, pub_socket, sub_socket
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.sender import Sender, Stats
-from powmon.uplink.spool import Spool
+from powmon.uplink.spool import Progress, Spool
 
 log = logging.getLogger(__name__)
 
 POLL_MS: Final = 200
+POLL_RECOVERING_MS: Final = 10  # replies come on other sockets: look often while waiting
+STOP_DRAIN_S: Final = 2.0
+READER_STATUS: Final = STATUS_PREFIX + b"reader/"
 DRAIN_MAX: Final = 5000  # messages per spool transaction
 JOIN_MARGIN_S: Final = 1.0
 
 
-def _counters(stats: Stats) -> dict[str, object]:
+def _counters(stats: Stats, filler: GapFiller) -> dict[str, object]:
     return {
+        "replayed": filler.replayed, "replay_requests": filler.requests,
+        "recovering": filler.recovering, "lost": filler.lost, "lost_ranges": filler.lost_ranges,
         "spool_depth": stats.spool_depth, "received": stats.received, "sent": stats.sent,
         "batches_ok": stats.batches_ok, "retries": stats.retries,
         "dead_lettered": stats.dead_lettered, "dropped_over_cap": stats.dropped_over_cap,
@@ -48,12 +66,17 @@ def _counters(stats: Stats) -> dict[str, object]:
 
 
 class _Receiver:
-    """Drains the SUB socket into the spool; counts what it drops and why."""
+    """Drains the SUB socket into the spool; counts what it drops and why; fills gaps."""
 
-    def __init__(self, sub: zmq.Socket[bytes], spool: Spool, stats: Stats) -> None:
+    def __init__(
+        self, sub: zmq.Socket[bytes], spool: Spool, stats: Stats,
+        filler: GapFiller | None = None, client: ReplayClient | None = None,
+    ) -> None:  # fmt: skip
         self._sub = sub
         self._spool = spool
         self._stats = stats
+        self.filler = filler if filler is not None else GapFiller(nowhere)
+        self._client = client
         self._limiter = RateLimiter(10.0)
 
     @property
@@ -63,21 +86,64 @@ class _Receiver:
     def update_depth(self) -> None:
         self._stats.spool_depth = self._spool.depth()
 
+    def resume(self) -> None:
+        """Continue every stream the spool remembers; ask again for holes still open."""
+        tracker = self.filler.tracker
+        for p in self._spool.progress():
+            tracker.resume(p.sensor_id, p.session, p.last_seq, p.missing, p.floor)
+            if p.missing:
+                self.filler.opened((p.sensor_id, p.session))
+
     def drain(self) -> int:
+        """Take what arrived (readings, heartbeats, replies) into the spool, in one commit."""
         readings: list[Reading] = []
+        observe = self.filler.tracker.observe
         while len(readings) < DRAIN_MAX:
             try:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
-                readings.append(decode_reading(frames))
+                if frames[0].startswith(READER_STATUS):
+                    self._status(frames)
+                    continue
+                r = decode_reading(frames)
             except SchemaError as err:
                 self._bad(err)
-        if not readings:
+                continue
+            self._stats.received += 1
+            verdict = observe(r.sensor_id, r.session, r.seq)
+            if verdict is Verdict.GAP:
+                self.filler.opened((r.sensor_id, r.session))
+            elif verdict not in KEEP:
+                self._stats.duplicates += 1
+                continue
+            readings.append(r)
+        readings += take_replayed(self._client, self.filler)
+        self.filler.tick()
+        self._report_lost()
+        return self._commit(readings)
+
+    def _status(self, frames: list[bytes]) -> None:
+        status = decode_status(frames)
+        if self._client is not None:
+            self._client.learn(status)
+        self.filler.heartbeat(status)
+
+    def _commit(self, readings: list[Reading]) -> int:
+        changed = self.filler.changed
+        changed.update((r.sensor_id, r.session) for r in readings)
+        tracker = self.filler.tracker
+        progress = [
+            Progress(sensor, session, nxt - 1, floor, tuple(missing))
+            for sensor, session in changed
+            if tracker.knows(sensor, session)
+            for nxt, floor, missing in [tracker.state(sensor, session)]
+        ]
+        changed.clear()
+        if not readings and not progress:
             return 0
-        result = self._spool.add(readings)
-        self._stats.received += len(readings)
+        result = self._spool.add(readings, progress=progress)
         self._stats.duplicates += result.duplicates
         if result.dropped:
             self._stats.dropped_over_cap += result.dropped
@@ -85,6 +151,14 @@ class _Receiver:
                       "%d in all", self._spool.max_rows, result.dropped,
                       self._stats.dropped_over_cap)  # fmt: skip
         return result.inserted
+
+    def _report_lost(self) -> None:
+        for gap in self.filler.take_lost():
+            ok, held = self._limiter.allow(f"lost/{gap.sensor_id}")
+            if ok:
+                log.warning("lost sensor=%s session=%s seq=%d..%d count=%d reason=%s%s",
+                            gap.sensor_id, gap.session, gap.first, gap.last, gap.count,
+                            gap.reason, f" ({held} more since)" if held else "")  # fmt: skip
 
     def _bad(self, err: SchemaError) -> None:
         self._stats.bad_messages += 1
@@ -114,11 +188,16 @@ def run(config: UplinkConfig, stop: threading.Event) -> None:
     spool = Spool(config.spool_path, config.spool_max)
     stats.spool_depth = spool.depth()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sub = sub_socket(ctx, config.broker_backend, [READING_PREFIX], config.hwm)
+    client = ReplayClient(ctx)
+    hb = config.heartbeat_interval
+    filler = GapFiller(client.ask, GapTracker(), timeout=max(2.0, 3 * hb),
+                       grace=max(5.0, 5 * hb))  # fmt: skip
+    sub = sub_socket(ctx, config.broker_backend, [READING_PREFIX, READER_STATUS], config.hwm)
     status = pub_socket(ctx, config.broker_frontend, config.hwm)
     status.setsockopt(zmq.LINGER, 0)
-    beat = Heartbeat(status, "uplink", "uplink", config.heartbeat_interval,
-                     lambda: _counters(stats))  # fmt: skip
+    beat = Heartbeat(status, "uplink", "uplink", hb, lambda: _counters(stats, filler))
+    receiver = _Receiver(sub, spool, stats, filler, client)
+    receiver.resume()
     sender = Sender(config, stats, threading.Event(), threading.Event())
     log.info("uplink up backend=%s server=%s format=%s spool=%s depth=%d",
              config.broker_backend, config.where, config.format, config.spool_path,
@@ -127,9 +206,10 @@ def run(config: UplinkConfig, stop: threading.Event) -> None:
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
     try:
-        _loop(config, stop, poller, _Receiver(sub, spool, stats), beat, sender)
+        _loop(config, stop, poller, receiver, beat, sender)
     finally:
-        sub.close()  # stop receiving first; every drained batch is already committed
+        sub.close()
+        client.close()  # stop receiving first; every drained batch is already committed
         if not sender.shutdown(config.timeout + JOIN_MARGIN_S):
             log.warning("a request to %s is still in flight; its batch stays spooled and is "
                         "sent on the next start", config.where)  # fmt: skip
@@ -145,7 +225,8 @@ def _loop(config: UplinkConfig, stop: threading.Event, poller: zmq.Poller, recei
           beat: Heartbeat, sender: Sender) -> None:  # fmt: skip
     next_summary = time.monotonic() + config.summary_interval
     while not stop.is_set():
-        if poller.poll(POLL_MS) and receiver.drain():
+        poller.poll(POLL_RECOVERING_MS if receiver.filler.recovering else POLL_MS)
+        if receiver.drain():
             sender.poke()
         sender.check()
         receiver.update_depth()
@@ -153,3 +234,7 @@ def _loop(config: UplinkConfig, stop: threading.Event, poller: zmq.Poller, recei
         if time.monotonic() >= next_summary:
             next_summary = time.monotonic() + config.summary_interval
             _summary(receiver.stats)
+    # Readers stop first under `powmon run`: take their last readings before leaving.
+    deadline = time.monotonic() + STOP_DRAIN_S
+    while receiver.drain() and time.monotonic() < deadline:
+        pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import os
 import re
@@ -27,11 +28,14 @@ COUNTER_WIDTH: Final = 6
 TIME_FORMAT: Final = "%Y%m%dT%H%M%SZ"
 LINE_TERMINATOR: Final = "\n"
 # How much of the newest files to read on start to learn the last stored seq of each stream.
-TAIL_BYTES: Final = 256 * 1024
+TAIL_BYTES: Final = 4 * 1024 * 1024
+# How much data to search, newest first, for a session the tail did not show.
+SCAN_BYTES: Final = 32 * 1024 * 1024
 
 _SENSOR_COL: Final = CSV_FIELDS.index("sensor_id")
 _SESSION_COL: Final = CSV_FIELDS.index("session")
 _SEQ_COL: Final = CSV_FIELDS.index("seq")
+_FLAGS_COL: Final = CSV_FIELDS.index("flags")
 
 
 def header_line() -> str:
@@ -109,17 +113,34 @@ def resume_size(path: Path, limit: int, header: bytes) -> int | None:
     return size
 
 
-def tail_last_seqs(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> dict[
-    tuple[str, str], int
+@dataclass(frozen=True, slots=True)
+class StreamTail:
+    """What the newest rows say about one (sensor_id, session).
+
+    `last` is the highest stored seq; seqs from `floor` to `last` that are not stored are
+    `missing` ([lo, hi) ranges): holes a writer killed in mid-recovery left behind.
+    """
+
+    last: int
+    floor: int
+    missing: tuple[tuple[int, int], ...]
+
+
+def tail_streams(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> dict[
+    tuple[str, str], StreamTail
 ]:  # fmt: skip
-    """The highest stored seq per (sensor_id, session) in the tail of the newest files.
+    """Per stream, the last stored seq and the holes below it, from the newest `limit` bytes.
 
     The data on disk is the source of truth: seeding the gap tracker from it makes readings
-    published while the writer was down show up as a gap instead of passing unnoticed.
+    published while the writer was down show up as a gap instead of passing unnoticed, and a
+    hole still open when the writer died gets asked for again. Live rows of a session are
+    stored in seq order, so the lowest live seq in the tail is where the tail can vouch for
+    the stream; replayed rows (flag `replayed`) below it were filling older holes.
     """
-    last: dict[tuple[str, str], int] = {}
+    live: dict[tuple[str, str], set[int]] = {}
+    replayed: dict[tuple[str, str], set[int]] = {}
     budget = limit
-    for _, path in reversed(list_files(root, naming)[-2:]):
+    for _, path in reversed(list_files(root, naming)):
         try:
             text, budget = _read_tail(path, budget)
         except OSError as err:
@@ -128,13 +149,60 @@ def tail_last_seqs(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> d
         for row in csv.reader(io.StringIO(text)):
             if len(row) != len(CSV_FIELDS) or not row[_SEQ_COL].isdigit():
                 continue  # header, a partial first/last line, or a foreign row
-            key = (row[_SENSOR_COL], row[_SESSION_COL])
-            seq = int(row[_SEQ_COL])
-            if seq > last.get(key, -1):
-                last[key] = seq
+            into = replayed if "replayed" in row[_FLAGS_COL] else live
+            into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[_SEQ_COL]))
         if budget <= 0:
             break
-    return last
+    return {key: _stream_tail(live.get(key, set()), replayed.get(key, set()))
+            for key in live.keys() | replayed.keys()}  # fmt: skip
+
+
+def _stream_tail(live: set[int], replayed: set[int]) -> StreamTail:
+    floor = min(live) if live else min(replayed)
+    seqs = sorted(s for s in live | replayed if s >= floor)
+    holes = tuple((a + 1, b) for a, b in itertools.pairwise(seqs) if b > a + 1)
+    return StreamTail(seqs[-1], floor, holes)
+
+
+def tail_last_seqs(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> dict[
+    tuple[str, str], int
+]:  # fmt: skip
+    """The highest stored seq per (sensor_id, session) in the newest `limit` bytes."""
+    return {key: tail.last for key, tail in tail_streams(root, naming, limit).items()}
+
+
+def scan_session(
+    root: Path, naming: FileNaming, sensor_id: str, session: str, limit: int = SCAN_BYTES
+) -> int | None:
+    """The highest stored seq of one session in the newest `limit` bytes of data, or None.
+
+    For a session the tail did not show (a reader silent for a long time): rows are found by
+    the session text, which is unique, and only those lines are parsed.
+    """
+    needle = f",{session},"
+    best: int | None = None
+    budget = limit
+    for _, path in reversed(list_files(root, naming)):
+        try:
+            text, budget = _read_tail(path, budget)
+        except OSError as err:
+            log.warning("cannot read %s: %s", path.name, err)
+            continue
+        start = text.find(needle)
+        while start >= 0:
+            line_start = text.rfind("\n", 0, start) + 1
+            line_end = text.find("\n", start)
+            row = next(csv.reader([text[line_start : line_end if line_end >= 0 else None]]), [])
+            if (
+                len(row) == len(CSV_FIELDS)
+                and row[_SENSOR_COL] == sensor_id
+                and (row[_SESSION_COL] == session and row[_SEQ_COL].isdigit())
+            ):
+                best = max(best if best is not None else -1, int(row[_SEQ_COL]))
+            start = text.find(needle, start + 1)
+        if budget <= 0:
+            break
+    return best
 
 
 def _read_tail(path: Path, budget: int) -> tuple[str, int]:

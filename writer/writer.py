@@ -5,6 +5,11 @@ up to a batch without blocking; rows are buffered and written once per FLUSH_INT
 sooner when the buffer grows), which is what lets one process keep up with >100,000 readings/s.
 A disk that refuses a write (full, permissions) never stops the loop: rows wait in memory up to
 a bound and the write is retried with backoff; readings past the bound are counted as dropped.
+
+Readings that never arrived (a writer or broker restart, ZeroMQ's slow joiner) are asked for
+from the readers' replay buffers (common.replay, common.gaps) and stored late, flagged
+`replayed`; a reading already stored is never stored again; what cannot be had any more is
+named in gaps.csv (recovery.py).
 """
 
 from __future__ import annotations
@@ -21,18 +26,28 @@ import zmq
 
 from powmon.common.backoff import backoff
 from powmon.common.errors import PowmonError, SchemaError
+from powmon.common.gaps import KEEP, Verdict
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import READING_PREFIX, csv_row, decode_reading
+from powmon.common.replay import ReplayClient
+from powmon.common.schema import (
+    READING_PREFIX,
+    STATUS_PREFIX,
+    Reading,
+    csv_row,
+    decode_reading,
+)
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, close_all, pub_socket, sub_socket
-from powmon.writer.gaps import GapTracker, Verdict
-from powmon.writer.rotation import FileNaming, tail_last_seqs
+from powmon.writer.recovery import Recovery
+from powmon.writer.rotation import FileNaming
 from powmon.writer.store import CsvStore
 
 log = logging.getLogger(__name__)
 
 POLL_MAX: Final = 0.2
+POLL_RECOVERING: Final = 0.01  # replies come on other sockets: look often while waiting
 STOP_DRAIN_SECONDS: Final = 2.0
+READER_STATUS: Final = STATUS_PREFIX + b"reader/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +67,17 @@ class WriterConfig:
     retry_initial: float = 0.5
     retry_max: float = 30.0
     summary_interval: float = 10.0
+    replay_retries: int = 3
+
+    @property
+    def replay_timeout(self) -> float:
+        """How long to wait for a reader's answer before asking again."""
+        return max(2.0, 3 * self.heartbeat_interval)
+
+    @property
+    def replay_grace(self) -> float:
+        """How long to wait for a heartbeat that says where to ask, then and after start."""
+        return max(5.0, 5 * self.heartbeat_interval)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WriterConfig:
@@ -71,20 +97,30 @@ class WriterConfig:
 class Writer:
     """The state of the loop: the store, the gap tracker and the counters for the heartbeat."""
 
-    def __init__(self, config: WriterConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, config: WriterConfig, clock: Callable[[], float] = time.monotonic,
+        client: ReplayClient | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self._clock = clock
         self.naming = FileNaming.from_data_file(config.data_file)
         self.store = CsvStore(
             config.data_root, self.naming, config.file_size_limit, fsync=config.sync_write
         )
-        self.gaps = GapTracker()
+        self.recovery = Recovery(
+            config.data_root, self.naming, fsync=config.sync_write,
+            timeout=config.replay_timeout, retries=config.replay_retries,
+            grace=config.replay_grace, client=client, clock=clock,
+        )  # fmt: skip
+        self.gaps = self.recovery.tracker
+        self.filler = self.recovery.filler
         self._limiter = RateLimiter()
         self.received = 0
         self.bad_messages = 0
         self.dropped = 0
         self.flushes = 0
         self.write_errors = 0
+        self.duplicates = 0
         self._retry: Iterator[float] = self._new_backoff()
         self._retry_at = 0.0
         self._next_flush = clock() + config.flush_interval
@@ -94,12 +130,8 @@ class Writer:
         return backoff(self.config.retry_initial, self.config.retry_max)
 
     def resume(self) -> None:
-        """Seed the gap tracker with the last stored seq of each stream found on disk."""
-        last = tail_last_seqs(self.config.data_root, self.naming)
-        for (sensor_id, session), seq in last.items():
-            self.gaps.resume(sensor_id, session, seq)
-        if last:
-            log.info("resuming %d streams from %s", len(last), self.config.data_root)
+        """Learn from the data files where each stream stopped (and which holes are open)."""
+        self.recovery.resume()
 
     def counters(self) -> dict[str, int | str]:
         store = self.store
@@ -110,7 +142,9 @@ class Writer:
             "missing": self.gaps.missing, "late": self.gaps.late, "flushes": self.flushes,
             "write_errors": self.write_errors, "received": self.received,
             "pending": store.pending_rows, "dropped": self.dropped,
-            "duplicates": self.gaps.duplicates,
+            "duplicates": self.duplicates, "replayed": self.filler.replayed,
+            "replay_requests": self.filler.requests, "recovering": self.filler.recovering,
+            "lost": self.filler.lost, "lost_ranges": self.filler.lost_ranges,
         }  # fmt: skip
 
     def receive(self, sock: zmq.Socket[bytes]) -> int:
@@ -131,17 +165,49 @@ class Writer:
         """Decode, account and buffer a batch; bad messages are counted and dropped."""
         rows: list[tuple[object, ...]] = []
         observe = self.gaps.observe
+        received = 0
         for frames in messages:
+            if frames[0].startswith(READER_STATUS):
+                self._status(frames)
+                continue
             try:
                 reading = decode_reading(frames)
             except SchemaError as err:
                 self.bad_messages += 1
                 self._warn("bad-message", "dropped a bad message: %s", err)
                 continue
-            if observe(reading.sensor_id, reading.session, reading.seq) is Verdict.GAP:
-                self._log_gap()
+            received += 1
+            verdict = observe(reading.sensor_id, reading.session, reading.seq)
+            if verdict is not Verdict.NEXT and not self._unusual(reading, verdict):
+                continue
             rows.append(csv_row(reading))
-        self.received += len(rows)
+        self.received += received
+        self._buffer(rows)
+
+    def _unusual(self, reading: Reading, verdict: Verdict) -> bool:
+        """Account for anything but the next seq; False: do not store (already stored)."""
+        if verdict is Verdict.GAP:
+            self._log_gap()
+            self.filler.opened((reading.sensor_id, reading.session))
+        elif verdict not in KEEP:
+            self.duplicates += 1
+            return False
+        return True
+
+    def _status(self, frames: Sequence[bytes]) -> None:
+        try:
+            self.recovery.status(frames)
+        except SchemaError as err:
+            self.bad_messages += 1
+            self._warn("bad-message", "dropped a bad status message: %s", err)
+
+    def recover(self) -> None:
+        """Store what readers replayed; ask for what is due; report what is lost for good."""
+        replayed = self.recovery.step()
+        if replayed:
+            self._buffer([csv_row(r) for r in replayed])
+
+    def _buffer(self, rows: list[tuple[object, ...]]) -> None:
         room = self.config.max_pending_rows - self.store.pending_rows
         if len(rows) > room:
             lost = len(rows) - max(room, 0)
@@ -210,12 +276,14 @@ class Writer:
 
 def _loop(writer: Writer, sub: zmq.Socket[bytes], beat: Heartbeat, stop: threading.Event) -> None:
     config = writer.config
-    timeout_ms = int(1000 * min(POLL_MAX, config.flush_interval, config.heartbeat_interval))
+    idle_ms = int(1000 * min(POLL_MAX, config.flush_interval, config.heartbeat_interval))
+    busy_ms = int(1000 * POLL_RECOVERING)
     got = 0
     while not stop.is_set():
         if got < config.batch:  # a full batch means more is queued: skip the wait
-            sub.poll(timeout_ms, zmq.POLLIN)
+            sub.poll(busy_ms if writer.filler.recovering else idle_ms, zmq.POLLIN)
         got = writer.receive(sub)
+        writer.recover()
         writer.tick()
         beat.beat()
 
@@ -228,13 +296,14 @@ def _drain(writer: Writer, sub: zmq.Socket[bytes]) -> None:
 
 
 def run(config: WriterConfig, stop: threading.Event) -> None:
-    writer = Writer(config)
-    writer.resume()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    client = ReplayClient(ctx)
+    writer = Writer(config, client=client)
+    writer.resume()
     sub: zmq.Socket[bytes] | None = None
     status: zmq.Socket[bytes] | None = None
     try:
-        sub = sub_socket(ctx, config.backend, [READING_PREFIX], config.hwm)
+        sub = sub_socket(ctx, config.backend, [READING_PREFIX, READER_STATUS], config.hwm)
         status = pub_socket(ctx, config.frontend, config.hwm)
         beat = Heartbeat(status, "writer", "writer", config.heartbeat_interval, writer.counters)
         log.info("writer up backend=%s data_root=%s limit=%d flush=%.2fs fsync=%s",
@@ -250,5 +319,6 @@ def run(config: WriterConfig, stop: threading.Event) -> None:
                  writer.store.files_opened)  # fmt: skip
     finally:
         writer.store.close()
+        client.close()
         close_all(sub, status)
         ctx.term()
