@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import socket
@@ -97,3 +98,32 @@ class Proc:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def data_rows(data: Path, stem: str = "data") -> list[dict[str, str]]:
+    """Every row of the writer's data files (not gaps.csv), in file order."""
+    rows: list[dict[str, str]] = []
+    for path in sorted(data.glob(f"{stem}-*.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows.extend(csv.DictReader(handle))
+    return rows
+
+
+def pids_running(settings: Path, module: str | None = None) -> list[int]:
+    """PIDs of processes started with this (unique) settings path, running `module` if given.
+
+    Reads /proc, so the tests that use it are Linux-only (as CI is).
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = [
+                a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")
+            ]
+        except OSError:
+            continue
+        if str(settings) in args and (module is None or module in args):
+            found.append(int(entry.name))
+    return found

@@ -25,7 +25,7 @@ import yaml
 import zmq
 
 from powmon.common.schema import decode_status
-from tests.helpers import Proc, python_module, wait_until, write_settings
+from tests.helpers import Proc, data_rows, pids_running, python_module, wait_until, write_settings
 from tests.httpserver import RecordingServer
 
 pytestmark = [
@@ -38,43 +38,19 @@ Key = tuple[str, str, int]
 SENSORS = [{"PORT": f"sim://F{i}?amps={i + 1}&noise=0.01", "SENSORS_ID": f"S{i}"} for i in range(4)]
 
 
-def pids(settings: Path, module: str) -> list[int]:
-    """PIDs of processes running `module` with this (unique) settings file."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        args = [a.decode(errors="replace") for a in cmdline]
-        if module in args and str(settings) in args:
-            found.append(int(entry.name))
-    return found
-
-
 def kill9(settings: Path, module: str) -> int:
-    [pid] = wait_until(lambda: pids(settings, module), timeout=20, what=f"{module} running")
+    [pid] = wait_until(lambda: pids_running(settings, module), timeout=20, what=f"{module} running")
     os.kill(pid, signal.SIGKILL)
     return pid
 
 
 def respawned(settings: Path, module: str, old: int) -> None:
-    wait_until(lambda: [p for p in pids(settings, module) if p != old], timeout=20,
+    wait_until(lambda: [p for p in pids_running(settings, module) if p != old], timeout=20,
                what=f"{module} restarted")  # fmt: skip
 
 
-def rows(data: Path) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    for path in sorted(data.glob("data-*.csv")):
-        with path.open(newline="", encoding="utf-8") as f:
-            out += csv.DictReader(f)
-    return out
-
-
 def keys(data: Path) -> list[Key]:
-    return [(r["sensor_id"], r["session"], int(r["seq"])) for r in rows(data)]
+    return [(r["sensor_id"], r["session"], int(r["seq"])) for r in data_rows(data)]
 
 
 def lost_ranges(data: Path) -> list[dict[str, str]]:
@@ -167,7 +143,7 @@ def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
     assert lost_ranges(data) == []
     uploaded = server_keys(server)
     assert set(uploaded) == set(stored), "server (deduplicated by key) == CSV"
-    assert any("replayed" in r["flags"] for r in rows(data)), "the writer replayed holes"
+    assert any("replayed" in r["flags"] for r in data_rows(data)), "the writer replayed holes"
     assert any("replayed" in i["flags"] for i in server_items(server)), "so did the uplink"
 
 
@@ -234,6 +210,6 @@ def _overrun(sub: zmq.Socket[bytes], spawn: Callable[..., Proc], writer: Proc, r
     assert int(gap["count"]) == last - first + 1 >= 100
     found = keys(data)
     assert len(found) == len(set(found)), "nothing stored twice"
-    replayed = [int(r["seq"]) for r in rows(data) if "replayed" in r["flags"]]
+    replayed = [int(r["seq"]) for r in data_rows(data) if "replayed" in r["flags"]]
     after_kill = [seq for seq in replayed if seq > top]  # below: a slow-joiner start, maybe
     assert after_kill and min(after_kill) == last + 1, "replay resumes right after the loss"

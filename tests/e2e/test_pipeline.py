@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Proc, free_endpoint, wait_until, write_settings
+from tests.helpers import Proc, data_rows, free_endpoint, pids_running, wait_until, write_settings
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -32,29 +31,6 @@ def _demo_settings(tmp_path: Path) -> Path:
     return path
 
 
-def _rows(data: Path) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    for f in sorted(data.glob("*.csv")):
-        with f.open(newline="", encoding="utf-8") as handle:
-            rows.extend(csv.DictReader(handle))
-    return rows
-
-
-def _pids_using(marker: str) -> list[int]:
-    """PIDs whose command line mentions `marker` (our unique settings path)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 def _run(spawn: Callable[..., Proc], settings: Path) -> Proc:
     cli = [sys.executable, "-m", "powmon", "run", "--config", str(settings)]
     return spawn(cli, "run")
@@ -70,13 +46,13 @@ def test_powmon_run_writes_both_sensors_and_stops_cleanly(
     data = tmp_path / "data"
 
     def both_sensors() -> bool:
-        return {r["sensor_id"] for r in _rows(data)} >= {"VIC", "ATT"}
+        return {r["sensor_id"] for r in data_rows(data)} >= {"VIC", "ATT"}
 
     wait_until(both_sensors, timeout=10, what="rows for both sensors")
-    assert len(_pids_using(str(settings))) >= 5  # run, broker, writer, 2 readers
+    assert len(pids_running(settings)) >= 5  # run, broker, writer, 2 readers
     assert run.stop(signal.SIGTERM) == 0
-    wait_until(lambda: not _pids_using(str(settings)), timeout=10, what="no process left")
-    rows = _rows(data)
+    wait_until(lambda: not pids_running(settings), timeout=10, what="no process left")
+    rows = data_rows(data)
     for sensor in ("VIC", "ATT"):
         seqs = [int(r["seq"]) for r in rows if r["sensor_id"] == sensor]
         assert seqs == list(range(len(seqs))), f"{sensor}: seq must be 0..n-1 in order"
@@ -97,22 +73,11 @@ def test_tap_sees_what_the_writer_stores(tmp_path: Path, spawn: Callable[..., Pr
     assert len(tapped) == 20
     assert {t["sensor_id"] for t in tapped} == {"VIC"}
     assert run.stop(signal.SIGTERM) == 0
-    stored = {(r["session"], int(r["seq"])): r for r in _rows(tmp_path / "data")}
+    stored = {(r["session"], int(r["seq"])): r for r in data_rows(tmp_path / "data")}
     for t in tapped:
         row = stored[(t["session"], t["seq"])]
         assert float(row["raw"]) == t["raw"]
         assert row["timestamp"] == t["timestamp"]
-
-
-def _child_pids(settings: Path, module: str) -> list[int]:
-    return [p for p in _pids_using(str(settings)) if _cmdline(p).find(module) >= 0]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="process accounting reads /proc")
@@ -130,17 +95,17 @@ def test_a_dead_child_is_restarted_and_a_silent_reader_is_restarted(
     )  # fmt: skip
     run = _run(spawn, settings)
     data = tmp_path / "data"
-    wait_until(lambda: any(r["sensor_id"] == "OK1" for r in _rows(data)), timeout=20,
+    wait_until(lambda: any(r["sensor_id"] == "OK1" for r in data_rows(data)), timeout=20,
                what="first rows")  # fmt: skip
-    (writer,) = _child_pids(settings, "powmon.writer")
+    (writer,) = pids_running(settings, "powmon.writer")
     os.kill(writer, signal.SIGKILL)
     wait_until(lambda: "writer exited with code -9; restarting in" in run.output(), timeout=10,
                what="the supervisor reporting the writer's death")  # fmt: skip
-    wait_until(lambda: [p for p in _child_pids(settings, "powmon.writer") if p != writer],
+    wait_until(lambda: [p for p in pids_running(settings, "powmon.writer") if p != writer],
                timeout=20, what="a new writer")  # fmt: skip
     wait_until(lambda: "reader MUTE stalled: no reading for 2s; restarting" in run.output(),
                timeout=20, what="the silent reader restarted as stalled")  # fmt: skip
-    count = len(_rows(data))
-    wait_until(lambda: len(_rows(data)) > count, timeout=20, what="rows after the restarts")
+    count = len(data_rows(data))
+    wait_until(lambda: len(data_rows(data)) > count, timeout=20, what="rows after the restarts")
     assert run.stop(signal.SIGTERM) == 0
-    assert not any(r["sensor_id"] == "MUTE" for r in _rows(data))
+    assert not any(r["sensor_id"] == "MUTE" for r in data_rows(data))

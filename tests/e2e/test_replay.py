@@ -7,7 +7,6 @@ the reader's replay socket for the beginning.
 
 from __future__ import annotations
 
-import csv
 import signal
 import threading
 from collections.abc import Callable
@@ -18,22 +17,14 @@ import pytest
 from powmon.common.settings import load_settings
 from powmon.readers import reader as reader_module
 from powmon.readers.reader import ReaderConfig
-from tests.helpers import Proc, python_module, wait_until, write_settings
+from tests.helpers import Proc, data_rows, python_module, wait_until, write_settings
 
 pytestmark = pytest.mark.e2e
 
 
-def rows(data: Path) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    for path in sorted(data.glob("data-*.csv")):
-        with path.open(newline="", encoding="utf-8") as f:
-            out += csv.DictReader(f)
-    return out
-
-
 def from_zero(data: Path, sensor: str, at_least: int) -> list[dict[str, str]]:
     """The sensor's rows once they hold seq 0..n-1 (n >= at_least) each once; else []."""
-    found = [r for r in rows(data) if r["sensor_id"] == sensor]
+    found = [r for r in data_rows(data) if r["sensor_id"] == sensor]
     seqs = sorted(int(r["seq"]) for r in found)
     return found if len(seqs) >= at_least and seqs == list(range(len(seqs))) else []
 

@@ -11,20 +11,12 @@ from pathlib import Path
 import pytest
 
 from tests.firmware.simboard import BAUD, Built, SimBoard, ideal_count
-from tests.helpers import Proc, wait_until, write_settings
+from tests.helpers import data_rows, Proc, wait_until, write_settings
 
 pytestmark = pytest.mark.e2e
 
 VPP, OFFSET, SNS, VCC = 5.0 / 1024, 2.5, 0.066, 5.0
 SINE = (2500.0, 1000.0, 50.0)  # offset, amplitude (mV), Hz: an ACS712 on a 50 Hz load
-
-
-def _rows(data: Path) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    for f in sorted(data.glob("*.csv")):
-        with f.open(newline="", encoding="utf-8") as handle:
-            rows.extend(csv.DictReader(handle))
-    return rows
 
 
 def _run_on_board(
@@ -36,10 +28,10 @@ def _run_on_board(
         BUDRATE=BAUD, TIMEOUT=2, POLLING_DELAY=0.02, VPP=VPP, OFFSET=OFFSET, SNS=SNS, VCC=VCC,
     )  # fmt: skip
     run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
-    wait_until(lambda: len(_rows(tmp_path / "data")) >= count, timeout=60,
+    wait_until(lambda: len(data_rows(tmp_path / "data")) >= count, timeout=60,
                what=f"{count} rows from the simulated board")  # fmt: skip
     assert run.stop(signal.SIGTERM) == 0
-    rows = _rows(tmp_path / "data")
+    rows = data_rows(tmp_path / "data")
     assert [int(r["seq"]) for r in rows] == list(range(len(rows)))
     return rows
 
