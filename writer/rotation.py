@@ -210,7 +210,7 @@ def _read_tail(path: Path, budget: int) -> tuple[str, int]:
         size = f.seek(0, os.SEEK_END)
         start = max(0, size - budget)
         f.seek(start)
-        data = f.read()
+        data = f.read(size - start)  # bounded: a device file may never end
     if start > 0:  # drop the partial first line
         data = data[data.find(b"\n") + 1 :]
     return data.decode("utf-8", errors="replace"), budget - (size - start)
