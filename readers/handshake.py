@@ -19,11 +19,15 @@ from typing import Final
 
 from powmon.common.conversion import convert, convert_rms
 from powmon.common.errors import DeviceError
+from powmon.common.logs import RateLimiter
 from powmon.common.schema import Flag
 from powmon.readers.link import IDENT, BadAnswer, Link, parse_answer
 from powmon.readers.session import Converter
 
 log = logging.getLogger(__name__)
+# A device that refuses a setting refuses it at every reconnect: say so once a minute, with a
+# count, not once per reconnect of a flapping port.
+_limiter = RateLimiter(60.0)
 
 SYNC_ATTEMPTS: Final = 10  # sync budget in TIMEOUTs ...
 SYNC_MIN_SECONDS: Final = 4.0  # ... but never less than an Arduino bootloader needs
@@ -130,16 +134,18 @@ def configure(link: Link, wanted: Wanted) -> tuple[int, Converter]:
         if _command(link, b"avg %d\n" % wanted.avg, b"ok avg %d" % wanted.avg):
             flags |= Flag.AVERAGED
         else:
-            log.warning("sensor=%s device did not acknowledge 'avg %d'; readings are single "
-                        "samples", wanted.sensor_id, wanted.avg)  # fmt: skip
+            _limiter.log(log, logging.WARNING, "avg",
+                         "sensor=%s device did not acknowledge 'avg %d'; readings are single "
+                         "samples", wanted.sensor_id, wanted.avg)  # fmt: skip
     if wanted.mode == "ac":
         request = b"mode ac %s %d\n" % (f"{wanted.mains_hz:g}".encode(), wanted.ac_cycles)
         if _command(link, request, b"ok ac"):
             converter = convert_rms
         else:
-            log.error("sensor=%s device did not acknowledge %r; readings are instantaneous DC "
-                      "samples, not RMS (update the firmware)", wanted.sensor_id,
-                      request.strip())  # fmt: skip
+            _limiter.log(log, logging.ERROR, "mode",
+                         "sensor=%s device did not acknowledge %r; readings are instantaneous DC "
+                         "samples, not RMS (update the firmware)", wanted.sensor_id,
+                         request.strip())  # fmt: skip
     return flags, converter
 
 

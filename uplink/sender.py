@@ -192,8 +192,9 @@ class Sender:
         for row_id, why in encoded.rejected:
             spool.dead_letter([row_id], None, why)
             self._stats.dead_lettered += 1
-            log.error("reading cannot be sent as %s, moved to dead letter: %s",
-                      self._cfg.format, why)  # fmt: skip
+            self._limiter.log(log, logging.ERROR, "unsendable",
+                              "reading cannot be sent as %s, moved to dead letter: %s",
+                              self._cfg.format, why)  # fmt: skip
         for request in encoded.requests:
             if not self._deliver_one(spool, session, request):
                 return
@@ -214,8 +215,9 @@ class Sender:
                 moved = spool.dead_letter(request.ids, result.status, result.detail)
                 self._stats.dead_lettered += moved
                 self._stats.last_error = result.detail
-                log.error("server refused %d readings (%s); moved to dead letter in %s",
-                          moved, result.detail, self._cfg.spool_path)  # fmt: skip
+                self._limiter.log(log, logging.ERROR, "refused",
+                                  "server refused %d readings (%s); moved to dead letter in %s",
+                                  moved, result.detail, self._cfg.spool_path)  # fmt: skip
                 return True
             attempts += 1
             self._stats.retries += 1
