@@ -112,6 +112,12 @@ class GapTracker:
         stream = self._streams.get(key)
         return stream.missing if stream is not None else []
 
+    def next_seqs(self) -> dict[Key, _Stream]:
+        """The live per-stream state, for a caller's inline fast path of observe(): when
+        `streams[key].next_seq == seq` the verdict is NEXT, and the caller sets next_seq to
+        seq + 1 itself. Anything else must go through observe()."""
+        return self._streams
+
     def resume(
         self, sensor_id: str, session: str, last_seq: int,
         missing: Iterable[tuple[int, int]] = (), floor: int | None = None,

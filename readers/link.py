@@ -126,6 +126,10 @@ class Link:
         self.port.write(request)
         return self.read_line()
 
+    def send(self, request: bytes) -> None:
+        """Write a request whose answer is read later with read_line (one in flight)."""
+        self.port.write(request)
+
     def read_line(self) -> bytes:
         """One line with its b'\\n'; what came before the deadline if none (b'' for silence).
 

@@ -204,7 +204,13 @@ class Reader:
         self.heartbeat.beat(force=True)
 
     def _poll(self, link: Link, agreed: Agreed) -> None:
-        """The hot loop: one request, one answer, one published reading."""
+        """The hot loop: one request, one answer, one published reading.
+
+        When the next request is due at once (POLLING_DELAY 0, or behind schedule), it is
+        written right after a good answer and before that answer is published, so converting,
+        encoding and sending overlap the next round trip. Still one request in flight, and a
+        reading's timestamp is still the moment its request was written.
+        """
         stop, emitter, request = self.stop, self.emitter, self.config.wanted.read_command
         flags, convert = agreed.flags, agreed.convert
         chores_every = self.config.heartbeat_interval
@@ -212,6 +218,7 @@ class Reader:
         schedule.restart(time.monotonic())
         next_chores = next_serve = 0.0
         replay = self.replay.sock if self.replay is not None else None
+        pending = 0  # time_ns of the request in flight; 0: none
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_chores:
@@ -221,21 +228,39 @@ class Reader:
                 next_serve = now + SERVE_EVERY
                 if int(replay.get(zmq.EVENTS)) & zmq.POLLIN:
                     self._serve()
-            if schedule.period:
-                wait = schedule.delay(now)
-                if wait > 0:
-                    stop.wait(min(wait, chores_every, IDLE_STEP))
-                    continue
-                schedule.advance(now)
-            ts_ns = time.time_ns()
-            line = link.ask(request)
+            if not pending:
+                if schedule.period:
+                    wait = schedule.delay(now)
+                    if wait > 0:
+                        stop.wait(min(wait, chores_every, IDLE_STEP))
+                        continue
+                    schedule.advance(now)
+                pending = time.time_ns()
+                link.send(request)
+            ts_ns, pending = pending, 0
+            line = link.read_line()
             try:
                 raw = parse_answer(line)
             except BadAnswer as bad:
                 self._bad_answer(link, bad)
                 continue
             self._silent = 0
+            pending = self._send_if_due(link, request)
             emitter.emit(raw, ts_ns, flags, convert)
+
+    def _send_if_due(self, link: Link, request: bytes) -> int:
+        """Write the next request now if it is already due; its time_ns, else 0."""
+        schedule = self._schedule
+        if schedule.period:
+            now = time.monotonic()
+            if schedule.delay(now) > 0:
+                return 0
+            schedule.advance(now)
+        if self.stop.is_set():
+            return 0
+        ts_ns = time.time_ns()
+        link.send(request)
+        return ts_ns
 
     def _bad_answer(self, link: Link, bad: BadAnswer) -> None:
         if self.stop.is_set():

@@ -91,11 +91,13 @@ def synthetic_publisher(endpoint: str, sensor: str, count: int, hwm: int) -> dic
     sock = pub_socket(ctx, endpoint, hwm)
     wait_for_broker(sock, threading.Event(), 5.0)
     session = f"{time.time_ns() & 0xFFFFFFFFFFFF:012x}"
-    send = sock.send_multipart
+    send, more = sock.send, zmq.SNDMORE
     start = time.time()
     for seq in range(count):
-        send(encode_reading(Reading(sensor, session, seq, time.time_ns(), 512, 0.00488,
-                                    0.0740, 0.370, 0)))  # fmt: skip
+        topic, payload = encode_reading(Reading(sensor, session, seq, time.time_ns(), 512,
+                                                0.00488, 0.0740, 0.370, 0))  # fmt: skip
+        send(topic, more)  # two send() calls, as readers.session.Emitter does
+        send(payload)
     end = time.time()
     sock.close(linger=60_000)  # let everything queued reach the broker
     ctx.term()
