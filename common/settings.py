@@ -8,17 +8,16 @@ included); new keys sit beside them. Nothing in PowMon ever writes this file.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
 import yaml
 
+from powmon.common import checks as c
 from powmon.common.errors import SettingsError
 
 ENV_SETTINGS: Final = "POWMON_SETTINGS"
@@ -127,209 +126,59 @@ class Settings:
         raise SettingsError(f"{self.path}: SENSORS: no sensor {sensor_id!r} (known: {known})")
 
 
-class _Bad(Exception):
-    """A value failed its check; carries what was expected, for the message."""
-
-    def __init__(self, expected: str) -> None:
-        super().__init__(expected)
-        self.expected = expected
-
-
-Check = Callable[[Any], Any]
-_REQUIRED: Final = object()
-
-
-def _number(kind: str, lo: float | None, hi: float | None, *, lo_open: bool = False) -> Check:
-    def check(value: Any) -> Any:
-        ok_type = isinstance(value, int) if kind == "an integer" else isinstance(value, int | float)
-        # NaN passes every range test (all comparisons are false) and .inf makes timers never
-        # fire; an integer too large for a float would raise OverflowError further down.
-        if isinstance(value, bool) or not ok_type or not _finite(value):
-            raise _Bad(kind + _range_text(lo, hi, lo_open))
-        if (lo is not None and (value <= lo if lo_open else value < lo)) or (
-            hi is not None and value > hi
-        ):
-            raise _Bad(kind + _range_text(lo, hi, lo_open))
-        return value if kind == "an integer" else float(value)
-
-    return check
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond float range
-        return False
-
-
-def _range_text(lo: float | None, hi: float | None, lo_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f" from {lo:g} to {hi:g}"
-    if lo is not None:
-        return f" {'>' if lo_open else '>='} {lo:g}"
-    return ""
-
-
-def _int(lo: int | None = None, hi: int | None = None) -> Check:
-    return _number("an integer", lo, hi)
-
-
-def _float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Check:
-    return _number("a number", lo, hi, lo_open=lo_open)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad("true or false")
-    return value
-
-
-def _clean(value: Any) -> TypeGuard[str]:
-    """A string that can go into a file name, a URL or a log line: no NUL, valid UTF-8.
-
-    YAML's "\\0" and "\\ud800" escapes make strings that are neither; found by fuzzing, they
-    crashed the loader (UnicodeEncodeError) or the writer later (ValueError from the OS layer).
-    """
-    if not isinstance(value, str) or "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _text(expected: str = "a non-empty string", pattern: str | None = None) -> Check:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or not value.strip() or not _clean(value):
-            raise _Bad(expected)
-        if pattern is not None and not re.fullmatch(pattern, value):
-            raise _Bad(expected)
-        return value
-
-    return check
-
-
-def _optional(inner: Check) -> Check:
-    def check(value: Any) -> Any:
-        return None if value is None or value == "" else inner(value)
-
-    return check
-
-
-def _choice(values: tuple[str, ...]) -> Check:
-    def check(value: Any) -> str:
-        if value not in values:
-            raise _Bad("one of " + ", ".join(repr(v) for v in values))
-        return str(value)
-
-    return check
-
-
-def _sensor_id(value: Any) -> str:
-    # The id goes into ZeroMQ topics ("reading/<id>/"), where '/' ends it; anything else is
-    # fine (CSV quoting and the influx escaper handle commas, spaces and '=').
-    if (
-        not _clean(value)
-        or not value.strip()
-        or "/" in value
-        or any(ord(c) < 32 for c in value)
-        or len(value.encode()) > 64
-    ):
-        raise _Bad("a sensor id like 'VIC' (no '/', no control characters, at most 64 bytes)")
-    return value
-
-
-def _headers(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(_clean(k) and _clean(v) for k, v in value.items()):
-        raise _Bad("a mapping of header names to string values")
-    return dict(value)
-
-
-def _verify_tls(value: Any) -> bool | str:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip():
-        path: str = _PATH(value)
-        return path
-    raise _Bad("true, false, or the path of a CA bundle")
-
-
-def _path(expected: str) -> Check:
-    text = _text(expected)
-
-    def check(value: Any) -> str:
-        path: str = text(value)
-        try:
-            Path(path).expanduser()
-        except RuntimeError:  # '~someone' with no such user: pathlib cannot expand it
-            raise _Bad(f"{expected} ('~user' must name an existing user)") from None
-        return path
-
-    return check
-
-
-_PATH: Final = _path("a path")
-
-
-_ENDPOINT = _text("a ZeroMQ endpoint like 'tcp://127.0.0.1:5555'", r"(tcp|ipc|inproc)://\S+")
-_URL = _text("an http(s) URL like 'https://example.org/api'", r"https?://\S+")
-
 # Original keys first, then PowMon's additions. key -> (check, default)
-_TOP: Final[dict[str, tuple[Check, Any]]] = {
-    "SENSORS": (lambda v: v, _REQUIRED),
-    "BUDRATE": (_int(1), 9600),
-    "TIMEOUT": (_float(0, lo_open=True), 1.0),
-    "POLLING_DELAY": (_float(0), 0.1),
-    "FILE_SIZE_LIMIT": (_int(1024), 10_000_000),
-    "LOCAL_DATA_ROOT": (_path("a folder path"), "data"),
-    "LOCAL_DATA_FILE": (_text("a file name like 'data.csv'", r"/?[^/\\]+"), "data.csv"),
-    "LOG_LEVEL": (_int(0, 3), 1),
-    "REMOTE_SAVE": (_bool, False),
-    "SYNC_WRITE": (_bool, True),
-    "VPP": (_float(0, lo_open=True), 5.0 / 1024),
-    "OFFSET": (_float(), 2.5),
-    "SNS": (_float(0, lo_open=True), 0.066),
-    "VCC": (_float(), 5.0),
-    "HOST": (_optional(_text("a Fernet token (from 'powmon encrypt-url')")), None),
-    "LOCAL_DATA_PATH": (_optional(_text("a Fernet key (from 'powmon keygen')")), None),
-    "MAX_AMPS": (_float(0, lo_open=True), 10.0),
-    "BROKER_FRONTEND": (_ENDPOINT, "tcp://127.0.0.1:5555"),
-    "BROKER_BACKEND": (_ENDPOINT, "tcp://127.0.0.1:5556"),
-    "HWM": (_int(1000), 200_000),
-    "HEARTBEAT_INTERVAL": (_float(0.05, 60), 1.0),
-    "STALL_TIMEOUT": (_float(1), 15.0),
-    "FLUSH_INTERVAL": (_float(0.01, 1.0), 0.5),
-    "REPLAY_BUFFER": (_int(0), 60_000),
-    "RESTART_BACKOFF_MAX": (_float(0.1), 30.0),
-    "UPLINK_URL": (_optional(_URL), None),
+_TOP: Final[dict[str, tuple[c.Check, Any]]] = {
+    "SENSORS": (lambda v: v, c.REQUIRED),
+    "BUDRATE": (c.integer(1), 9600),
+    "TIMEOUT": (c.number(0, lo_open=True), 1.0),
+    "POLLING_DELAY": (c.number(0), 0.1),
+    "FILE_SIZE_LIMIT": (c.integer(1024), 10_000_000),
+    "LOCAL_DATA_ROOT": (c.path("a folder path"), "data"),
+    "LOCAL_DATA_FILE": (c.text("a file name like 'data.csv'", r"/?[^/\\]+"), "data.csv"),
+    "LOG_LEVEL": (c.integer(0, 3), 1),
+    "REMOTE_SAVE": (c.boolean, False),
+    "SYNC_WRITE": (c.boolean, True),
+    "VPP": (c.number(0, lo_open=True), 5.0 / 1024),
+    "OFFSET": (c.number(), 2.5),
+    "SNS": (c.number(0, lo_open=True), 0.066),
+    "VCC": (c.number(), 5.0),
+    "HOST": (c.optional(c.text("a Fernet token (from 'powmon encrypt-url')")), None),
+    "LOCAL_DATA_PATH": (c.optional(c.text("a Fernet key (from 'powmon keygen')")), None),
+    "MAX_AMPS": (c.number(0, lo_open=True), 10.0),
+    "BROKER_FRONTEND": (c.ENDPOINT, "tcp://127.0.0.1:5555"),
+    "BROKER_BACKEND": (c.ENDPOINT, "tcp://127.0.0.1:5556"),
+    "HWM": (c.integer(1000), 200_000),
+    "HEARTBEAT_INTERVAL": (c.number(0.05, 60), 1.0),
+    "STALL_TIMEOUT": (c.number(1), 15.0),
+    "FLUSH_INTERVAL": (c.number(0.01, 1.0), 0.5),
+    "REPLAY_BUFFER": (c.integer(0), 60_000),
+    "RESTART_BACKOFF_MAX": (c.number(0.1), 30.0),
+    "UPLINK_URL": (c.optional(c.URL), None),
     "HOST_KEY_ENV": (
-        _text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),
+        c.text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),
         "POWMON_HOST_KEY",
     ),
-    "HOST_KEY_FILE": (_optional(_PATH), None),
-    "UPLINK_FORMAT": (_choice(UPLINK_FORMATS), "seed"),
-    "UPLINK_BATCH_SIZE": (_int(1, 100_000), 500),
-    "UPLINK_BATCH_WAIT": (_float(0), 1.0),
-    "UPLINK_TIMEOUT": (_float(0, lo_open=True), 5.0),
-    "UPLINK_BACKOFF_MAX": (_float(0.1), 60.0),
-    "UPLINK_SPOOL": (_PATH, "uplink-spool.sqlite3"),
-    "UPLINK_SPOOL_MAX": (_int(1000), 5_000_000),
-    "UPLINK_VERIFY_TLS": (_verify_tls, True),
-    "UPLINK_TOKEN": (_optional(_text()), None),
-    "UPLINK_HEADERS": (_headers, {}),
-    "INFLUX_ORG": (_optional(_text()), None),
-    "INFLUX_BUCKET": (_optional(_text()), None),
-    "INFLUX_TOKEN": (_optional(_text()), None),
-    "INFLUX_MEASUREMENT": (_text(), "power"),
+    "HOST_KEY_FILE": (c.optional(c.PATH), None),
+    "UPLINK_FORMAT": (c.choice(UPLINK_FORMATS), "seed"),
+    "UPLINK_BATCH_SIZE": (c.integer(1, 100_000), 500),
+    "UPLINK_BATCH_WAIT": (c.number(0), 1.0),
+    "UPLINK_TIMEOUT": (c.number(0, lo_open=True), 5.0),
+    "UPLINK_BACKOFF_MAX": (c.number(0.1), 60.0),
+    "UPLINK_SPOOL": (c.PATH, "uplink-spool.sqlite3"),
+    "UPLINK_SPOOL_MAX": (c.integer(1000), 5_000_000),
+    "UPLINK_VERIFY_TLS": (c.verify_tls, True),
+    "UPLINK_TOKEN": (c.optional(c.text()), None),
+    "UPLINK_HEADERS": (c.headers, {}),
+    "INFLUX_ORG": (c.optional(c.text()), None),
+    "INFLUX_BUCKET": (c.optional(c.text()), None),
+    "INFLUX_TOKEN": (c.optional(c.text()), None),
+    "INFLUX_MEASUREMENT": (c.text(), "power"),
 }
 
 # Per-sensor keys; the calibration ones default to the top-level value of the same name.
-_SENSOR: Final[dict[str, Check]] = {
-    "PORT": _text("a port name like 'COM4', '/dev/ttyACM0' or 'sim://VIC'"),
-    "SENSORS_ID": _sensor_id,
+_SENSOR: Final[dict[str, c.Check]] = {
+    "PORT": c.text("a port name like 'COM4', '/dev/ttyACM0' or 'sim://VIC'"),
+    "SENSORS_ID": c.sensor_id,
     "BUDRATE": _TOP["BUDRATE"][0],
     "TIMEOUT": _TOP["TIMEOUT"][0],
     "POLLING_DELAY": _TOP["POLLING_DELAY"][0],
@@ -338,11 +187,11 @@ _SENSOR: Final[dict[str, Check]] = {
     "SNS": _TOP["SNS"][0],
     "VCC": _TOP["VCC"][0],
     "MAX_AMPS": _TOP["MAX_AMPS"][0],
-    "CHANNEL": _optional(_int(0, 5)),  # A0..A5 of an Uno
-    "AVG": _int(1, 64),
-    "MODE": _choice(SENSOR_MODES),
-    "MAINS_HZ": _int(1, 1000),  # the firmware takes whole hertz
-    "AC_CYCLES": _int(1, 100),
+    "CHANNEL": c.optional(c.integer(0, 5)),  # A0..A5 of an Uno
+    "AVG": c.integer(1, 64),
+    "MODE": c.choice(SENSOR_MODES),
+    "MAINS_HZ": c.integer(1, 1000),  # the firmware takes whole hertz
+    "AC_CYCLES": c.integer(1, 100),
 }
 _SENSOR_DEFAULTS: Final = {
     "CHANNEL": None,
@@ -410,13 +259,13 @@ def _check_top(where: Path, raw: dict[str, Any]) -> dict[str, Any]:
             )
     for key, (check, default) in _TOP.items():
         if key not in raw:
-            if default is _REQUIRED:
+            if default is c.REQUIRED:
                 raise SettingsError(f"{where}: {key}: required key is missing")
             values[key] = default
             continue
         try:
             values[key] = check(raw[key])
-        except _Bad as bad:
+        except c.Bad as bad:
             raise _fail(where, key, bad.expected, raw[key]) from None
     return values
 
@@ -457,7 +306,7 @@ def _check_sensor(where: Path, i: int, entry: Any, top: dict[str, Any]) -> Senso
         if key in entry:
             try:
                 got[key] = check(entry[key])
-            except _Bad as bad:
+            except c.Bad as bad:
                 raise _fail(where, f"{at}.{key}", bad.expected, entry[key]) from None
         else:
             got[key] = _SENSOR_DEFAULTS[key] if key in _SENSOR_DEFAULTS else top[key]

@@ -1,0 +1,164 @@
+"""Value checks for settings.yaml: each takes a raw YAML value and returns it typed, or raises
+Bad with what was expected, which the loader turns into one line naming file and key.
+
+Kept apart from the loader so that the table of keys in settings.py reads as a table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, TypeGuard
+
+
+class Bad(Exception):
+    """A value failed its check; carries what was expected, for the message."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+Check = Callable[[Any], Any]
+REQUIRED: Final = object()
+
+
+def _number(kind: str, lo: float | None, hi: float | None, *, lo_open: bool = False) -> Check:
+    def check(value: Any) -> Any:
+        ok_type = isinstance(value, int) if kind == "an integer" else isinstance(value, int | float)
+        # NaN passes every range test (all comparisons are false) and .inf makes timers never
+        # fire; an integer too large for a float would raise OverflowError further down.
+        if isinstance(value, bool) or not ok_type or not _finite(value):
+            raise Bad(kind + _range_text(lo, hi, lo_open))
+        if (lo is not None and (value <= lo if lo_open else value < lo)) or (
+            hi is not None and value > hi
+        ):
+            raise Bad(kind + _range_text(lo, hi, lo_open))
+        return value if kind == "an integer" else float(value)
+
+    return check
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _range_text(lo: float | None, hi: float | None, lo_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f" from {lo:g} to {hi:g}"
+    if lo is not None:
+        return f" {'>' if lo_open else '>='} {lo:g}"
+    return ""
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Check:
+    return _number("an integer", lo, hi)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Check:
+    return _number("a number", lo, hi, lo_open=lo_open)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Bad("true or false")
+    return value
+
+
+def _clean(value: Any) -> TypeGuard[str]:
+    """A string that can go into a file name, a URL or a log line: no NUL, valid UTF-8.
+
+    YAML's "\\0" and "\\ud800" escapes make strings that are neither; found by fuzzing, they
+    crashed the loader (UnicodeEncodeError) or the writer later (ValueError from the OS layer).
+    """
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text(expected: str = "a non-empty string", pattern: str | None = None) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip() or not _clean(value):
+            raise Bad(expected)
+        if pattern is not None and not re.fullmatch(pattern, value):
+            raise Bad(expected)
+        return value
+
+    return check
+
+
+def optional(inner: Check) -> Check:
+    def check(value: Any) -> Any:
+        return None if value is None or value == "" else inner(value)
+
+    return check
+
+
+def choice(values: tuple[str, ...]) -> Check:
+    def check(value: Any) -> str:
+        if value not in values:
+            raise Bad("one of " + ", ".join(repr(v) for v in values))
+        return str(value)
+
+    return check
+
+
+def sensor_id(value: Any) -> str:
+    # The id goes into ZeroMQ topics ("reading/<id>/"), where '/' ends it; anything else is
+    # fine (CSV quoting and the influx escaper handle commas, spaces and '=').
+    if (
+        not _clean(value)
+        or not value.strip()
+        or "/" in value
+        or any(ord(c) < 32 for c in value)
+        or len(value.encode()) > 64
+    ):
+        raise Bad("a sensor id like 'VIC' (no '/', no control characters, at most 64 bytes)")
+    return value
+
+
+def headers(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(_clean(k) and _clean(v) for k, v in value.items()):
+        raise Bad("a mapping of header names to string values")
+    return dict(value)
+
+
+def verify_tls(value: Any) -> bool | str:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip():
+        checked: str = PATH(value)
+        return checked
+    raise Bad("true, false, or the path of a CA bundle")
+
+
+def path(expected: str) -> Check:
+    as_text = text(expected)
+
+    def check(value: Any) -> str:
+        checked: str = as_text(value)
+        try:
+            Path(checked).expanduser()
+        except RuntimeError:  # '~someone' with no such user: pathlib cannot expand it
+            raise Bad(f"{expected} ('~user' must name an existing user)") from None
+        return checked
+
+    return check
+
+
+PATH: Final = path("a path")
+
+
+ENDPOINT = text("a ZeroMQ endpoint like 'tcp://127.0.0.1:5555'", r"(tcp|ipc|inproc)://\S+")
+URL = text("an http(s) URL like 'https://example.org/api'", r"https?://\S+")
