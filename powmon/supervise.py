@@ -11,6 +11,7 @@ stops readers first, then the writer and uplink (which flush), then the broker.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -20,13 +21,15 @@ import click
 import zmq
 
 from powmon.children import Child, ChildSpec, module_argv, reader_argv, stop_group
-from powmon.common.errors import SchemaError
-from powmon.common.lifecycle import install_stop_handlers, load_or_exit
+from powmon.common.errors import SchemaError, SettingsError
+from powmon.common.lifecycle import EXIT_USAGE, install_stop_handlers, load_or_exit
 from powmon.common.logs import configure_logging
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.common.schema import Status, decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
+from powmon.readers.reader import ReaderConfig
+from powmon.uplink.config import UplinkConfig
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +174,20 @@ class Supervisor:
                 child.start(now)
 
 
+def _precheck(settings: Settings) -> None:
+    """Refuse to start (exit 2) on what would make a child fail at every restart: the checks
+    each process makes of its own configuration, beyond the settings file itself (the uplink's
+    key and encrypted HOST, the readers' sensor entries)."""
+    try:
+        for sensor in settings.sensors:
+            ReaderConfig.from_settings(settings, sensor.sensor_id)
+        if settings.remote_save:
+            UplinkConfig.from_settings(settings)
+    except SettingsError as err:
+        print(f"powmon: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
 @click.command("run", context_settings=CONTEXT_SETTINGS)
 @config_option
 @log_level_option
@@ -178,6 +195,7 @@ def run_command(config_path: Path | None, log_level: int | None) -> None:  # fmt
     """Start broker, writer, uplink and one reader per sensor, and keep them running."""
     settings = load_or_exit(config_path)
     configure_logging(settings.log_level if log_level is None else log_level, "powmon-run")
+    _precheck(settings)
     settings.data_root.mkdir(parents=True, exist_ok=True)
     log.info(
         "powmon run: %d sensor(s), data in %s, bus %s -> %s",
