@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Final
 
 import serial
 import zmq
+from zmq.backend import zmq_poll
 
 from powmon.common.backoff import backoff
 from powmon.common.conversion import Calibration
@@ -41,6 +43,11 @@ LOG_PERIOD: Final = 10.0  # at most one warning per kind per this many seconds
 BROKER_WAIT: Final = 1.0  # longest wait at start for the bus, so seq 0 is not lost to PUB
 SERVE_EVERY: Final = 0.005  # how often the hot loop looks for replay requests
 IDLE_STEP: Final = 0.05  # longest wait between replay checks (slow polling, reconnecting)
+# Below this period the schedule waits on the stop event (microsecond timeouts); at or above it
+# on the replay socket (millisecond timeouts, rounded up: a request goes out < 1 ms late).
+POLL_WAIT_MIN: Final = 0.002
+_POLLIN: Final = int(zmq.POLLIN)
+_Poll = list[tuple[zmq.Socket[bytes], int]]
 
 
 class DeviceLost(DeviceError):
@@ -218,6 +225,9 @@ class Reader:
         schedule.restart(time.monotonic())
         next_chores = next_serve = 0.0
         replay = self.replay.sock if self.replay is not None else None
+        poll = (
+            [(replay, _POLLIN)] if replay is not None and schedule.period >= POLL_WAIT_MIN else None
+        )
         pending = 0  # time_ns of the request in flight; 0: none
         while not stop.is_set():
             now = time.monotonic()
@@ -232,7 +242,8 @@ class Reader:
                 if schedule.period:
                     wait = schedule.delay(now)
                     if wait > 0:
-                        stop.wait(min(wait, chores_every, IDLE_STEP))
+                        wait = min(wait, chores_every, IDLE_STEP)
+                        next_serve = self._idle(poll, wait, now, next_serve)
                         continue
                     schedule.advance(now)
                 pending = time.time_ns()
@@ -247,6 +258,19 @@ class Reader:
             self._silent = 0
             pending = self._send_if_due(link, request)
             emitter.emit(raw, ts_ns, flags, convert)
+
+    def _idle(self, poll: _Poll | None, wait: float, now: float, next_serve: float) -> float:
+        """Wait for the next slot; returns when the replay socket is next due for a look.
+
+        Waiting on the replay socket makes one wake-up both end the wait and see (and answer at
+        once) a replay request, instead of a stop.wait plus a ZMQ_EVENTS check per reading.
+        """
+        if poll is None:
+            self.stop.wait(wait)
+            return next_serve
+        if zmq_poll(poll, math.ceil(wait * 1000)):
+            self._serve()
+        return now + wait + SERVE_EVERY
 
     def _send_if_due(self, link: Link, request: bytes) -> int:
         """Write the next request now if it is already due; its time_ns, else 0."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ MAX_RMS_SAMPLES: Final = 20_000  # keeps one AC answer cheap even at 1 Hz x 100 
 BOOT_CHATTER: Final = b"\x00\xffPowMon sim boot\r\n"
 CRLF: Final = b"\r\n"
 ERR: Final = b"err\r\n"
+_NOISE: Final = re.compile(rb"[^\x20-\x7e\r\t]")  # bytes no command line can hold
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ class SimDevice:
         self._discarding = False
         self._avg = 1
         self._ac: tuple[int, int] | None = None
+        self._handlers: dict[str, Callable[[list[str]], bytes]] = {
+            "read": self._read,
+            "r": self._drain,
+            "id": self._ident,
+            "avg": self._set_avg,
+            "mode": self._set_mode,
+        }
 
     # -- control, from tests and the CLI ---------------------------------------------------
     def inject(self, fault: Fault, count: int = 1) -> None:
@@ -168,19 +177,12 @@ class SimDevice:
         return bytes(out)
 
     def _answer(self, line: bytes) -> bytes:
-        if any((c < 0x20 and c not in b"\r\t") or c > 0x7E for c in line):
+        if _NOISE.search(line) is not None:
             return ERR  # control or non-ASCII bytes: line noise, never a command
         words = line.decode("ascii").split()
         if not words:
             return b""  # a bare line end: the firmware skips it
-        handlers = {
-            "read": self._read,
-            "r": self._drain,
-            "id": self._ident,
-            "avg": self._set_avg,
-            "mode": self._set_mode,
-        }
-        handler = handlers.get(words[0])
+        handler = self._handlers.get(words[0])
         return ERR if handler is None else handler(words[1:])
 
     def _drain(self, args: list[str]) -> bytes:
