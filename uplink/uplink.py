@@ -38,7 +38,7 @@ from powmon.common.schema import (
     decode_reading,
     decode_status,
 )
-from powmon.common.transport import Heartbeat, close_all, pub_socket, sub_socket
+from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.sender import Sender, Stats
 from powmon.uplink.spool import Progress, Spool
@@ -134,11 +134,7 @@ class _Receiver:
         """One whole message: recv() per frame and RCVMORE cost about half of recv_multipart;
         a message of any frame count is still taken whole (and refused by the decoder).
         Raises zmq.Again when nothing is queued."""
-        sub = self._sub
-        frames = [sub.recv(NOBLOCK)]
-        while sub.getsockopt(RCVMORE):
-            frames.append(sub.recv())  # the frames of a message arrive together
-        return frames
+        return recv_rest(self._sub, [self._sub.recv(NOBLOCK)])
 
     def _status(self, frames: list[bytes]) -> None:
         status = decode_status(frames)

@@ -37,7 +37,7 @@ from powmon.common.schema import (
     decode_csv_row,
 )
 from powmon.common.settings import Settings
-from powmon.common.transport import Heartbeat, close_all, pub_socket, sub_socket
+from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
 from powmon.writer.recovery import Recovery
 from powmon.writer.rotation import FileNaming
 from powmon.writer.store import CsvStore
@@ -168,7 +168,7 @@ class Writer:
                 continue
             payload = recv()  # the frames of a message arrive together: already queued
             if more(RCVMORE):
-                messages.append(_rest([topic, payload], sock))
+                messages.append(recv_rest(sock, [topic, payload]))
             else:
                 messages.append((topic, payload))
         if messages:
@@ -293,13 +293,6 @@ class Writer:
         if allowed:
             log.warning(msg + (" (%d similar suppressed)" if held else ""),
                         *args, *((held,) if held else ()))  # fmt: skip
-
-
-def _rest(frames: list[bytes], sock: zmq.Socket[bytes]) -> list[bytes]:
-    """The remaining frames of a message longer than [topic, payload] (bad, to be counted)."""
-    while sock.getsockopt(RCVMORE):
-        frames.append(sock.recv())
-    return frames
 
 
 def _loop(writer: Writer, sub: zmq.Socket[bytes], beat: Heartbeat, stop: threading.Event) -> None:
