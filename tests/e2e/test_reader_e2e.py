@@ -5,59 +5,20 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 
-from powmon.common.schema import Reading, Status, decode_reading, decode_status
+from powmon.common.schema import Reading
 from powmon.common.settings import load_settings
 from powmon.sim.device import Fault, SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
+from tests.bus import Bus
 from tests.helpers import Proc, python_module, wait_until, write_settings
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Bus:
-    """A subscriber on the broker's backend that keeps every reading and status it gets."""
-
-    sock: zmq.Socket[bytes]
-    readings: list[Reading] = field(default_factory=list)
-    statuses: list[Status] = field(default_factory=list)
-
-    def pump(self) -> None:
-        """Take what has arrived (waiting up to 10 ms for the first), then return."""
-        if not self.sock.poll(10):
-            return
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if frames[0].startswith(b"reading/"):
-                self.readings.append(decode_reading(frames))
-            else:
-                self.statuses.append(decode_status(frames))
-
-    def all_statuses(self) -> list[Status]:
-        self.pump()
-        return self.statuses
-
-    def reader_statuses(self) -> list[Status]:
-        self.pump()
-        return [s for s in self.statuses if s.process == "reader"]
-
-    def counters(self) -> dict[str, Any]:
-        mine = self.reader_statuses()
-        return dict(mine[-1].counters) if mine else {}
-
-    def wait_counter(self, key: str, at_least: int, timeout: float = 15.0) -> None:
-        wait_until(lambda: self.counters().get(key, 0) >= at_least, timeout,
-                   what=f"counter {key} >= {at_least}")  # fmt: skip
 
 
 @dataclass

@@ -10,7 +10,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,47 +20,13 @@ import zmq
 from powmon.common.logs import PAYLOAD_LOGGER
 from powmon.common.schema import (
     Flag,
-    Reading,
-    Status,
-    decode_reading,
-    decode_status,
 )
 from powmon.common.settings import load_settings
 from powmon.readers.reader import MAX_SILENT, ReaderConfig, run
 from powmon.sim import protocol_sim
 from powmon.sim.device import Fault, SimDevice
+from tests.bus import Bus
 from tests.helpers import wait_until, write_settings
-
-
-@dataclass
-class Bus:
-    """A SUB bound where the reader's PUB connects, collecting what it publishes."""
-
-    sock: zmq.Socket[bytes]
-    readings: list[Reading] = field(default_factory=list)
-    statuses: list[Status] = field(default_factory=list)
-
-    def pump(self) -> None:
-        """Take what has arrived (waiting up to 10 ms for the first), then return."""
-        if not self.sock.poll(10):
-            return
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if frames[0].startswith(b"reading/"):
-                self.readings.append(decode_reading(frames))
-            else:
-                self.statuses.append(decode_status(frames))
-
-    def all_statuses(self) -> list[Status]:
-        self.pump()
-        return self.statuses
-
-    def counters(self) -> dict[str, Any]:
-        self.pump()
-        return dict(self.statuses[-1].counters) if self.statuses else {}
 
 
 @dataclass
