@@ -11,8 +11,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import pytest
 import yaml
 
 T = TypeVar("T")
@@ -127,3 +128,21 @@ def pids_running(settings: Path, module: str | None = None) -> list[int]:
         if str(settings) in args and (module is None or module in args):
             found.append(int(entry.name))
     return found
+
+
+REQUIRE_ENV = "POWMON_REQUIRE"
+
+
+def required_in_ci(tool: str) -> bool:
+    """Whether .ci/run installed `tool` (listed in $POWMON_REQUIRE), so its absence is a bug."""
+    return tool in os.environ.get(REQUIRE_ENV, "").split()
+
+
+def unavailable(tool: str, reason: str) -> NoReturn:
+    """Skip a test whose external tool is missing, outside CI; fail it where CI installed it.
+
+    A test that skips in CI because an install step broke would hide the very thing it tests.
+    """
+    if required_in_ci(tool):
+        pytest.fail(f"{tool} is required here ({REQUIRE_ENV}) but unavailable: {reason}")
+    pytest.skip(f"{tool} unavailable: {reason}")

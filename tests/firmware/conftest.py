@@ -1,10 +1,12 @@
-"""The firmware is built once per session; without the AVR toolchain or simavr the tests skip."""
+"""The firmware is built once per session; without the AVR toolchain or simavr the tests skip,
+except where .ci/run installed them (POWMON_REQUIRE names `firmware`): there they fail."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.firmware.simboard import Built, FirmwareUnavailable, build
+from tests.helpers import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -13,4 +15,4 @@ def firmware() -> Built:
     try:
         return build()
     except FirmwareUnavailable as err:
-        pytest.skip(str(err))
+        unavailable("firmware", str(err))
