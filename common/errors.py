@@ -27,3 +27,12 @@ class DeviceError(PowmonError):
 
 class UplinkError(PowmonError):
     """Raised by the uplink for failures talking to the remote server or its spool."""
+
+
+class InUseError(PowmonError):
+    """Raised at start-up when what a process must own is held by another one: a data root or
+    spool locked by a running instance, a bus endpoint already bound.
+
+    Like bad settings this is a misconfiguration, not a crash: one line on stderr and exit
+    code 2, which a supervisor never retries in a loop.
+    """

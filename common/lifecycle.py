@@ -2,7 +2,9 @@
 
 Signal handlers only set an Event (gunicorn's arbiter habit): no logging, no I/O inside a
 handler. The process loop sees the event within its poll timeout, flushes what it holds and
-returns. Exit codes: 0 clean stop, 2 bad settings or usage, 1 a crash (logged with traceback).
+returns; so does the end of the lifeline to `powmon run` (common.lifeline). Exit codes: 0 clean
+stop, 2 bad settings, usage, or something this process must own held by another (a lock, a
+port), 1 a crash (logged with traceback).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TypeVar
 
-from powmon.common.errors import PowmonError, SettingsError
+from powmon.common import lifeline
+from powmon.common.errors import InUseError, PowmonError, SettingsError
 from powmon.common.logs import configure_logging
 from powmon.common.settings import Settings, load_settings
 
@@ -65,12 +68,19 @@ def run_process(
         raise SystemExit(EXIT_USAGE) from None
     stop = threading.Event()
     install_stop_handlers(stop)
+    line = lifeline.attach(stop)  # under `powmon run`: stop when the supervisor is gone
     try:
         run(config, stop)
+    except InUseError as err:
+        print(f"{proc}: error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
     except PowmonError as err:
         log.error("%s stopped: %s", proc, err)
         raise SystemExit(EXIT_CRASH) from None
     except Exception:  # the one broad catch: report any crash with its traceback, exit 1
         log.exception("%s crashed", proc)
         raise SystemExit(EXIT_CRASH) from None
+    finally:
+        if line is not None:
+            line.close()
     raise SystemExit(EXIT_OK)

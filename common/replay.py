@@ -20,9 +20,7 @@ from typing import Final
 import zmq
 
 from powmon.common.errors import SchemaError
-from powmon.common.gaps import GapFiller
 from powmon.common.schema import (
-    Reading,
     ReplayReply,
     ReplayRequest,
     Status,
@@ -138,14 +136,12 @@ class ReplayClient:
 
     def learn(self, status: Status) -> None:
         """Remember a reader's replay endpoint for its current session."""
-        if status.process != "reader":
+        progress = status.reader
+        if progress is None or not progress.replay:
             return
-        session = status.counters.get("session")
-        endpoint = status.counters.get("replay")
-        if not (isinstance(session, str) and isinstance(endpoint, str) and endpoint):
-            return
+        endpoint = progress.replay
         old = self._latest.get(status.ident)
-        self._latest[status.ident] = (session, endpoint)
+        self._latest[status.ident] = (progress.session, endpoint)
         if old is not None and old[1] != endpoint and old[1] in self._socks:
             self._socks.pop(old[1]).close()  # that reader is gone; so are its replies
 
@@ -175,10 +171,6 @@ class ReplayClient:
             self._socks[endpoint] = sock
         return sock
 
-    @property
-    def sockets(self) -> list[zmq.Socket[bytes]]:
-        return list(self._socks.values())
-
     def replies(self) -> Iterator[ReplayReply]:
         """Every reply already received, without blocking."""
         for sock in list(self._socks.values()):
@@ -199,18 +191,3 @@ class ReplayClient:
         for sock in self._socks.values():
             sock.close()
         self._socks.clear()
-
-
-def take_replayed(client: ReplayClient | None, filler: GapFiller) -> list[Reading]:
-    """Every reply already received, through the filler: the readings to store, flagged."""
-    if client is None:
-        return []
-    out: list[Reading] = []
-    for reply in client.replies():
-        out += filler.on_reply(reply)
-    return out
-
-
-def nowhere(sensor_id: str, session: str, first: int, last: int) -> bool:
-    """The `ask` of a subscriber without a replay client: nobody to ask, ranges are lost."""
-    return False

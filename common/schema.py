@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from math import isfinite
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -40,9 +40,12 @@ class Flag(enum.IntFlag):
     REPLAYED = 8  # delivered late from a reader's replay buffer, after a gap
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One measurement of one sensor; volts/amps/watts already converted by the reader."""
+class Reading(NamedTuple):
+    """One measurement of one sensor; volts/amps/watts already converted by the reader.
+
+    A NamedTuple rather than a dataclass: every subscriber builds one per reading, and a tuple
+    is made in one C call straight from the decoded fields (and indexes like the CSV row).
+    """
 
     sensor_id: str
     session: str
@@ -60,8 +63,32 @@ class Reading:
 
 
 @dataclass(frozen=True, slots=True)
+class ReaderProgress:
+    """What other processes rely on in a reader's heartbeat: the typed part of its status.
+
+    Sinks read `session`, `seq` (the next seq the reader will publish: everything below it was
+    published) and `replay` (where to ask for missing ranges; empty when REPLAY_BUFFER is 0);
+    supervisors and health checks read `readings` and `last_reading_ns`. On the wire these are
+    keys of the heartbeat's counters map, so that taps and older tools see them as before.
+    """
+
+    session: str
+    seq: int = 0
+    readings: int = 0
+    replay: str = ""
+    last_reading_ns: int = 0
+
+
+_PROGRESS_KEYS: Final = ("session", "seq", "readings", "replay", "last_reading_ns")
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
-    """A heartbeat or event of one process: who it is, its state, and its counters."""
+    """A heartbeat or event of one process: who it is, its state, and its counters.
+
+    `started_ns` (wall clock) is when the process started, for uptime; `reader` is set for a
+    reader's heartbeat. `counters` holds everything else, for people and dashboards to read.
+    """
 
     process: str
     ident: str
@@ -69,6 +96,8 @@ class Status:
     ts_ns: int
     state: str
     counters: Mapping[str, Any] = field(default_factory=dict)
+    started_ns: int = 0
+    reader: ReaderProgress | None = None
 
 
 def reading_topic(sensor_id: str) -> bytes:
@@ -87,11 +116,16 @@ def encode_reading(r: Reading) -> list[bytes]:
 
 
 def encode_status(s: Status) -> list[bytes]:
-    payload = msgpack.packb(
-        {"v": SCHEMA_VERSION, "process": s.process, "id": s.ident, "pid": s.pid,
-         "ts": s.ts_ns, "state": s.state, "counters": dict(s.counters)},
-    )  # fmt: skip
-    return [status_topic(s.process, s.ident), payload]
+    counters = dict(s.counters)
+    if s.reader is not None:
+        r = s.reader
+        counters.update(session=r.session, seq=r.seq, readings=r.readings, replay=r.replay,
+                        last_reading_ns=r.last_reading_ns)
+    body = {"v": SCHEMA_VERSION, "process": s.process, "id": s.ident, "pid": s.pid,
+            "ts": s.ts_ns, "state": s.state, "counters": counters}
+    if s.started_ns:
+        body["started"] = s.started_ns
+    return [status_topic(s.process, s.ident), msgpack.packb(body)]
 
 
 def _unpack(payload: bytes) -> Any:
@@ -116,7 +150,7 @@ _packb: Final = msgpack.Packer().pack  # one Packer reused: ~0.7 us less per rea
 _unpackb: Final = msgpack.unpackb  # defaults are raw=False, strict_map_key=True (msgpack >= 1)
 _topics: dict[str, bytes] = {}  # sensor_id -> b"reading/<id>/"; bounded by _TOPICS_MAX
 _TOPICS_MAX: Final = 4096
-_set_fields: Final[tuple[Any, ...]] = tuple(getattr(Reading, f).__set__ for f in Reading.__slots__)
+_new_tuple: Final = tuple.__new__
 
 
 def _topic(sensor_id: str) -> bytes:
@@ -137,40 +171,11 @@ def _topic(sensor_id: str) -> bytes:
     return topic
 
 
-def _reading(*values: Any) -> Reading:
-    """Reading(*values) for values already checked, in 2/3 of the time of its __init__.
-
-    A frozen dataclass's __init__ sets each field through object.__setattr__; setting the slot
-    descriptors directly skips that detour. Used only where every value was validated.
-    """
-    r = object.__new__(Reading)
-    for put, value in zip(_set_fields, values, strict=True):
-        put(r, value)
-    return r
-
-
 def decode_reading(frames: Sequence[bytes]) -> Reading:
     """Parse and validate a reading; raise SchemaError for anything else."""
-    _, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = _checked(frames)
-    return _reading(sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags)
-
-
-CsvRow = tuple[str, str, str, int, float, str, str, str, str]
-
-
-def decode_csv_row(frames: Sequence[bytes]) -> CsvRow:
-    """The CSV row of a reading message, validated as decode_reading does, without building
-    a Reading: the writer's hot path. Items 1, 2, 3 are sensor_id, session and seq."""
-    _, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = _checked(frames)
-    secs = ts_ns // 1_000_000_000
-    if secs != _ts_cache[0]:
-        _ts_cache[0] = secs
-        _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    return (
-        f"{_ts_cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z", sensor_id, session, seq, raw,
-        f"{volts:.5f}", f"{amps:.4f}", f"{watts:.3f}",
-        _FLAG_TEXT[flags] if flags < _FLAGS_KNOWN else _flag_text(flags),
-    )  # fmt: skip
+    body = _checked(frames)
+    del body[0]  # the version, checked
+    return _new_tuple(Reading, body)
 
 
 def _checked(frames: Sequence[bytes]) -> list[Any]:
@@ -251,10 +256,13 @@ def decode_status(frames: Sequence[bytes]) -> Status:
             f"status: counters must map names to plain values, got {_SHOW.repr(body)}"
         )
     try:
+        counters = dict(body["counters"])
+        process = str(body["process"])
         status = Status(
-            process=str(body["process"]), ident=str(body["id"]), pid=int(body["pid"]),
-            ts_ns=int(body["ts"]), state=str(body["state"]), counters=dict(body["counters"]),
-        )  # fmt: skip
+            process=process, ident=str(body["id"]), pid=int(body["pid"]), ts_ns=int(body["ts"]),
+            state=str(body["state"]), counters=counters, started_ns=int(body.get("started", 0)),
+            reader=_progress(counters) if process == "reader" else None,
+        )
     except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise SchemaError(f"status: missing or bad field: {err}") from err
     if bytes(frames[0]) != status_topic(status.process, status.ident):
@@ -262,12 +270,29 @@ def decode_status(frames: Sequence[bytes]) -> Status:
     return status
 
 
+def _progress(counters: dict[str, Any]) -> ReaderProgress | None:
+    """The typed part of a reader's heartbeat, read from its counters (which keep the keys, for
+    display); None when the heartbeat has no session (a reader of another build); SchemaError
+    when a field is bad."""
+    if "session" not in counters:
+        return None
+    session, seq, readings, replay, last = (
+        counters.get(k, d) for k, d in zip(_PROGRESS_KEYS, ("", 0, 0, "", 0), strict=True)
+    )
+    if not (type(session) is str and type(replay) is str and session
+            and all(type(x) is int and 0 <= x <= _I64 for x in (seq, readings, last))):
+        raise SchemaError(
+            f"status: bad reader progress session={_SHOW.repr(session)} seq={_SHOW.repr(seq)} "
+            f"readings={_SHOW.repr(readings)} replay={_SHOW.repr(replay)}"
+        )
+    return ReaderProgress(session, seq, readings, replay, last)
+
+
 def _flag_text(flags: int) -> str:
     return "|".join(f.name.lower() for f in Flag if f.name is not None and flags & f)
 
 
 _FLAG_TEXT: Final = tuple(_flag_text(n) for n in range(1 << len(Flag)))
-_FLAGS_KNOWN: Final = len(_FLAG_TEXT)
 
 
 def flag_names(flags: int) -> str:
@@ -292,21 +317,16 @@ def format_ts(ts_ns: int) -> str:
     return f"{_ts_cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z"
 
 
-def csv_row(r: Reading) -> tuple[object, ...]:
-    """The CSV_FIELDS values of one reading, in order, formatted for a csv.writer.
+CsvRow = tuple[str, str, str, int, float, str, str, str, str]
 
-    format_ts and flag_names are inlined: this runs once per row in the writer.
-    """
-    ts_ns, flags = r.ts_ns, r.flags
-    secs = ts_ns // 1_000_000_000
-    if secs != _ts_cache[0]:
-        _ts_cache[0] = secs
-        _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+
+def csv_row(r: Reading) -> CsvRow:
+    """The CSV_FIELDS values of one reading, in order, formatted for a csv.writer: the one
+    formatter of a reading as text (CSV files, the uplink's csv format, reports)."""
     return (
-        f"{_ts_cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z", r.sensor_id, r.session, r.seq,
-        r.raw, f"{r.volts:.5f}", f"{r.amps:.4f}", f"{r.watts:.3f}",
-        _FLAG_TEXT[flags] if 0 <= flags < len(_FLAG_TEXT) else _flag_text(flags),
-    )  # fmt: skip
+        format_ts(r.ts_ns), r.sensor_id, r.session, r.seq, r.raw, f"{r.volts:.5f}",
+        f"{r.amps:.4f}", f"{r.watts:.3f}", flag_names(r.flags),
+    )
 
 
 def reading_dict(r: Reading) -> dict[str, object]:

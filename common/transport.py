@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from powmon.common.schema import Status, encode_status
+from powmon.common import lifeline
+from powmon.common.schema import ReaderProgress, Status, encode_status
 
 PUB_LINGER_MS: Final = 2000
 SUB_LINGER_MS: Final = 0
+SUBSCRIPTION_GRACE: Final = 0.05
 
 
 def pub_socket(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, hwm: int) -> zmq.Socket[bytes]:
@@ -51,7 +55,10 @@ class Heartbeat:
     """Publishes a process's Status on the status topic every `interval` seconds.
 
     Called from the process's own loop (`beat()` is cheap when it is not yet due), so that a
-    heartbeat proves the loop itself is alive, not just some side thread.
+    heartbeat proves the loop itself is alive, not just some side thread. A reader passes
+    `progress`, the typed part of its heartbeat that sinks and supervisors rely on. Under
+    `powmon run` each beat also goes down the lifeline (common.lifeline), off the bus: the
+    reader's readings count, or for any other process the number of beats.
     """
 
     def __init__(
@@ -62,14 +69,19 @@ class Heartbeat:
         interval: float,
         counters: Callable[[], Mapping[str, Any]],
         clock: Callable[[], float] = time.monotonic,
+        progress: Callable[[], ReaderProgress] | None = None,
     ) -> None:
         self._sock = sock
         self._process = process
         self._ident = ident
         self._interval = interval
         self._counters = counters
+        self._progress = progress
         self._clock = clock
         self._next = 0.0
+        self._started_ns = time.time_ns()
+        self._lifeline = lifeline.current()
+        self._beats = 0
 
     def beat(self, state: str = "running", *, force: bool = False) -> None:
         now = self._clock()
@@ -83,10 +95,44 @@ class Heartbeat:
             ts_ns=time.time_ns(),
             state=state,
             counters=dict(self._counters()),
+            started_ns=self._started_ns,
+            reader=self._progress() if self._progress is not None else None,
         )
         # A full pipe means nobody reads status right now; the next beat will do.
         with contextlib.suppress(zmq.Again):
             self._sock.send_multipart(encode_status(status), flags=zmq.NOBLOCK)
+        self._beats += 1
+        if self._lifeline is not None:
+            r = status.reader
+            self._lifeline.report(r.readings if r is not None else self._beats)
+
+
+def wait_for_broker(sock: zmq.Socket[bytes], stop: threading.Event, timeout: float) -> bool:
+    """Wait (bounded) until a PUB socket has a live connection to the broker.
+
+    A PUB drops what it sends before the broker's subscriptions reach it, and a reader's first
+    readings (seq 0, 1, ...) would be lost to every subscriber on each start. Readers start
+    far less often than they publish, so a short wait here is cheap. A broker that is down
+    only delays the start by `timeout`; readings then flow (and are dropped) as PUB does.
+    """
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if monitor.poll(int(min(left, 0.1) * 1000) + 1):
+                event = recv_monitor_message(monitor)
+                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    # The broker sends its subscriptions right after the handshake; PUB takes
+                    # them in at its next send. One short grace covers that loopback hop.
+                    stop.wait(SUBSCRIPTION_GRACE)
+                    return True
+        return False
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
 
 
 def recv_rest(sock: zmq.Socket[bytes], frames: list[bytes]) -> list[bytes]:

@@ -2,11 +2,15 @@
 
 Children run in their own process group, so that Ctrl-C in a terminal reaches only the
 supervisor, which then stops them in order (readers first, broker last) instead of all at once.
+Each child gets a lifeline (common.lifeline): when the supervisor dies, however it dies, its
+children see the lifeline close and stop on their own, flushing what they hold; and a child's
+progress comes down its lifeline, never over the bus it may be waiting for.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +18,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from powmon.common import lifeline
 from powmon.common.backoff import backoff
+from powmon.common.lifecycle import EXIT_USAGE
+from powmon.processes import ProcessSpec, Watch
 
 log = logging.getLogger(__name__)
 
@@ -23,50 +30,60 @@ STABLE_AFTER_S = 30.0
 IS_WINDOWS = sys.platform == "win32"
 
 
-@dataclass(frozen=True, slots=True)
-class ChildSpec:
-    """What to run; `key` names the child in logs and matches its heartbeat (process/ident)."""
-
-    key: str
-    argv: tuple[str, ...]
-    process: str
-    ident: str
-    watch_stall: bool = False
-
-
 @dataclass(slots=True)
 class Child:
     """Runtime state of one child: the process, its restart schedule and its liveness."""
 
-    spec: ChildSpec
+    spec: ProcessSpec
+    argv: tuple[str, ...]
     backoff_max: float
     popen: subprocess.Popen[bytes] | None = None
+    token: str = ""  # of its current lifeline
     started_at: float = 0.0
     restart_at: float | None = 0.0
     restarts: int = 0
     last_progress: float = 0.0
-    last_count: int = -1
+    progress: int = -1  # last value its lifeline reported; -1: nothing since (re)start
+    ready: bool = False  # its heartbeat was seen on the bus since (re)start
     _delays: Iterator[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._delays = backoff(initial=0.5, cap=self.backoff_max)
 
     @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
-    def start(self, now: float) -> None:
-        kwargs: dict[str, object] = {}
+    @property
+    def refused(self) -> bool:
+        """It exited 2 (misconfiguration, or something it must own is taken) before ever
+        reporting progress: restarting it would only fail again."""
+        return (
+            self.popen is not None
+            and self.popen.poll() == EXIT_USAGE
+            and self.progress < 0
+        )
+
+    def start(self, now: float, line: tuple[str, str]) -> None:
+        """Start the process with its lifeline `line` (environment value, token)."""
+        env = dict(os.environ)
+        env[lifeline.ENV], self.token = line
+        kwargs: dict[str, object] = {"env": env}
         if IS_WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined,unused-ignore]
         else:
             kwargs["start_new_session"] = True
-        self.popen = subprocess.Popen(self.spec.argv, **kwargs)  # type: ignore[call-overload]
+        self.popen = subprocess.Popen(self.argv, **kwargs)  # type: ignore[call-overload]
         self.started_at = now
         self.last_progress = now
-        self.last_count = -1
+        self.progress = -1
+        self.ready = False
         self.restart_at = None
-        log.info("started %s pid=%d", self.spec.key, self.popen.pid)
+        log.info("started %s pid=%d", self.key, self.popen.pid)
 
     def schedule_restart(self, now: float, why: str) -> None:
         """Plan the next start with capped exponential backoff, and say so."""
@@ -75,19 +92,18 @@ class Child:
         delay = next(self._delays)
         self.restart_at = now + delay
         self.restarts += 1
-        log.warning(
-            "%s %s; restarting in %.1fs (restart %d)", self.spec.key, why, delay, self.restarts
-        )
+        log.warning("%s %s; restarting in %.1fs (restart %d)", self.key, why, delay,
+                    self.restarts)
 
     def note_progress(self, count: int, now: float) -> None:
-        """Record a heartbeat's reading count; progress is a change of it."""
-        if count != self.last_count:
-            self.last_count = count
+        """Record a lifeline beat; progress is a change of the count (readings, for a reader)."""
+        if count != self.progress:
+            self.progress = count
             self.last_progress = now
 
     def stalled(self, now: float, stall_timeout: float) -> bool:
         return (
-            self.spec.watch_stall
+            self.spec.watch is Watch.PROGRESS
             and self.running
             and now - max(self.last_progress, self.started_at) > stall_timeout
         )
@@ -102,11 +118,11 @@ class Child:
             else:
                 self.popen.send_signal(signal.SIGTERM)
         except OSError as err:
-            log.debug("signal to %s failed: %s", self.spec.key, err)
+            log.debug("signal to %s failed: %s", self.key, err)
 
     def kill(self) -> None:
         if self.running and self.popen is not None:
-            log.warning("%s did not stop in time; killing pid=%d", self.spec.key, self.popen.pid)
+            log.warning("%s did not stop in time; killing pid=%d", self.key, self.popen.pid)
             self.popen.kill()
 
 
@@ -121,14 +137,3 @@ def stop_group(children: Sequence[Child], grace: float) -> None:
         child.kill()
         if child.popen is not None:
             child.popen.wait()
-
-
-def reader_argv(config: str, port: str, sensor_id: str) -> tuple[str, ...]:
-    return (
-        sys.executable, "-m", "powmon.readers", "--port", port, "--sensor-id", sensor_id,
-        "--config", config,
-    )  # fmt: skip
-
-
-def module_argv(module: str, config: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", module, "--config", config)

@@ -15,8 +15,8 @@ SUBCOMMANDS: Final = {
     "sim": "powmon.sim.cli:sim_command",
     "tap": "powmon.tap:tap_command",
     "deploy": "powmon.deploy:deploy_command",
-    "keygen": "powmon.uplink.keys:keygen_command",
-    "encrypt-url": "powmon.uplink.keys:encrypt_url_command",
+    "keygen": "powmon.keys:keygen_command",
+    "encrypt-url": "powmon.keys:encrypt_url_command",
     "bench": "powmon.bench:bench_command",
 }
 

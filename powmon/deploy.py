@@ -8,7 +8,6 @@ that the list of readers always matches SENSORS, and paths are absolute.
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -19,26 +18,17 @@ import click
 from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.settings import Settings
+from powmon.processes import pipeline
 
 
-def _name(sensor_id: str) -> str:
-    """A program/unit-safe name for a sensor id ('Lab 3, rack=2' -> 'Lab_3__rack_2')."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", sensor_id)
-
-
-def _programs(settings: Settings, python: str) -> Iterator[tuple[str, list[str], int]]:
-    """(name, argv, priority): lower priority starts first and stops last."""
+def _programs(settings: Settings, python: str) -> Iterator[tuple[str, tuple[str, ...], int]]:
+    """(name, argv, priority) from the process table: lower priority starts first, stops last."""
     cfg = str(settings.path)
-    yield "powmon-broker", [python, "-m", "powmon.common.broker", "--config", cfg], 10
-    yield "powmon-writer", [python, "-m", "powmon.writer", "--config", cfg], 20
-    if settings.remote_save:
-        yield "powmon-uplink", [python, "-m", "powmon.uplink", "--config", cfg], 30
-    for s in settings.sensors:
-        argv = [python, "-m", "powmon.readers", "--sensor-id", s.sensor_id, "--config", cfg]
-        yield f"powmon-reader-{_name(s.sensor_id)}", argv, 40
+    for spec in pipeline(settings):
+        yield spec.unit, spec.argv(cfg, python), spec.order
 
 
-def _supervisor_quote(argv: list[str]) -> str:
+def _supervisor_quote(argv: tuple[str, ...]) -> str:
     # supervisord splits `command` with shlex and expands %(name)s: escape '%' as '%%'.
     return shlex.join(argv).replace("%", "%%")
 
@@ -147,7 +137,7 @@ def supervisord_command(config_path: Path | None, run_dir: Path, out: Path | Non
     required=True,
     help="folder to write the units into (e.g. /etc/systemd/system)",
 )
-def systemd_command(config_path: Path | None, out: Path) -> None:  # fmt: skip
+def systemd_command(config_path: Path | None, out: Path) -> None:
     """Write one systemd unit per process and powmon.target."""
     out.mkdir(parents=True, exist_ok=True)
     for name, text in systemd_units(load_or_exit(config_path)).items():

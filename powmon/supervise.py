@@ -1,11 +1,18 @@
 """`powmon run`: start the whole pipeline from one settings.yaml and keep it running.
 
-The supervisor starts the broker, then the writer (and the uplink when REMOTE_SAVE is true),
-waits until the writer's heartbeat shows it is subscribed, and only then starts one reader per
-sensor, so the first readings of a fresh start are not lost to ZeroMQ's slow-joiner effect. It
-restarts any child that dies, with capped exponential backoff, and a reader that is alive but
-has produced no reading for STALL_TIMEOUT seconds ("running but silent"). On Ctrl-C/SIGTERM it
-stops readers first, then the writer and uplink (which flush), then the broker.
+The supervisor starts the processes of the one process table (powmon/processes.py) group by
+group: the broker, then the writer (and the uplink when REMOTE_SAVE is true), and, once the
+writer's heartbeat shows it is subscribed, one reader per sensor, so that the first readings of
+a fresh start are not lost to ZeroMQ's slow-joiner effect. It restarts any child that dies, with
+capped exponential backoff, and a reader that is alive but has taken no reading for
+STALL_TIMEOUT seconds. A child that exits 2 before it ever ran (bad settings, its lock or port
+taken) is not restarted: that is a misconfiguration, and a core process refusing to start
+stops the pipeline with exit 2. On Ctrl-C/SIGTERM it stops the groups in reverse order
+(readers first; the writer and uplink flush; the broker last).
+
+Liveness never depends on the bus: each child reports its progress down its own lifeline
+(common.lifeline), so a frozen broker delays heartbeats but never gets a healthy reader
+restarted; and the lifeline is also how children stop when the supervisor itself is killed.
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ from pathlib import Path
 import click
 import zmq
 
-from powmon.children import Child, ChildSpec, module_argv, reader_argv, stop_group
-from powmon.common.errors import SchemaError, SettingsError
+from powmon.children import Child, stop_group
+from powmon.common.errors import PowmonError, SchemaError, SettingsError
 from powmon.common.lifecycle import EXIT_USAGE, install_stop_handlers, load_or_exit
+from powmon.common.lifeline import LifelineServer
+from powmon.common.lock import holder, spool_lock, writer_lock
 from powmon.common.logs import configure_logging
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
-from powmon.common.schema import Status, decode_status
+from powmon.common.schema import decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
+from powmon.processes import ProcessSpec, groups, pipeline, uplink_wanted
 from powmon.readers.reader import ReaderConfig
 from powmon.uplink.config import UplinkConfig
 
@@ -35,14 +45,18 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
 STALL_KILL_GRACE_S = 3.0
-WRITER_READY_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 10.0
+POLL_MS = 200
+
+
+class Refused(PowmonError):
+    """A core process exited 2 at start-up: the pipeline cannot run as configured."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    broker: ChildSpec
-    sinks: tuple[ChildSpec, ...]
-    readers: tuple[ChildSpec, ...]
+    specs: tuple[ProcessSpec, ...]
+    config_path: str
     frontend: str
     backend: str
     hwm: int
@@ -52,48 +66,35 @@ class RunConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunConfig:
-        cfg = str(settings.path)
-        sinks = [ChildSpec("writer", module_argv("powmon.writer", cfg), "writer", "writer")]
-        if settings.remote_save:
-            sinks.append(ChildSpec("uplink", module_argv("powmon.uplink", cfg), "uplink", "uplink"))
-        readers = tuple(
-            ChildSpec(
-                f"reader {s.sensor_id}",
-                reader_argv(cfg, s.port, s.sensor_id),
-                "reader",
-                s.sensor_id,
-                watch_stall=True,
-            )
-            for s in settings.sensors
-        )
-        broker_argv = module_argv("powmon.common.broker", cfg)
         return cls(
-            broker=ChildSpec("broker", broker_argv, "broker", "broker"),
-            sinks=tuple(sinks), readers=readers, frontend=settings.broker_frontend,
-            backend=settings.broker_backend, hwm=settings.hwm,
-            heartbeat_interval=settings.heartbeat_interval, stall_timeout=settings.stall_timeout,
+            specs=pipeline(settings), config_path=str(settings.path),
+            frontend=settings.broker_frontend, backend=settings.broker_backend,
+            hwm=settings.hwm, heartbeat_interval=settings.heartbeat_interval,
+            stall_timeout=settings.stall_timeout,
             restart_backoff_max=settings.restart_backoff_max,
-        )  # fmt: skip
+        )
 
 
 class Supervisor:
-    """Owns the children; one loop watches exits, heartbeats and stalls."""
+    """Owns the children; one loop watches exits, lifelines and stalls."""
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         limit = config.restart_backoff_max
-        self.broker = Child(config.broker, limit)
-        self.sinks = [Child(s, limit) for s in config.sinks]
-        self.readers = [Child(s, limit) for s in config.readers]
-        self.children = [self.broker, *self.sinks, *self.readers]
+        self.groups = [
+            [Child(s, s.argv(config.config_path), limit) for s in group]
+            for group in groups(config.specs)
+        ]
+        self.children = [c for group in self.groups for c in group]
         self._by_id = {(c.spec.process, c.spec.ident): c for c in self.children}
+        self.lifelines = LifelineServer()
         self.bad_status = 0
 
     def counters(self) -> dict[str, object]:
         return {
             "children": len(self.children),
             "running": sum(c.running for c in self.children),
-            "restarts": {c.spec.key: c.restarts for c in self.children},
+            "restarts": {c.key: c.restarts for c in self.children},
             "bad_status": self.bad_status,
         }
 
@@ -103,95 +104,152 @@ class Supervisor:
         pub = pub_socket(ctx, self.config.frontend, self.config.hwm)
         beat = Heartbeat(pub, "supervisor", "run", self.config.heartbeat_interval, self.counters)
         try:
-            now = time.monotonic()
-            for child in (self.broker, *self.sinks):
-                child.start(now)
-            self._wait_for_writer(status, stop)
-            for child in self.readers:
-                child.start(time.monotonic())
+            for group in self.groups:
+                for child in group:
+                    self._start(child, time.monotonic())
+                if any(c.spec.ready for c in group):
+                    self._wait_ready(group, status, stop)
             while not stop.is_set():
-                self._drain_status(status, timeout_ms=200)
+                self._wait(status, POLL_MS)
                 self._check(time.monotonic())
                 beat.beat()
         finally:
             log.info("stopping pipeline")
-            stop_group(self.readers, STOP_GRACE_S)
-            stop_group(self.sinks, STOP_GRACE_S)
-            stop_group([self.broker], STOP_GRACE_S)
+            for group in reversed(self.groups):
+                stop_group(group, STOP_GRACE_S)
+            self.lifelines.close()
             status.close()
             pub.setsockopt(zmq.LINGER, 0)
             pub.close()
             ctx.term()
             log.info("pipeline stopped")
 
-    def _wait_for_writer(self, status: zmq.Socket[bytes], stop: threading.Event) -> None:
-        writer = self._by_id[("writer", "writer")]
-        deadline = time.monotonic() + WRITER_READY_TIMEOUT_S
-        while not stop.is_set() and writer.last_count < 0 and time.monotonic() < deadline:
-            self._drain_status(status, timeout_ms=100)
-            self._check(time.monotonic())
-        if writer.last_count < 0 and not stop.is_set():
-            log.warning("no heartbeat from the writer after %.0fs; starting readers anyway",
-                        WRITER_READY_TIMEOUT_S)  # fmt: skip
+    def _start(self, child: Child, now: float) -> None:
+        if child.token:
+            self.lifelines.retire(child.token)
+        child.start(now, self.lifelines.issue())
 
-    def _drain_status(self, sock: zmq.Socket[bytes], timeout_ms: int) -> None:
-        if not sock.poll(timeout_ms):
-            return
+    def _wait_ready(self, group: list[Child], status: zmq.Socket[bytes],
+                    stop: threading.Event) -> None:
+        """Until the group's `ready` children were heard on the bus (bounded): then the bus
+        carries their subscriptions, and the next group's first messages reach them."""
+        waiting = [c for c in group if c.spec.ready]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            if all(c.ready for c in waiting):
+                return
+            self._wait(status, 100)
+            self._check(time.monotonic())
+        if not stop.is_set():
+            log.warning("no heartbeat from %s after %.0fs; starting the rest anyway",
+                        ", ".join(c.key for c in waiting if not c.ready), READY_TIMEOUT_S)
+
+    def _wait(self, status: zmq.Socket[bytes], timeout_ms: int) -> None:
+        """Wait for the bus or a lifeline, then take what both have."""
+        poller = zmq.Poller()
+        poller.register(status, zmq.POLLIN)
+        for sock in self.lifelines.sockets():
+            poller.register(sock, zmq.POLLIN)
+        poller.poll(timeout_ms)
         now = time.monotonic()
+        tokens = {c.token: c for c in self.children}
+        for token, count in self.lifelines.read():
+            child = tokens.get(token)
+            if child is not None:
+                child.note_progress(count, now)
+        self._drain_status(status)
+
+    def _drain_status(self, sock: zmq.Socket[bytes]) -> None:
+        """Heartbeats on the bus: only to know a subscriber is listening (never liveness)."""
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                self._on_status(decode_status(frames), now)
+                status = decode_status(frames)
             except SchemaError as err:
                 self.bad_status += 1
                 log.debug("dropped a bad status message: %s", err)
-
-    def _on_status(self, status: Status, now: float) -> None:
-        child = self._by_id.get((status.process, status.ident))
-        if child is None or not child.running or child.popen is None:
-            return
-        if status.pid != child.popen.pid:
-            return  # a heartbeat from a previous incarnation, still in flight
-        if child.spec.watch_stall:
-            readings = status.counters.get("readings")
-            child.note_progress(readings if isinstance(readings, int) else -1, now)
-        else:
-            child.note_progress(child.last_count + 1, now)
+                continue
+            child = self._by_id.get((status.process, status.ident))
+            if child is not None and child.popen is not None and status.pid == child.popen.pid:
+                child.ready = True
 
     def _check(self, now: float) -> None:
         for child in self.children:
             if child.popen is not None and child.restart_at is None and not child.running:
-                child.schedule_restart(now, f"exited with code {child.popen.returncode}")
+                self._exited(child, now)
             elif child.stalled(now, self.config.stall_timeout):
                 stop_group([child], STALL_KILL_GRACE_S)
                 child.schedule_restart(
                     now, f"stalled: no reading for {self.config.stall_timeout:.0f}s"
                 )
             if child.restart_at is not None and now >= child.restart_at and child.popen is not None:
-                child.start(now)
+                self._start(child, now)
+
+    def _exited(self, child: Child, now: float) -> None:
+        assert child.popen is not None  # noqa: S101 - _check only calls this for started children
+        code = child.popen.returncode
+        if not child.refused:
+            child.schedule_restart(now, f"exited with code {code}")
+            return
+        if child.spec.order < max(c.spec.order for c in self.children):
+            raise Refused(f"{child.key} refused to start (exit {code}; its message is above)")
+        child.restart_at = float("inf")  # a reader that cannot start: the others go on
+        log.error("%s refused to start (exit %d; its message is above); not restarting it",
+                  child.key, code)
 
 
 def _precheck(settings: Settings) -> None:
     """Refuse to start (exit 2) on what would make a child fail at every restart: the checks
     each process makes of its own configuration, beyond the settings file itself (the uplink's
-    key and encrypted HOST, the readers' sensor entries)."""
+    key and encrypted HOST, the readers' sensor entries), a pipeline already running on the
+    same data root or spool, and a bus endpoint that is taken."""
     try:
         for sensor in settings.sensors:
             ReaderConfig.from_settings(settings, sensor.sensor_id)
-        if settings.remote_save:
+        if uplink_wanted(settings):
             UplinkConfig.from_settings(settings)
     except SettingsError as err:
-        print(f"powmon: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        _refuse(str(err))
+    locks = [writer_lock(settings.data_root)]
+    if uplink_wanted(settings):
+        locks.append(spool_lock(settings.uplink.spool_path))
+    for lock in locks:
+        pid = holder(lock.path)
+        if pid is not None:
+            _refuse(f"already running: pid {pid or '?'}, {lock.what}")
+    for endpoint in (settings.broker_frontend, settings.broker_backend):
+        why = _bind_problem(endpoint)
+        if why is not None:
+            _refuse(f"bus endpoint {endpoint} is not free ({why}): is another pipeline running?")
+
+
+def _bind_problem(endpoint: str) -> str | None:
+    """Why the broker could not bind `endpoint` right now, or None when it could."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as err:
+        return err.strerror
+    finally:
+        sock.close()
+        ctx.term()
+    return None
+
+
+def _refuse(message: str) -> None:
+    print(f"powmon: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 @click.command("run", context_settings=CONTEXT_SETTINGS)
 @config_option
 @log_level_option
-def run_command(config_path: Path | None, log_level: int | None) -> None:  # fmt: skip
+def run_command(config_path: Path | None, log_level: int | None) -> None:
     """Start broker, writer, uplink and one reader per sensor, and keep them running."""
     settings = load_or_exit(config_path)
     configure_logging(settings.log_level if log_level is None else log_level, "powmon-run")
@@ -201,7 +259,11 @@ def run_command(config_path: Path | None, log_level: int | None) -> None:  # fmt
         "powmon run: %d sensor(s), data in %s, bus %s -> %s",
         len(settings.sensors), settings.data_root, settings.broker_frontend,
         settings.broker_backend,
-    )  # fmt: skip
+    )
     stop = threading.Event()
     install_stop_handlers(stop)
-    Supervisor(RunConfig.from_settings(settings)).run(stop)
+    try:
+        Supervisor(RunConfig.from_settings(settings)).run(stop)
+    except Refused as err:
+        log.error("%s; stopping the pipeline", err)
+        raise SystemExit(EXIT_USAGE) from None

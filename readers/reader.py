@@ -27,11 +27,11 @@ from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayServer, replay_bind_endpoint
 from powmon.common.settings import Settings
-from powmon.common.transport import Heartbeat, pub_socket
+from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.readers.handshake import Agreed, NoAnswer, Wanted, handshake
 from powmon.readers.link import BadAnswer, Link, open_port, parse_answer, read_command
 from powmon.readers.schedule import Schedule
-from powmon.readers.session import Counters, Emitter, new_session_id, wait_for_broker
+from powmon.readers.session import Counters, Emitter, new_session_id
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class Reader:
             )  # fmt: skip
             self.counters.replay = self.replay.endpoint
         self.heartbeat = Heartbeat(
-            sock, "reader", config.sensor_id, config.heartbeat_interval, self.counters.snapshot
+            sock, "reader", config.sensor_id, config.heartbeat_interval, self.counters.snapshot,
+            progress=self.counters.progress,
         )
         self._limiter = RateLimiter(LOG_PERIOD)
         self._schedule = Schedule(config.polling_delay)

@@ -10,53 +10,20 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from powmon.common.conversion import Calibration
 from powmon.common.logs import PAYLOAD_LOGGER
 from powmon.common.replay import ReplayRing
-from powmon.common.schema import Reading, encode_reading
+from powmon.common.schema import ReaderProgress, Reading, encode_reading
 
 payload_log = logging.getLogger(PAYLOAD_LOGGER)
 
-SUBSCRIPTION_GRACE: Final = 0.05
-
 Converter = Callable[[float, Calibration, int], tuple[float, float, float, int]]
-
-
-def wait_for_broker(sock: zmq.Socket[bytes], stop: threading.Event, timeout: float) -> bool:
-    """Wait (bounded) until the PUB socket has a live connection to the broker.
-
-    A PUB drops what it sends before the broker's subscriptions reach it, and a reader's first
-    readings (seq 0, 1, ...) would be lost to every subscriber on each start. Readers start
-    far less often than they publish, so a short wait here is cheap. A broker that is down
-    only delays the start by `timeout`; readings then flow (and are dropped) as PUB does.
-    """
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    try:
-        deadline = time.monotonic() + timeout
-        while not stop.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if monitor.poll(int(min(left, 0.1) * 1000) + 1):
-                event = recv_monitor_message(monitor)
-                if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    # The broker sends its subscriptions right after the handshake; PUB takes
-                    # them in at its next send. One short grace covers that loopback hop.
-                    stop.wait(SUBSCRIPTION_GRACE)
-                    return True
-        return False
-    finally:
-        sock.disable_monitor()
-        monitor.close(linger=0)
 
 
 def new_session_id() -> str:
@@ -66,7 +33,11 @@ def new_session_id() -> str:
 
 @dataclass(slots=True)
 class Counters:
-    """What the heartbeat reports; field names are the documented counter keys."""
+    """What the heartbeat reports; field names are the documented counter keys.
+
+    session, seq, readings, replay and last_reading_ns are the reader's progress, the part of
+    its heartbeat other processes rely on: they travel as schema.ReaderProgress.
+    """
 
     session: str
     port: str
@@ -83,7 +54,18 @@ class Counters:
     replay: str = ""  # the replay endpoint (common.replay); empty when REPLAY_BUFFER is 0
 
     def snapshot(self) -> dict[str, Any]:
-        return asdict(self)
+        """The counters that are not progress (those go as `progress()`)."""
+        return {
+            "port": self.port, "bad_lines": self.bad_lines, "timeouts": self.timeouts,
+            "reconnects": self.reconnects, "disconnects": self.disconnects,
+            "skipped_slots": self.skipped_slots, "connected": self.connected,
+            "firmware": self.firmware,
+        }
+
+    def progress(self) -> ReaderProgress:
+        return ReaderProgress(
+            self.session, self.seq, self.readings, self.replay, self.last_reading_ns
+        )
 
 
 class Emitter:

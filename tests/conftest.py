@@ -41,6 +41,6 @@ def broker(spawn: Callable[..., Proc]) -> Callable[[Path], Proc]:
     """Start a real powmon broker for a settings file."""
 
     def start(settings: Path) -> Proc:
-        return spawn(python_module("powmon.common.broker", "--config", str(settings)), "broker")
+        return spawn(python_module("powmon.broker", "--config", str(settings)), "broker")
 
     return start

@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Secret, Settings
+from powmon.sink.core import CoreConfig
 from powmon.uplink.formats import lp_unrepresentable
 from powmon.uplink.keys import redact_url, resolve_url
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 INFLUX_WRITE_PATH: Final = "/api/v2/write"
 SUMMARY_INTERVAL: Final = 10.0
+UPLINK_GAP_LOG: Final = "uplink-gaps.csv"
+DRAIN_MAX: Final = 5000  # readings per spool transaction
 
 
 def influx_write_url(base: str, org: str, bucket: str) -> str:
@@ -57,6 +60,16 @@ class UplinkConfig:
     authorization: Secret | None
     measurement: str
     summary_interval: float = SUMMARY_INTERVAL
+
+    def core(self) -> CoreConfig:
+        """The sink core's part: the uplink's own loss log sits beside its spool (what the
+        uplink lost may well be in the CSV files: gaps.csv is the writer's)."""
+        return CoreConfig(
+            process="uplink", backend=self.broker_backend, frontend=self.broker_frontend,
+            hwm=self.hwm, heartbeat_interval=self.heartbeat_interval,
+            gap_log=self.spool_path.parent / UPLINK_GAP_LOG, fsync=True, batch=DRAIN_MAX,
+            summary_interval=self.summary_interval,
+        )
 
     @property
     def where(self) -> str:

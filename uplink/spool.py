@@ -33,6 +33,7 @@ from typing import Final
 
 from powmon.common.errors import UplinkError
 from powmon.common.schema import Reading
+from powmon.sink.tracker import StreamState
 
 BUSY_TIMEOUT_S: Final = 10.0
 MAX_PROGRESS: Final = 4096  # streams remembered; the least recently updated are forgotten
@@ -97,17 +98,6 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
-class Progress:
-    """How far the uplink got with one stream: last seq received, holes [lo, hi) below it."""
-
-    sensor_id: str
-    session: str
-    last_seq: int
-    floor: int
-    missing: tuple[tuple[int, int], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
 class AddResult:
     inserted: int
     duplicates: int
@@ -135,7 +125,7 @@ class Spool:
 
     def add(
         self, readings: Sequence[Reading], now_ns: int | None = None,
-        progress: Sequence[Progress] = (),
+        progress: Sequence[StreamState] = (),
     ) -> AddResult:  # fmt: skip
         """Insert one receive batch and its progress in one transaction, with the size cap."""
         if not readings and not progress:
@@ -158,13 +148,15 @@ class Spool:
             )  # fmt: skip
         return AddResult(inserted, len(rows) - inserted, dropped)
 
-    def progress(self) -> list[Progress]:
+    def progress(self) -> list[StreamState]:
         """Every remembered stream, after forgetting all but the MAX_PROGRESS newest."""
         with self._transaction():
             self._db.execute(_PRUNE_PROGRESS, (MAX_PROGRESS,))
         cur = self._db.execute("SELECT sensor_id, session, last_seq, floor, missing FROM progress")
         return [
-            Progress(sensor, session, last, floor, tuple((lo, hi) for lo, hi in json.loads(gaps)))
+            StreamState(
+                sensor, session, last, floor, tuple((lo, hi) for lo, hi in json.loads(gaps))
+            )
             for sensor, session, last, floor, gaps in cur.fetchall()
         ]
 

@@ -21,6 +21,7 @@ from pathlib import Path, PurePath
 from typing import Final
 
 from powmon.common.schema import CSV_FIELDS
+from powmon.sink.tracker import StreamState
 
 log = logging.getLogger(__name__)
 
@@ -113,29 +114,15 @@ def resume_size(path: Path, limit: int, header: bytes) -> int | None:
     return size
 
 
-@dataclass(frozen=True, slots=True)
-class StreamTail:
-    """What the newest rows say about one (sensor_id, session).
-
-    `last` is the highest stored seq; seqs from `floor` to `last` that are not stored are
-    `missing` ([lo, hi) ranges): holes a writer killed in mid-recovery left behind.
-    """
-
-    last: int
-    floor: int
-    missing: tuple[tuple[int, int], ...]
-
-
-def tail_streams(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> dict[
-    tuple[str, str], StreamTail
-]:  # fmt: skip
+def tail_streams(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> list[StreamState]:
     """Per stream, the last stored seq and the holes below it, from the newest `limit` bytes.
 
     The data on disk is the source of truth: seeding the gap tracker from it makes readings
     published while the writer was down show up as a gap instead of passing unnoticed, and a
-    hole still open when the writer died gets asked for again. Live rows of a session are
-    stored in seq order, so the lowest live seq in the tail is where the tail can vouch for
-    the stream; replayed rows (flag `replayed`) below it were filling older holes.
+    hole still open when the writer died (killed in mid-recovery) gets asked for again. Live
+    rows of a session are stored in seq order, so the lowest live seq in the tail is where the
+    tail can vouch for the stream (its floor); replayed rows (flag `replayed`) below it were
+    filling older holes.
     """
     live: dict[tuple[str, str], set[int]] = {}
     replayed: dict[tuple[str, str], set[int]] = {}
@@ -153,22 +140,17 @@ def tail_streams(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> dic
             into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[_SEQ_COL]))
         if budget <= 0:
             break
-    return {key: _stream_tail(live.get(key, set()), replayed.get(key, set()))
-            for key in live.keys() | replayed.keys()}  # fmt: skip
+    return [
+        _stream_state(key, live.get(key, set()), replayed.get(key, set()))
+        for key in live.keys() | replayed.keys()
+    ]
 
 
-def _stream_tail(live: set[int], replayed: set[int]) -> StreamTail:
+def _stream_state(key: tuple[str, str], live: set[int], replayed: set[int]) -> StreamState:
     floor = min(live) if live else min(replayed)
     seqs = sorted(s for s in live | replayed if s >= floor)
     holes = tuple((a + 1, b) for a, b in itertools.pairwise(seqs) if b > a + 1)
-    return StreamTail(seqs[-1], floor, holes)
-
-
-def tail_last_seqs(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> dict[
-    tuple[str, str], int
-]:  # fmt: skip
-    """The highest stored seq per (sensor_id, session) in the newest `limit` bytes."""
-    return {key: tail.last for key, tail in tail_streams(root, naming, limit).items()}
+    return StreamState(key[0], key[1], seqs[-1], floor, holes)
 
 
 def scan_session(

@@ -96,7 +96,7 @@ def run(plan: Plan) -> list[Row]:
             for s in _sensors(sim.path):
                 pipe.reader(str(s["SENSORS_ID"]))
             wait_for(lambda: len(watch.snapshot()) == SENSORS + 1, 60, "every reader")
-            r10_pid = pipe.procs["reader-R10"].pid
+            r10_pid = pipe.procs["reader R10"].pid
             r10 = (cpu_seconds(r10_pid), time.monotonic())  # a long window: /proc has 10 ms ticks
             time.sleep(0.5)
             tap = worker("latency", "--endpoint", pipe.backend, "--seconds", str(seconds),
@@ -132,12 +132,12 @@ def _latency_rows(tap: list[float], disk: list[float]) -> list[Row]:
 
 def _cost_rows(cpu: dict[str, float], counts: dict[str, int], rss: dict[str, float],
                seconds: float, r10: float) -> list[Row]:  # fmt: skip
-    fast = [f"reader-L{i}" for i in range(SENSORS)]
+    fast = [f"reader L{i}" for i in range(SENSORS)]
     fast_n = sum(counts.get(f"L{i}", 0) for i in range(SENSORS))
     total_n = sum(counts.values())
     per = 1000 / max(total_n, 1)
     whole = sum(cpu.values()) * per
-    reader_rss = max(v for k, v in rss.items() if k.startswith("reader-"))
+    reader_rss = max(v for k, v in rss.items() if k.startswith("reader "))
     return [
         Row("4", "readers @100 Hz", "CPU s/1000",
             sum(cpu.get(k, 0.0) for k in fast) / max(fast_n, 1) * 1000),

@@ -12,7 +12,6 @@ import csv
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -32,7 +31,9 @@ from powmon.common.schema import (
     decode_reading,
     decode_status,
 )
+from powmon.common.settings import load_settings
 from powmon.common.transport import sub_socket
+from powmon.processes import pipeline
 
 START_TIMEOUT = 60.0
 
@@ -68,32 +69,33 @@ class Pipeline:
             "SENSORS": list(sensors), "BUDRATE": 115200, "TIMEOUT": 0.5, "POLLING_DELAY": 0.0,
             "LOCAL_DATA_ROOT": str(self.data), "LOCAL_DATA_FILE": "data.csv", "LOG_LEVEL": 0,
             "BROKER_FRONTEND": self.frontend, "BROKER_BACKEND": self.backend,
-        }  # fmt: skip
+        }
         settings.update(overrides)
         self.settings = workdir / "settings.yaml"
         self.settings.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, key: str, module: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{key}.log").open("ab")
-        argv = [sys.executable, "-m", module, *args, "--config", str(self.settings)]
+    def start(self, key: str) -> subprocess.Popen[bytes]:
+        """Start one process of the pipeline's process table (powmon/processes.py) by key."""
+        specs = {s.key: s for s in pipeline(load_settings(self.settings))}
+        log = (self.workdir / f"{key.replace(' ', '-')}.log").open("ab")
+        argv = specs[key].argv(str(self.settings))
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs[key] = proc
         return proc
 
     def broker(self) -> subprocess.Popen[bytes]:
-        return self.start("broker", "powmon.common.broker")
+        return self.start("broker")
 
     def writer(self) -> subprocess.Popen[bytes]:
-        return self.start("writer", "powmon.writer")
+        return self.start("writer")
 
     def uplink(self) -> subprocess.Popen[bytes]:
-        return self.start("uplink", "powmon.uplink")
+        return self.start("uplink")
 
-    def reader(self, sensor_id: str, port: str | None = None) -> subprocess.Popen[bytes]:
-        args = ["--sensor-id", sensor_id] + (["--port", port] if port else [])
-        return self.start(f"reader-{sensor_id}", "powmon.readers", *args)
+    def reader(self, sensor_id: str) -> subprocess.Popen[bytes]:
+        return self.start(f"reader {sensor_id}")
 
     def pids(self, prefix: str = "") -> dict[str, int]:
         return {k: p.pid for k, p in self.procs.items() if k.startswith(prefix)}
@@ -113,10 +115,6 @@ class Pipeline:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(5)
-
-    def log_tail(self, key: str, chars: int = 2000) -> str:
-        path = self.workdir / f"{key}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def __enter__(self) -> Pipeline:
         return self

@@ -66,7 +66,7 @@ def run(plan: Plan) -> list[Row]:
             if not ok:
                 break
             held = step
-        pipe.stop("reader-")
+        pipe.stop("reader ")
         ids = [f"K{n}" for n in range(started)]
         wait_for(lambda: all(_state(watch, s) == "stopping" for s in ids), 30,
                  "the readers' last heartbeats")  # fmt: skip

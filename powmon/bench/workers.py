@@ -34,8 +34,7 @@ from powmon.common.schema import (
     decode_reading,
     encode_reading,
 )
-from powmon.common.transport import pub_socket, sub_socket
-from powmon.readers.session import wait_for_broker
+from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
 
 _ANSWER: Final = re.compile(rb"\s*\d{1,9}(?:\.\d{1,9})?\s*")
 READ: Final = b"read \n"

@@ -110,7 +110,7 @@ def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
     run = start_run(spawn, settings, "run1")
     wait_until(lambda: len(by_stream(keys(data))) == 4, timeout=30, what="rows of 4 sensors")
     wait_until(server.delivered, timeout=30, what="first upload")
-    for module in ("powmon.writer", "powmon.common.broker", "powmon.uplink"):
+    for module in ("powmon.writer", "powmon.broker", "powmon.uplink"):
         old = kill9(settings, module)
         time.sleep(3.0)  # the outage itself (the supervisor restarts it meanwhile)
         respawned(settings, module, old)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from powmon.common.gaps import GapRange, GapTracker, Verdict
+from powmon.sink.tracker import GapRange, GapTracker, StreamState, Verdict
 
 
 def feed(tracker: GapTracker, seqs: list[int], sensor: str = "VIC", session: str = "s1") -> list[
@@ -89,7 +89,7 @@ def test_a_lookup_resumes_a_session_the_tail_did_not_show() -> None:
     assert tracker.observe("VIC", "new", 5) is Verdict.GAP
     assert tracker.observe("VIC", "zero", 0) is Verdict.FIRST
     assert asked == [("VIC", "old"), ("VIC", "new")]
-    assert tracker.state("VIC", "new") == (6, 0, [(0, 5)])
+    assert tracker.state("VIC", "new") == StreamState("VIC", "new", 5, 0, ((0, 5),))
 
 
 def test_a_heartbeat_past_the_last_reading_opens_a_gap() -> None:
@@ -98,12 +98,12 @@ def test_a_heartbeat_past_the_last_reading_opens_a_gap() -> None:
     feed(tracker, list(range(7)))
     assert not tracker.advance("VIC", "s1", 7)
     assert tracker.advance("VIC", "s1", 10)
-    assert tracker.state("VIC", "s1") == (10, 0, [(7, 10)])
+    assert tracker.state("VIC", "s1") == StreamState("VIC", "s1", 9, 0, ((7, 10),))
     assert tracker.observe("VIC", "s1", 10) is Verdict.NEXT
     assert not tracker.advance("ATT", "s2", 0)  # a fresh reader: nothing missing
     assert tracker.observe("ATT", "s2", 0) is Verdict.NEXT
     assert tracker.advance("ATT", "s3", 4)  # never seen, already at 4: 0..3 missing
-    assert tracker.state("ATT", "s3") == (4, 0, [(0, 4)])
+    assert tracker.state("ATT", "s3") == StreamState("ATT", "s3", 3, 0, ((0, 4),))
 
 
 def test_give_up_closes_a_range_and_says_what_was_still_open() -> None:
@@ -111,7 +111,7 @@ def test_give_up_closes_a_range_and_says_what_was_still_open() -> None:
     tracker = GapTracker()
     feed(tracker, [0, 1, 5, 6, 7, 10])
     assert tracker.give_up(("VIC", "s1"), 3, 13) == [(3, 5), (8, 10)]
-    assert tracker.state("VIC", "s1")[2] == [(2, 3)]
+    assert tracker.state("VIC", "s1").missing == ((2, 3),)
     assert tracker.observe("VIC", "s1", 4) is Verdict.DUPLICATE  # closed: never stored now
 
 
@@ -128,7 +128,7 @@ def test_missing_ranges_are_bounded_per_stream() -> None:
     assert tracker.seen("VIC", "s1", 5) is None  # its range was dropped
     assert tracker.seen("VIC", "s1", 95) is False  # still a known missing range
     assert tracker.seen("VIC", "s1", 90) is True
-    assert [(g.first, g.last) for g in tracker.evicted] == [(k * 10 + 1, k * 10 + 9)
+    assert [(g.first, g.last) for g in tracker.take_evicted()] == [(k * 10 + 1, k * 10 + 9)
                                                             for k in range(6)]  # fmt: skip
 
 
@@ -142,11 +142,11 @@ def test_the_number_of_streams_is_bounded() -> None:
     assert tracker.seen("VIC", "a", 0) is None
     assert tracker.seen("VIC", "d", 0) is True
     assert tracker.knows("VIC", "holes")
-    assert tracker.evicted == []
+    assert tracker.take_evicted() == []
     for session in "efg":  # streams with holes of their own: at last the oldest hole goes
         feed(tracker, [0, 3], session=session)
     assert not tracker.knows("VIC", "holes")
-    assert tracker.evicted == [GapRange("VIC", "holes", 1, 4)]
+    assert tracker.take_evicted() == [GapRange("VIC", "holes", 1, 4)]
 
 
 def test_resume_continues_a_stream_stored_before_a_restart() -> None:

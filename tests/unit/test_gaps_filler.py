@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from powmon.common.gaps import (
+from powmon.common.schema import Flag, ReaderProgress, Reading, ReplayReply, Status
+from powmon.sink.filler import GapFiller
+from powmon.sink.tracker import (
     REASON_BOUND,
     REASON_NO_ENDPOINT,
     REASON_NO_REPLY,
     REASON_OVERRUN,
     REASON_RESTARTED,
-    GapFiller,
     GapTracker,
 )
-from powmon.common.schema import Flag, Reading, ReplayReply, Status
 
 
 class Clock:
@@ -174,7 +174,7 @@ def test_a_heartbeat_reveals_readings_lost_at_the_end() -> None:
     reader, clock = Reader(), Clock()
     filler = make(reader, clock)
     live(filler, [0, 1, 2])
-    filler.heartbeat(Status("reader", "VIC", 1, 0, "running", {"session": "s1", "seq": 6}))
+    filler.heartbeat(Status("reader", "VIC", 1, 0, "running", reader=ReaderProgress("s1", 6)))
     filler.heartbeat(Status("writer", "VIC", 1, 0, "running", {"session": "s1", "seq": 9}))
     filler.tick()
     assert reader.asked == [("VIC", "s1", 3, 5)]
@@ -191,4 +191,4 @@ def test_memory_stays_bounded_and_what_is_dropped_is_reported() -> None:
         (1, 1, REASON_BOUND), (3, 3, REASON_BOUND),
     ]  # fmt: skip
     assert filler.recovering == 2
-    assert filler.tracker.state("VIC", "s1")[2] == [(5, 6), (7, 8)]
+    assert filler.tracker.state("VIC", "s1").missing == ((5, 6), (7, 8))

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from powmon.common.schema import Flag, Reading, csv_row
-from powmon.writer.rotation import FileNaming, StreamTail, scan_session, tail_streams
+from powmon.sink.tracker import StreamState
+from powmon.writer.rotation import FileNaming, scan_session, tail_streams
 from powmon.writer.store import CsvStore
 
 NAMING = FileNaming.from_data_file("data.csv")
@@ -36,9 +37,9 @@ def test_a_hole_left_open_by_a_killed_writer_is_found_again(
     """0..9 and 15..20 stored, 10..14 never: the tail reports the hole and the last seq."""
     write(store, [reading(s) for s in [*range(10), *range(15, 21)]])
     write(store, [reading(s, "s2", "ATT") for s in range(3)])
-    assert tail_streams(tmp_path, NAMING) == {
-        ("VIC", "s1"): StreamTail(20, 0, ((10, 15),)),
-        ("ATT", "s2"): StreamTail(2, 0, ()),
+    assert set(tail_streams(tmp_path, NAMING)) == {
+        StreamState("VIC", "s1", 20, 0, ((10, 15),)),
+        StreamState("ATT", "s2", 2, 0, ()),
     }
 
 
@@ -47,15 +48,15 @@ def test_replayed_rows_fill_holes_and_do_not_make_new_ones(tmp_path: Path, store
     replayed = int(Flag.REPLAYED)
     write(store, [reading(s) for s in [*range(100, 110), *range(120, 130)]])
     write(store, [reading(s, flags=replayed) for s in [*range(50, 60), *range(110, 118)]])
-    [tail] = tail_streams(tmp_path, NAMING).values()
-    assert tail == StreamTail(129, 100, ((118, 120),))
+    [tail] = tail_streams(tmp_path, NAMING)
+    assert tail == StreamState("VIC", "s1", 129, 100, ((118, 120),))
 
 
 def test_the_tail_reads_only_the_newest_bytes(tmp_path: Path, store: CsvStore) -> None:
     """With a small budget only the newest rows count: the floor is where they begin."""
     write(store, [reading(s) for s in range(2000)])
-    [tail] = tail_streams(tmp_path, NAMING, limit=4096).values()
-    assert tail.last == 1999
+    [tail] = tail_streams(tmp_path, NAMING, limit=4096)
+    assert tail.last_seq == 1999
     assert 1900 < tail.floor < 1999
     assert tail.missing == ()
 
@@ -66,7 +67,8 @@ def test_a_session_older_than_the_tail_is_found_by_searching(
     """A reader silent for long: its last stored seq is found in the files, others are not."""
     write(store, [reading(s, "quiet") for s in range(40)])
     write(store, [reading(s, "busy") for s in range(3000)])
-    assert ("VIC", "quiet") not in tail_streams(tmp_path, NAMING, limit=4096)
+    tails = tail_streams(tmp_path, NAMING, limit=4096)
+    assert ("VIC", "quiet") not in {(t.sensor_id, t.session) for t in tails}
     assert scan_session(tmp_path, NAMING, "VIC", "quiet") == 39
     assert scan_session(tmp_path, NAMING, "ATT", "quiet") is None
     assert scan_session(tmp_path, NAMING, "VIC", "never") is None

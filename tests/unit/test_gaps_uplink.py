@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from powmon.common.gaps import GapFiller
 from powmon.common.schema import READING_PREFIX, Reading, encode_reading
-from powmon.uplink.sender import Stats
-from powmon.uplink.spool import Progress, Spool
-from powmon.uplink.uplink import _Receiver
+from powmon.sink.tracker import StreamState
+from powmon.uplink.spool import Spool
 from tests.helpers import wait_until
+from tests.uplinks import make_uplink
 
 Ctx = zmq.Context[zmq.Socket[bytes]]
 
@@ -34,10 +33,6 @@ def bus(zmq_ctx: Ctx) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
     sub.close()
 
 
-def nobody(sensor: str, session: str, first: int, last: int) -> bool:
-    return False
-
-
 def test_progress_is_committed_with_the_readings_and_survives_a_restart(
     tmp_path: Path, bus: tuple[zmq.Socket[bytes], zmq.Socket[bytes]]
 ) -> None:
@@ -46,26 +41,24 @@ def test_progress_is_committed_with_the_readings_and_survives_a_restart(
     pub, sub = bus
     path = tmp_path / "spool.sqlite3"
     spool = Spool(path, 1000)
-    stats = Stats()
     try:
-        receiver = _Receiver(sub, spool, stats, GapFiller(nobody, grace=60))
+        first = make_uplink(spool, heartbeat_interval=12).core  # replay grace: 60 s
         for seq in [0, 1, 2, 3, 4, 8, 9]:
             pub.send_multipart(encode_reading(reading(seq)))
-        wait_until(lambda: receiver.drain() == 0 and stats.received == 7, what="drained")
-        assert spool.progress() == [Progress("VIC", "s1", 9, 0, ((5, 8),))]
+        wait_until(lambda: first.step(sub) == 0 and first.received == 7, what="drained")
+        assert spool.progress() == [StreamState("VIC", "s1", 9, 0, ((5, 8),))]
     finally:
         spool.close()
     spool = Spool(path, 1000)
-    stats = Stats()
     try:
-        again = _Receiver(sub, spool, stats, GapFiller(nobody, grace=60))
+        again = make_uplink(spool, heartbeat_interval=12).core
         again.resume()
         assert again.filler.recovering == 3
         for seq in [3, 9, 6, 10]:
             pub.send_multipart(encode_reading(reading(seq)))
-        wait_until(lambda: again.drain() == 0 and stats.received == 4, what="drained again")
-        assert stats.duplicates == 2  # 3 and 9 were had before the restart
+        wait_until(lambda: again.step(sub) == 0 and again.received == 4, what="drained again")
+        assert again.duplicates == 2  # 3 and 9 were had before the restart
         assert [r.reading.seq for r in spool.peek(100)][-2:] == [6, 10]
-        assert spool.progress() == [Progress("VIC", "s1", 10, 0, ((5, 6), (7, 8)))]
+        assert spool.progress() == [StreamState("VIC", "s1", 10, 0, ((5, 6), (7, 8)))]
     finally:
         spool.close()

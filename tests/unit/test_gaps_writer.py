@@ -12,8 +12,9 @@ import zmq
 
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
 from powmon.common.schema import Reading, Status, encode_reading, encode_status
-from powmon.writer.writer import Writer, WriterConfig
+from powmon.writer.writer import WriterConfig
 from tests.helpers import wait_until
+from tests.writers import Writer, make_writer
 
 Ctx = zmq.Context[zmq.Socket[bytes]]
 
@@ -47,9 +48,9 @@ def rig(tmp_path: Path, zmq_ctx: Ctx) -> Iterator[tuple[Writer, ReplayServer]]:
         frontend="tcp://127.0.0.1:2", hwm=1000, heartbeat_interval=0.2,
     )  # fmt: skip
     client = ReplayClient(zmq_ctx)
-    writer = Writer(config, client=client)
+    writer = make_writer(config, client=client)
     yield writer, server
-    writer.store.close()
+    writer.csv.files.close()
     client.close()
     server.close()
 
@@ -57,11 +58,11 @@ def rig(tmp_path: Path, zmq_ctx: Ctx) -> Iterator[tuple[Writer, ReplayServer]]:
 def settle(writer: Writer, server: ReplayServer) -> None:
     def done() -> bool:
         server.serve_pending()
-        writer.recover()
-        return writer.filler.recovering == 0
+        writer.core.recover()
+        return writer.core.filler.recovering == 0
 
     wait_until(done, timeout=20, what="holes filled or given up")
-    assert writer.flush(0.0)
+    assert writer.csv.flush(0.0)
 
 
 def test_a_hole_is_filled_from_the_reader_once_and_flagged(
@@ -69,18 +70,18 @@ def test_a_hole_is_filled_from_the_reader_once_and_flagged(
 ) -> None:
     """Live 0..9 and 20..24, the heartbeat says 30: 10..19 and 25..29 come by replay, once."""
     writer, server = rig
-    writer.handle([msg(s) for s in range(10)])
-    writer.handle([heartbeat("s1", 10, server.endpoint)])
-    writer.handle([msg(s) for s in range(20, 25)])
-    writer.handle([heartbeat("s1", 30, server.endpoint)])
+    writer.core.handle([msg(s) for s in range(10)])
+    writer.core.handle([heartbeat("s1", 10, server.endpoint)])
+    writer.core.handle([msg(s) for s in range(20, 25)])
+    writer.core.handle([heartbeat("s1", 30, server.endpoint)])
     settle(writer, server)
-    writer.handle([msg(15), msg(27)])  # late live copies of replayed readings
-    assert writer.flush(0.0)
+    writer.core.handle([msg(15), msg(27)])  # late live copies of replayed readings
+    assert writer.csv.flush(0.0)
     rows = stored(tmp_path)
     assert sorted(int(r["seq"]) for r in rows) == list(range(30))
     replayed = {int(r["seq"]) for r in rows if r["flags"] == "replayed"}
     assert replayed == {*range(10, 20), *range(25, 30)}
-    counters = writer.counters()
+    counters = writer.core.counters()
     assert (counters["replayed"], counters["duplicates"], counters["lost"]) == (15, 2, 0)
     assert not (tmp_path / "gaps.csv").exists()
 
@@ -90,12 +91,12 @@ def test_a_session_the_reader_no_longer_runs_is_logged_as_lost(
 ) -> None:
     """A hole in an old session (the reader restarted) is named in gaps.csv, exactly."""
     writer, server = rig
-    writer.handle([heartbeat("s1", 0, server.endpoint)])  # learn where VIC's reader listens
-    writer.handle([msg(0, "old"), msg(1, "old"), msg(7, "old")])
+    writer.core.handle([heartbeat("s1", 0, server.endpoint)])  # learn where VIC's reader listens
+    writer.core.handle([msg(0, "old"), msg(1, "old"), msg(7, "old")])
     settle(writer, server)
     with (tmp_path / "gaps.csv").open(newline="", encoding="utf-8") as f:
         [gap] = list(csv.DictReader(f))
     assert (gap["sensor_id"], gap["session"], gap["first_seq"], gap["last_seq"], gap["count"],
             gap["reason"]) == ("VIC", "old", "2", "6", "5", "reader_restarted")  # fmt: skip
-    assert writer.counters()["lost"] == 5
-    assert writer.counters()["lost_ranges"] == 1
+    assert writer.core.counters()["lost"] == 5
+    assert writer.core.counters()["lost_ranges"] == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zmq
 
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer, replay_bind_endpoint
-from powmon.common.schema import Reading, Status, encode_reading
+from powmon.common.schema import ReaderProgress, Reading, Status, encode_reading
 from tests.helpers import wait_until
 
 
@@ -43,7 +43,8 @@ def test_client_gets_missing_range_and_learns_what_is_gone(
     client = ReplayClient(zmq_ctx)
     assert not client.ask("VIC", "s1", 0, 9)  # no heartbeat seen yet: endpoint unknown
     client.learn(
-        Status("reader", "VIC", 1, 0, "running", {"session": "s1", "replay": server.endpoint})
+        Status("reader", "VIC", 1, 0, "running",
+               reader=ReaderProgress("s1", replay=server.endpoint))
     )
     assert client.ask("VIC", "s1", 0, 9)
     replies = []
@@ -72,7 +73,8 @@ def test_request_for_another_session_gets_nothing(zmq_ctx: zmq.Context[zmq.Socke
     server = ReplayServer(zmq_ctx, "VIC", "new", ring, "tcp://127.0.0.1")
     client = ReplayClient(zmq_ctx)
     client.learn(
-        Status("reader", "VIC", 1, 0, "running", {"session": "new", "replay": server.endpoint})
+        Status("reader", "VIC", 1, 0, "running",
+               reader=ReaderProgress("new", replay=server.endpoint))
     )
     assert not client.knows("VIC", "old")
     assert client.ask("VIC", "old", 0, 5)  # goes to the sensor's current reader

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import msgpack
 import pytest
 
@@ -14,7 +12,6 @@ from powmon.common.schema import (
     Reading,
     Status,
     csv_row,
-    decode_csv_row,
     decode_reading,
     decode_status,
     encode_reading,
@@ -82,16 +79,3 @@ def test_format_ts_is_utc_with_microseconds() -> None:
     assert format_ts(0) == "1970-01-01T00:00:00.000000Z"
 
 
-def test_decode_csv_row_is_csv_row_of_decode_reading() -> None:
-    """The writer's fast path gives exactly the row of the general path, and refuses alike."""
-    rng = random.Random(7)
-    for i in range(2000):
-        r = Reading(
-            rng.choice(["VIC", "ATT", "Lab 3, rack=2", "é"]), "s" + str(rng.randrange(9)), i,
-            rng.randrange(0, 2**62), rng.choice([rng.randrange(1024), rng.random() * 1023]),
-            rng.uniform(-3, 3), rng.uniform(-40, 40), rng.uniform(-200, 200), rng.randrange(16),
-        )  # fmt: skip
-        frames = encode_reading(r)
-        assert decode_csv_row(frames) == csv_row(decode_reading(frames))
-    with pytest.raises(SchemaError):
-        decode_csv_row([b"reading/VIC/", b"\xc1junk"])

@@ -128,7 +128,7 @@ def test_example_settings_file_is_valid() -> None:
     assert settings.sensors
 
 
-@pytest.mark.parametrize("module", ["powmon.common.broker"])
+@pytest.mark.parametrize("module", ["powmon.broker"])
 def test_bad_settings_exit_2_with_one_line(tmp_path: Path, module: str) -> None:
     """A process given a broken file refuses to start: exit code 2, one line on stderr."""
     path = tmp_path / "settings.yaml"

@@ -14,8 +14,9 @@ from cryptography.fernet import Fernet
 
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings, load_settings
+from powmon.keys import encrypt_url_command, keygen_command
 from powmon.uplink.config import UplinkConfig, influx_write_url
-from powmon.uplink.keys import encrypt_url_command, keygen_command, resolve_url
+from powmon.uplink.keys import resolve_url
 from tests.helpers import write_settings
 
 URL = "https://data.example.org/api/ingest?site=7"

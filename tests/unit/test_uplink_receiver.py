@@ -12,10 +12,9 @@ from click.testing import CliRunner
 
 from powmon.common.schema import READING_PREFIX, Reading, encode_reading
 from powmon.uplink.__main__ import main
-from powmon.uplink.sender import Stats
 from powmon.uplink.spool import Spool
-from powmon.uplink.uplink import _Receiver
 from tests.helpers import wait_until, write_settings
+from tests.uplinks import make_uplink
 
 
 @pytest.fixture
@@ -41,16 +40,15 @@ def test_receiver_spools_counts_bad_messages_and_logs_cap_drops(
     """Bad frames are counted and skipped; past the cap, drops are counted and logged at ERROR."""
     pub, sub = bus
     spool = Spool(tmp_path / "spool.sqlite3", max_rows=10)
-    stats = Stats()
-    receiver = _Receiver(sub, spool, stats)
+    core, _, stats = make_uplink(spool)
     try:
         for seq in range(15):
             pub.send_multipart(encode_reading(reading(seq)))
         pub.send_multipart([b"reading/VIC/", b"\xc1 not msgpack"])
         pub.send_multipart(encode_reading(reading(3)))  # a duplicate
         with caplog.at_level(logging.WARNING, logger="powmon.uplink"):
-            wait_until(lambda: receiver.drain() == 0 and stats.received == 16, what="drained")
-        assert stats.bad_messages == 1
+            wait_until(lambda: core.step(sub) == 0 and core.received == 16, what="drained")
+        assert core.bad_messages == 1
         assert stats.dropped_over_cap == 5
         assert [row.reading.seq for row in spool.peek(100)] == list(range(5, 15))
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]

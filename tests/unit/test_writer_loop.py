@@ -17,7 +17,8 @@ import msgpack
 import pytest
 
 from powmon.common.schema import CSV_FIELDS, Reading, encode_reading, format_ts
-from powmon.writer.writer import Writer, WriterConfig
+from powmon.writer.writer import WriterConfig
+from tests.writers import Writer, make_writer
 
 T0_NS = 1_795_628_536 * 10**9
 
@@ -51,11 +52,11 @@ def writers() -> Iterator[list[Writer]]:
     made: list[Writer] = []
     yield made
     for w in made:
-        w.store.close()
+        w.csv.files.close()
 
 
 def make(writers: list[Writer], root: Path, clock: Clock, **overrides: Any) -> Writer:
-    writers.append(Writer(config(root, **overrides), clock=clock))
+    writers.append(make_writer(config(root, **overrides), clock=clock))
     return writers[-1]
 
 
@@ -75,15 +76,15 @@ def test_rows_are_written_as_received_with_utc_timestamps(
 ) -> None:
     """Each reading becomes one CSV row with the schema's columns, timestamp in UTC ISO 8601."""
     w = make(writers, tmp_path, clock)
-    w.handle([msg(0), msg(1, sensor='a,b "c"')])
-    assert w.flush(clock.now)
+    w.core.handle([msg(0), msg(1, sensor='a,b "c"')])
+    assert w.csv.flush(clock.now)
     rows = stored(tmp_path)
     assert list(rows[0]) == list(CSV_FIELDS)
     assert rows[0]["timestamp"] == format_ts(T0_NS) == "2026-11-25T17:42:16.000000Z"
     assert rows[1]["sensor_id"] == 'a,b "c"'
     assert (rows[0]["volts"], rows[0]["amps"], rows[0]["watts"]) == ("0.00240", "0.0370", "0.185")
-    assert w.counters()["rows"] == 2
-    assert w.counters()["flushes"] == 1
+    assert w.core.counters()["rows"] == 2
+    assert w.core.counters()["flushes"] == 1
 
 
 def test_bad_messages_are_counted_and_dropped(
@@ -94,10 +95,10 @@ def test_bad_messages_are_counted_and_dropped(
     topic, payload = msg(1)
     v2 = msgpack.packb([2, "VIC", "s1", 2, T0_NS, 512, 0.0, 0.0, 0.0, 0])
     with caplog.at_level(logging.WARNING):
-        w.handle([msg(0), [topic, b"\xc1junk"], [topic, v2], [b"reading/ATT/", payload],
+        w.core.handle([msg(0), [topic, b"\xc1junk"], [topic, v2], [b"reading/ATT/", payload],
                   [topic], msg(1)])  # fmt: skip
-    w.flush(clock.now)
-    assert w.counters()["bad_messages"] == 4
+    w.csv.flush(clock.now)
+    assert w.core.counters()["bad_messages"] == 4
     assert [r["seq"] for r in stored(tmp_path)] == ["0", "1"]
     assert sum("bad message" in r.message for r in caplog.records) == 1  # rate-limited
 
@@ -108,9 +109,9 @@ def test_gaps_and_late_readings_are_counted_and_still_stored(
     """A jump forward is a gap (logged once at WARNING); a late reading is stored anyway."""
     w = make(writers, tmp_path, clock)
     with caplog.at_level(logging.WARNING):
-        w.handle([msg(s) for s in (0, 1, 2, 7, 8, 4)])
-    w.flush(clock.now)
-    counters = w.counters()
+        w.core.handle([msg(s) for s in (0, 1, 2, 7, 8, 4)])
+    w.csv.flush(clock.now)
+    counters = w.core.counters()
     assert (counters["gaps"], counters["missing"], counters["late"]) == (1, 4, 1)
     assert [r["seq"] for r in stored(tmp_path)] == ["0", "1", "2", "7", "8", "4"]
     assert any("gap sensor=VIC session=s1 missing=4 seq=3..6" in r.message for r in caplog.records)
@@ -123,21 +124,21 @@ def test_a_failing_disk_keeps_rows_and_retries_with_backoff(
     root = tmp_path / "data"
     root.write_text("in the way")  # a file where the directory should be
     w = make(writers, root, clock)
-    w.handle([msg(0), msg(1)])
+    w.core.handle([msg(0), msg(1)])
     clock.now += 1
-    w.tick()
-    assert w.counters()["write_errors"] == 1
-    assert w.counters()["pending"] == 2
-    w.handle([msg(2)])
+    w.csv.tick(clock.now)
+    assert w.core.counters()["write_errors"] == 1
+    assert w.core.counters()["pending"] == 2
+    w.core.handle([msg(2)])
     clock.now += 0.2  # within the first backoff delay (0.5 s): no new attempt
-    w.tick()
-    assert w.counters()["write_errors"] == 1
+    w.csv.tick(clock.now)
+    assert w.core.counters()["write_errors"] == 1
     root.unlink()
     clock.now += 1
-    w.tick()
-    assert w.counters()["pending"] == 0
+    w.csv.tick(clock.now)
+    assert w.core.counters()["pending"] == 0
     assert [r["seq"] for r in stored(root)] == ["0", "1", "2"]
-    assert w.counters()["rows"] == 3
+    assert w.core.counters()["rows"] == 3
 
 
 def test_rows_past_the_memory_bound_are_counted_as_dropped(
@@ -147,11 +148,11 @@ def test_rows_past_the_memory_bound_are_counted_as_dropped(
     root = tmp_path / "data"
     root.write_text("in the way")
     w = make(writers, root, clock, max_pending_rows=5)
-    w.handle([msg(s) for s in range(8)])
-    assert w.counters()["dropped"] == 3
-    assert w.counters()["pending"] == 5
+    w.core.handle([msg(s) for s in range(8)])
+    assert w.core.counters()["dropped"] == 3
+    assert w.core.counters()["pending"] == 5
     root.unlink()
-    assert w.flush(clock.now)
+    assert w.csv.flush(clock.now)
     assert [r["seq"] for r in stored(root)] == ["0", "1", "2", "3", "4"]
 
 
@@ -161,23 +162,23 @@ def test_a_write_cut_short_leaves_no_partial_row_and_no_duplicate(
 ) -> None:
     """A write that fails half way (file size limit) is cut back; the retry stores each row once."""
     w = make(writers, tmp_path, clock, sync_write=True)
-    w.handle([msg(s) for s in range(5)])
-    assert w.flush(clock.now)
-    size = w.counters()["bytes_in_file"]
+    w.core.handle([msg(s) for s in range(5)])
+    assert w.csv.flush(clock.now)
+    size = w.core.counters()["bytes_in_file"]
     assert isinstance(size, int)
-    w.handle([msg(s) for s in range(5, 200)])
+    w.core.handle([msg(s) for s in range(5, 200)])
     old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 1000, old_limit[1]))
     try:
-        ok = w.flush(clock.now)
+        ok = w.csv.flush(clock.now)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         signal.signal(signal.SIGXFSZ, old_handler)
     assert not ok
-    assert w.counters()["write_errors"] == 1
+    assert w.core.counters()["write_errors"] == 1
     [path] = tmp_path.glob("data-*.csv")
     assert path.stat().st_size == size  # the partial write was cut back
     clock.now += 60
-    w.tick()
+    w.csv.tick(clock.now)
     assert [r["seq"] for r in stored(tmp_path)] == [str(s) for s in range(200)]

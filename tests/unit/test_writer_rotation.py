@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row
-from powmon.writer.rotation import FileNaming, find_current, header_line, tail_last_seqs
+from powmon.writer.rotation import FileNaming, find_current, header_line, tail_streams
 from powmon.writer.store import CsvStore
 
 HEADER = header_line()
@@ -237,7 +237,8 @@ def test_tail_gives_the_last_stored_seq_of_each_stream(tmp_path: Path, store: Ma
     rows += [csv_row(reading(i, "ATT", "b")) for i in range(5)]
     s.add_rows(rows)
     s.flush()
-    assert tail_last_seqs(tmp_path, FileNaming.from_data_file("data.csv")) == {
+    tails = tail_streams(tmp_path, FileNaming.from_data_file("data.csv"))
+    assert {(t.sensor_id, t.session): t.last_seq for t in tails} == {
         ("VIC", "a"): 39,
         ("ATT", "b"): 4,
     }

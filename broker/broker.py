@@ -11,17 +11,14 @@ such a drop visible and repairable.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-import click
 import zmq
 
-from powmon.common.errors import PowmonError
-from powmon.common.lifecycle import run_process
-from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
+from powmon.common.errors import InUseError, PowmonError
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket
 
@@ -48,7 +45,7 @@ class BrokerConfig:
 
 
 def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, ready: threading.Event,
-           failed: list[BaseException]) -> None:  # fmt: skip
+           failed: list[tuple[str, zmq.ZMQError]]) -> None:
     frontend = ctx.socket(zmq.XSUB)
     backend = ctx.socket(zmq.XPUB)
     control = ctx.socket(zmq.PAIR)
@@ -57,15 +54,19 @@ def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, ready: thr
             sock.setsockopt(zmq.LINGER, 0)
         frontend.setsockopt(zmq.RCVHWM, config.hwm)
         backend.setsockopt(zmq.SNDHWM, config.hwm)
-        frontend.bind(config.frontend)
-        backend.bind(config.backend)
-        control.bind(_CONTROL)
+        for sock, endpoint in ((frontend, config.frontend), (backend, config.backend),
+                               (control, _CONTROL)):
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as err:
+                failed.append((endpoint, err))
+                return
         ready.set()
         zmq.proxy_steerable(frontend, backend, None, control)
     except zmq.ZMQError as err:
-        failed.append(err)
-        ready.set()
+        failed.append(("proxy", err))
     finally:
+        ready.set()
         for sock in (frontend, backend, control):
             sock.close()
 
@@ -73,7 +74,7 @@ def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, ready: thr
 def run(config: BrokerConfig, stop: threading.Event) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ready = threading.Event()
-    failed: list[BaseException] = []
+    failed: list[tuple[str, zmq.ZMQError]] = []
     thread = threading.Thread(
         target=_proxy, args=(ctx, config, ready, failed), name="proxy", daemon=True
     )
@@ -81,11 +82,14 @@ def run(config: BrokerConfig, stop: threading.Event) -> None:
     ready.wait()
     if failed:
         ctx.term()
-        raise PowmonError(
-            f"broker cannot bind {config.frontend} / {config.backend}: {failed[0]}"
-        ) from failed[0]
+        endpoint, err = failed[0]
+        if err.errno == errno.EADDRINUSE:
+            raise InUseError(
+                f"bus endpoint {endpoint} is already in use (by another broker or program)"
+            ) from err
+        raise PowmonError(f"broker cannot bind {endpoint}: {err}") from err
     log.info("broker up frontend=%s backend=%s hwm=%d", config.frontend, config.backend,
-             config.hwm)  # fmt: skip
+             config.hwm)
     status = pub_socket(ctx, config.frontend, config.hwm)
     status.setsockopt(zmq.LINGER, 0)
     beat = Heartbeat(status, "broker", "broker", config.heartbeat_interval, dict)
@@ -103,15 +107,3 @@ def run(config: BrokerConfig, stop: threading.Event) -> None:
         status.close()
         ctx.term()
         log.info("broker stopped")
-
-
-@click.command(context_settings=CONTEXT_SETTINGS)
-@config_option
-@log_level_option
-def main(config_path: Path | None, log_level: int | None) -> None:  # fmt: skip
-    """Run the PowMon bus: an XSUB/XPUB proxy on BROKER_FRONTEND / BROKER_BACKEND."""
-    run_process("powmon-broker", config_path, BrokerConfig.from_settings, run, log_level)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,25 +1,22 @@
-"""Sequence accounting and gap filling per (sensor_id, session), shared by writer and uplink.
+"""Sequence accounting per (sensor_id, session): what arrived, what is missing, what is late.
 
 Each reader session numbers its readings 0, 1, 2, ... without gaps, so a jump forward means
 readings were lost on the way (a restart of the subscriber or the broker, ZeroMQ's slow joiner)
 and a seq below the expected one is late or a duplicate. GapTracker keeps, per stream, the
 ranges still missing (bounded), which is what tells a replayed reading that fills a hole from a
-duplicate of one already stored. GapFiller asks the readers for those ranges (through an `ask`
-callable, in practice common.replay.ReplayClient.ask) with a deadline and bounded retries, and
-turns what can no longer be had into `Lost` records with a reason, so nothing is waited for
-forever and every loss is named. Both are pure state machines: no sockets, no clock of their own.
+duplicate of one already stored. A pure state machine: no sockets, no clock of its own; the
+sink core (sink/core.py) feeds it and sink/filler.py asks readers for what it misses.
 """
 
 from __future__ import annotations
 
 import enum
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
-from powmon.common.schema import Flag, Reading, ReplayReply, Status
+from powmon.common.schema import Reading
 
 MAX_STREAMS: Final = 4096
 MAX_RANGES: Final = 64
@@ -33,9 +30,25 @@ REASON_OVERRUN: Final = "overrun"  # older than the oldest reading the reader st
 REASON_NO_ENDPOINT: Final = "no_endpoint"  # no heartbeat told where to ask
 REASON_NO_REPLY: Final = "no_reply"  # asked, retried, never answered
 REASON_BOUND: Final = "memory_bound"  # too many holes (or too old) to keep track of
+REASON_OVERFLOW: Final = "buffer_full"  # the sink could not hold it (a full disk for too long)
+REASON_WATCHDOG: Final = "reader_stalled"  # the reader was stopped by the watchdog
 
 Key = tuple[str, str]
 Lookup = Callable[[str, str], "tuple[int, int] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """How far a sink got with one stream: the last seq stored, and the ranges [lo, hi) below
+    it still missing; seqs below `floor` are outside what it knows. What a sink tells the core
+    it holds at start (its files' tail, its spool's progress table), and what the core hands
+    back with each batch for a sink that persists it."""
+
+    sensor_id: str
+    session: str
+    last_seq: int
+    floor: int
+    missing: tuple[tuple[int, int], ...] = ()
 
 
 class Verdict(enum.Enum):
@@ -76,20 +89,20 @@ class GapTracker:
 
     `lookup(sensor, session)` (optional) is asked about a stream seen for the first time past
     seq 0, before it is taken to start at 0: it returns (last stored seq, floor) or None.
-    Ranges dropped to keep memory bounded are appended to `evicted` for the owner to report.
+    Ranges dropped to keep memory bounded are kept for the owner to report (`take_evicted`).
     """
 
     def __init__(
         self, max_streams: int = MAX_STREAMS, max_ranges: int = MAX_RANGES,
         window: int = WINDOW, recent: int = RECENT_GAPS, lookup: Lookup | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._streams: dict[Key, _Stream] = {}
         self._max_streams = max_streams
         self._max_ranges = max_ranges
         self._window = window
-        self.lookup = lookup
-        self.recent: deque[GapRange] = deque(maxlen=recent)
-        self.evicted: list[GapRange] = []
+        self._lookup = lookup
+        self._recent: deque[GapRange] = deque(maxlen=recent)
+        self._evicted: list[GapRange] = []
         self.gaps = 0
         self.missing = 0
         self.late = 0
@@ -103,29 +116,63 @@ class GapTracker:
     def knows(self, sensor_id: str, session: str) -> bool:
         return (sensor_id, session) in self._streams
 
-    def state(self, sensor_id: str, session: str) -> tuple[int, int, list[tuple[int, int]]]:
-        """(next seq, floor, missing [lo, hi) ranges) of a known stream."""
+    @property
+    def recent(self) -> tuple[GapRange, ...]:
+        """The last few gaps opened, newest last."""
+        return tuple(self._recent)
+
+    def state(self, sensor_id: str, session: str) -> StreamState:
+        """Where a known stream stands: last seq seen, floor, ranges still missing."""
         s = self._streams[(sensor_id, session)]
-        return s.next_seq, s.floor, [(lo, hi) for lo, hi in s.missing]
+        missing = tuple((lo, hi) for lo, hi in s.missing)
+        return StreamState(sensor_id, session, s.next_seq - 1, s.floor, missing)
 
-    def missing_of(self, key: Key) -> list[list[int]]:
+    def missing_of(self, key: Key) -> list[tuple[int, int]]:
+        """The [lo, hi) ranges of a stream still missing, oldest first (a copy)."""
         stream = self._streams.get(key)
-        return stream.missing if stream is not None else []
+        return [(lo, hi) for lo, hi in stream.missing] if stream is not None else []
 
-    def next_seqs(self) -> dict[Key, _Stream]:
-        """The live per-stream state, for a caller's inline fast path of observe(): when
-        `streams[key].next_seq == seq` the verdict is NEXT, and the caller sets next_seq to
-        seq + 1 itself. Anything else must go through observe()."""
-        return self._streams
+    def missing_count(self, key: Key) -> int:
+        stream = self._streams.get(key)
+        return sum(hi - lo for lo, hi in stream.missing) if stream is not None else 0
+
+    def take_evicted(self) -> list[GapRange]:
+        """Ranges forgotten to keep memory bounded since the last call: the owner reports them."""
+        out, self._evicted = self._evicted, []
+        return out
 
     def resume(
         self, sensor_id: str, session: str, last_seq: int,
         missing: Iterable[tuple[int, int]] = (), floor: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Continue a stream whose state is known (from the data files or the spool)."""
         ranges = sorted([lo, hi] for lo, hi in missing if lo < hi)
         low = last_seq + 1 if floor is None else floor
         self._add((sensor_id, session), _Stream(last_seq + 1, low, ranges))
+
+    def admit(self, readings: Sequence[Reading]) -> tuple[list[Reading], list[GapRange]]:
+        """Sort a batch of live readings: those to store (first, next, gap, fill) and the gaps
+        they opened. Duplicates and readings too late to tell are left out (and counted).
+
+        The usual case, the next seq of a known stream, is decided inline: this runs once per
+        reading in every sink.
+        """
+        streams = self._streams
+        keep: list[Reading] = []
+        opened: list[GapRange] = []
+        for r in readings:
+            stream = streams.get((r[0], r[1]))
+            if stream is not None and stream.next_seq == r[2]:
+                stream.next_seq += 1
+                keep.append(r)
+                continue
+            verdict = self.observe(r[0], r[1], r[2])
+            if verdict is Verdict.GAP:
+                opened.append(self._recent[-1])
+            elif verdict not in KEEP:
+                continue
+            keep.append(r)
+        return keep, opened
 
     def observe(self, sensor_id: str, session: str, seq: int) -> Verdict:
         stream = self._streams.get((sensor_id, session))
@@ -191,7 +238,7 @@ class GapTracker:
 
     def _new(self, sensor_id: str, session: str) -> _Stream:
         """A stream first seen past seq 0: resumed if `lookup` knows it, else from 0."""
-        found = self.lookup(sensor_id, session) if self.lookup is not None else None
+        found = self._lookup(sensor_id, session) if self._lookup is not None else None
         if found is not None:
             self.resume(sensor_id, session, found[0], floor=found[1])
         else:
@@ -206,13 +253,13 @@ class GapTracker:
             others = [(k, s) for k, s in self._streams.items() if k != key]
             victim = next((k for k, s in others if not s.missing), others[0][0])
             for lo, hi in self._streams.pop(victim).missing:
-                self.evicted.append(GapRange(victim[0], victim[1], lo, hi - 1))
+                self._evicted.append(GapRange(victim[0], victim[1], lo, hi - 1))
 
     def _gap(self, sensor_id: str, session: str, stream: _Stream, seq: int) -> None:
         gap = GapRange(sensor_id, session, stream.next_seq, seq - 1)
         self.gaps += 1
         self.missing += gap.count
-        self.recent.append(gap)
+        self._recent.append(gap)
         stream.missing.append([stream.next_seq, seq])
         stream.next_seq = seq + 1
         floor = max(stream.floor, stream.next_seq - self._window)
@@ -221,7 +268,7 @@ class GapTracker:
         stream.floor = floor
         for lo, hi in stream.missing:
             if lo < floor:
-                self.evicted.append(GapRange(sensor_id, session, lo, min(hi, floor) - 1))
+                self._evicted.append(GapRange(sensor_id, session, lo, min(hi, floor) - 1))
         stream.missing = [[max(lo, floor), hi] for lo, hi in stream.missing if hi > floor]
 
     @staticmethod
@@ -234,151 +281,3 @@ class GapTracker:
         return False
 
 
-@dataclass(frozen=True, slots=True)
-class Lost:
-    """Readings first..last of a stream are gone for good, and why (a gaps.csv row)."""
-
-    sensor_id: str
-    session: str
-    first: int
-    last: int
-    reason: str
-    detected_ns: int = field(default_factory=time.time_ns)
-
-    @property
-    def count(self) -> int:
-        return self.last - self.first + 1
-
-
-@dataclass(slots=True)
-class _Want:
-    since: float  # when the stream started needing a replay (the no-endpoint grace runs from it)
-    deadline: float = 0.0  # when the outstanding request times out; 0: none outstanding
-    attempts: int = 0
-
-
-Asker = Callable[[str, str, int, int], bool]
-
-
-class GapFiller:
-    """Asks for missing ranges, one request per stream at a time, and gives up with a reason.
-
-    The owner feeds it: `opened(key)` after a GAP verdict or `heartbeat()`, `on_reply()` with
-    each ReplayReply (it returns the readings to store), and `tick()` from its loop. What is
-    given up is kept for `take_lost()` and counted in `lost` / `lost_ranges`.
-    """
-
-    def __init__(
-        self, ask: Asker, tracker: GapTracker | None = None, *, timeout: float = 2.0,
-        retries: int = 3, grace: float = 5.0, clock: Callable[[], float] = time.monotonic,
-    ) -> None:  # fmt: skip
-        self.tracker = tracker if tracker is not None else GapTracker()
-        self._ask = ask
-        self._timeout = timeout
-        self._retries = retries
-        self._grace = grace
-        self._clock = clock
-        self._want: dict[Key, _Want] = {}
-        self._lost: deque[Lost] = deque(maxlen=MAX_LOST_KEPT)
-        self.changed: set[Key] = set()  # streams whose holes changed; the owner may clear it
-        self.lost = 0
-        self.lost_ranges = 0
-        self.replayed = 0
-        self.requests = 0
-
-    @property
-    def recovering(self) -> int:
-        """Readings still missing in the streams being recovered."""
-        missing_of = self.tracker.missing_of
-        return sum(hi - lo for key in self._want for lo, hi in missing_of(key))
-
-    def opened(self, key: Key) -> None:
-        if key not in self._want:
-            self._want[key] = _Want(self._clock())
-        self.changed.add(key)
-
-    def heartbeat(self, status: Status) -> None:
-        """A reader's heartbeat says how far its session got (`seq`: the next one to publish):
-        readings it published that never arrived, even the last ones, are missing."""
-        session = status.counters.get("session")
-        seq = status.counters.get("seq")
-        if status.process != "reader" or not isinstance(session, str) or type(seq) is not int:
-            return
-        if session and self.tracker.advance(status.ident, session, seq):
-            self.opened((status.ident, session))
-
-    def on_reply(self, reply: ReplayReply) -> list[Reading]:
-        """The replayed readings that fill holes, flagged REPLAYED; gives up what is gone."""
-        sensor_id, session = key = (reply.sensor_id, reply.session)
-        if not self.tracker.knows(sensor_id, session):
-            return []
-        observe = self.tracker.observe
-        keep = [
-            replace(r, flags=r.flags | Flag.REPLAYED)
-            for r in reply.readings
-            if observe(sensor_id, session, r.seq) in KEEP
-        ]
-        self.replayed += len(keep)
-        first, last = reply.available
-        gone = 0
-        for lo, hi in list(self.tracker.missing_of(key)):
-            if last < first:
-                gone += self._give_up(key, lo, hi, REASON_RESTARTED)
-            elif lo < first:
-                gone += self._give_up(key, lo, min(hi, first), REASON_OVERRUN)
-        want = self._want.get(key)
-        if want is not None and (keep or gone):
-            want.deadline, want.attempts = 0.0, 0
-        self.changed.add(key)
-        return keep
-
-    def tick(self) -> None:
-        """Send due requests, time out unanswered ones, report evicted ranges."""
-        for gap in self.tracker.evicted:
-            self._record(gap.sensor_id, gap.session, gap.first, gap.last + 1, REASON_BOUND)
-        self.tracker.evicted.clear()
-        if not self._want:
-            return
-        now = self._clock()
-        for key, want in list(self._want.items()):
-            missing = self.tracker.missing_of(key)
-            if not missing:
-                del self._want[key]
-            elif not want.deadline or now >= want.deadline:
-                self._step(key, want, missing, now)
-
-    def _step(self, key: Key, want: _Want, missing: list[list[int]], now: float) -> None:
-        if want.deadline and want.attempts >= self._retries:
-            self._give_up_all(key, REASON_NO_REPLY)
-            return
-        want.deadline = 0.0
-        lo, hi = missing[0]
-        if self._ask(key[0], key[1], lo, hi - 1):
-            self.requests += 1
-            want.attempts += 1
-            want.deadline = now + self._timeout
-        elif now - want.since >= self._grace:
-            self._give_up_all(key, REASON_NO_ENDPOINT)
-
-    def _give_up_all(self, key: Key, reason: str) -> None:
-        for lo, hi in list(self.tracker.missing_of(key)):
-            self._give_up(key, lo, hi, reason)
-        self._want.pop(key, None)
-
-    def _give_up(self, key: Key, lo: int, hi: int, reason: str) -> int:
-        count = 0
-        for a, b in self.tracker.give_up(key, lo, hi):
-            self._record(key[0], key[1], a, b, reason)
-            count += b - a
-        self.changed.add(key)
-        return count
-
-    def _record(self, sensor_id: str, session: str, lo: int, hi: int, reason: str) -> None:
-        self._lost.append(Lost(sensor_id, session, lo, hi - 1, reason))
-        self.lost += hi - lo
-        self.lost_ranges += 1
-
-    def take_lost(self) -> list[Lost]:
-        out = list(self._lost)
-        self._lost.clear()
-        return out

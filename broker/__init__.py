@@ -1,0 +1,1 @@
+"""The broker process: the bus every PowMon process publishes to and subscribes from."""

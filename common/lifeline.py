@@ -1,0 +1,206 @@
+"""The lifeline between `powmon run` and each child it starts: death of the parent, liveness
+of the child, both without the bus.
+
+The supervisor listens on a loopback TCP port and gives each child `POWMON_LIFELINE=<port>:<token>`
+in its environment. The child connects at start and from then on:
+
+- when the connection ends (EOF or an error), the supervisor is gone, however it died (kill -9,
+  an OOM kill, a closed terminal): the child stops as on SIGTERM, flushing what it holds;
+- its heartbeat also reports its progress here (`beat <n>`, n = readings taken for a reader),
+  so the supervisor judges a reader silent by the reader's own word and never by the bus: a
+  frozen broker makes every heartbeat late, but not a single lifeline beat.
+
+Why a loopback socket and not an inherited pipe: it is the same code on Windows (no handle
+inheritance), it carries both directions, and the kernel closes it on any death of either end.
+The token keeps other local programs from posing as a child. On Linux the child also asks
+for SIGTERM on its parent's death (PR_SET_PDEATHSIG), a second line of defence.
+
+A child started by hand or by supervisord has no POWMON_LIFELINE and behaves as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+ENV: Final = "POWMON_LIFELINE"
+CONNECT_TIMEOUT_S: Final = 5.0
+_PR_SET_PDEATHSIG: Final = 1
+
+_current: Lifeline | None = None  # the one lifeline of this process, set by `attach()`
+
+
+class Lifeline:
+    """A child's end: reports progress; sets `stop` when the supervisor goes away."""
+
+    def __init__(self, sock: socket.socket, stop: threading.Event) -> None:
+        self._sock = sock
+        self._stop = stop
+        self._lock = threading.Lock()
+        self.lost = False
+        self._thread = threading.Thread(target=self._watch, name="lifeline", daemon=True)
+        self._thread.start()
+
+    def report(self, progress: int) -> None:
+        """Tell the supervisor how far this process got; never blocks (a frozen supervisor
+        just misses beats)."""
+        line = f"beat {progress}\n".encode()
+        with self._lock, contextlib.suppress(OSError):
+            self._sock.send(line, socket.MSG_DONTWAIT if hasattr(socket, "MSG_DONTWAIT") else 0)
+
+    def _watch(self) -> None:
+        """Block on the socket: the supervisor sends nothing, so any return means it is gone."""
+        with contextlib.suppress(OSError):
+            while self._sock.recv(64):
+                pass
+        self.lost = True
+        if not self._stop.is_set():
+            log.warning("the supervisor is gone (lifeline closed); stopping")
+            self._stop.set()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+def attach(stop: threading.Event, environ: dict[str, str] | None = None) -> Lifeline | None:
+    """Connect this process's lifeline if its supervisor gave one; None when started alone.
+
+    A lifeline that cannot be connected means the supervisor is already gone: `stop` is set.
+    """
+    global _current  # noqa: PLW0603 - one lifeline per process, quarantined in this module
+    value = (os.environ if environ is None else environ).get(ENV)
+    if not value:
+        return None
+    port, _, token = value.partition(":")
+    try:
+        sock = socket.create_connection(("127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S)
+        sock.settimeout(None)
+        sock.sendall(f"hello {token} {os.getpid()}\n".encode())
+    except (OSError, ValueError) as err:
+        log.warning("cannot reach the supervisor's lifeline %r: %s; stopping", value, err)
+        stop.set()
+        return None
+    _parent_death_signal()
+    _current = Lifeline(sock, stop)
+    return _current
+
+
+def current() -> Lifeline | None:
+    """The lifeline `attach()` connected in this process, if any (the heartbeat reports on it)."""
+    return _current
+
+
+def _parent_death_signal() -> None:
+    """Linux: SIGTERM when the parent dies, even before the lifeline thread notices."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+class LifelineServer:
+    """The supervisor's end: one listening loopback socket, one connection per child.
+
+    `issue()` makes the environment value for a new child; `read()` (call it when the poller
+    says the sockets are readable) returns the beats received since, as (token, progress).
+    """
+
+    MAX_LINE: Final = 256
+
+    def __init__(self) -> None:
+        self._listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listen.bind(("127.0.0.1", 0))
+        self._listen.listen(64)
+        self._listen.setblocking(False)
+        self.port = int(self._listen.getsockname()[1])
+        self._tokens: set[str] = set()
+        self._conns: dict[socket.socket, tuple[str, bytes]] = {}  # sock -> (token, partial)
+        self.refused = 0
+
+    def issue(self) -> tuple[str, str]:
+        """(environment value, token) for one child start."""
+        token = secrets.token_hex(8)
+        self._tokens.add(token)
+        return f"{self.port}:{token}", token
+
+    def retire(self, token: str) -> None:
+        """The child of this token is gone: forget the token, close its connection."""
+        self._tokens.discard(token)
+        for sock, (tok, _) in list(self._conns.items()):
+            if tok == token:
+                self._drop(sock)
+
+    def sockets(self) -> list[socket.socket]:
+        return [self._listen, *self._conns]
+
+    def read(self) -> list[tuple[str, int]]:
+        """Accept new connections and take every complete line; never blocks."""
+        self._accept()
+        beats: list[tuple[str, int]] = []
+        for sock in list(self._conns):
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._drop(sock)
+                continue
+            beats += self._lines(sock, data)
+        return beats
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                log.debug("lifeline accept failed: %s", err)
+                return
+            sock.setblocking(False)
+            self._conns[sock] = ("", b"")
+
+    def _lines(self, sock: socket.socket, data: bytes) -> list[tuple[str, int]]:
+        token, partial = self._conns[sock]
+        *lines, rest = (partial + data).split(b"\n")
+        if len(rest) > self.MAX_LINE:
+            self._drop(sock)
+            return []
+        beats: list[tuple[str, int]] = []
+        for line in lines:
+            word, _, arg = line.decode("ascii", "replace").partition(" ")
+            if word == "hello" and not token:
+                token = arg.split(" ")[0]
+                if token not in self._tokens:  # not one of our children
+                    self.refused += 1
+                    self._drop(sock)
+                    return beats
+            elif word == "beat" and token and arg.isdigit():
+                beats.append((token, int(arg)))
+        self._conns[sock] = (token, rest)
+        return beats
+
+    def _drop(self, sock: socket.socket) -> None:
+        self._conns.pop(sock, None)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def close(self) -> None:
+        for sock in list(self._conns):
+            self._drop(sock)
+        with contextlib.suppress(OSError):
+            self._listen.close()

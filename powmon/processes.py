@@ -1,0 +1,88 @@
+"""The one table of PowMon's processes: what runs, in which order, and what to watch.
+
+`powmon run` supervises these, `powmon deploy` writes them into supervisord and systemd
+configuration, and the benchmarks start them; all three read this table, so a new process
+or a new argument is added once and they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from powmon.common.settings import Settings
+
+
+class Watch(enum.Enum):
+    """How a supervisor judges that a process needs restarting."""
+
+    EXIT = "exit"  # when it exits
+    PROGRESS = "progress"  # also when it is alive but makes no progress (a silent reader)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One process of the pipeline.
+
+    `order`: lower starts first and stops last; processes of the same order start and stop
+    together. `process`/`ident` are what its heartbeat says it is. `ready` means the next
+    order waits (bounded) for this one's first heartbeat, so that subscribers are listening
+    before readers publish their first readings.
+    """
+
+    key: str
+    module: str
+    args: tuple[str, ...]
+    process: str
+    ident: str
+    order: int
+    watch: Watch = Watch.EXIT
+    ready: bool = False
+
+    @property
+    def unit(self) -> str:
+        """A program/unit-safe name: 'powmon-reader-Lab_3__rack_2' for 'reader Lab 3, rack=2'."""
+        return "powmon-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.key.replace(" ", "-", 1))
+
+    def argv(self, config: str, python: str = sys.executable) -> tuple[str, ...]:
+        return (python, "-m", self.module, *self.args, "--config", config)
+
+
+BROKER: Final = 10
+SINKS: Final = 20
+READERS: Final = 40
+
+
+def uplink_wanted(settings: Settings) -> bool:
+    """The uplink runs when there is somewhere to send readings (REMOTE_SAVE)."""
+    return settings.remote_save
+
+
+def pipeline(settings: Settings) -> tuple[ProcessSpec, ...]:
+    """Every process one settings.yaml asks for, in start order."""
+    return tuple(_specs(settings))
+
+
+def _specs(settings: Settings) -> Iterator[ProcessSpec]:
+    yield ProcessSpec("broker", "powmon.broker", (), "broker", "broker", BROKER)
+    yield ProcessSpec("writer", "powmon.writer", (), "writer", "writer", SINKS, ready=True)
+    if uplink_wanted(settings):
+        yield ProcessSpec("uplink", "powmon.uplink", (), "uplink", "uplink", SINKS)
+    for s in settings.sensors:
+        yield ProcessSpec(
+            f"reader {s.sensor_id}", "powmon.readers",
+            ("--port", s.port, "--sensor-id", s.sensor_id), "reader", s.sensor_id, READERS,
+            watch=Watch.PROGRESS,
+        )
+
+
+def groups(specs: tuple[ProcessSpec, ...]) -> list[list[ProcessSpec]]:
+    """The specs grouped by order, lowest first: start groups in this order, stop reversed."""
+    out: dict[int, list[ProcessSpec]] = {}
+    for spec in sorted(specs, key=lambda s: s.order):
+        out.setdefault(spec.order, []).append(spec)
+    return list(out.values())

@@ -1,0 +1,1 @@
+"""The sink core: what every subscriber that stores readings (writer, uplink) does alike."""

@@ -1,0 +1,186 @@
+"""Gap filling: ask the readers for what a sink misses, and name what can no longer be had.
+
+GapFiller asks for a stream's missing ranges (through an `ask` callable, in practice
+common.replay.ReplayClient.ask), one request per stream at a time, with a deadline and bounded
+retries, and turns what can no longer be had into `Lost` records with a reason, so nothing is
+waited for forever and every loss is named. A pure state machine over a GapTracker: no sockets,
+and a clock that tests can drive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from powmon.common.schema import Flag, Reading, ReplayReply, Status
+from powmon.sink.tracker import (
+    KEEP,
+    REASON_BOUND,
+    REASON_NO_ENDPOINT,
+    REASON_NO_REPLY,
+    REASON_OVERRUN,
+    REASON_RESTARTED,
+    GapTracker,
+    Key,
+)
+
+MAX_LOST_KEPT: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """Readings first..last of a stream are gone for good, and why (a gaps.csv row)."""
+
+    sensor_id: str
+    session: str
+    first: int
+    last: int
+    reason: str
+    detected_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.sensor_id, self.session)
+
+
+@dataclass(slots=True)
+class _Want:
+    since: float  # when the stream started needing a replay (the no-endpoint grace runs from it)
+    deadline: float = 0.0  # when the outstanding request times out; 0: none outstanding
+    attempts: int = 0
+
+
+Asker = Callable[[str, str, int, int], bool]
+
+
+class GapFiller:
+    """Asks for missing ranges, one request per stream at a time, and gives up with a reason.
+
+    The owner feeds it: `opened(key)` after a GAP verdict or `heartbeat()`, `on_reply()` with
+    each ReplayReply (it returns the readings to store), and `tick()` from its loop. What is
+    given up is kept for `take_lost()` and counted in `lost` / `lost_ranges`.
+    """
+
+    def __init__(
+        self, ask: Asker, tracker: GapTracker | None = None, *, timeout: float = 2.0,
+        retries: int = 3, grace: float = 5.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tracker = tracker if tracker is not None else GapTracker()
+        self._ask = ask
+        self._timeout = timeout
+        self._retries = retries
+        self._grace = grace
+        self._clock = clock
+        self._want: dict[Key, _Want] = {}
+        self._lost: deque[Lost] = deque(maxlen=MAX_LOST_KEPT)
+        self.changed: set[Key] = set()  # streams whose holes changed; the owner may clear it
+        self.lost = 0
+        self.lost_ranges = 0
+        self.replayed = 0
+        self.requests = 0
+
+    @property
+    def recovering(self) -> int:
+        """Readings still missing in the streams being recovered."""
+        count = self.tracker.missing_count
+        return sum(count(key) for key in self._want)
+
+    def opened(self, key: Key) -> None:
+        if key not in self._want:
+            self._want[key] = _Want(self._clock())
+        self.changed.add(key)
+
+    def heartbeat(self, status: Status) -> None:
+        """A reader's heartbeat says how far its session got (`seq`: the next one to publish):
+        readings it published that never arrived, even the last ones, are missing."""
+        progress = status.reader
+        if progress is None:
+            return
+        if self.tracker.advance(status.ident, progress.session, progress.seq):
+            self.opened((status.ident, progress.session))
+
+    def on_reply(self, reply: ReplayReply) -> list[Reading]:
+        """The replayed readings that fill holes, flagged REPLAYED; gives up what is gone."""
+        sensor_id, session = key = (reply.sensor_id, reply.session)
+        if not self.tracker.knows(sensor_id, session):
+            return []
+        observe = self.tracker.observe
+        keep = [
+            r._replace(flags=r.flags | Flag.REPLAYED)
+            for r in reply.readings
+            if observe(sensor_id, session, r.seq) in KEEP
+        ]
+        self.replayed += len(keep)
+        first, last = reply.available
+        gone = 0
+        for lo, hi in self.tracker.missing_of(key):
+            if last < first:
+                gone += self._give_up(key, lo, hi, REASON_RESTARTED)
+            elif lo < first:
+                gone += self._give_up(key, lo, min(hi, first), REASON_OVERRUN)
+        want = self._want.get(key)
+        if want is not None and (keep or gone):
+            want.deadline, want.attempts = 0.0, 0
+        self.changed.add(key)
+        return keep
+
+    def tick(self) -> None:
+        """Send due requests, time out unanswered ones, report evicted ranges."""
+        for gap in self.tracker.take_evicted():
+            self._record(gap.sensor_id, gap.session, gap.first, gap.last + 1, REASON_BOUND)
+        if not self._want:
+            return
+        now = self._clock()
+        for key, want in list(self._want.items()):
+            missing = self.tracker.missing_of(key)
+            if not missing:
+                del self._want[key]
+            elif not want.deadline or now >= want.deadline:
+                self._step(key, want, missing, now)
+
+    def _step(self, key: Key, want: _Want, missing: list[tuple[int, int]], now: float) -> None:
+        if want.deadline and want.attempts >= self._retries:
+            self._give_up_all(key, REASON_NO_REPLY)
+            return
+        want.deadline = 0.0
+        lo, hi = missing[0]
+        if self._ask(key[0], key[1], lo, hi - 1):
+            self.requests += 1
+            want.attempts += 1
+            want.deadline = now + self._timeout
+        elif now - want.since >= self._grace:
+            self._give_up_all(key, REASON_NO_ENDPOINT)
+
+    def _give_up_all(self, key: Key, reason: str) -> None:
+        for lo, hi in self.tracker.missing_of(key):
+            self._give_up(key, lo, hi, reason)
+        self._want.pop(key, None)
+
+    def _give_up(self, key: Key, lo: int, hi: int, reason: str) -> int:
+        count = 0
+        for a, b in self.tracker.give_up(key, lo, hi):
+            self._record(key[0], key[1], a, b, reason)
+            count += b - a
+        self.changed.add(key)
+        return count
+
+    def _record(self, sensor_id: str, session: str, lo: int, hi: int, reason: str) -> None:
+        self.report(Lost(sensor_id, session, lo, hi - 1, reason))
+
+    def report(self, lost: Lost) -> None:
+        """Count a loss and keep it for `take_lost()`: the one way every loss is accounted."""
+        self._lost.append(lost)
+        self.lost += lost.count
+        self.lost_ranges += 1
+
+    def take_lost(self) -> list[Lost]:
+        out = list(self._lost)
+        self._lost.clear()
+        return out
