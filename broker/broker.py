@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import zmq
 
 from powmon.common.errors import InUseError, PowmonError
+from powmon.common.schema import STATE_STOPPED
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket
 
@@ -100,7 +101,7 @@ def run(config: BrokerConfig, stop: threading.Event) -> None:
         while not stop.wait(min(0.2, config.heartbeat_interval)):
             beat.beat()
     finally:
-        beat.beat("stopping", force=True)
+        beat.beat(STATE_STOPPED, force=True)
         control.send(b"TERMINATE")
         thread.join(timeout=5)
         control.close()

@@ -1,19 +1,23 @@
 """The lifeline between `powmon run` and each child it starts: death of the parent, liveness
 of the child, both without the bus.
 
-The supervisor listens on a loopback TCP port and gives each child `POWMON_LIFELINE=<port>:<token>`
-in its environment. The child connects at start and from then on:
+The supervisor listens on a loopback TCP port and gives each child
+`POWMON_LIFELINE=<port>:<token>:<grace>` in its environment. The child connects at start and
+from then on:
 
 - when the connection ends (EOF or an error), the supervisor is gone, however it died (kill -9,
-  an OOM kill, a closed terminal): the child stops as on SIGTERM, flushing what it holds;
-- its heartbeat also reports its progress here (`beat <n>`, n = readings taken for a reader),
-  so the supervisor judges a reader silent by the reader's own word and never by the bus: a
-  frozen broker makes every heartbeat late, but not a single lifeline beat.
+  an OOM kill, a closed terminal): the child stops as on SIGTERM, flushing what it holds, after
+  `grace` seconds. The graces keep the supervisor's stop order without it: readers stop at
+  once, the writer and uplink a second later (having taken the readers' last readings), the
+  broker last (having carried them);
+- its heartbeat also reports its progress here (`beat <n> [<session> <seq>]`, n = readings
+  taken for a reader), so the supervisor judges a reader silent by the reader's own word and
+  never by the bus: a frozen broker makes every heartbeat late, but not a single lifeline beat;
+  and when a reader dies, the supervisor knows how far its session got (schema.ReaderEnd).
 
 Why a loopback socket and not an inherited pipe: it is the same code on Windows (no handle
 inheritance), it carries both directions, and the kernel closes it on any death of either end.
-The token keeps other local programs from posing as a child. On Linux the child also asks
-for SIGTERM on its parent's death (PR_SET_PDEATHSIG), a second line of defence.
+The token keeps other local programs from posing as a child.
 
 A child started by hand or by supervisord has no POWMON_LIFELINE and behaves as before.
 """
@@ -21,21 +25,17 @@ A child started by hand or by supervisord has no POWMON_LIFELINE and behaves as 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
-import signal
 import socket
-import sys
 import threading
-from typing import Final
+from typing import Final, NamedTuple
 
 log = logging.getLogger(__name__)
 
 ENV: Final = "POWMON_LIFELINE"
 CONNECT_TIMEOUT_S: Final = 5.0
-_PR_SET_PDEATHSIG: Final = 1
 
 _current: Lifeline | None = None  # the one lifeline of this process, set by `attach()`
 
@@ -43,18 +43,19 @@ _current: Lifeline | None = None  # the one lifeline of this process, set by `at
 class Lifeline:
     """A child's end: reports progress; sets `stop` when the supervisor goes away."""
 
-    def __init__(self, sock: socket.socket, stop: threading.Event) -> None:
+    def __init__(self, sock: socket.socket, stop: threading.Event, grace: float = 0.0) -> None:
         self._sock = sock
         self._stop = stop
+        self._grace = grace
         self._lock = threading.Lock()
         self.lost = False
         self._thread = threading.Thread(target=self._watch, name="lifeline", daemon=True)
         self._thread.start()
 
-    def report(self, progress: int) -> None:
-        """Tell the supervisor how far this process got; never blocks (a frozen supervisor
-        just misses beats)."""
-        line = f"beat {progress}\n".encode()
+    def report(self, progress: int, session: str = "", seq: int = 0) -> None:
+        """Tell the supervisor how far this process got (a reader: its session and next seq
+        too); never blocks (a frozen supervisor just misses beats)."""
+        line = (f"beat {progress} {session} {seq}\n" if session else f"beat {progress}\n").encode()
         with self._lock, contextlib.suppress(OSError):
             self._sock.send(line, socket.MSG_DONTWAIT if hasattr(socket, "MSG_DONTWAIT") else 0)
 
@@ -65,7 +66,9 @@ class Lifeline:
                 pass
         self.lost = True
         if not self._stop.is_set():
-            log.warning("the supervisor is gone (lifeline closed); stopping")
+            log.warning("the supervisor is gone (lifeline closed); stopping in %.1fs",
+                        self._grace)
+            self._stop.wait(self._grace)
             self._stop.set()
 
     def close(self) -> None:
@@ -82,17 +85,16 @@ def attach(stop: threading.Event, environ: dict[str, str] | None = None) -> Life
     value = (os.environ if environ is None else environ).get(ENV)
     if not value:
         return None
-    port, _, token = value.partition(":")
+    port, token, grace = [*value.split(":"), "", ""][:3]
     try:
         sock = socket.create_connection(("127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S)
         sock.settimeout(None)
         sock.sendall(f"hello {token} {os.getpid()}\n".encode())
+        _current = Lifeline(sock, stop, float(grace or 0))
     except (OSError, ValueError) as err:
         log.warning("cannot reach the supervisor's lifeline %r: %s; stopping", value, err)
         stop.set()
         return None
-    _parent_death_signal()
-    _current = Lifeline(sock, stop)
     return _current
 
 
@@ -101,13 +103,13 @@ def current() -> Lifeline | None:
     return _current
 
 
-def _parent_death_signal() -> None:
-    """Linux: SIGTERM when the parent dies, even before the lifeline thread notices."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+class Beat(NamedTuple):
+    """One progress report from a child's lifeline."""
+
+    token: str
+    progress: int
+    session: str = ""
+    seq: int = 0
 
 
 class LifelineServer:
@@ -129,11 +131,12 @@ class LifelineServer:
         self._conns: dict[socket.socket, tuple[str, bytes]] = {}  # sock -> (token, partial)
         self.refused = 0
 
-    def issue(self) -> tuple[str, str]:
-        """(environment value, token) for one child start."""
+    def issue(self, grace: float = 0.0) -> tuple[str, str]:
+        """(environment value, token) for one child start; `grace`: how long the child goes on
+        once the supervisor is gone."""
         token = secrets.token_hex(8)
         self._tokens.add(token)
-        return f"{self.port}:{token}", token
+        return f"{self.port}:{token}:{grace:g}", token
 
     def retire(self, token: str) -> None:
         """The child of this token is gone: forget the token, close its connection."""
@@ -145,10 +148,10 @@ class LifelineServer:
     def sockets(self) -> list[socket.socket]:
         return [self._listen, *self._conns]
 
-    def read(self) -> list[tuple[str, int]]:
+    def read(self) -> list[Beat]:
         """Accept new connections and take every complete line; never blocks."""
         self._accept()
-        beats: list[tuple[str, int]] = []
+        beats: list[Beat] = []
         for sock in list(self._conns):
             try:
                 data = sock.recv(4096)
@@ -174,23 +177,26 @@ class LifelineServer:
             sock.setblocking(False)
             self._conns[sock] = ("", b"")
 
-    def _lines(self, sock: socket.socket, data: bytes) -> list[tuple[str, int]]:
+    def _lines(self, sock: socket.socket, data: bytes) -> list[Beat]:
         token, partial = self._conns[sock]
         *lines, rest = (partial + data).split(b"\n")
         if len(rest) > self.MAX_LINE:
             self._drop(sock)
             return []
-        beats: list[tuple[str, int]] = []
+        beats: list[Beat] = []
         for line in lines:
-            word, _, arg = line.decode("ascii", "replace").partition(" ")
-            if word == "hello" and not token:
-                token = arg.split(" ")[0]
+            word, *args = line.decode("utf-8", "replace").split(" ")
+            if word == "hello" and not token and args:
+                token = args[0]
                 if token not in self._tokens:  # not one of our children
                     self.refused += 1
                     self._drop(sock)
                     return beats
-            elif word == "beat" and token and arg.isdigit():
-                beats.append((token, int(arg)))
+            elif word == "beat" and token and args and all(a.isdigit() for a in args[::2]):
+                if len(args) == 3:
+                    beats.append(Beat(token, int(args[0]), args[1], int(args[2])))
+                elif len(args) == 1:
+                    beats.append(Beat(token, int(args[0])))
         self._conns[sock] = (token, rest)
         return beats
 

@@ -26,6 +26,12 @@ SCHEMA_VERSION: Final = 1
 READING_PREFIX: Final = b"reading/"
 STATUS_PREFIX: Final = b"status/"
 
+# Status.state values. STOPPED is a process's last heartbeat: after it, nothing more comes
+# from that process (a reader has closed its replay socket too).
+STATE_RUNNING: Final = "running"
+STATE_DISCONNECTED: Final = "disconnected"  # a reader without its device
+STATE_STOPPED: Final = "stopped"
+
 CSV_FIELDS: Final = (
     "timestamp", "sensor_id", "session", "seq", "raw", "volts", "amps", "watts", "flags",
 )  # fmt: skip
@@ -80,6 +86,19 @@ class ReaderProgress:
 
 
 _PROGRESS_KEYS: Final = ("session", "seq", "readings", "replay", "last_reading_ns")
+MAX_GONE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderEnd:
+    """A reader process that ended, and how far its session got (`seq`: the next one it would
+    have published), as its supervisor last heard down the lifeline. A supervisor's heartbeat
+    repeats these for a while, so that a sink that was behind (or down) when the reader died
+    still learns that the session will never go on, and names what it misses of it."""
+
+    sensor_id: str
+    session: str
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +117,7 @@ class Status:
     counters: Mapping[str, Any] = field(default_factory=dict)
     started_ns: int = 0
     reader: ReaderProgress | None = None
+    gone: tuple[ReaderEnd, ...] = ()
 
 
 def reading_topic(sensor_id: str) -> bytes:
@@ -125,6 +145,8 @@ def encode_status(s: Status) -> list[bytes]:
             "ts": s.ts_ns, "state": s.state, "counters": counters}
     if s.started_ns:
         body["started"] = s.started_ns
+    if s.gone:
+        body["gone"] = [[g.sensor_id, g.session, g.seq] for g in s.gone]
     return [status_topic(s.process, s.ident), msgpack.packb(body)]
 
 
@@ -262,6 +284,7 @@ def decode_status(frames: Sequence[bytes]) -> Status:
             process=process, ident=str(body["id"]), pid=int(body["pid"]), ts_ns=int(body["ts"]),
             state=str(body["state"]), counters=counters, started_ns=int(body.get("started", 0)),
             reader=_progress(counters) if process == "reader" else None,
+            gone=_gone(body.get("gone", [])),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as err:
         raise SchemaError(f"status: missing or bad field: {err}") from err
@@ -286,6 +309,16 @@ def _progress(counters: dict[str, Any]) -> ReaderProgress | None:
             f"readings={_SHOW.repr(readings)} replay={_SHOW.repr(replay)}"
         )
     return ReaderProgress(session, seq, readings, replay, last)
+
+
+def _gone(items: Any) -> tuple[ReaderEnd, ...]:
+    if not (isinstance(items, list) and len(items) <= MAX_GONE and all(
+        type(i) is list and len(i) == 3 and type(i[0]) is str and type(i[1]) is str
+        and type(i[2]) is int and 0 <= i[2] <= _I64 for i in items
+    )):
+        raise SchemaError(f"status: gone must be [[sensor, session, seq], ...], got "
+                          f"{_SHOW.repr(items)}")
+    return tuple(ReaderEnd(*i) for i in items)
 
 
 def _flag_text(flags: int) -> str:

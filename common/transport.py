@@ -19,7 +19,13 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from powmon.common import lifeline
-from powmon.common.schema import ReaderProgress, Status, encode_status
+from powmon.common.schema import (
+    STATE_RUNNING,
+    ReaderEnd,
+    ReaderProgress,
+    Status,
+    encode_status,
+)
 
 PUB_LINGER_MS: Final = 2000
 SUB_LINGER_MS: Final = 0
@@ -70,6 +76,7 @@ class Heartbeat:
         counters: Callable[[], Mapping[str, Any]],
         clock: Callable[[], float] = time.monotonic,
         progress: Callable[[], ReaderProgress] | None = None,
+        gone: Callable[[], tuple[ReaderEnd, ...]] | None = None,
     ) -> None:
         self._sock = sock
         self._process = process
@@ -77,13 +84,14 @@ class Heartbeat:
         self._interval = interval
         self._counters = counters
         self._progress = progress
+        self._gone = gone
         self._clock = clock
         self._next = 0.0
         self._started_ns = time.time_ns()
         self._lifeline = lifeline.current()
         self._beats = 0
 
-    def beat(self, state: str = "running", *, force: bool = False) -> None:
+    def beat(self, state: str = STATE_RUNNING, *, force: bool = False) -> None:
         now = self._clock()
         if not force and now < self._next:
             return
@@ -97,6 +105,7 @@ class Heartbeat:
             counters=dict(self._counters()),
             started_ns=self._started_ns,
             reader=self._progress() if self._progress is not None else None,
+            gone=self._gone() if self._gone is not None else (),
         )
         # A full pipe means nobody reads status right now; the next beat will do.
         with contextlib.suppress(zmq.Again):
@@ -104,7 +113,10 @@ class Heartbeat:
         self._beats += 1
         if self._lifeline is not None:
             r = status.reader
-            self._lifeline.report(r.readings if r is not None else self._beats)
+            if r is None:
+                self._lifeline.report(self._beats)
+            else:
+                self._lifeline.report(r.readings, r.session, r.seq)
 
 
 def wait_for_broker(sock: zmq.Socket[bytes], stop: threading.Event, timeout: float) -> bool:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from powmon.common import lifeline
 from powmon.common.backoff import backoff
 from powmon.common.lifecycle import EXIT_USAGE
+from powmon.common.lifeline import Beat
 from powmon.processes import ProcessSpec, Watch
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Child:
     restarts: int = 0
     last_progress: float = 0.0
     progress: int = -1  # last value its lifeline reported; -1: nothing since (re)start
+    session: str = ""  # a reader's session and next seq, as its lifeline last said
+    seq: int = 0
     ready: bool = False  # its heartbeat was seen on the bus since (re)start
     _delays: Iterator[float] = field(init=False, repr=False)
 
@@ -81,6 +84,7 @@ class Child:
         self.started_at = now
         self.last_progress = now
         self.progress = -1
+        self.session, self.seq = "", 0
         self.ready = False
         self.restart_at = None
         log.info("started %s pid=%d", self.key, self.popen.pid)
@@ -95,10 +99,12 @@ class Child:
         log.warning("%s %s; restarting in %.1fs (restart %d)", self.key, why, delay,
                     self.restarts)
 
-    def note_progress(self, count: int, now: float) -> None:
+    def note_progress(self, beat: Beat, now: float) -> None:
         """Record a lifeline beat; progress is a change of the count (readings, for a reader)."""
-        if count != self.progress:
-            self.progress = count
+        if beat.session:
+            self.session, self.seq = beat.session, beat.seq
+        if beat.progress != self.progress:
+            self.progress = beat.progress
             self.last_progress = now
 
     def stalled(self, now: float, stall_timeout: float) -> bool:

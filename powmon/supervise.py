@@ -21,6 +21,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from powmon.common.lifeline import LifelineServer
 from powmon.common.lock import holder, spool_lock, writer_lock
 from powmon.common.logs import configure_logging
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
-from powmon.common.schema import decode_status
+from powmon.common.schema import MAX_GONE, ReaderEnd, decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
 from powmon.processes import ProcessSpec, groups, pipeline, uplink_wanted
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 10.0
 STALL_KILL_GRACE_S = 3.0
+ORPHAN_STEP_S = 1.0  # once this supervisor is gone, each group outlives the next by this
+GONE_KEEP_S = 600.0
 READY_TIMEOUT_S = 10.0
 POLL_MS = 200
 
@@ -88,6 +91,7 @@ class Supervisor:
         self.children = [c for group in self.groups for c in group]
         self._by_id = {(c.spec.process, c.spec.ident): c for c in self.children}
         self.lifelines = LifelineServer()
+        self.gone: deque[tuple[float, ReaderEnd]] = deque(maxlen=MAX_GONE)
         self.bad_status = 0
 
     def counters(self) -> dict[str, object]:
@@ -102,7 +106,8 @@ class Supervisor:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         status = sub_socket(ctx, self.config.backend, [b"status/"], self.config.hwm)
         pub = pub_socket(ctx, self.config.frontend, self.config.hwm)
-        beat = Heartbeat(pub, "supervisor", "run", self.config.heartbeat_interval, self.counters)
+        beat = Heartbeat(pub, "supervisor", "run", self.config.heartbeat_interval, self.counters,
+                         gone=self._gone)
         try:
             for group in self.groups:
                 for child in group:
@@ -124,10 +129,19 @@ class Supervisor:
             ctx.term()
             log.info("pipeline stopped")
 
+    def _gone(self) -> tuple[ReaderEnd, ...]:
+        """Readers that ended lately, and how far they got: repeated in every heartbeat for
+        GONE_KEEP_S, so that a sink that was behind still learns their sessions are over."""
+        now = time.monotonic()
+        while self.gone and now - self.gone[0][0] > GONE_KEEP_S:
+            self.gone.popleft()
+        return tuple(end for _, end in self.gone)
+
     def _start(self, child: Child, now: float) -> None:
         if child.token:
             self.lifelines.retire(child.token)
-        child.start(now, self.lifelines.issue())
+        later = sum(1 for g in self.groups if g[0].spec.order > child.spec.order)
+        child.start(now, self.lifelines.issue(grace=ORPHAN_STEP_S * later))
 
     def _wait_ready(self, group: list[Child], status: zmq.Socket[bytes],
                     stop: threading.Event) -> None:
@@ -153,10 +167,10 @@ class Supervisor:
         poller.poll(timeout_ms)
         now = time.monotonic()
         tokens = {c.token: c for c in self.children}
-        for token, count in self.lifelines.read():
-            child = tokens.get(token)
+        for beat in self.lifelines.read():
+            child = tokens.get(beat.token)
             if child is not None:
-                child.note_progress(count, now)
+                child.note_progress(beat, now)
         self._drain_status(status)
 
     def _drain_status(self, sock: zmq.Socket[bytes]) -> None:
@@ -179,14 +193,22 @@ class Supervisor:
     def _check(self, now: float) -> None:
         for child in self.children:
             if child.popen is not None and child.restart_at is None and not child.running:
+                self._ended(child, now)
                 self._exited(child, now)
             elif child.stalled(now, self.config.stall_timeout):
                 stop_group([child], STALL_KILL_GRACE_S)
+                self._ended(child, now)
                 child.schedule_restart(
                     now, f"stalled: no reading for {self.config.stall_timeout:.0f}s"
                 )
             if child.restart_at is not None and now >= child.restart_at and child.popen is not None:
                 self._start(child, now)
+
+    def _ended(self, child: Child, now: float) -> None:
+        """Remember how far an ended reader's session got, for the sinks (`_gone`)."""
+        if child.session:
+            self.gone.append((now, ReaderEnd(child.spec.ident, child.session, child.seq)))
+            child.session = ""
 
     def _exited(self, child: Child, now: float) -> None:
         assert child.popen is not None  # noqa: S101 - _check only calls this for started children

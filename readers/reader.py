@@ -26,6 +26,7 @@ from powmon.common.conversion import Calibration
 from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayServer, replay_bind_endpoint
+from powmon.common.schema import STATE_DISCONNECTED, STATE_RUNNING, STATE_STOPPED
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.readers.handshake import Agreed, NoAnswer, Wanted, handshake
@@ -136,7 +137,8 @@ class Reader:
                 self._session(*connected)
         finally:
             self.counters.connected = False
-            self.heartbeat.beat("stopping", force=True)
+            self._serve()  # requests already queued get their answer
+            self.heartbeat.beat(STATE_STOPPED, force=True)
             if self.replay is not None:
                 self.replay.close()
             c = self.counters
@@ -307,7 +309,7 @@ class Reader:
         c = self.counters
         c.skipped_slots = self._schedule.skipped
         self._serve()
-        self.heartbeat.beat("running" if c.connected else "disconnected")
+        self.heartbeat.beat(STATE_RUNNING if c.connected else STATE_DISCONNECTED)
         if now >= self._next_summary:
             self._next_summary = now + SUMMARY_INTERVAL
             log.info("sensor=%s seq=%d readings=%d bad_lines=%d timeouts=%d reconnects=%d "

@@ -35,6 +35,7 @@ from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayClient
 from powmon.common.schema import (
     READING_PREFIX,
+    STATE_STOPPED,
     STATUS_PREFIX,
     Reading,
     Status,
@@ -49,10 +50,12 @@ from powmon.sink.tracker import REASON_OVERFLOW, GapRange, GapTracker, StreamSta
 log = logging.getLogger(__name__)
 
 READER_STATUS: Final = STATUS_PREFIX + b"reader/"
+SUPERVISOR_STATUS: Final = STATUS_PREFIX + b"supervisor/"  # which readers ended (ReaderEnd)
 POLL_MAX: Final = 0.2
 POLL_RECOVERING: Final = 0.01  # replies come on other sockets: look often while waiting
 BATCH_WAIT: Final = 0.02  # after a partial batch, let readings gather this long (at most)
-STOP_DRAIN_SECONDS: Final = 2.0
+STOP_DRAIN_SECONDS: Final = 5.0  # below powmon run's stop grace (10 s), which then kills
+DRAIN_QUIET_MS: Final = 50
 MAX_LOOKUPS: Final = 64  # searches of the store for sessions `stored()` did not show, per start
 NOBLOCK: Final = int(zmq.NOBLOCK)
 RCVMORE: Final = int(zmq.RCVMORE)
@@ -231,15 +234,26 @@ class SinkCore:
         return messages
 
     def _admit(self, messages: Iterable[Sequence[bytes]]) -> list[Reading]:
+        """Decode and sort a batch in arrival order: a reader's heartbeat counts only the
+        readings before it, so the readings before a heartbeat are sorted before it is read."""
+        keep: list[Reading] = []
         readings: list[Reading] = []
         for frames in messages:
             if frames[0].startswith(STATUS_PREFIX):
+                if readings:
+                    keep += self._sort(readings)
+                    readings = []
                 self._status(frames)
                 continue
             try:
                 readings.append(decode_reading(frames))
             except SchemaError as err:
                 self._bad(err)
+        if readings:
+            keep += self._sort(readings)
+        return keep
+
+    def _sort(self, readings: list[Reading]) -> list[Reading]:
         self.received += len(readings)
         keep, opened = self.tracker.admit(readings)
         self.duplicates += len(readings) - len(keep)
@@ -257,6 +271,8 @@ class SinkCore:
             if self.client is not None:
                 self.client.learn(status)
             self.filler.heartbeat(status)
+        for end in status.gone:
+            self.filler.ended(end)
         self.sink.on_status(status)
 
     def _recovered(self) -> list[Reading]:
@@ -325,10 +341,15 @@ class SinkCore:
             beat.beat()
 
     def drain(self, sub: zmq.Socket[bytes]) -> None:
-        """Take what already arrived before stopping, bounded in time against a busy bus."""
+        """Take what already arrived before stopping, until the bus goes quiet (the readers,
+        stopped first, have sent their last heartbeats) or a deadline against one that never
+        does; then name what stopped readers still owed (their replay buffers are gone)."""
         deadline = time.monotonic() + STOP_DRAIN_SECONDS
-        while self.step(sub) == self.config.batch and time.monotonic() < deadline:
-            pass
+        while time.monotonic() < deadline:
+            if self.step(sub) < self.config.batch and not sub.poll(DRAIN_QUIET_MS, zmq.POLLIN):
+                break
+        self.filler.finish()
+        self.recover()
 
 
 def lost_ranges(readings: Iterable[Reading], reason: str) -> list[Lost]:
@@ -358,7 +379,7 @@ def serve(config: CoreConfig, sink: Sink, stop: threading.Event) -> None:
     beat: Heartbeat | None = None
     try:
         core.resume()
-        topics = [READING_PREFIX, READER_STATUS, *config.status_topics]
+        topics = [READING_PREFIX, READER_STATUS, SUPERVISOR_STATUS, *config.status_topics]
         sub = sub_socket(ctx, config.backend, topics, config.hwm)
         pub = pub_socket(ctx, config.frontend, config.hwm)
         beat = Heartbeat(pub, config.process, config.process, config.heartbeat_interval,
@@ -372,6 +393,6 @@ def serve(config: CoreConfig, sink: Sink, stop: threading.Event) -> None:
             sink.close()  # the last flush, also after a crash: keep what can be kept
         finally:
             if beat is not None:
-                beat.beat("stopped", force=True)
+                beat.beat(STATE_STOPPED, force=True)
             close_all(pub)
             ctx.term()

@@ -15,7 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from powmon.common.schema import Flag, Reading, ReplayReply, Status
+from powmon.common.schema import (
+    STATE_STOPPED,
+    Flag,
+    ReaderEnd,
+    Reading,
+    ReplayReply,
+    Status,
+)
 from powmon.sink.tracker import (
     KEEP,
     REASON_BOUND,
@@ -23,6 +30,7 @@ from powmon.sink.tracker import (
     REASON_NO_REPLY,
     REASON_OVERRUN,
     REASON_RESTARTED,
+    REASON_STOPPED,
     GapTracker,
     Key,
 )
@@ -55,6 +63,8 @@ class _Want:
     since: float  # when the stream started needing a replay (the no-endpoint grace runs from it)
     deadline: float = 0.0  # when the outstanding request times out; 0: none outstanding
     attempts: int = 0
+    final_at: float = 0.0  # the reader has stopped: give up at this time; 0: it runs
+    final_reason: str = REASON_STOPPED
 
 
 Asker = Callable[[str, str, int, int], bool]
@@ -99,12 +109,40 @@ class GapFiller:
 
     def heartbeat(self, status: Status) -> None:
         """A reader's heartbeat says how far its session got (`seq`: the next one to publish):
-        readings it published that never arrived, even the last ones, are missing."""
+        readings it published that never arrived, even the last ones, are missing.
+
+        Its last heartbeat (STATE_STOPPED) comes after every reading it published (one PUB,
+        one path: order is kept) and after its replay socket served its last request: what
+        is still missing of that session then is gone for good (`REASON_STOPPED`).
+        """
         progress = status.reader
         if progress is None:
             return
+        key = (status.ident, progress.session)
         if self.tracker.advance(status.ident, progress.session, progress.seq):
-            self.opened((status.ident, progress.session))
+            self.opened(key)
+        if status.state == STATE_STOPPED:
+            self._final(key, REASON_STOPPED)
+
+    def ended(self, end: ReaderEnd) -> None:
+        """A supervisor says this reader's process ended (killed, crashed, or stopped): its
+        session will never go on, and seqs below `end.seq` were taken. Only for a stream this
+        sink knows: of one it never heard of, it cannot tell what it holds."""
+        key = (end.sensor_id, end.session)
+        if not self.tracker.knows(*key):
+            return
+        if self.tracker.advance(end.sensor_id, end.session, end.seq):
+            self.opened(key)
+        self._final(key, REASON_RESTARTED)
+
+    def _final(self, key: Key, reason: str) -> None:
+        """The stream's reader is gone: what it still misses is given up with `reason` after
+        one request timeout (a reply sent just before may still be on its way, on another
+        socket), and nothing more is asked of it."""
+        want = self._want.get(key)
+        if want is not None and not want.final_at:
+            want.final_at = self._clock() + self._timeout
+            want.final_reason = reason
 
     def on_reply(self, reply: ReplayReply) -> list[Reading]:
         """The replayed readings that fill holes, flagged REPLAYED; gives up what is gone."""
@@ -142,8 +180,17 @@ class GapFiller:
             missing = self.tracker.missing_of(key)
             if not missing:
                 del self._want[key]
+            elif want.final_at:
+                if now >= want.final_at:
+                    self._give_up_all(key, want.final_reason)
             elif not want.deadline or now >= want.deadline:
                 self._step(key, want, missing, now)
+
+    def finish(self) -> None:
+        """The sink is stopping: what the stopped readers still owe will not come any more."""
+        for key, want in list(self._want.items()):
+            if want.final_at:
+                self._give_up_all(key, want.final_reason)
 
     def _step(self, key: Key, want: _Want, missing: list[tuple[int, int]], now: float) -> None:
         if want.deadline and want.attempts >= self._retries:

@@ -30,8 +30,8 @@ REASON_OVERRUN: Final = "overrun"  # older than the oldest reading the reader st
 REASON_NO_ENDPOINT: Final = "no_endpoint"  # no heartbeat told where to ask
 REASON_NO_REPLY: Final = "no_reply"  # asked, retried, never answered
 REASON_BOUND: Final = "memory_bound"  # too many holes (or too old) to keep track of
+REASON_STOPPED: Final = "reader_stopped"  # the reader stopped (its last heartbeat) first
 REASON_OVERFLOW: Final = "buffer_full"  # the sink could not hold it (a full disk for too long)
-REASON_WATCHDOG: Final = "reader_stalled"  # the reader was stopped by the watchdog
 
 Key = tuple[str, str]
 Lookup = Callable[[str, str], "tuple[int, int] | None"]

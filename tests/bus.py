@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
+from powmon.common.errors import SchemaError
 from powmon.common.schema import Reading, Status, decode_reading, decode_status
+from powmon.common.settings import load_settings
 from tests.helpers import wait_until
 
 
@@ -49,3 +53,43 @@ class Bus:
     def wait_counter(self, key: str, at_least: int, timeout: float = 15.0) -> None:
         wait_until(lambda: self.counters().get(key, 0) >= at_least, timeout,
                    what=f"counter {key} >= {at_least}")  # fmt: skip
+
+
+Ctx = zmq.Context[zmq.Socket[bytes]]
+
+
+class BusEnd:
+    """The test's end of the bus: a PUB on the frontend, a SUB for every heartbeat."""
+
+    def __init__(self, ctx: Ctx, settings: Path) -> None:
+        conf = load_settings(settings)
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 1_000_000)
+        self.pub.connect(conf.broker_frontend)
+        self.status = ctx.socket(zmq.SUB)
+        self.status.setsockopt(zmq.SUBSCRIBE, b"status/")
+        self.status.connect(conf.broker_backend)
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def counters(self, process: str) -> dict[str, Any]:
+        while self.status.poll(0):
+            try:
+                status = decode_status(self.status.recv_multipart())
+            except SchemaError:
+                continue  # the test's own junk status messages come back here too
+            self.latest[status.process] = dict(status.counters)
+        return self.latest.get(process, {})
+
+    def wait(self, process: str, what: str, check: Callable[[dict[str, Any]], bool],
+             timeout: float = 30.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            seen = self.counters(process)
+            return seen if seen and check(seen) else None
+
+        found = wait_until(ready, timeout, what=f"{process}: {what}; last {self.latest}")
+        assert found is not None
+        return found
+
+    def close(self) -> None:
+        self.pub.close(linger=0)
+        self.status.close(linger=0)

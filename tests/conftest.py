@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from tests.bus import BusEnd
 from tests.helpers import Proc, python_module
 
 
@@ -44,3 +45,17 @@ def broker(spawn: Callable[..., Proc]) -> Callable[[Path], Proc]:
         return spawn(python_module("powmon.broker", "--config", str(settings)), "broker")
 
     return start
+
+
+@pytest.fixture
+def bus_for(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[[Path], BusEnd]]:
+    """The test's end of the bus for a settings file: a PUB on the frontend, a status SUB."""
+    buses: list[BusEnd] = []
+
+    def make(settings: Path) -> BusEnd:
+        buses.append(BusEnd(zmq_ctx, settings))
+        return buses[-1]
+
+    yield make
+    for bus in buses:
+        bus.close()

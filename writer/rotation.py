@@ -92,12 +92,40 @@ def find_current(root: Path, naming: FileNaming) -> tuple[int, Path] | None:
     return files[-1] if files else None
 
 
+def cut_torn_row(root: Path, naming: FileNaming) -> int:
+    """Cut a partial last row (a writer killed in mid-write) off the newest file; bytes cut.
+
+    Only the newest file can end torn, and only the writer (which holds the data root's lock)
+    calls this, at start, before it reads the tail: so the torn row is neither taken for a
+    stored reading nor left for a reader of the file to trip over. The reading it held comes
+    again by replay, or is named as lost.
+    """
+    current = find_current(root, naming)
+    if current is None:
+        return 0
+    path = current[1]
+    with path.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - TAIL_BYTES)
+        f.seek(start)
+        data = f.read(size - start)
+        if not data or data.endswith(LINE_TERMINATOR.encode()):
+            return 0
+        end = data.rfind(LINE_TERMINATOR.encode())
+        if end < 0:
+            return 0  # no complete line in reach: leave it (resume_size starts a new file)
+        f.truncate(start + end + 1)
+    cut = size - (start + end + 1)
+    log.warning("cut a torn last row (%d bytes) from %s: a writer was stopped in mid-write",
+                cut, path.name)
+    return cut
+
+
 def resume_size(path: Path, limit: int, header: bytes) -> int | None:
     """The size of `path` if rows may be appended to it, else None (start a new file).
 
     Appending is safe only below the limit, under our own header (a file from another schema
-    version is left alone) and after a complete row: a crash can leave a partial last line,
-    which stays as it was for inspection rather than being glued to the next row.
+    version is left alone) and after a complete row (cut_torn_row makes it so at start).
     """
     size = path.stat().st_size
     if size == 0:

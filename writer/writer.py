@@ -27,7 +27,7 @@ from powmon.common.schema import Reading, csv_row
 from powmon.common.settings import Settings
 from powmon.sink.core import CoreConfig, Sink, Stored, serve
 from powmon.sink.tracker import StreamState
-from powmon.writer.rotation import FileNaming, scan_session, tail_streams
+from powmon.writer.rotation import FileNaming, cut_torn_row, scan_session, tail_streams
 from powmon.writer.store import CsvStore
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class CsvSink(Sink):
         return backoff(self.config.retry_initial, self.config.retry_max)
 
     def stored(self) -> Iterable[StreamState]:
+        cut_torn_row(self.config.data_root, self.naming)
         return tail_streams(self.config.data_root, self.naming)
 
     def find(self, sensor_id: str, session: str) -> int | None:

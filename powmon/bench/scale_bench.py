@@ -16,6 +16,7 @@ from typing import Final
 from powmon.bench.procs import BusWatch, Pipeline, csv_seqs, lost_readings, wait_for
 from powmon.bench.results import Row
 from powmon.bench.runner import Plan
+from powmon.common.schema import STATE_STOPPED
 
 RATE: Final = 10.0
 SHARE: Final = 0.95
@@ -68,7 +69,7 @@ def run(plan: Plan) -> list[Row]:
             held = step
         pipe.stop("reader ")
         ids = [f"K{n}" for n in range(started)]
-        wait_for(lambda: all(_state(watch, s) == "stopping" for s in ids), 30,
+        wait_for(lambda: all(_state(watch, s) == STATE_STOPPED for s in ids), 30,
                  "the readers' last heartbeats")  # fmt: skip
         sent = {f"K{n}": int(watch.counter("reader", f"K{n}", "seq", 0)) for n in range(started)}
         pipe.stop()

@@ -18,7 +18,7 @@ import resource
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,8 @@ import msgpack
 import pytest
 import zmq
 
-from powmon.common.errors import SchemaError
-from powmon.common.schema import Reading, decode_status, encode_reading
-from powmon.common.settings import load_settings
+from powmon.common.schema import Reading, encode_reading
+from tests.bus import BusEnd
 from tests.helpers import Proc, python_module, wait_until, write_settings
 from tests.httpserver import RecordingServer
 
@@ -40,56 +39,6 @@ T0_NS = 1_795_628_536 * 10**9
 
 def reading(sensor: str, session: str, seq: int) -> list[bytes]:
     return encode_reading(Reading(sensor, session, seq, T0_NS + seq, 512, 0.0, 0.0, 0.0))
-
-
-class Bus:
-    """The test's end of the bus: a PUB on the frontend, a SUB for every heartbeat."""
-
-    def __init__(self, ctx: Ctx, settings: Path) -> None:
-        conf = load_settings(settings)
-        self.pub = ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, 1_000_000)
-        self.pub.connect(conf.broker_frontend)
-        self.status = ctx.socket(zmq.SUB)
-        self.status.setsockopt(zmq.SUBSCRIBE, b"status/")
-        self.status.connect(conf.broker_backend)
-        self.latest: dict[str, dict[str, Any]] = {}
-
-    def counters(self, process: str) -> dict[str, Any]:
-        while self.status.poll(0):
-            try:
-                status = decode_status(self.status.recv_multipart())
-            except SchemaError:
-                continue  # the test's own junk status messages come back here too
-            self.latest[status.process] = dict(status.counters)
-        return self.latest.get(process, {})
-
-    def wait(self, process: str, what: str, check: Callable[[dict[str, Any]], bool],
-             timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
-        def ready() -> dict[str, Any] | None:
-            seen = self.counters(process)
-            return seen if seen and check(seen) else None
-
-        found = wait_until(ready, timeout, what=f"{process}: {what}; last {self.latest}")
-        assert found is not None
-        return found
-
-    def close(self) -> None:
-        self.pub.close(linger=0)
-        self.status.close(linger=0)
-
-
-@pytest.fixture
-def bus_for(zmq_ctx: Ctx) -> Iterator[Callable[[Path], Bus]]:
-    buses: list[Bus] = []
-
-    def make(settings: Path) -> Bus:
-        buses.append(Bus(zmq_ctx, settings))
-        return buses[-1]
-
-    yield make
-    for bus in buses:
-        bus.close()
 
 
 def csv_rows(root: Path) -> list[dict[str, str]]:
@@ -138,7 +87,7 @@ def test_junk_on_the_bus_is_counted_and_dropped_by_every_subscriber(
     tmp_path: Path,
     broker: Callable[[Path], Proc],
     spawn: Callable[..., Proc],
-    bus_for: Callable[[Path], Bus],
+    bus_for: Callable[[Path], BusEnd],
 ) -> None:
     """1 frame, 3 frames, garbage, version 99, topic mismatch: counted; good readings all land."""
     with RecordingServer() as server:
@@ -173,7 +122,7 @@ def test_junk_on_the_bus_is_counted_and_dropped_by_every_subscriber(
     assert f"skipped {len(JUNK) + len(STATUS_JUNK)} bad message(s) in all" in out
 
 
-def _probe_until_all_subscribed(bus: Bus, tap: Proc) -> None:
+def _probe_until_all_subscribed(bus: BusEnd, tap: Proc) -> None:
     """Publish probes until the writer, the uplink and the tap have each seen one.
 
     Each probe is seq 0 of a session of its own, so probes lost before a subscription took
@@ -216,7 +165,7 @@ def test_non_utf8_and_garbage_from_serial_are_counted_skipped_and_rate_limited(
     tmp_path: Path,
     broker: Callable[[Path], Proc],
     spawn: Callable[..., Proc],
-    bus_for: Callable[[Path], Bus],
+    bus_for: Callable[[Path], BusEnd],
 ) -> None:
     """Every 2nd answer not UTF-8, every 3rd garbage: bad_lines rises, readings go on, and
     the log holds a handful of warnings, then one that counts the lines it held back."""
@@ -261,7 +210,7 @@ runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 FSIZE = 64 * 1024
 
 
-def _wait_writer_subscribed(bus: Bus) -> None:
+def _wait_writer_subscribed(bus: BusEnd) -> None:
     """Probes (each seq 0 of its own session, so no gaps) until the writer received one."""
     sent = 0
 
@@ -279,7 +228,7 @@ def test_writer_over_its_file_size_limit_keeps_rows_and_stores_all_once_lifted(
     tmp_path: Path,
     broker: Callable[[Path], Proc],
     spawn: Callable[..., Proc],
-    bus_for: Callable[[Path], Bus],
+    bus_for: Callable[[Path], BusEnd],
 ) -> None:
     """EFBIG mid-write: the file is cut back to whole rows, rows wait in memory, errors are
     logged; once the limit is lifted every reading is stored exactly once, in order."""
@@ -320,7 +269,7 @@ def test_writer_on_a_full_disk_keeps_rows_and_stores_all_once_there_is_room(
     tmp_path: Path,
     broker: Callable[[Path], Proc],
     spawn: Callable[..., Proc],
-    bus_for: Callable[[Path], Bus],
+    bus_for: Callable[[Path], BusEnd],
 ) -> None:
     """ENOSPC: the data file is /dev/full (bind-mounted, in the writer's own mount namespace
     only); rows wait in memory, errors are logged; unmounted, everything is stored once."""

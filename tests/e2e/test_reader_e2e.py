@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from powmon.common.schema import Reading
+from powmon.common.schema import STATE_STOPPED, Reading
 from powmon.common.settings import load_settings
 from powmon.sim.device import Fault, SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
@@ -30,9 +30,9 @@ class Rig:
     reader: Proc
 
     def stop_reader(self) -> int:
-        """SIGTERM the reader; then collect up to its last heartbeat ('stopping')."""
+        """SIGTERM the reader; then collect up to its last heartbeat ('stopped')."""
         code = self.reader.stop()
-        wait_until(lambda: any(s.state == "stopping" for s in self.bus.reader_statuses()), 10,
+        wait_until(lambda: any(s.state == STATE_STOPPED for s in self.bus.reader_statuses()), 10,
                    what="the reader's final heartbeat")  # fmt: skip
         return code
 

@@ -32,7 +32,7 @@ def _run_on_board(
                what=f"{count} rows from the simulated board")  # fmt: skip
     assert run.stop(signal.SIGTERM) == 0
     rows = data_rows(tmp_path / "data")
-    assert [int(r["seq"]) for r in rows] == list(range(len(rows)))
+    assert sorted(int(r["seq"]) for r in rows) == list(range(len(rows)))  # replay may reorder
     return rows
 
 

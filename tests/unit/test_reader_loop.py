@@ -19,6 +19,7 @@ import zmq
 
 from powmon.common.logs import PAYLOAD_LOGGER
 from powmon.common.schema import (
+    STATE_STOPPED,
     Flag,
 )
 from powmon.common.settings import load_settings
@@ -41,11 +42,11 @@ class Running:
         return protocol_sim.devices[self.name]
 
     def finish(self) -> None:
-        """Stop the reader, then take everything up to its final 'stopping' heartbeat."""
+        """Stop the reader, then take everything up to its final 'stopped' heartbeat."""
         self.stop.set()
         self.thread.join(10)
         assert not self.thread.is_alive()
-        wait_until(lambda: any(s.state == "stopping" for s in self.bus.all_statuses()), 5)
+        wait_until(lambda: any(s.state == STATE_STOPPED for s in self.bus.all_statuses()), 5)
 
 
 @pytest.fixture

@@ -1,0 +1,242 @@
+"""Complete or accounted for: what the Guarantees promise, each on real processes (issue #9).
+
+- A writer that falls behind the high-water mark (SIGSTOPped while readers run flat out)
+  recovers every reading through replay.
+- A reader killed with -9 while the writer was behind: what the writer can no longer have is
+  named in gaps.csv as `reader_restarted`; everything else is stored once.
+- The writer killed with -9 while its 1 s buffer holds rows, its last row torn: after the
+  restart no row is lost or doubled, and no torn line is left in the file.
+- The uplink's spool on a full disk: it stops with a clear error and keeps every reading it
+  had committed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from powmon.common.schema import CSV_FIELDS, Reading, encode_reading
+from tests.bus import BusEnd
+from tests.helpers import Proc, data_rows, pids_running, python_module, wait_until, write_settings
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds processes through /proc"),
+]
+
+FAST = [{"PORT": f"sim://H{i}?amps=1", "SENSORS_ID": f"H{i}"} for i in range(2)]
+QUICK = 0.001  # 1,000 readings/s per sensor: a rate the writer keeps up with, loaded or not
+
+
+def behind_settings(tmp_path: Path, **overrides: object) -> Path:
+    """HWM 1000 and the broker's backend on a Unix socket, whose kernel buffers are small:
+    a writer frozen for a few seconds falls behind the high-water mark and the broker drops
+    for it (on loopback TCP the kernel would buffer tens of megabytes first)."""
+    return write_settings(tmp_path / "settings.yaml", FAST, POLLING_DELAY=QUICK, HWM=1000,
+                          BROKER_BACKEND=f"ipc://{tmp_path}/backend.sock", **overrides)
+Key = tuple[str, str, int]
+
+
+def keys(data: Path) -> list[Key]:
+    return [(r["sensor_id"], r["session"], int(r["seq"])) for r in data_rows(data)]
+
+
+def streams(data: Path) -> dict[tuple[str, str], list[int]]:
+    out: dict[tuple[str, str], list[int]] = {}
+    for sensor, session, seq in keys(data):
+        out.setdefault((sensor, session), []).append(seq)
+    return out
+
+
+def lost(data: Path) -> list[dict[str, str]]:
+    path = data / "gaps.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def lost_keys(data: Path) -> set[Key]:
+    return {(g["sensor_id"], g["session"], seq) for g in lost(data)
+            for seq in range(int(g["first_seq"]), int(g["last_seq"]) + 1)}
+
+
+def accounted(data: Path, known: dict[tuple[str, str], int]) -> bool:
+    """Every seq below `known[stream]` is stored exactly once or named as lost, never both."""
+    stored = Counter(keys(data))
+    gone = lost_keys(data)
+    return all(
+        all((stored[(s, sess, q)] == 1) != ((s, sess, q) in gone) for q in range(top))
+        for (s, sess), top in known.items()
+    )
+
+
+def published(log: str) -> dict[str, int]:
+    """sensor -> readings published, from each reader's 'reader stop' line."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"reader stop sensor=(\S+) readings=(\d+)", log)}
+
+
+def freeze(pid: int, seconds: float) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)  # the fault: a subscriber that does not read
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_writer_behind_the_high_water_mark_recovers_everything_by_replay(
+    tmp_path: Path, spawn: Callable[..., Proc]
+) -> None:
+    """Readers at 1 kHz, HWM 1000, writer frozen 3 s: the broker drops for it, the writer sees
+    the holes and replays them; the CSV ends complete and gaps.csv empty."""
+    settings = behind_settings(tmp_path)
+    data = tmp_path / "data"
+    run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
+    wait_until(lambda: len({k[:2] for k in keys(data)}) == 2, timeout=30, what="rows of both")
+    [writer] = pids_running(settings, "powmon.writer")
+    freeze(writer, 3.0)
+    wait_until(lambda: any("replayed" in r["flags"] for r in data_rows(data)), timeout=30,
+               what="holes filled by replay")
+    wait_until(lambda: accounted(data, {k: max(v) for k, v in streams(data).items()}),
+               timeout=30, what="the writer caught up")
+    assert run.stop(signal.SIGTERM) == 0
+    taken = published(run.output())
+    found = {k[:2] for k in keys(data)}
+    assert len(found) == 2
+    assert accounted(data, {s: taken[s[0]] for s in found})
+    assert lost(data) == [], "the replay buffers held everything the broker dropped"
+    assert max(Counter(keys(data)).values()) == 1
+
+
+def test_a_reader_killed_while_the_writer_was_behind_is_named_as_reader_restarted(
+    tmp_path: Path, spawn: Callable[..., Proc]
+) -> None:
+    """While the writer is frozen, one reader is killed -9 (its replay buffer dies with it):
+    what the writer missed of that session is in gaps.csv as reader_restarted."""
+    settings = behind_settings(tmp_path, RESTART_BACKOFF_MAX=1.0)
+    data = tmp_path / "data"
+    run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
+    wait_until(lambda: len({k[:2] for k in keys(data)}) == 2, timeout=30, what="rows of both")
+    [writer] = pids_running(settings, "powmon.writer")
+    victim = sorted(pids_running(settings, "powmon.readers"))[0]
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        time.sleep(2.0)  # the writer falls behind the high-water mark
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(1.0)
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    wait_until(lambda: any(g["reason"] == "reader_restarted" for g in lost(data)), timeout=30,
+               what="the killed reader's missed readings named in gaps.csv")
+    assert run.stop(signal.SIGTERM) == 0
+    gaps = lost(data)
+    assert {g["reason"] for g in gaps} == {"reader_restarted"}
+    [session] = {g["session"] for g in gaps}
+    stored = [k for k in keys(data) if k[1] == session]
+    top = max(int(g["last_seq"]) for g in gaps) + 1
+    top = max(top, max(seq for _, _, seq in stored) + 1)
+    assert accounted(data, {(stored[0][0], session): top})
+    assert max(Counter(keys(data)).values()) == 1
+
+
+def test_the_writer_killed_with_a_full_buffer_and_a_torn_row_loses_and_doubles_nothing(
+    tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc]
+) -> None:
+    """FLUSH_INTERVAL 1 s: kill -9 of the writer drops what it buffered; a torn last row is
+    left behind. The restarted writer cuts the torn row and replays the rest: every reading
+    stored once, every line of the file a whole row."""
+    settings = write_settings(tmp_path / "settings.yaml", FAST[:1], POLLING_DELAY=0.01,
+                              FLUSH_INTERVAL=1.0)
+    data = tmp_path / "data"
+    broker(settings)
+    writer_argv = python_module("powmon.writer", "--config", str(settings))
+    writer = spawn(writer_argv, "writer")
+    reader = spawn(python_module("powmon.readers", "--config", str(settings), "--sensor-id",
+                                 "H0"), "reader")
+    wait_until(lambda: len(keys(data)) >= 50, timeout=30, what="first flushed rows")
+    time.sleep(0.5)  # the fault: kill in the middle of a flush interval, rows buffered
+    writer.popen.send_signal(signal.SIGKILL)
+    writer.popen.wait(10)
+    [path] = sorted(data.glob("data-*.csv"))
+    last = path.read_text(encoding="utf-8").splitlines()[-1].split(",")
+    torn = ",".join([*last[:3], str(int(last[3]) + 1), last[4]])  # the next row, cut short
+    with path.open("a", encoding="utf-8") as f:
+        f.write(torn)
+    writer2 = spawn(writer_argv, "writer2")
+    wait_until(lambda: "cut a torn last row" in writer2.output(), timeout=30, what="the cut")
+    wait_until(lambda: len(keys(data)) >= 400, timeout=30, what="rows after the restart")
+    assert reader.stop(signal.SIGTERM) == 0
+    taken = published(reader.output())["H0"]
+    [session] = {s for _, s, _ in keys(data)}
+    wait_until(lambda: accounted(data, {("H0", session): taken}), timeout=30,
+               what="every reading stored once or named")
+    assert lost(data) == []
+    assert writer2.stop(signal.SIGTERM) == 0
+    with path.open(newline="", encoding="utf-8") as f:
+        assert all(len(row) == len(CSV_FIELDS) for row in csv.reader(f)), "a torn line remains"
+
+
+def _can_mount_tmpfs() -> bool:
+    if sys.platform != "linux" or not shutil.which("unshare"):
+        return False
+    probe = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             "mount -t tmpfs -o size=64k tmpfs /mnt"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs Linux mount namespaces (root)")
+def test_the_uplink_on_a_full_disk_stops_with_a_clear_error_and_keeps_what_it_committed(
+    tmp_path: Path, broker: Callable[[Path], Proc], spawn: Callable[..., Proc],
+    bus_for: Callable[[Path], BusEnd],
+) -> None:
+    """The spool on a 192 KB tmpfs (the uplink's own mount namespace), the server refusing:
+    readings pile up until the disk is full; the uplink exits 1 saying so, and its spool (copied
+    out as it was) holds an unbroken run of the readings, each once."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    out = tmp_path / "copied"
+    settings = write_settings(
+        tmp_path / "settings.yaml", FAST[:1], REMOTE_SAVE=True,
+        UPLINK_URL="http://127.0.0.1:9/ingest", UPLINK_SPOOL=str(spool_dir / "spool.sqlite3"),
+        UPLINK_BACKOFF_MAX=5,
+    )
+    broker(settings)
+    bus = bus_for(settings)
+    script = (f"mount -t tmpfs -o size=192k tmpfs {spool_dir} && "
+              f"{' '.join(python_module('powmon.uplink', '--config', str(settings)))}; "
+              f"code=$?; mkdir -p {out}; cp -a {spool_dir}/. {out}/; exit $code")
+    uplink = spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                   "uplink")
+    bus.wait("uplink", "up", lambda c: True)
+    seq = 0
+    while uplink.popen.poll() is None and seq < 200_000:
+        for _ in range(200):
+            bus.pub.send_multipart(encode_reading(Reading("H0", "full", seq, seq, 512, 0.0,
+                                                          0.0, 0.0)))
+            seq += 1
+        time.sleep(0.01)  # pace the publisher: a PUB past its HWM would drop on our side
+    assert uplink.stop(signal.SIGTERM) == 1
+    log = uplink.output()
+    assert "database or disk is full" in log and str(spool_dir / "spool.sqlite3") in log
+    db = sqlite3.connect(out / "spool.sqlite3")
+    try:
+        seqs = [row[0] for row in db.execute("SELECT seq FROM readings ORDER BY seq")]
+        (last,) = db.execute("SELECT last_seq FROM progress WHERE session='full'").fetchone()
+    finally:
+        db.close()
+    assert len(seqs) > 100, "the disk filled before anything was spooled"
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "holes or doubles in the spool"
+    assert last == seqs[-1], "the progress table agrees with the readings committed"
