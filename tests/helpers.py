@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -146,3 +147,33 @@ def unavailable(tool: str, reason: str) -> NoReturn:
     if required_in_ci(tool):
         pytest.fail(f"{tool} is required here ({REQUIRE_ENV}) but unavailable: {reason}")
     pytest.skip(f"{tool} unavailable: {reason}")
+
+
+Key = tuple[str, str, int]
+
+
+def data_keys(data: Path) -> list[Key]:
+    """(sensor_id, session, seq) of every stored row, in file order (duplicates kept)."""
+    return [(r["sensor_id"], r["session"], int(r["seq"])) for r in data_rows(data)]
+
+
+def data_streams(data: Path) -> dict[tuple[str, str], list[int]]:
+    """The stored seqs of each (sensor_id, session), in file order."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for sensor, session, seq in data_keys(data):
+        out.setdefault((sensor, session), []).append(seq)
+    return out
+
+
+def lost_rows(data: Path, name: str = "gaps.csv") -> list[dict[str, str]]:
+    """The rows of a loss log (gaps.csv); [] when there is none."""
+    path = data / name
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def published(log: str) -> dict[str, int]:
+    """sensor -> readings published, from each reader's 'reader stop' line in a log."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"reader stop sensor=(\S+) readings=(\d+)", log)}

@@ -8,10 +8,8 @@ synchronised on outcomes (rows on disk, requests at the server, heartbeats) with
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -25,7 +23,18 @@ import yaml
 import zmq
 
 from powmon.common.schema import decode_status
-from tests.helpers import Proc, data_rows, pids_running, python_module, wait_until, write_settings
+from tests.helpers import (
+    Key,
+    Proc,
+    data_keys,
+    data_rows,
+    lost_rows,
+    pids_running,
+    published,
+    python_module,
+    wait_until,
+    write_settings,
+)
 from tests.httpserver import RecordingServer
 
 pytestmark = [
@@ -34,7 +43,6 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds processes through /proc"),
 ]
 
-Key = tuple[str, str, int]
 SENSORS = [{"PORT": f"sim://F{i}?amps={i + 1}&noise=0.01", "SENSORS_ID": f"S{i}"} for i in range(4)]
 
 
@@ -47,18 +55,6 @@ def kill9(settings: Path, module: str) -> int:
 def respawned(settings: Path, module: str, old: int) -> None:
     wait_until(lambda: [p for p in pids_running(settings, module) if p != old], timeout=20,
                what=f"{module} restarted")  # fmt: skip
-
-
-def keys(data: Path) -> list[Key]:
-    return [(r["sensor_id"], r["session"], int(r["seq"])) for r in data_rows(data)]
-
-
-def lost_ranges(data: Path) -> list[dict[str, str]]:
-    path = data / "gaps.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def by_stream(found: list[Key]) -> dict[tuple[str, str], list[int]]:
@@ -91,11 +87,6 @@ def start_run(spawn: Callable[..., Proc], settings: Path, name: str) -> Proc:
     return spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], name)
 
 
-def stopped_readings(log: str) -> dict[str, int]:
-    """sensor -> readings published, from each reader's 'reader stop' line."""
-    return {m[1]: int(m[2]) for m in re.finditer(r"reader stop sensor=(\S+) readings=(\d+)", log)}
-
-
 def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
     tmp_path: Path, spawn: Callable[..., Proc], server: RecordingServer
 ) -> None:
@@ -108,25 +99,25 @@ def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
     )  # fmt: skip
     data = tmp_path / "data"
     run = start_run(spawn, settings, "run1")
-    wait_until(lambda: len(by_stream(keys(data))) == 4, timeout=30, what="rows of 4 sensors")
+    wait_until(lambda: len(by_stream(data_keys(data))) == 4, timeout=30, what="rows of 4 sensors")
     wait_until(server.delivered, timeout=30, what="first upload")
     for module in ("powmon.writer", "powmon.broker", "powmon.uplink"):
         old = kill9(settings, module)
         time.sleep(3.0)  # the outage itself (the supervisor restarts it meanwhile)
         respawned(settings, module, old)
     # Outcome: holes the faults opened get filled; the server catches up with the CSV.
-    wait_until(lambda: complete(keys(data)), timeout=30, what="CSV without holes")
-    upto = set(keys(data))
+    wait_until(lambda: complete(data_keys(data)), timeout=30, what="CSV without holes")
+    upto = set(data_keys(data))
     wait_until(lambda: upto <= set(server_keys(server)), timeout=30, what="server caught up")
     assert run.stop(signal.SIGTERM) == 0
-    first_run = stopped_readings(run.output())
-    sessions_before = set(by_stream(keys(data)))
+    first_run = published(run.output())
+    sessions_before = set(by_stream(data_keys(data)))
     run2 = start_run(spawn, settings, "run2")
-    wait_until(lambda: len(set(by_stream(keys(data))) - sessions_before) == 4, timeout=30,
+    wait_until(lambda: len(set(by_stream(data_keys(data))) - sessions_before) == 4, timeout=30,
                what="rows of 4 new sessions")  # fmt: skip
     assert run2.stop(signal.SIGTERM) == 0
     # Whatever was still spooled goes out with a standalone uplink.
-    stored = keys(data)
+    stored = data_keys(data)
     uplink = spawn(python_module("powmon.uplink", "--config", str(settings)), "uplink-flush")
     wait_until(lambda: "uplink up" in uplink.output(), timeout=30, what="standalone uplink up")
     wait_until(lambda: set(stored) <= set(server_keys(server)), timeout=30, what="spool flushed")
@@ -140,7 +131,7 @@ def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
     counts = Counter(k[:2] for k in stored)
     old_sessions = {stream[0]: n for stream, n in counts.items() if stream in sessions_before}
     assert old_sessions == first_run, "the first run's sessions end where their readers stopped"
-    assert lost_ranges(data) == []
+    assert lost_rows(data) == []
     uploaded = server_keys(server)
     assert set(uploaded) == set(stored), "server (deduplicated by key) == CSV"
     assert any("replayed" in r["flags"] for r in data_rows(data)), "the writer replayed holes"
@@ -182,33 +173,33 @@ def test_a_replay_buffer_overrun_is_named_exactly_in_gaps_csv(
 
 def _overrun(sub: zmq.Socket[bytes], spawn: Callable[..., Proc], writer: Proc, reader: Proc,
              writer_argv: list[str], data: Path) -> None:  # fmt: skip
-    wait_until(lambda: len(keys(data)) >= 20, timeout=30, what="first rows")
+    wait_until(lambda: len(data_keys(data)) >= 20, timeout=30, what="first rows")
     writer.popen.send_signal(signal.SIGKILL)
     writer.popen.wait(10)
-    stored_before = keys(data)
+    stored_before = data_keys(data)
     top = max(seq for _, _, seq in stored_before)
     status: dict[str, Any] = {}
     wait_until(lambda: _reader_seq(sub, status) >= top + 200, timeout=30,
                what="200 readings published while the writer is down")  # fmt: skip
     spawn(writer_argv, "writer2")
-    wait_until(lambda: lost_ranges(data), timeout=30, what="the overrun in gaps.csv")
+    wait_until(lambda: lost_rows(data), timeout=30, what="the overrun in gaps.csv")
     wait_until(lambda: _reader_seq(sub, status) > top + 400, timeout=30, what="more readings")
     assert reader.stop(signal.SIGTERM) == 0
     [session] = {s for _, s, _ in stored_before}
 
     def accounted() -> bool:
-        seqs = [seq for _, _, seq in keys(data)]
-        gone = {s for g in lost_ranges(data) for s in range(int(g["first_seq"]),
+        seqs = [seq for _, _, seq in data_keys(data)]
+        gone = {s for g in lost_rows(data) for s in range(int(g["first_seq"]),
                                                             int(g["last_seq"]) + 1)}  # fmt: skip
         return sorted(seqs + list(gone)) == list(range(_reader_seq(sub, status)))
 
     wait_until(accounted, timeout=30, what="every published seq stored or named as lost")
-    [gap] = lost_ranges(data)
+    [gap] = lost_rows(data)
     assert (gap["sensor_id"], gap["session"], gap["reason"]) == ("OV", session, "overrun")
     first, last = int(gap["first_seq"]), int(gap["last_seq"])
     assert first == top + 1, "the loss starts right after the last row stored before the kill"
     assert int(gap["count"]) == last - first + 1 >= 100
-    found = keys(data)
+    found = data_keys(data)
     assert len(found) == len(set(found)), "nothing stored twice"
     replayed = [int(r["seq"]) for r in data_rows(data) if "replayed" in r["flags"]]
     after_kill = [seq for seq in replayed if seq > top]  # below: a slow-joiner start, maybe

@@ -218,7 +218,7 @@ def _wait_writer_subscribed(bus: BusEnd) -> None:
         nonlocal sent
         bus.pub.send_multipart(reading("VIC", f"probe{sent}", 0))
         sent += 1
-        return bus.counters("writer").get("received", 0) > 0
+        return int(bus.counters("writer").get("received", 0)) > 0
 
     wait_until(received, 30, interval=0.05, what="the writer's subscription")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -29,7 +28,19 @@ import pytest
 
 from powmon.common.schema import CSV_FIELDS, Reading, encode_reading
 from tests.bus import BusEnd
-from tests.helpers import Proc, data_rows, pids_running, python_module, wait_until, write_settings
+from tests.helpers import (
+    Key,
+    Proc,
+    data_keys,
+    data_rows,
+    data_streams,
+    lost_rows,
+    pids_running,
+    published,
+    python_module,
+    wait_until,
+    write_settings,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -47,46 +58,21 @@ def behind_settings(tmp_path: Path, **overrides: object) -> Path:
     for it (on loopback TCP the kernel would buffer tens of megabytes first)."""
     return write_settings(tmp_path / "settings.yaml", FAST, POLLING_DELAY=QUICK, HWM=1000,
                           BROKER_BACKEND=f"ipc://{tmp_path}/backend.sock", **overrides)
-Key = tuple[str, str, int]
-
-
-def keys(data: Path) -> list[Key]:
-    return [(r["sensor_id"], r["session"], int(r["seq"])) for r in data_rows(data)]
-
-
-def streams(data: Path) -> dict[tuple[str, str], list[int]]:
-    out: dict[tuple[str, str], list[int]] = {}
-    for sensor, session, seq in keys(data):
-        out.setdefault((sensor, session), []).append(seq)
-    return out
-
-
-def lost(data: Path) -> list[dict[str, str]]:
-    path = data / "gaps.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def lost_keys(data: Path) -> set[Key]:
-    return {(g["sensor_id"], g["session"], seq) for g in lost(data)
+    return {(g["sensor_id"], g["session"], seq) for g in lost_rows(data)
             for seq in range(int(g["first_seq"]), int(g["last_seq"]) + 1)}
 
 
 def accounted(data: Path, known: dict[tuple[str, str], int]) -> bool:
     """Every seq below `known[stream]` is stored exactly once or named as lost, never both."""
-    stored = Counter(keys(data))
+    stored = Counter(data_keys(data))
     gone = lost_keys(data)
     return all(
         all((stored[(s, sess, q)] == 1) != ((s, sess, q) in gone) for q in range(top))
         for (s, sess), top in known.items()
     )
-
-
-def published(log: str) -> dict[str, int]:
-    """sensor -> readings published, from each reader's 'reader stop' line."""
-    return {m[1]: int(m[2]) for m in re.finditer(r"reader stop sensor=(\S+) readings=(\d+)", log)}
 
 
 def freeze(pid: int, seconds: float) -> None:
@@ -105,20 +91,20 @@ def test_a_writer_behind_the_high_water_mark_recovers_everything_by_replay(
     settings = behind_settings(tmp_path)
     data = tmp_path / "data"
     run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
-    wait_until(lambda: len({k[:2] for k in keys(data)}) == 2, timeout=30, what="rows of both")
+    wait_until(lambda: len({k[:2] for k in data_keys(data)}) == 2, timeout=30, what="rows of both")
     [writer] = pids_running(settings, "powmon.writer")
     freeze(writer, 3.0)
     wait_until(lambda: any("replayed" in r["flags"] for r in data_rows(data)), timeout=30,
                what="holes filled by replay")
-    wait_until(lambda: accounted(data, {k: max(v) for k, v in streams(data).items()}),
+    wait_until(lambda: accounted(data, {k: max(v) for k, v in data_streams(data).items()}),
                timeout=30, what="the writer caught up")
     assert run.stop(signal.SIGTERM) == 0
     taken = published(run.output())
-    found = {k[:2] for k in keys(data)}
+    found = {k[:2] for k in data_keys(data)}
     assert len(found) == 2
     assert accounted(data, {s: taken[s[0]] for s in found})
-    assert lost(data) == [], "the replay buffers held everything the broker dropped"
-    assert max(Counter(keys(data)).values()) == 1
+    assert lost_rows(data) == [], "the replay buffers held everything the broker dropped"
+    assert max(Counter(data_keys(data)).values()) == 1
 
 
 def test_a_reader_killed_while_the_writer_was_behind_is_named_as_reader_restarted(
@@ -129,7 +115,7 @@ def test_a_reader_killed_while_the_writer_was_behind_is_named_as_reader_restarte
     settings = behind_settings(tmp_path, RESTART_BACKOFF_MAX=1.0)
     data = tmp_path / "data"
     run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
-    wait_until(lambda: len({k[:2] for k in keys(data)}) == 2, timeout=30, what="rows of both")
+    wait_until(lambda: len({k[:2] for k in data_keys(data)}) == 2, timeout=30, what="rows of both")
     [writer] = pids_running(settings, "powmon.writer")
     victim = sorted(pids_running(settings, "powmon.readers"))[0]
     os.kill(writer, signal.SIGSTOP)
@@ -139,17 +125,17 @@ def test_a_reader_killed_while_the_writer_was_behind_is_named_as_reader_restarte
         time.sleep(1.0)
     finally:
         os.kill(writer, signal.SIGCONT)
-    wait_until(lambda: any(g["reason"] == "reader_restarted" for g in lost(data)), timeout=30,
+    wait_until(lambda: any(g["reason"] == "reader_restarted" for g in lost_rows(data)), timeout=30,
                what="the killed reader's missed readings named in gaps.csv")
     assert run.stop(signal.SIGTERM) == 0
-    gaps = lost(data)
+    gaps = lost_rows(data)
     assert {g["reason"] for g in gaps} == {"reader_restarted"}
     [session] = {g["session"] for g in gaps}
-    stored = [k for k in keys(data) if k[1] == session]
+    stored = [k for k in data_keys(data) if k[1] == session]
     top = max(int(g["last_seq"]) for g in gaps) + 1
     top = max(top, max(seq for _, _, seq in stored) + 1)
     assert accounted(data, {(stored[0][0], session): top})
-    assert max(Counter(keys(data)).values()) == 1
+    assert max(Counter(data_keys(data)).values()) == 1
 
 
 def test_the_writer_killed_with_a_full_buffer_and_a_torn_row_loses_and_doubles_nothing(
@@ -166,7 +152,7 @@ def test_the_writer_killed_with_a_full_buffer_and_a_torn_row_loses_and_doubles_n
     writer = spawn(writer_argv, "writer")
     reader = spawn(python_module("powmon.readers", "--config", str(settings), "--sensor-id",
                                  "H0"), "reader")
-    wait_until(lambda: len(keys(data)) >= 50, timeout=30, what="first flushed rows")
+    wait_until(lambda: len(data_keys(data)) >= 50, timeout=30, what="first flushed rows")
     time.sleep(0.5)  # the fault: kill in the middle of a flush interval, rows buffered
     writer.popen.send_signal(signal.SIGKILL)
     writer.popen.wait(10)
@@ -177,13 +163,13 @@ def test_the_writer_killed_with_a_full_buffer_and_a_torn_row_loses_and_doubles_n
         f.write(torn)
     writer2 = spawn(writer_argv, "writer2")
     wait_until(lambda: "cut a torn last row" in writer2.output(), timeout=30, what="the cut")
-    wait_until(lambda: len(keys(data)) >= 400, timeout=30, what="rows after the restart")
+    wait_until(lambda: len(data_keys(data)) >= 400, timeout=30, what="rows after the restart")
     assert reader.stop(signal.SIGTERM) == 0
     taken = published(reader.output())["H0"]
-    [session] = {s for _, s, _ in keys(data)}
+    [session] = {s for _, s, _ in data_keys(data)}
     wait_until(lambda: accounted(data, {("H0", session): taken}), timeout=30,
                what="every reading stored once or named")
-    assert lost(data) == []
+    assert lost_rows(data) == []
     assert writer2.stop(signal.SIGTERM) == 0
     with path.open(newline="", encoding="utf-8") as f:
         assert all(len(row) == len(CSV_FIELDS) for row in csv.reader(f)), "a torn line remains"

@@ -11,7 +11,6 @@ outcomes with wait_until.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Proc, data_rows, pids_running, python_module, wait_until, write_settings
+from tests.helpers import (
+    Proc,
+    data_keys,
+    data_streams,
+    pids_running,
+    published,
+    python_module,
+    wait_until,
+    write_settings,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -34,7 +42,6 @@ SENSORS = [
     {"PORT": "sim://SA?amps=1&noise=0.01", "SENSORS_ID": "SA"},
     {"PORT": "sim://SB?amps=2&noise=0.01", "SENSORS_ID": "SB"},
 ]
-Key = tuple[str, str, int]
 
 
 def alive(pid: int) -> bool:
@@ -46,24 +53,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def keys(data: Path) -> list[Key]:
-    return [(r["sensor_id"], r["session"], int(r["seq"])) for r in data_rows(data)]
-
-
-def streams(data: Path) -> dict[tuple[str, str], list[int]]:
-    out: dict[tuple[str, str], list[int]] = {}
-    for sensor, session, seq in keys(data):
-        out.setdefault((sensor, session), []).append(seq)
-    return out
-
-
 def start_run(spawn: Callable[..., Proc], settings: Path, name: str = "run") -> Proc:
     return spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], name)
-
-
-def published(log: str) -> dict[str, int]:
-    """sensor -> readings published, from each reader's 'reader stop' line."""
-    return {m[1]: int(m[2]) for m in re.finditer(r"reader stop sensor=(\S+) readings=(\d+)", log)}
 
 
 def test_kill_9_of_powmon_run_stops_every_child_and_a_new_run_appends(
@@ -74,13 +65,13 @@ def test_kill_9_of_powmon_run_stops_every_child_and_a_new_run_appends(
     settings = write_settings(tmp_path / "settings.yaml", SENSORS, POLLING_DELAY=0.02)
     data = tmp_path / "data"
     run = start_run(spawn, settings, "run1")
-    wait_until(lambda: len(streams(data)) == 2, timeout=30, what="rows of both sensors")
+    wait_until(lambda: len(data_streams(data)) == 2, timeout=30, what="rows of both sensors")
     children = [p for p in pids_running(settings) if p != run.pid]
     assert len(children) == 4  # broker, writer, two readers
     os.kill(run.pid, signal.SIGKILL)
     wait_until(lambda: not any(alive(p) for p in children), timeout=20,
                what="every child of the killed supervisor gone")
-    first = streams(data)
+    first = data_streams(data)
     for stream, seqs in first.items():
         assert sorted(seqs) == list(range(len(seqs))), f"{stream}: holes or doubles"
     by_sensor = {sensor: len(seqs) for (sensor, _), seqs in first.items()}
@@ -88,10 +79,10 @@ def test_kill_9_of_powmon_run_stops_every_child_and_a_new_run_appends(
     files = sorted(data.glob("data-*.csv"))
 
     run2 = start_run(spawn, settings, "run2")
-    wait_until(lambda: len(streams(data)) == 4, timeout=30, what="rows of two new sessions")
+    wait_until(lambda: len(data_streams(data)) == 4, timeout=30, what="rows of two new sessions")
     assert run2.stop(signal.SIGTERM) == 0
     assert sorted(data.glob("data-*.csv")) == files, "the new run appended to the same file"
-    assert Counter(keys(data)).most_common(1)[0][1] == 1, "a reading stored twice"
+    assert Counter(data_keys(data)).most_common(1)[0][1] == 1, "a reading stored twice"
 
 
 def test_a_second_run_or_writer_on_the_same_data_refuses_with_exit_2(
@@ -102,7 +93,7 @@ def test_a_second_run_or_writer_on_the_same_data_refuses_with_exit_2(
     settings = write_settings(tmp_path / "settings.yaml", SENSORS, POLLING_DELAY=0.02)
     data = tmp_path / "data"
     run = start_run(spawn, settings)
-    wait_until(lambda: len(streams(data)) == 2, timeout=30, what="rows of both sensors")
+    wait_until(lambda: len(data_streams(data)) == 2, timeout=30, what="rows of both sensors")
     [writer] = pids_running(settings, "powmon.writer")
     for argv in ([sys.executable, "-m", "powmon", "run", "--config", str(settings)],
                  python_module("powmon.writer", "--config", str(settings))):
@@ -110,12 +101,12 @@ def test_a_second_run_or_writer_on_the_same_data_refuses_with_exit_2(
         assert second.returncode == 2, second.stderr
         assert f"already running: pid {writer}, data in {data}" in second.stderr
         assert "Traceback" not in second.stderr
-    count = len(keys(data))
-    wait_until(lambda: len(keys(data)) > count + 50, timeout=30, what="the first run going on")
+    count = len(data_keys(data))
+    wait_until(lambda: len(data_keys(data)) > count + 50, timeout=30, what="the first run going on")
     assert pids_running(settings, "powmon.writer") == [writer]
     assert run.stop(signal.SIGTERM) == 0
     assert "restarting" not in run.output()
-    for stream, seqs in streams(data).items():
+    for stream, seqs in data_streams(data).items():
         assert sorted(seqs) == list(range(len(seqs))), f"{stream}: holes or doubles"
 
 
@@ -128,7 +119,7 @@ def test_a_frozen_broker_restarts_no_reader_and_loses_nothing(
                               STALL_TIMEOUT=2)
     data = tmp_path / "data"
     run = start_run(spawn, settings)
-    wait_until(lambda: len(streams(data)) == 2, timeout=30, what="rows of both sensors")
+    wait_until(lambda: len(data_streams(data)) == 2, timeout=30, what="rows of both sensors")
     readers = sorted(pids_running(settings, "powmon.readers"))
     [broker] = pids_running(settings, "powmon.broker")
     os.kill(broker, signal.SIGSTOP)
@@ -136,13 +127,13 @@ def test_a_frozen_broker_restarts_no_reader_and_loses_nothing(
         time.sleep(4.0)  # the freeze itself: twice STALL_TIMEOUT
     finally:
         os.kill(broker, signal.SIGCONT)
-    before = {s: max(v) for s, v in streams(data).items()}
-    wait_until(lambda: all(max(streams(data)[s]) > top + 40 for s, top in before.items()),
+    before = {s: max(v) for s, v in data_streams(data).items()}
+    wait_until(lambda: all(max(data_streams(data)[s]) > top + 40 for s, top in before.items()),
                timeout=30, what="readings flowing again after the freeze")
     assert sorted(pids_running(settings, "powmon.readers")) == readers
     assert run.stop(signal.SIGTERM) == 0
     assert "restarting" not in run.output(), "nothing had to be restarted"
-    found = streams(data)
+    found = data_streams(data)
     assert len(found) == 2, "one session per sensor: no reader was restarted"
     taken = published(run.output())
     for (sensor, _), seqs in found.items():

@@ -56,6 +56,13 @@ class Bus:
             if status.process == "reader":
                 self.counters = dict(status.counters)
 
+    def reached(self, counter: str, n: int) -> Callable[[], bool]:
+        return lambda: int(self.counters.get(counter, 0)) >= n
+
+    def more_readings(self, n: int) -> Callable[[], bool]:
+        start = self.readings
+        return lambda: self.readings > start + n
+
     def wait(self, what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
         def ready() -> bool:
             self.pump()
@@ -95,13 +102,10 @@ def test_twenty_replugs_reconnect_every_time_without_leaking(
             fds, threads = _fds(reader.pid), _threads(reader.pid)
             for outage in range(1, OUTAGES + 1):
                 sim.unplug()
-                bus.wait(f"disconnect {outage}", lambda n=outage: bus.counters["disconnects"] >= n)
+                bus.wait(f"disconnect {outage}", bus.reached("disconnects", outage))
                 sim.replug()
-                bus.wait(f"reconnect {outage}", lambda n=outage: bus.counters["reconnects"] >= n)
-                resumed_at = bus.readings
-                bus.wait(
-                    f"readings after replug {outage}", lambda r=resumed_at: bus.readings > r + 5
-                )
+                bus.wait(f"reconnect {outage}", bus.reached("reconnects", outage))
+                bus.wait(f"readings after replug {outage}", bus.more_readings(5))
                 assert reader.popen.poll() is None, reader.output()
             assert (bus.counters["disconnects"], bus.counters["reconnects"]) == (OUTAGES, OUTAGES)
             assert abs(_fds(reader.pid) - fds) <= SLACK, (fds, os.listdir(f"/proc/{reader.pid}/fd"))

@@ -47,8 +47,9 @@ def reply(seqs: range | list[int], available: tuple[int, int], session: str = "s
     return ReplayReply("VIC", session, available, tuple(reading(s, session) for s in seqs))
 
 
-def make(reader: Reader, clock: Clock, **kw: int) -> GapFiller:
-    return GapFiller(reader, GapTracker(**kw), timeout=2.0, retries=3, grace=5.0, clock=clock)
+def make(reader: Reader, clock: Clock, max_streams: int = 4096, max_ranges: int = 64) -> GapFiller:
+    tracker = GapTracker(max_streams=max_streams, max_ranges=max_ranges)
+    return GapFiller(reader, tracker, timeout=2.0, retries=3, grace=5.0, clock=clock)
 
 
 def live(filler: GapFiller, seqs: list[int], session: str = "s1") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zmq
 
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer, replay_bind_endpoint
-from powmon.common.schema import ReaderProgress, Reading, Status, encode_reading
+from powmon.common.schema import ReaderProgress, Reading, ReplayReply, Status, encode_reading
 from tests.helpers import wait_until
 
 
@@ -47,7 +47,7 @@ def test_client_gets_missing_range_and_learns_what_is_gone(
                reader=ReaderProgress("s1", replay=server.endpoint))
     )
     assert client.ask("VIC", "s1", 0, 9)
-    replies = []
+    replies: list[ReplayReply] = []
 
     def answered() -> bool:
         server.serve_pending()
@@ -78,7 +78,7 @@ def test_request_for_another_session_gets_nothing(zmq_ctx: zmq.Context[zmq.Socke
     )
     assert not client.knows("VIC", "old")
     assert client.ask("VIC", "old", 0, 5)  # goes to the sensor's current reader
-    got = []
+    got: list[ReplayReply] = []
 
     def answered() -> bool:
         server.serve_pending()

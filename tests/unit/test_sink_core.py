@@ -1,0 +1,251 @@
+"""The sink core with a sink of its own kind: one that stores into a list (no mocks).
+
+Whatever the writer and the uplink do alike is asserted here once: resume from what the sink
+holds, gaps, replay from a real reader ring over real sockets, duplicates, the stop drain,
+and the readers' last words (a stopped reader's heartbeat, a supervisor's ReaderEnd).
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import zmq
+
+from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
+from powmon.common.schema import (
+    STATE_STOPPED,
+    Flag,
+    ReaderEnd,
+    ReaderProgress,
+    Reading,
+    Status,
+    encode_reading,
+    encode_status,
+)
+from powmon.common.transport import Heartbeat
+from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored, lost_ranges
+from powmon.sink.tracker import StreamState
+from tests.helpers import wait_until
+
+Ctx = zmq.Context[zmq.Socket[bytes]]
+
+
+class ListSink(Sink):
+    """Stores into a list; says it holds what `held` says; can refuse past `room` readings."""
+
+    def __init__(self, held: Sequence[StreamState] = (), room: int = 10**9) -> None:
+        self.readings: list[Reading] = []
+        self.progress: list[StreamState] = []
+        self.held = list(held)
+        self.room = room
+        self.closed = False
+
+    def stored(self) -> Iterable[StreamState]:
+        return self.held
+
+    def store(self, readings: Sequence[Reading], progress: Sequence[StreamState]) -> Stored:
+        room = max(self.room - len(self.readings), 0)
+        self.readings += readings[:room]
+        self.progress += progress
+        return Stored(dropped=tuple(readings[room:]))
+
+    def counters(self) -> dict[str, object]:
+        return {"stored": len(self.readings)}
+
+    def close(self) -> None:
+        self.closed = True
+
+    def seqs(self, session: str = "s1") -> list[int]:
+        return sorted(r.seq for r in self.readings if r.session == session)
+
+
+def reading(seq: int, session: str = "s1") -> Reading:
+    return Reading("VIC", session, seq, 10**18 + seq, 512, 0.0, 0.0, 0.0)
+
+
+def msg(seq: int, session: str = "s1") -> list[bytes]:
+    return encode_reading(reading(seq, session))
+
+
+def beat(session: str, seq: int, endpoint: str = "", state: str = "running") -> list[bytes]:
+    progress = ReaderProgress(session, seq, seq, endpoint)
+    return encode_status(Status("reader", "VIC", 1, 0, state, reader=progress))
+
+
+def config(tmp_path: Path, heartbeat_interval: float = 0.2) -> CoreConfig:
+    return CoreConfig(
+        process="list", backend="inproc://unused", frontend="inproc://unused", hwm=1000,
+        heartbeat_interval=heartbeat_interval, gap_log=tmp_path / "gaps.csv", fsync=False,
+    )
+
+
+def gaps(tmp_path: Path) -> list[tuple[str, str, str, str]]:
+    path = tmp_path / "gaps.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return [(g["session"], g["first_seq"], g["last_seq"], g["reason"])
+                for g in csv.DictReader(f)]
+
+
+@pytest.fixture
+def ring_server(zmq_ctx: Ctx) -> Iterator[ReplayServer]:
+    """A reader's replay socket holding seq 0..49 of session s1."""
+    ring = ReplayRing(100)
+    for seq in range(50):
+        ring.append(seq, msg(seq)[1])
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1")
+    yield server
+    server.close()
+
+
+def settle(core: SinkCore, server: ReplayServer | None = None) -> None:
+    def done() -> bool:
+        if server is not None:
+            server.serve_pending()
+        core.recover()
+        return core.filler.recovering == 0
+
+    wait_until(done, timeout=20, what="holes filled or given up")
+
+
+def test_readings_in_order_are_stored_once_and_duplicates_dropped(tmp_path: Path) -> None:
+    """0..9, then 3 and 9 again: ten readings stored, two counted as duplicates."""
+    sink = ListSink()
+    core = SinkCore(config(tmp_path), sink)
+    core.handle([msg(s) for s in range(10)])
+    core.handle([msg(3), msg(9)])
+    assert sink.seqs() == list(range(10))
+    counters = core.counters()
+    assert (counters["received"], counters["duplicates"], counters["stored"]) == (12, 2, 10)
+
+
+def test_resume_drops_what_the_sink_holds_and_asks_for_its_holes(tmp_path: Path) -> None:
+    """The sink holds 0..19 minus 5..7: after resume, 0..19 are duplicates and 5..7 wanted."""
+    sink = ListSink(held=[StreamState("VIC", "s1", 19, 0, ((5, 8),))])
+    core = SinkCore(config(tmp_path, heartbeat_interval=12), sink)
+    core.resume()
+    assert core.filler.recovering == 3
+    core.handle([msg(s) for s in (4, 6, 19, 20)])
+    assert sink.seqs() == [6, 20]
+    assert core.counters()["duplicates"] == 2
+    assert sink.progress[-1] == StreamState("VIC", "s1", 20, 0, ((5, 6), (7, 8)))
+
+
+def test_a_gap_is_replayed_from_the_reader_and_flagged(
+    tmp_path: Path, zmq_ctx: Ctx, ring_server: ReplayServer
+) -> None:
+    """Live 0..9 and 30..34, the heartbeat says 50: 10..29 and 35..49 come by replay, once,
+    flagged replayed; late live copies of them are duplicates."""
+    sink = ListSink()
+    client = ReplayClient(zmq_ctx)
+    core = SinkCore(config(tmp_path), sink, client)
+    try:
+        core.handle([beat("s1", 0, ring_server.endpoint)])
+        core.handle([msg(s) for s in range(10)])
+        core.handle([msg(s) for s in range(30, 35)])
+        core.handle([beat("s1", 50, ring_server.endpoint)])
+        settle(core, ring_server)
+        core.handle([msg(12), msg(40)])
+    finally:
+        client.close()
+    assert sink.seqs() == list(range(50))
+    replayed = {r.seq for r in sink.readings if r.flags & Flag.REPLAYED}
+    assert replayed == {*range(10, 30), *range(35, 50)}
+    counters = core.counters()
+    assert (counters["replayed"], counters["duplicates"], counters["lost"]) == (35, 2, 0)
+    assert gaps(tmp_path) == []
+
+
+def test_a_hole_nobody_can_fill_is_named_in_the_loss_log(tmp_path: Path) -> None:
+    """No replay endpoint ever heard of: after the grace the hole is lost, no_endpoint."""
+    clock = [100.0]
+    sink = ListSink()
+    core = SinkCore(config(tmp_path), sink, clock=lambda: clock[0])
+    core.handle([msg(0), msg(1), msg(5)])
+    core.recover()
+    clock[0] += 10
+    core.recover()
+    assert gaps(tmp_path) == [("s1", "2", "4", "no_endpoint")]
+    assert core.counters()["lost"] == 3
+
+
+def test_readings_the_sink_cannot_keep_are_named_as_lost(tmp_path: Path) -> None:
+    """A sink with room for 4: the other 3 of a batch are counted and logged, buffer_full."""
+    sink = ListSink(room=4)
+    core = SinkCore(config(tmp_path), sink)
+    core.handle([msg(s) for s in range(7)])
+    core.recover()
+    assert sink.seqs() == [0, 1, 2, 3]
+    assert gaps(tmp_path) == [("s1", "4", "6", "buffer_full")]
+
+
+def test_a_stopped_readers_last_heartbeat_settles_its_session(tmp_path: Path) -> None:
+    """Its last heartbeat says 12 were published, 0..7 arrived: 8..11 are named at stop,
+    reader_stopped, and nothing more is asked of it."""
+    sink = ListSink()
+    core = SinkCore(config(tmp_path), sink)
+    core.handle([msg(s) for s in range(8)])
+    core.handle([beat("s1", 12, "", STATE_STOPPED)])
+    core.filler.finish()
+    core.recover()
+    assert gaps(tmp_path) == [("s1", "8", "11", "reader_stopped")]
+    assert core.counters()["replay_requests"] == 0
+
+
+def test_a_supervisor_reports_a_dead_reader_and_its_tail_is_named(tmp_path: Path) -> None:
+    """A supervisor's heartbeat says reader VIC's session s1 ended at seq 20: 10..19 (never
+    arrived) are named reader_restarted; an unknown session in the same list is ignored."""
+    clock = [100.0]
+    sink = ListSink()
+    core = SinkCore(config(tmp_path), sink, clock=lambda: clock[0])
+    core.handle([msg(s) for s in range(10)])
+    gone = (ReaderEnd("VIC", "s1", 20), ReaderEnd("VIC", "never-seen", 500))
+    core.handle([encode_status(Status("supervisor", "run", 1, 0, "running", gone=gone))])
+    clock[0] += 5
+    core.recover()
+    assert gaps(tmp_path) == [("s1", "10", "19", "reader_restarted")]
+
+
+def test_lost_ranges_join_consecutive_seqs_per_stream() -> None:
+    """Dropped readings become as few ranges as their seqs allow, per stream."""
+    dropped = [reading(s) for s in (3, 4, 5, 9)] + [reading(1, "s2")]
+    got = [(g.session, g.first, g.last) for g in lost_ranges(dropped, "buffer_full")]
+    assert got == [("s1", 3, 5), ("s1", 9, 9), ("s2", 1, 1)]
+
+
+def test_the_loop_drains_what_arrived_and_closes_the_sink(tmp_path: Path, zmq_ctx: Ctx) -> None:
+    """Over a real PUB/SUB: readings sent before stop are stored; stop ends the loop, the
+    drain takes what is queued, and the heartbeat keeps beating."""
+    pub = zmq_ctx.socket(zmq.PUB)
+    pub.bind("inproc://sink-core-loop")
+    sub = zmq_ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect("inproc://sink-core-loop")
+    status = zmq_ctx.socket(zmq.PUB)
+    status.bind("inproc://sink-core-status")
+    sink = ListSink()
+    core = SinkCore(config(tmp_path), sink)
+    stop = threading.Event()
+    beats = Heartbeat(status, "list", "list", 0.05, core.counters)
+    loop = threading.Thread(target=core.loop, args=(sub, beats, stop))
+    loop.start()
+    try:
+        for seq in range(100):
+            pub.send_multipart(msg(seq))
+        wait_until(lambda: len(sink.readings) == 100, timeout=10, what="stored by the loop")
+        for seq in range(100, 200):
+            pub.send_multipart(msg(seq))
+    finally:
+        stop.set()
+        loop.join(10)
+    core.drain(sub)
+    sink.close()
+    assert sink.seqs() == list(range(200))
+    assert sink.closed
+    for sock in (pub, sub, status):
+        sock.close()
