@@ -150,9 +150,9 @@ def wait_for_broker(sock: zmq.Socket[bytes], stop: threading.Event, timeout: flo
 def recv_rest(sock: zmq.Socket[bytes], frames: list[bytes]) -> list[bytes]:
     """Append the remaining frames of the message being received, and return them.
 
-    Receivers take frames with recv() and RCVMORE (about half the cost of recv_multipart);
-    this takes whatever a message has beyond what they expected, so a message with the wrong
-    number of frames is still taken whole and refused as one.
+    Receivers take frames with recv() and RCVMORE (cheaper than recv_multipart, see
+    benchmarks/README.md); this takes whatever a message has beyond what they expected, so a
+    message with the wrong number of frames is still taken whole and refused as one.
     """
     while sock.getsockopt(zmq.RCVMORE):
         frames.append(sock.recv())  # the frames of a message arrive together

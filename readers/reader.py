@@ -338,12 +338,7 @@ class Reader:
 
     def _log(self, level: int, key: str, msg: str, *args: object) -> None:
         """Log at most once per LOG_PERIOD per key: a flapping port must not flood the log."""
-        ok, held = self._limiter.allow(key)
-        if ok:
-            if held:
-                msg += " (%d similar suppressed)"
-                args = (*args, held)
-            log.log(level, msg, *args)
+        self._limiter.log(log, level, key, msg, *args)
 
 
 def run(config: ReaderConfig, stop: threading.Event) -> None:

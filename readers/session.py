@@ -92,8 +92,8 @@ class Emitter:
         volts, amps, watts, flags = convert(raw, self._cal, flags)
         reading = Reading(self._sensor_id, c.session, c.seq, ts_ns, raw, volts, amps, watts, flags)
         frames = encode_reading(reading)
-        # Two send() calls put the same two frames on the wire as send_multipart, in less than
-        # half its time (pyzmq builds no Frame list); PUB never blocks, at HWM it drops.
+        # Two send() calls put the same two frames on the wire as send_multipart, cheaper
+        # (pyzmq builds no Frame list; benchmarks/README.md); PUB never blocks, at HWM it drops.
         sock = self._sock
         sock.send(frames[0], zmq.SNDMORE)
         sock.send(frames[1])

@@ -171,7 +171,7 @@ class SinkCore:
             "duplicates": self.duplicates, "gaps": t.gaps, "missing": t.missing,
             "late": t.late, "replayed": f.replayed, "replay_requests": f.requests,
             "recovering": f.recovering, "lost": f.lost, "lost_ranges": f.lost_ranges,
-            **self.sink.counters(),
+            "streams": t.streams, **self.sink.counters(),
         }
 
     def resume(self) -> None:
@@ -213,8 +213,8 @@ class SinkCore:
         """Up to a batch of messages that are already queued, without blocking.
 
         copy=True: for ~100-byte messages bytes beat zmq.Frame, and msgpack wants bytes.
-        recv() per frame and RCVMORE instead of recv_multipart: about half the cost per
-        message; a message of any other frame count is still taken whole (and refused).
+        recv() per frame and RCVMORE instead of recv_multipart: cheaper per message
+        (benchmarks/README.md); a message of any other frame count is still taken whole (and refused).
         """
         recv, more = sock.recv, sock.getsockopt
         messages: list[Sequence[bytes]] = []
@@ -350,6 +350,8 @@ class SinkCore:
                 break
         self.filler.finish()
         self.recover()
+        for key, count in self._limiter.held().items():
+            log.warning("%d more %s warnings were suppressed since the last one", count, key)
 
 
 def lost_ranges(readings: Iterable[Reading], reason: str) -> list[Lost]:

@@ -227,15 +227,6 @@ class GapTracker:
         stream.missing = kept
         return gone
 
-    def seen(self, sensor_id: str, session: str, seq: int) -> bool | None:
-        """Whether this reading was already observed; None when outside the known window."""
-        stream = self._streams.get((sensor_id, session))
-        if stream is None or seq < stream.floor:
-            return None
-        if seq >= stream.next_seq:
-            return False
-        return not any(lo <= seq < hi for lo, hi in stream.missing)
-
     def _new(self, sensor_id: str, session: str) -> _Stream:
         """A stream first seen past seq 0: resumed if `lookup` knows it, else from 0."""
         found = self._lookup(sensor_id, session) if self._lookup is not None else None

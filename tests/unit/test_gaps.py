@@ -11,6 +11,19 @@ def feed(tracker: GapTracker, seqs: list[int], sensor: str = "VIC", session: str
     return [tracker.observe(sensor, session, seq) for seq in seqs]
 
 
+def seen(tracker: GapTracker, sensor_id: str, session: str, seq: int) -> bool | None:
+    """Whether the tracker takes this reading as already observed (None: it cannot tell,
+    below the window it keeps), from its public state."""
+    if not tracker.knows(sensor_id, session):
+        return None
+    state = tracker.state(sensor_id, session)
+    if seq < state.floor:
+        return None
+    if seq > state.last_seq:
+        return False
+    return not any(lo <= seq < hi for lo, hi in state.missing)
+
+
 def test_an_unbroken_sequence_has_no_gaps() -> None:
     """0, 1, 2, ... is what a reader sends: no gap, nothing missing, nothing late."""
     tracker = GapTracker()
@@ -43,16 +56,16 @@ def test_a_late_reading_fills_its_gap_once_and_then_is_a_duplicate() -> None:
     """Late readings are counted; the tracker tells a gap filler from a repeat."""
     tracker = GapTracker()
     feed(tracker, [0, 1, 5])
-    assert tracker.seen("VIC", "s1", 3) is False
+    assert seen(tracker, "VIC", "s1", 3) is False
     assert tracker.observe("VIC", "s1", 3) is Verdict.FILL
-    assert tracker.seen("VIC", "s1", 3) is True
+    assert seen(tracker, "VIC", "s1", 3) is True
     assert tracker.observe("VIC", "s1", 3) is Verdict.DUPLICATE
     assert tracker.observe("VIC", "s1", 1) is Verdict.DUPLICATE
     assert tracker.late == 3
     assert (tracker.filled, tracker.duplicates) == (1, 2)
-    assert tracker.seen("VIC", "s1", 2) is False
-    assert tracker.seen("VIC", "s1", 4) is False
-    assert tracker.seen("VIC", "s1", 6) is False
+    assert seen(tracker, "VIC", "s1", 2) is False
+    assert seen(tracker, "VIC", "s1", 4) is False
+    assert seen(tracker, "VIC", "s1", 6) is False
 
 
 def test_a_stream_first_seen_past_zero_misses_its_start() -> None:
@@ -60,17 +73,17 @@ def test_a_stream_first_seen_past_zero_misses_its_start() -> None:
     tracker = GapTracker()
     assert tracker.observe("VIC", "s1", 100) is Verdict.GAP
     assert list(tracker.recent) == [GapRange("VIC", "s1", 0, 99)]
-    assert tracker.seen("VIC", "s1", 50) is False
+    assert seen(tracker, "VIC", "s1", 50) is False
     assert tracker.observe("VIC", "s1", 50) is Verdict.FILL
-    assert tracker.seen("ATT", "s1", 0) is None
+    assert seen(tracker, "ATT", "s1", 0) is None
 
 
 def test_seqs_below_the_floor_are_unknown() -> None:
     """Below where the stored data vouches for a stream, `seen` cannot say: LATE, not FILL."""
     tracker = GapTracker()
     tracker.resume("VIC", "s1", 101, floor=90)
-    assert tracker.seen("VIC", "s1", 50) is None
-    assert tracker.seen("VIC", "s1", 95) is True
+    assert seen(tracker, "VIC", "s1", 50) is None
+    assert seen(tracker, "VIC", "s1", 95) is True
     assert tracker.observe("VIC", "s1", 50) is Verdict.LATE
     assert tracker.observe("VIC", "s1", 95) is Verdict.DUPLICATE
     assert tracker.late == 2
@@ -125,9 +138,9 @@ def test_missing_ranges_are_bounded_per_stream() -> None:
     assert tracker.gaps == 10
     assert tracker.missing == 90
     assert len(tracker.recent) == 3
-    assert tracker.seen("VIC", "s1", 5) is None  # its range was dropped
-    assert tracker.seen("VIC", "s1", 95) is False  # still a known missing range
-    assert tracker.seen("VIC", "s1", 90) is True
+    assert seen(tracker, "VIC", "s1", 5) is None  # its range was dropped
+    assert seen(tracker, "VIC", "s1", 95) is False  # still a known missing range
+    assert seen(tracker, "VIC", "s1", 90) is True
     assert [(g.first, g.last) for g in tracker.take_evicted()] == [(k * 10 + 1, k * 10 + 9)
                                                             for k in range(6)]  # fmt: skip
 
@@ -139,8 +152,8 @@ def test_the_number_of_streams_is_bounded() -> None:
     for session in "abcd":
         feed(tracker, [0, 1], session=session)
     assert tracker.streams == 3
-    assert tracker.seen("VIC", "a", 0) is None
-    assert tracker.seen("VIC", "d", 0) is True
+    assert seen(tracker, "VIC", "a", 0) is None
+    assert seen(tracker, "VIC", "d", 0) is True
     assert tracker.knows("VIC", "holes")
     assert tracker.take_evicted() == []
     for session in "efg":  # streams with holes of their own: at last the oldest hole goes
