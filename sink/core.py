@@ -214,7 +214,8 @@ class SinkCore:
 
         copy=True: for ~100-byte messages bytes beat zmq.Frame, and msgpack wants bytes.
         recv() per frame and RCVMORE instead of recv_multipart: cheaper per message
-        (benchmarks/README.md); a message of any other frame count is still taken whole (and refused).
+        (benchmarks/README.md); a message of any other frame count is still taken whole (and
+        refused).
         """
         recv, more = sock.recv, sock.getsockopt
         messages: list[Sequence[bytes]] = []
