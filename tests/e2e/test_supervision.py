@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from powmon.common.settings import load_settings
 from tests.helpers import (
     Proc,
     data_keys,
@@ -138,3 +139,24 @@ def test_a_frozen_broker_restarts_no_reader_and_loses_nothing(
     taken = published(run.output())
     for (sensor, _), seqs in found.items():
         assert sorted(seqs) == list(range(taken[sensor])), f"{sensor}: holes or doubles"
+
+
+def test_a_taken_bus_endpoint_is_refused_once_by_the_broker_and_by_powmon_run(
+    tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc]
+) -> None:
+    """With a broker already bound, a second broker exits 2 naming the endpoint, and
+    `powmon run` refuses before starting anything (no crash loop)."""
+    settings = write_settings(tmp_path / "settings.yaml", SENSORS)
+    first = broker(settings)
+    wait_until(lambda: "broker up" in first.output(), timeout=30, what="the first broker up")
+    frontend = load_settings(settings).broker_frontend
+    second = subprocess.run(python_module("powmon.broker", "--config", str(settings)),
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert second.returncode == 2
+    assert f"bus endpoint {frontend} is already in use" in second.stderr
+    run = subprocess.run([sys.executable, "-m", "powmon", "run", "--config", str(settings)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 2
+    assert f"bus endpoint {frontend} is not free" in run.stderr
+    assert "started" not in run.stderr
+    assert first.popen.poll() is None, "the first broker runs on"
