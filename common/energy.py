@@ -289,8 +289,7 @@ class EnergyMeter:
 
     def _decide(self, sensor_id: str, s: _Sensor) -> None:
         """Fix the bridge limit from the typical interval seen so far; replay what was held."""
-        intervals = _intervals(s.learning)
-        s.bridge_s = bridge_limit(statistics.median(intervals) if intervals else 0.0)
+        s.bridge_s = learned_limit(s.learning)
         held, s.learning = s.learning, []
         for session, seq, ts_ns, watts in held:
             self.add(sensor_id, session, seq, ts_ns, watts)
@@ -348,6 +347,13 @@ class EnergyMeter:
         meter._retired.extend(retired)
         meter.ignored = ignored
         return meter
+
+
+def learned_limit(readings: list[tuple[str, int, int, float]]) -> float:
+    """The bridge limit from the typical (median) interval of (session, seq, ts_ns, watts)
+    readings in any order; the floor when they hold no two consecutive seqs."""
+    intervals = _intervals(readings)
+    return bridge_limit(statistics.median(intervals) if intervals else 0.0)
 
 
 def _intervals(readings: list[tuple[str, int, int, float]]) -> list[float]:
