@@ -83,10 +83,9 @@ def load_sensors(
     state: Mapping[str, Any], version: int
 ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]], int]:
     """(fields per sensor, retired (sensor, session) pairs, ignored count) of a saved state."""
-    if not isinstance(state, Mapping) or state.get("version") != version:
-        raise _bad(
-            "version", f"a state of version {version}", getattr(state, "get", dict)("version")
-        )
+    found = state.get("version") if isinstance(state, Mapping) else state
+    if found != version:
+        raise _bad("version", f"a state of version {version}", found)
     sensors = state.get("sensors")
     if not isinstance(sensors, Mapping):
         raise _bad("sensors", "a mapping", sensors)

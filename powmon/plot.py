@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import click
 
@@ -70,9 +70,9 @@ def draw(series: dict[str, Series], span: Span, size: tuple[int, int]) -> Figure
     power.set_ylabel("power (W)")
     current.set_ylabel("current (A)")
     current.set_xlabel("time (UTC)")
-    locator = dates.AutoDateLocator()
+    locator = dates.AutoDateLocator()  # type: ignore[no-untyped-call]
     current.xaxis.set_major_locator(locator)
-    current.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
+    current.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
     power.legend(loc="upper right", fontsize="small")
     for ax in (power, current):
         ax.grid(True, linewidth=0.3)
@@ -102,22 +102,16 @@ def build_plot(
     return draw(series, span, size)
 
 
-class SizeType(click.ParamType):
-    name = "WxH"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[int, int]:
-        if isinstance(value, tuple):
-            return value
-        match = re.fullmatch(r"(\d{2,5})x(\d{2,5})", str(value))
-        if match is None or not (200 <= int(match[1]) <= 20000 and 150 <= int(match[2]) <= 20000):
-            self.fail(
-                f"{value!r}: expected WIDTHxHEIGHT in pixels, like 1200x600 (at least 200x150)",
-                param,
-                ctx,
-            )
-        return int(match[1]), int(match[2])
+def _size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    """click callback: 'WIDTHxHEIGHT' in pixels, or a usage error."""
+    match = re.fullmatch(r"(\d{2,5})x(\d{2,5})", value)
+    if match is None or not (200 <= int(match[1]) <= 20000 and 150 <= int(match[2]) <= 20000):
+        raise click.BadParameter(
+            f"{value!r}: expected WIDTHxHEIGHT in pixels, like 1200x600 (at least 200x150)",
+            ctx=ctx,
+            param=param,
+        )
+    return int(match[1]), int(match[2])
 
 
 @click.command("plot", context_settings=CONTEXT_SETTINGS)
@@ -134,7 +128,12 @@ class SizeType(click.ParamType):
 @since_option
 @until_option
 @click.option(
-    "--size", type=SizeType(), default="1200x600", show_default=True, help="image size in pixels"
+    "--size",
+    metavar="WxH",
+    callback=_size,
+    default="1200x600",
+    show_default=True,
+    help="image size in pixels",
 )
 def plot_command(
     files: tuple[Path, ...],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Final
+from typing import Final
 
 import click
 
@@ -37,22 +37,19 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
-class TimeType(click.ParamType):
-    """A click parameter for parse_time: a bad value is a usage error naming the option."""
-
-    name = "TIME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_time(str(value))
-        except ValueError as err:
-            self.fail(str(err), param, ctx)
+def _option(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """click callback: the option's text as ns, or a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
 
 
-TIME: Final = TimeType()
 since_option = click.option(
-    "--since", type=TIME, default=None, help=f"only data from this time on ({EXAMPLES})"
+    "--since", metavar="TIME", callback=_option, help=f"only data from this time on ({EXAMPLES})"
 )
-until_option = click.option("--until", type=TIME, default=None, help="only data before this time")
+until_option = click.option(
+    "--until", metavar="TIME", callback=_option, help="only data before this time"
+)
