@@ -10,6 +10,7 @@ port), else from the port itself, through the same link and handshake code as th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import threading
 import time
@@ -27,8 +28,9 @@ from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.schema import Flag, decode_reading, reading_topic, status_topic
 from powmon.common.settings import SensorSettings, Settings
 from powmon.common.transport import sub_socket
-from powmon.readers.handshake import NoAnswer, Wanted, handshake
-from powmon.readers.link import BadAnswer, Link, open_port, parse_answer, read_command
+from powmon.readers.handshake import NoAnswer, handshake
+from powmon.readers.link import BadAnswer, Link, open_port, parse_answer
+from powmon.readers.reader import ReaderConfig
 
 LISTEN_MIN_S: Final = 1.0  # how long to listen for a running reader, at the least
 
@@ -97,17 +99,14 @@ def _period(settings: Settings, sensor_id: str) -> float:
     return 2 * settings.sensor(sensor_id).polling_delay + 0.05
 
 
-def from_port(sensor: SensorSettings, count: int, stop: threading.Event) -> Measured:
+def from_port(
+    settings: Settings, sensor: SensorSettings, count: int, stop: threading.Event
+) -> Measured:
     """`count` raw DC samples straight from the port (the reader's own code path)."""
-    wanted = Wanted(
-        sensor_id=sensor.sensor_id,
-        read_command=read_command(sensor.channel),
-        timeout=sensor.timeout,
-        avg=sensor.avg,
-        mode="dc",
-        mains_hz=sensor.mains_hz,
-        ac_cycles=sensor.ac_cycles,
-        sync_seconds=Wanted.sync_budget(sensor.timeout),
+    # The reader's own handshake, but plain DC samples whatever MODE says: the offset is
+    # the DC level at zero current (opening the port resets the board to DC anyway).
+    wanted = dataclasses.replace(
+        ReaderConfig.from_settings(settings, sensor.sensor_id).wanted, mode="dc"
     )
     try:
         link = Link(open_port(sensor.port, sensor.baudrate, sensor.timeout), sensor.timeout, stop)
@@ -193,7 +192,9 @@ def calibrate_command(config_path: Path | None, sensor_id: str, count: int) -> N
         raise UsageProblem(str(err)) from None
     stop = threading.Event()
     install_stop_handlers(stop)
-    measured = from_bus(settings, sensor_id, count, stop) or from_port(sensor, count, stop)
+    measured = from_bus(settings, sensor_id, count, stop) or from_port(
+        settings, sensor, count, stop
+    )
     if len(measured.raws) < 2:
         raise CalibrateError(f"sensor {sensor_id!r}: interrupted before enough readings")
     for line in summary(sensor, measured, settings.path.name):

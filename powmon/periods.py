@@ -75,6 +75,8 @@ class Periods:
         self.since, self.until = since, until
         self.lo = self.hi = 0  # the data's span, within the window
         self.accs: dict[tuple[str, int], Acc] = {}
+        self._last_key: tuple[str, int] | None = None
+        self._last_acc = Acc()
 
     def index(self, ts_ns: int) -> int:
         return ts_ns // self.length if self.length else 0
@@ -85,31 +87,42 @@ class Periods:
         )
 
     def acc(self, sensor_id: str, ts_ns: int) -> Acc:
-        key = (sensor_id, self.index(ts_ns))
+        key = (sensor_id, ts_ns // self.length if self.length else 0)
+        if key == self._last_key:  # rows come in time order mostly: the same period again
+            return self._last_acc
         acc = self.accs.get(key)
         if acc is None:
             acc = self.accs[key] = Acc()
+        self._last_key, self._last_acc = key, acc
         return acc
 
     def reading(self, sensor_id: str, ts_ns: int, watts: float, flags: str) -> None:
         """One row (already known to be inside the window)."""
-        if not self.accs:
-            self.lo = self.hi = ts_ns
-        self.lo, self.hi = min(self.lo, ts_ns), max(self.hi, ts_ns)
+        if ts_ns < self.lo or not self.accs:
+            self.lo = ts_ns
+        self.hi = max(self.hi, ts_ns)
         acc = self.acc(sensor_id, ts_ns)
         acc.readings += 1
         acc.sum_w += watts
         acc.min_w = min(acc.min_w, watts)
         acc.max_w = max(acc.max_w, watts)
-        if "over_range" in flags:
+        if flags and "over_range" in flags:
             acc.over_range += 1
 
     def segment(self, sensor_id: str, t0: int, w0: float, t1: int, w1: float) -> None:
         """An integrated pair: clipped to the window, split at period boundaries."""
         lo = t0 if self.since is None else max(t0, self.since)
         hi = t1 if self.until is None else min(t1, self.until)
+        length = self.length
+        if lo == t0 and hi == t1 and (not length or t0 // length == (t1 - 1) // length):
+            consumed, returned = trapezoid_wh(t0, w0, t1, w1)  # the usual case: no split
+            acc = self.acc(sensor_id, t0)
+            acc.energy_wh += consumed
+            acc.returned_wh += returned
+            acc.covered_s += (t1 - t0) / NS
+            return
         while lo < hi:
-            end = hi if not self.length else min(hi, (self.index(lo) + 1) * self.length)
+            end = hi if not length else min(hi, (lo // length + 1) * length)
             a, b = _at(t0, w0, t1, w1, lo), _at(t0, w0, t1, w1, end)
             consumed, returned = trapezoid_wh(lo, a, end, b)
             acc = self.acc(sensor_id, lo)

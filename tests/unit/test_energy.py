@@ -186,7 +186,7 @@ def _reference(readings: list[tuple[int, int, float]], lost: set[int], limit: fl
 @settings(max_examples=200, deadline=None)
 @given(
     gaps=st.lists(st.sampled_from([0.1, 0.1, 0.1, 0.3, 0.7, 2.0]), min_size=2, max_size=40),
-    watts=st.lists(st.floats(0, 500), min_size=40, max_size=40),
+    watts=st.lists(st.floats(0, 500), min_size=41, max_size=41),
     lost=st.sets(st.integers(0, 40)),
     seed=st.integers(0, 2**32),
 )
