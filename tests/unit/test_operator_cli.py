@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 from click.testing import CliRunner
+from cryptography.fernet import Fernet
 
 from powmon import __version__
 from powmon.cli import SUBCOMMANDS, main
@@ -133,3 +134,30 @@ def test_the_demo_ac_sensor_reads_its_simulated_rms() -> None:
         _, amps, watts, _ = convert_rms(raw, Calibration.from_sensor(sensor))
         assert amps == pytest.approx(4.0, rel=0.01)
         assert watts == pytest.approx(920, rel=0.01)
+
+
+def test_check_config_shows_a_decrypted_host_only_as_scheme_host_port(tmp_path: Path) -> None:
+    """HOST is decrypted as the uplink would, and shown as scheme://host:port, never whole."""
+    key = Fernet.generate_key().decode()
+    token = Fernet(key).encrypt(b"https://example.org:8443/secret-path?token=t0k").decode()
+    path = write_settings(
+        tmp_path / "settings.yaml",
+        [{"PORT": "sim://H", "SENSORS_ID": "H"}],
+        REMOTE_SAVE=True,
+        HOST=token,
+        HOST_KEY_ENV="POWMON_TEST_KEY",
+    )
+    result = CliRunner().invoke(
+        main, ["check-config", "--config", str(path)], env={"POWMON_TEST_KEY": key}
+    )
+    assert result.exit_code == 0, result.output
+    assert "decrypts to https://example.org:8443, key from $POWMON_TEST_KEY" in result.output
+    assert "secret-path" not in result.output and "t0k" not in result.output
+    assert token not in result.output
+    wrong = CliRunner().invoke(
+        main,
+        ["check-config", "--config", str(path)],
+        env={"POWMON_TEST_KEY": Fernet.generate_key().decode()},
+    )
+    assert wrong.exit_code == 2
+    assert "HOST: cannot decrypt it" in wrong.output
