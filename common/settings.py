@@ -314,7 +314,7 @@ def _check_sensor(where: Path, i: int, entry: Any, top: dict[str, Any]) -> Senso
         offset=got["OFFSET"], sns=got["SNS"], vcc=got["VCC"], max_amps=got["MAX_AMPS"],
         channel=got["CHANNEL"], avg=got["AVG"], mode=got["MODE"], mains_hz=got["MAINS_HZ"],
         ac_cycles=got["AC_CYCLES"],
-    )  # fmt: skip
+    )
 
 
 def _sensor_values(where: Path, i: int, entry: Any, top: dict[str, Any]) -> dict[str, Any]:

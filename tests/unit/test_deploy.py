@@ -60,3 +60,4 @@ def test_systemd_units_written_by_cli(tmp_path: Path) -> None:
     ]  # fmt: skip
     target = (out / "powmon.target").read_text(encoding="utf-8")
     assert "powmon-reader-VIC.service" in target
+
