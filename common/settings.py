@@ -25,6 +25,9 @@ DEFAULT_SETTINGS: Final = "settings.yaml"
 UPLINK_FORMATS: Final = ("seed", "csv", "json", "influx")
 SENSOR_MODES: Final = ("dc", "ac")
 
+# Keys whose values are secrets (the uplink's credentials): never shown, never logged.
+SECRET_KEYS: Final = frozenset({"LOCAL_DATA_PATH", "UPLINK_TOKEN", "INFLUX_TOKEN"})
+
 # Keys the original script wrote into its own file; they carry nothing PowMon needs.
 LEGACY_IGNORED: Final = frozenset({"EHOST", "PROJECT_ROOT"})
 
@@ -217,6 +220,21 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     return _build(where, base, values, sensors)
 
 
+def effective_values(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Every key with the value in force, defaults filled in, SENSORS entries with what they
+    inherit: what `powmon check-config` shows. Secrets are in SECRET_KEYS (mask them).
+
+    Raises SettingsError as load_settings does (it runs the same checks).
+    """
+    settings = load_settings(path)
+    raw = _read_yaml(settings.path)
+    values = _check_top(settings.path, raw)
+    values["SENSORS"] = [
+        _sensor_values(settings.path, i, entry, values) for i, entry in enumerate(raw["SENSORS"])
+    ]
+    return values
+
+
 def _read_yaml(where: Path) -> dict[str, Any]:
     try:
         text = where.read_text(encoding="utf-8")
@@ -289,6 +307,18 @@ def _check_sensors(where: Path, values: dict[str, Any]) -> tuple[SensorSettings,
 
 
 def _check_sensor(where: Path, i: int, entry: Any, top: dict[str, Any]) -> SensorSettings:
+    got = _sensor_values(where, i, entry, top)
+    return SensorSettings(
+        sensor_id=got["SENSORS_ID"], port=got["PORT"], baudrate=got["BUDRATE"],
+        timeout=got["TIMEOUT"], polling_delay=got["POLLING_DELAY"], vpp=got["VPP"],
+        offset=got["OFFSET"], sns=got["SNS"], vcc=got["VCC"], max_amps=got["MAX_AMPS"],
+        channel=got["CHANNEL"], avg=got["AVG"], mode=got["MODE"], mains_hz=got["MAINS_HZ"],
+        ac_cycles=got["AC_CYCLES"],
+    )
+
+
+def _sensor_values(where: Path, i: int, entry: Any, top: dict[str, Any]) -> dict[str, Any]:
+    """One SENSORS entry checked, with every key it does not set inherited or defaulted."""
     at = f"SENSORS[{i}]"
     if not isinstance(entry, dict):
         raise _fail(where, at, "a mapping with PORT and SENSORS_ID", entry)
@@ -310,13 +340,7 @@ def _check_sensor(where: Path, i: int, entry: Any, top: dict[str, Any]) -> Senso
                 raise _fail(where, f"{at}.{key}", bad.expected, entry[key]) from None
         else:
             got[key] = _SENSOR_DEFAULTS[key] if key in _SENSOR_DEFAULTS else top[key]
-    return SensorSettings(
-        sensor_id=got["SENSORS_ID"], port=got["PORT"], baudrate=got["BUDRATE"],
-        timeout=got["TIMEOUT"], polling_delay=got["POLLING_DELAY"], vpp=got["VPP"],
-        offset=got["OFFSET"], sns=got["SNS"], vcc=got["VCC"], max_amps=got["MAX_AMPS"],
-        channel=got["CHANNEL"], avg=got["AVG"], mode=got["MODE"], mains_hz=got["MAINS_HZ"],
-        ac_cycles=got["AC_CYCLES"],
-    )  # fmt: skip
+    return got
 
 
 def _resolve(base: Path, value: str) -> Path:

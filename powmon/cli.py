@@ -18,6 +18,10 @@ SUBCOMMANDS: Final = {
     "keygen": "powmon.keys:keygen_command",
     "encrypt-url": "powmon.keys:encrypt_url_command",
     "bench": "powmon.bench:bench_command",
+    "report": "powmon.report:report_command",
+    "plot": "powmon.plot:plot_command",
+    "calibrate": "powmon.calibrate:calibrate_command",
+    "check-config": "powmon.checkconfig:check_config_command",
 }
 
 

@@ -1,4 +1,5 @@
-"""`powmon tap`: watch the live stream as one more subscriber, one JSON object a line.
+"""`powmon tap`: watch the live stream as one more subscriber, one JSON object a line (or,
+on a terminal, a live table: powmon.taplive).
 
 A tap is an ordinary SUB socket on the broker's backend. It cannot slow the pipeline down: if
 the terminal (or a pipe into `jq`) reads too slowly, the broker drops messages for this
@@ -85,18 +86,37 @@ def tap(
 @click.command("tap", context_settings=CONTEXT_SETTINGS)
 @config_option
 @click.option("--sensor", "sensors", multiple=True, help="only this sensor id (repeatable)")
-@click.option("--status", "with_status", is_flag=True, help="also print heartbeats")
+@click.option("--status", "with_status", is_flag=True, help="also print heartbeats (JSON lines)")
 @click.option(
     "--count",
     type=click.IntRange(0),
     default=0,
     help="exit after this many readings (0: run until Ctrl-C)",
 )
-def tap_command(config_path: Path | None, sensors: tuple[str, ...], with_status: bool,
-                count: int) -> None:  # fmt: skip
-    """Print live readings of a running pipeline as JSON lines, without disturbing it."""
+@click.option("--json", "as_json", is_flag=True, help="JSON lines even on a terminal")
+def tap_command(
+    config_path: Path | None,
+    sensors: tuple[str, ...],
+    with_status: bool,
+    count: int,
+    as_json: bool,
+) -> None:
+    """Watch a running pipeline without disturbing it: a live table per sensor on a terminal,
+    JSON lines (one reading per line) when piped or with --json."""
     settings = load_or_exit(config_path)
     stop = threading.Event()
     install_stop_handlers(stop)
-    tap(settings.broker_backend, _topics(sensors, with_status), settings.hwm, stop,
-        sys.stdout, count)  # fmt: skip
+    if sys.stdout.isatty() and not (as_json or with_status):
+        from powmon.taplive import run_live  # noqa: PLC0415 -- rich only for a terminal
+
+        periods = {s.sensor_id: s.polling_delay for s in settings.sensors}
+        run_live(settings.broker_backend, sensors, settings.hwm, periods, stop, count)
+        return
+    tap(
+        settings.broker_backend,
+        _topics(sensors, with_status),
+        settings.hwm,
+        stop,
+        sys.stdout,
+        count,
+    )

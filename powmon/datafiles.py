@@ -1,0 +1,160 @@
+"""Reading the writer's CSV files back, streaming, for `powmon report` and `powmon plot`.
+
+Files are taken in creation order: rotated files by the counter in their name (the writer
+puts it first for that reason, docs/writer.md), whatever order the shell listed them in; a
+folder stands for the data files in it. gaps.csv and other CSV files are not data files and
+are skipped, saying so. Rows are parsed one at a time, so memory does not grow with the files;
+a row that cannot be read (the cut-off last line of a crash, a hand edit) is skipped and
+counted per file, never silently.
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from math import isfinite
+from pathlib import Path
+from typing import Final
+
+import click
+
+from powmon.common.schema import CSV_FIELDS
+
+# <stem>-<counter>-<UTC time><suffix>, as writer.rotation names them
+_ROTATED: Final = re.compile(r"(?P<stem>.+)-(?P<counter>\d{6,})-\d{8}T\d{6}Z(?P<suffix>\.\w+)?")
+_TS: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_COLS: Final = len(CSV_FIELDS)
+_TS_COL, _SENSOR_COL, _SESSION_COL, _SEQ_COL = 0, 1, 2, 3
+_AMPS_COL, _WATTS_COL, _FLAGS_COL = 6, 7, 8
+assert CSV_FIELDS[_AMPS_COL] == "amps" and CSV_FIELDS[_WATTS_COL] == "watts"  # noqa: S101
+
+# ts_ns, sensor_id, session, seq, amps, watts, flags
+Row = tuple[int, str, str, int, float, float, str]
+
+
+def data_files(paths: Iterable[Path]) -> list[Path]:
+    """The data files among `paths` (folders stand for their *.csv files), oldest first.
+
+    Raises click.BadParameter for a path that does not exist.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(p for p in path.glob("*.csv") if p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise click.BadParameter(f"{path}: no such file or folder", param_hint="FILES")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    data = [p for p in unique if _is_data_file(p)]
+    return sorted(data, key=_order)
+
+
+def _order(path: Path) -> tuple[str, str, int, str]:
+    match = _ROTATED.fullmatch(path.name)
+    if match is None:
+        return (str(path.parent), path.name, -1, "")
+    return (str(path.parent), match["stem"], int(match["counter"]), path.name)
+
+
+def _is_data_file(path: Path) -> bool:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError) as err:
+        raise click.BadParameter(f"{path}: cannot read it: {err}", param_hint="FILES") from err
+    if tuple(header) == CSV_FIELDS:
+        return True
+    print(
+        f"powmon: skipping {path}: not a data file (its header is not the data columns)",
+        file=sys.stderr,
+    )
+    return False
+
+
+_ts_cache: list[object] = ["", 0]
+
+
+def parse_ts(text: str) -> int:
+    """ns since the epoch of a CSV timestamp (`2026-11-25T17:42:16.123456Z`); ValueError else.
+
+    The seconds part is checked and converted once per second of data (consecutive rows
+    share it; strptime is the costly bit); per row only the microseconds are.
+    """
+    head = text[:19]
+    if head != _ts_cache[0]:
+        if len(text) != 27 or _TS.fullmatch(text) is None:
+            raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
+        _ts_cache[1] = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        _ts_cache[0] = head
+    micros = text[20:26]
+    if len(text) != 27 or text[19] != "." or text[26] != "Z" or not micros.isdigit():
+        raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
+    secs = _ts_cache[1]
+    assert isinstance(secs, int)  # noqa: S101
+    return secs * 1_000_000_000 + int(micros) * 1000
+
+
+@dataclass(slots=True)
+class BadRows:
+    """Rows skipped per file, with the first reason, for one line per file at the end."""
+
+    counts: dict[Path, int] = field(default_factory=dict)
+    first: dict[Path, str] = field(default_factory=dict)
+
+    def add(self, path: Path, line: int, why: str) -> None:
+        self.counts[path] = self.counts.get(path, 0) + 1
+        self.first.setdefault(path, f"line {line}: {why}")
+
+    def report(self) -> None:
+        for path, count in self.counts.items():
+            print(
+                f"powmon: {path}: skipped {count} row(s) that are not readings "
+                f"(first at {self.first[path]})",
+                file=sys.stderr,
+            )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def rows(files: Iterable[Path], bad: BadRows) -> Iterator[Row]:
+    """Every reading of the files, in file order; bad rows go to `bad`.
+
+    This is the inner loop of report and plot (millions of rows): one try covers the whole
+    file, re-entered only after a bad line.
+    """
+    for path in files:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)  # the header, checked by data_files
+            while True:
+                try:
+                    for fields in reader:
+                        yield _row(fields)
+                    break
+                except (ValueError, csv.Error) as err:  # csv.Error: a NUL byte, say
+                    bad.add(path, reader.line_num, str(err))
+
+
+def _row(fields: list[str]) -> Row:
+    if len(fields) != _COLS:
+        raise ValueError(f"{len(fields)} fields, expected {_COLS}")
+    amps, watts = float(fields[_AMPS_COL]), float(fields[_WATTS_COL])
+    if not (isfinite(amps) and isfinite(watts)):
+        raise ValueError(f"amps {amps} / watts {watts} are not finite")
+    return (
+        parse_ts(fields[_TS_COL]),
+        fields[_SENSOR_COL],
+        fields[_SESSION_COL],
+        int(fields[_SEQ_COL]),
+        amps,
+        watts,
+        fields[_FLAGS_COL],
+    )
