@@ -28,7 +28,9 @@ def test_status_is_up_then_a_stopped_writer_shows_as_down(
         result = powmon_status(pipe.settings, "--json")
         return result.stdout if result.returncode == 0 else None
 
-    report = json.loads(wait_until(healthy, timeout=30, interval=0.5, what="status exit 0"))
+    stdout = wait_until(healthy, timeout=30, interval=0.5, what="status exit 0")
+    assert stdout is not None
+    report = json.loads(stdout)
     assert set(report["sensors"]) == set(SENSORS)
     for sensor in SENSORS:
         s = report["sensors"][sensor]
