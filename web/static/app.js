@@ -12,7 +12,7 @@
   const q = token ? "?token=" + encodeURIComponent(token) : "";
   const state = window.powmon = {
     connected: false, sensors: [], points: {}, status: null, dropped: 0, redraws: 0,
-    windowMin: 5, events: 0,
+    windowMin: 5, events: 0, range: null, plot: null,
   };
   const series = {};  // sensor -> Map(t_ms -> mean watts)
   let plot = null;
@@ -57,14 +57,26 @@
         { label: "time", labelSize: 20, size: 40 },
         { label: "watts (W)", labelSize: 20, size: 70, values: (u, vals) => vals.map((v) => v + " W") },
       ],
-      series: [{ label: "time" }].concat(state.sensors.map((s) => ({
+      // Away from the cursor the legend shows each sensor's latest value, not a dash.
+      series: [{
+        label: "time", value: (u, v) => (v === null || v === undefined ? "latest"
+          : new Date(v * 1000).toLocaleTimeString()),
+      }].concat(state.sensors.map((s) => ({
         label: s, stroke: colour(s), width: 2, spanGaps: false,
-        value: (u, v) => (v === null || v === undefined ? "–" : v.toFixed(2) + " W"),
+        value: (u, v, si) => {
+          const w = v === null || v === undefined ? latest(u.data[si]) : v;
+          return w === null ? "–" : w.toFixed(2) + " W";
+        },
       }))),
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
     };
-    plot = new uPlot(opts, aligned(), box);
+    plot = state.plot = new uPlot(opts, aligned(), box);
+  }
+
+  function latest(ys) {
+    for (let i = ys.length - 1; i >= 0; i--) if (ys[i] !== null) return ys[i];
+    return null;
   }
 
   function aligned() {
@@ -87,8 +99,13 @@
     pending = false;
     if (!plot) return;
     const end = Date.now() / 1000;
-    plot.setData(aligned(), false);
+    const data = aligned();
+    plot.setData(data, false);
+    if (plot.cursor.left === undefined || plot.cursor.left < 0) {
+      plot.setLegend({ idx: data[0].length ? data[0].length - 1 : null });  // latest values
+    }
     plot.setScale("x", { min: end - state.windowMin * 60, max: end });
+    state.range = [plot.scales.x.min, plot.scales.x.max];
     state.redraws += 1;
   }
   function scheduleRedraw() {
