@@ -52,18 +52,13 @@ class HealthCollector(Collector):
 
 
 def _sensors(sensors: dict[str, dict[str, Any]]) -> Iterator[Metric]:
-    for name, doc, key in _SENSOR_COUNTERS:
-        counter = CounterMetricFamily(name, doc, labels=["sensor"])
-        for sensor, s in sensors.items():
-            if s[key] is not None:
-                counter.add_metric([sensor], float(s[key]))
-        yield counter
-    for name, doc, key in _SENSOR_GAUGES:
-        gauge = GaugeMetricFamily(name, doc, labels=["sensor"])
-        for sensor, s in sensors.items():
-            if s[key] is not None:
-                gauge.add_metric([sensor], float(s[key]))
-        yield gauge
+    kinds = ((CounterMetricFamily, _SENSOR_COUNTERS), (GaugeMetricFamily, _SENSOR_GAUGES))
+    for family, table in kinds:
+        for name, doc, key in table:
+            metric = family(name, doc, labels=["sensor"])
+            for sensor, s in sensors.items():
+                _one(metric, [sensor], s[key])
+            yield metric
 
 
 def _processes(procs: dict[str, dict[str, Any]]) -> Iterator[Metric]:
