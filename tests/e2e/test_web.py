@@ -61,6 +61,21 @@ def test_metrics_parse_and_counters_grow_between_scrapes(
     wait_until(grown, timeout=20, interval=0.3, what="readings counters growing")
 
 
+def test_web_stops_cleanly_with_a_stream_open(tmp_path: Path, spawn: Callable[..., Proc]) -> None:
+    """SIGTERM with an event stream open: the stream ends (the server closes it, no read
+    timeout), nothing is logged as an error, and the process exits 0."""
+    pipe = start_pipeline(spawn, tmp_path, sensors=("VIC",))
+    web = start_web(spawn, pipe.settings)
+    with requests.get(web.url + "/events", stream=True, timeout=10) as live:
+        lines = live.iter_lines(decode_unicode=True)
+        assert next(lines) == "event: hello"
+        assert web.proc.stop(signal.SIGTERM) == 0
+        list(lines)  # returns only because the server closed the stream
+    out = web.proc.output()
+    assert "web stopped" in out
+    assert "ERROR" not in out and "Traceback" not in out, out
+
+
 def test_files_are_listed_and_downloaded_but_nothing_else(
     tmp_path: Path, spawn: Callable[..., Proc]
 ) -> None:
