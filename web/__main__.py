@@ -9,25 +9,35 @@ it gracefully (event streams end, the bus tasks send a last `stopped` heartbeat)
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Final
 
 import click
-import uvicorn
 
 from powmon.common import checks
 from powmon.common.errors import PowmonError
-from powmon.common.lifecycle import run_process
+from powmon.common.lifecycle import EXIT_USAGE, run_process
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
-from powmon.web.app import build_app
 from powmon.web.config import WebConfig
 
 log = logging.getLogger(__name__)
 
 GRACEFUL_S: Final = 3
+EXTRA: Final = ("uvicorn", "starlette", "sse_starlette", "prometheus_client")
+
+
+def _check_extra() -> None:
+    """Without the optional `web` extra, one line saying how to get it (not a traceback)."""
+    missing = [name for name in EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"powmon: error: powmon web needs the web extra (missing {', '.join(missing)}): "
+              "pip install 'powmon[web]'", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -40,6 +50,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(config: WebConfig, stop: threading.Event) -> None:
     """Serve until SIGTERM/SIGINT (uvicorn's handlers, which then call ours in `stop`)."""
+    import uvicorn  # noqa: PLC0415 (the optional extra, checked by _check_extra)
+
+    from powmon.web.app import build_app  # noqa: PLC0415 (likewise: starlette)
+
     sock = _bind(config.host, config.port)
     where = f"[{config.host}]" if ":" in config.host else config.host
     log.info("web up http://%s:%d/ token=%s", where, config.port,
@@ -72,6 +86,7 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> ob
 def web_command(config_path: Path | None, listen: tuple[str, int] | None,
                 log_level: int | None) -> None:
     """Serve a live page, an event stream and Prometheus metrics of the running pipeline."""
+    _check_extra()
     run_process("powmon-web", config_path, lambda s: WebConfig.from_settings(s, listen), serve,
                 log_level)
 
