@@ -68,7 +68,7 @@ def files_body(root: Path, query: str) -> str:
         for f in list_files(root)
     )
     return (
-        f"<p>CSV files in <code>{html.escape(str(root))}</code> (columns: README, CSV files)."
+        f"<p>CSV files in <code>{html.escape(str(root))}</code>: one header row, columns as in README (CSV files)."
         "</p><table><thead><tr><th>file</th><th class=num>bytes</th><th>modified (UTC)</th>"
         f"</tr></thead><tbody>{rows or '<tr><td colspan=3>no files yet</td></tr>'}</tbody></table>"
     )
