@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,6 +32,7 @@ from starlette.responses import (
     JSONResponse,
     PlainTextResponse,
     Response,
+    StreamingResponse,
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -95,7 +96,10 @@ class Views:
         path = files.find_file(self.config.data_root, request.path_params["name"])
         if path is None:
             return PlainTextResponse("404: no such data file\n", status_code=404)
-        return FileResponse(path, media_type="text/csv", filename=path.name)
+        return StreamingResponse(
+            files.snapshot(path), media_type="text/csv",
+            headers={"Content-Disposition": f"attachment; filename*=utf-8''{quote(path.name)}"},
+        )
 
     async def report(self, request: Request) -> Response:
         body = files.report_body(self.hub.report(time.monotonic()), self.hub.chart.snapshot())

@@ -8,7 +8,9 @@ system, so `..`, slashes, encoded slashes and links out of the folder find nothi
 from __future__ import annotations
 
 import html
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,28 @@ def list_files(root: Path) -> list[DataFile]:
     return sorted(files, key=lambda f: f.name, reverse=True)
 
 
+CHUNK = 64 * 1024
+
+
+def snapshot(path: Path) -> Iterator[bytes]:
+    """The file as it is now, to its last complete line.
+
+    The writer appends to the current file while it is downloaded: a plain file response
+    announces one length and then finds more (or, mid-write, a partial row). This reads up to
+    the size seen at the start and stops after the last newline within it: whole rows only.
+    """
+    with path.open("rb") as handle:
+        left = os.fstat(handle.fileno()).st_size
+        while left > 0:
+            chunk = handle.read(min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            if left <= 0:
+                chunk = chunk[: chunk.rfind(b"\n") + 1]
+            yield chunk
+
+
 def find_file(root: Path, name: str) -> Path | None:
     """The path of a listed file called exactly `name`, else None."""
     for f in list_files(root):
@@ -68,7 +92,8 @@ def files_body(root: Path, query: str) -> str:
         for f in list_files(root)
     )
     return (
-        f"<p>CSV files in <code>{html.escape(str(root))}</code>: one header row, columns as in README (CSV files)."
+        f"<p>CSV files in <code>{html.escape(str(root))}</code>: one header row, columns as "
+        "in README (CSV files)."
         "</p><table><thead><tr><th>file</th><th class=num>bytes</th><th>modified (UTC)</th>"
         f"</tr></thead><tbody>{rows or '<tr><td colspan=3>no files yet</td></tr>'}</tbody></table>"
     )

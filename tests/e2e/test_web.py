@@ -79,7 +79,8 @@ def test_web_stops_cleanly_with_a_stream_open(tmp_path: Path, spawn: Callable[..
 def test_files_are_listed_and_downloaded_but_nothing_else(
     tmp_path: Path, spawn: Callable[..., Proc]
 ) -> None:
-    """/files/ lists the CSV files with links; a listed file downloads; names with paths, files
+    """/files/ lists the CSV files with links; a listed file downloads (the current one too,
+    while the writer appends: whole rows as they were at the start); names with paths, files
     that are not CSV and symlinks out of the folder are 404. /report summarises each sensor."""
     pipe = start_pipeline(spawn, tmp_path)
     web = start_web(spawn, pipe.settings)
@@ -94,6 +95,7 @@ def test_files_are_listed_and_downloaded_but_nothing_else(
     got = web.get(f"/files/{name}")
     assert got.status_code == 200
     assert got.text.startswith("timestamp,sensor_id,session,seq,")
+    assert got.text.endswith("\n")  # whole rows only, although the writer is appending
     assert (pipe.data / name).read_text(encoding="utf-8").startswith(got.text)
     for bad in ("link.csv", "notes.txt", "..%2Fsecret.csv", "%2E%2E%2Fsettings.yaml",
                 "..%5Csecret.csv", "nothing.csv"):
