@@ -160,5 +160,17 @@ def path(expected: str) -> Check:
 PATH: Final = path("a path")
 
 
+def listen(value: Any) -> tuple[str, int]:
+    """'host:port' (IPv6 in brackets: '[::1]:8080') -> (host, port), for an HTTP server to bind.
+
+    Also parses `powmon web --listen`, so the option and the setting accept the same text.
+    """
+    pattern = r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})"
+    match = re.fullmatch(pattern, value) if _clean(value) else None
+    if match is None or not 1 <= int(match[2]) <= 65535:
+        raise Bad("host:port like '127.0.0.1:8080' (port 1 to 65535; IPv6 as '[::1]:8080')")
+    return match[1].strip("[]"), int(match[2])
+
+
 ENDPOINT = text("a ZeroMQ endpoint like 'tcp://127.0.0.1:5555'", r"(tcp|ipc|inproc)://\S+")
 URL = text("an http(s) URL like 'https://example.org/api'", r"https?://\S+")

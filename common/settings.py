@@ -120,6 +120,8 @@ class Settings:
     replay_buffer: int
     restart_backoff_max: float
     uplink: UplinkSettings
+    web_listen: tuple[str, int] | None  # None: `powmon run` starts no web page
+    web_token: Secret | None
 
     def sensor(self, sensor_id: str) -> SensorSettings:
         for sensor in self.sensors:
@@ -176,6 +178,8 @@ _TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "INFLUX_BUCKET": (c.optional(c.text()), None),
     "INFLUX_TOKEN": (c.optional(c.text()), None),
     "INFLUX_MEASUREMENT": (c.text(), "power"),
+    "WEB_LISTEN": (c.optional(c.listen), None),
+    "WEB_TOKEN": (c.optional(c.text("a token string")), None),
 }
 
 # Per-sensor keys; the calibration ones default to the top-level value of the same name.
@@ -387,4 +391,5 @@ def _build(
         heartbeat_interval=v["HEARTBEAT_INTERVAL"], stall_timeout=v["STALL_TIMEOUT"],
         flush_interval=v["FLUSH_INTERVAL"], replay_buffer=v["REPLAY_BUFFER"],
         restart_backoff_max=v["RESTART_BACKOFF_MAX"], uplink=uplink,
+        web_listen=v["WEB_LISTEN"], web_token=_secret(v["WEB_TOKEN"]),
     )  # fmt: skip

@@ -14,6 +14,8 @@ SUBCOMMANDS: Final = {
     "run": "powmon.supervise:run_command",
     "sim": "powmon.sim.cli:sim_command",
     "tap": "powmon.tap:tap_command",
+    "status": "powmon.status:status_command",
+    "web": "powmon.web.__main__:web_command",
     "deploy": "powmon.deploy:deploy_command",
     "keygen": "powmon.keys:keygen_command",
     "encrypt-url": "powmon.keys:encrypt_url_command",

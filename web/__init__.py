@@ -1,0 +1,1 @@
+"""`powmon web`: a live page, an event stream and Prometheus metrics, as one more subscriber."""
