@@ -7,10 +7,11 @@ which process is up, how each sensor is doing, and whether the pipeline as a who
 Which processes and sensors to expect comes from the settings, so a process that never sent a
 heartbeat shows as down instead of missing.
 
-Heartbeat fields are read only here, through `_field` (the heartbeat is becoming typed: the
-typed attribute wins over the counters map), and every age is measured on the sender's own
-clock (heartbeat time minus the event's time) plus the local time since the heartbeat arrived,
-so a skewed clock on another host does not make a fresh sensor look stale.
+Heartbeat fields are read only here, through `_field` (the typed part of the status first:
+start time and a reader's progress; the counters map for the rest), and every age is
+measured on the sender's own clock (heartbeat time minus the event's time) plus the local time
+since the heartbeat arrived, so a skewed clock on another host does not make a fresh sensor
+look stale.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Final
 
 from powmon.common.schema import Reading, Status
 from powmon.common.settings import Settings
+from powmon.processes import pipeline
 
 STALE_BEATS: Final = 3  # a process is down after this many heartbeat intervals of silence
 STALE_MIN_S: Final = 2.0  # ... and never sooner than this (a busy 2-core host delays beats)
@@ -50,23 +52,25 @@ class Expected:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Expected:
-        procs = [("broker", "broker", True), ("writer", "writer", True)]
-        if settings.remote_save:
-            procs.append(("uplink", "uplink", True))
-        procs += [("reader", s.sensor_id, True) for s in settings.sensors]
-        if settings.web_listen is not None:
-            procs.append(("web", "web", False))  # the page is not data acquisition
+        procs = tuple((p.process, p.ident, p.required) for p in pipeline(settings))
         return cls(
-            processes=tuple(procs), sensors=tuple(s.sensor_id for s in settings.sensors),
+            processes=procs, sensors=tuple(s.sensor_id for s in settings.sensors),
             heartbeat_interval=settings.heartbeat_interval, stall_timeout=settings.stall_timeout,
             reader_timeout=max(s.timeout for s in settings.sensors),
         )
 
 
+_PROGRESS: Final = frozenset({"session", "seq", "readings", "replay", "last_reading_ns"})
+
+
 def _field(status: Status, name: str) -> Any:
-    """A heartbeat field: the typed attribute once Status has it, else the counters entry."""
-    value = getattr(status, name, None)
-    return status.counters.get(name) if value is None else value
+    """A heartbeat field: the typed part of the status where the schema has one (start time,
+    a reader's progress), else the counters entry (what a process reports for people)."""
+    if name == "started_ns":
+        return status.started_ns or None
+    if name in _PROGRESS and status.reader is not None:
+        return getattr(status.reader, name)
+    return status.counters.get(name)
 
 
 def _int(status: Status, name: str) -> int | None:

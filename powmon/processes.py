@@ -31,7 +31,8 @@ class ProcessSpec:
     `order`: lower starts first and stops last; processes of the same order start and stop
     together. `process`/`ident` are what its heartbeat says it is. `ready` means the next
     order waits (bounded) for this one's first heartbeat, so that subscribers are listening
-    before readers publish their first readings.
+    before readers publish their first readings. `required`: the pipeline is not healthy
+    without it (`powmon status`); the web page is not data acquisition.
     """
 
     key: str
@@ -42,6 +43,7 @@ class ProcessSpec:
     order: int
     watch: Watch = Watch.EXIT
     ready: bool = False
+    required: bool = True
 
     @property
     def unit(self) -> str:
@@ -54,6 +56,7 @@ class ProcessSpec:
 
 BROKER: Final = 10
 SINKS: Final = 20
+VIEWS: Final = 30  # subscribers that only show (the web page): up before readers, down first
 READERS: Final = 40
 
 
@@ -72,6 +75,8 @@ def _specs(settings: Settings) -> Iterator[ProcessSpec]:
     yield ProcessSpec("writer", "powmon.writer", (), "writer", "writer", SINKS, ready=True)
     if uplink_wanted(settings):
         yield ProcessSpec("uplink", "powmon.uplink", (), "uplink", "uplink", SINKS)
+    if settings.web_listen is not None:
+        yield ProcessSpec("web", "powmon.web", (), "web", "web", VIEWS, required=False)
     for s in settings.sensors:
         yield ProcessSpec(
             f"reader {s.sensor_id}", "powmon.readers",

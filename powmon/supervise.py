@@ -41,6 +41,7 @@ from powmon.common.transport import Heartbeat, pub_socket, sub_socket
 from powmon.processes import ProcessSpec, groups, pipeline, uplink_wanted
 from powmon.readers.reader import ReaderConfig
 from powmon.uplink.config import UplinkConfig
+from powmon.web.config import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +227,16 @@ class Supervisor:
 def _precheck(settings: Settings) -> None:
     """Refuse to start (exit 2) on what would make a child fail at every restart: the checks
     each process makes of its own configuration, beyond the settings file itself (the uplink's
-    key and encrypted HOST, the readers' sensor entries), a pipeline already running on the
-    same data root or spool, and a bus endpoint that is taken."""
+    key and encrypted HOST, the readers' sensor entries, the web page's address and token), a
+    pipeline already running on the same data root or spool, and a bus endpoint that is
+    taken."""
     try:
         for sensor in settings.sensors:
             ReaderConfig.from_settings(settings, sensor.sensor_id)
         if uplink_wanted(settings):
             UplinkConfig.from_settings(settings)
+        if settings.web_listen is not None:
+            WebConfig.from_settings(settings)
     except SettingsError as err:
         _refuse(str(err))
     locks = [writer_lock(settings.data_root)]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from powmon.common.schema import Reading, Status
+from powmon.common.schema import Reading, Status, decode_status, encode_status
 from powmon.common.settings import load_settings
 from powmon.health import MAX_EXTRA, STALE_MIN_S, Expected, Health
 from tests.helpers import write_settings
@@ -26,8 +26,10 @@ def _expected(tmp_path: Path, **overrides: Any) -> Expected:
 
 
 def beat(process: str, ident: str, at_s: float, state: str = "running", pid: int = 10,
-         **counters: Any) -> Status:
-    return Status(process, ident, pid, T0 + int(at_s * S), state, counters)
+         started_ns: int = 0, **counters: Any) -> Status:
+    """A heartbeat as the bus delivers it: through the schema's encoder and decoder."""
+    status = Status(process, ident, pid, T0 + int(at_s * S), state, counters, started_ns)
+    return decode_status(encode_status(status))
 
 
 def _reader(ident: str, at_s: float, readings: int, last_s: float | None, **more: Any) -> Status:
