@@ -1,14 +1,15 @@
-"""The uplink process: bus -> durable spool -> remote HTTP server, never the other way round.
+"""The uplink process: bus -> durable spool -> outputs (HTTP, InfluxDB, MQTT), never back.
 
 The receive loop (this module, main thread) only decodes readings and commits them to the
-spool, one transaction per drained batch of messages; it never touches HTTP, so a slow or dead
-server cannot make the uplink fall behind the bus. The sender thread (sender.py) takes batches
-from the spool and deletes them only once the server answered 2xx.
+spool, one transaction per drained batch of messages; it never touches the network, so a slow
+or dead server cannot make the uplink fall behind the bus. Each output (outputs.py) has a
+thread of its own that takes batches from the spool at its own position and marks them done
+only once its receiver acknowledged them (2xx, PUBACK).
 
-On SIGTERM: stop receiving (everything received is already committed), tell the sender to
-stop, wait for its in-flight request at most UPLINK_TIMEOUT (+ a margin), then exit 0. A
+On SIGTERM: stop receiving (everything received is already committed), tell the outputs to
+stop, wait for their in-flight requests at most their timeout (+ a margin), then exit 0. A
 request still hanging then is abandoned with its batch still spooled: it is sent on the next
-start, and a server that deduplicates by (sensor_id, session, seq) sees it at most twice.
+start, and a receiver that deduplicates by (sensor_id, session, seq) sees it at most twice.
 
 Readings that never reached the uplink (its own restart, a broker restart, the slow joiner) are
 asked for from the readers' replay buffers and spooled late (common.gaps, common.replay); the
@@ -40,7 +41,8 @@ from powmon.common.schema import (
 )
 from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
 from powmon.uplink.config import UplinkConfig
-from powmon.uplink.sender import Sender, Stats
+from powmon.uplink.outputs import Outputs
+from powmon.uplink.sender import Stats
 from powmon.uplink.spool import Progress, Spool
 
 log = logging.getLogger(__name__)
@@ -50,21 +52,18 @@ POLL_RECOVERING_MS: Final = 10  # replies come on other sockets: look often whil
 STOP_DRAIN_S: Final = 2.0
 READER_STATUS: Final = STATUS_PREFIX + b"reader/"
 DRAIN_MAX: Final = 5000  # messages per spool transaction
-JOIN_MARGIN_S: Final = 1.0
 BATCH_WAIT_S: Final = 0.02
 NOBLOCK: Final = int(zmq.NOBLOCK)
 RCVMORE: Final = int(zmq.RCVMORE)
 
 
-def _counters(stats: Stats, filler: GapFiller) -> dict[str, object]:
+def _counters(stats: Stats, filler: GapFiller, outputs: Outputs) -> dict[str, object]:
     return {
         "replayed": filler.replayed, "replay_requests": filler.requests,
         "recovering": filler.recovering, "lost": filler.lost, "lost_ranges": filler.lost_ranges,
-        "spool_depth": stats.spool_depth, "received": stats.received, "sent": stats.sent,
-        "batches_ok": stats.batches_ok, "retries": stats.retries,
-        "dead_lettered": stats.dead_lettered, "dropped_over_cap": stats.dropped_over_cap,
-        "duplicates": stats.duplicates, "bad_messages": stats.bad_messages,
-        "last_success_ns": stats.last_success_ns, "last_error": stats.last_error,
+        "spool_depth": stats.spool_depth, "received": stats.received,
+        "dropped_over_cap": stats.dropped_over_cap, "duplicates": stats.duplicates,
+        "bad_messages": stats.bad_messages, **outputs.counters(),
     }  # fmt: skip
 
 
@@ -180,20 +179,15 @@ class _Receiver:
                         f" ({held} more since the last report)" if held else "")  # fmt: skip
 
 
-def _summary(stats: Stats) -> None:
-    last = (
-        time.strftime("%H:%M:%SZ", time.gmtime(stats.last_success_ns / 1e9))
-        if stats.last_success_ns
-        else "never"
-    )
-    log.info("uplink depth=%d received=%d sent=%d batches=%d retries=%d dead=%d dropped=%d "
-             "bad=%d last_ok=%s", stats.spool_depth, stats.received, stats.sent,
-             stats.batches_ok, stats.retries, stats.dead_lettered, stats.dropped_over_cap,
-             stats.bad_messages, last)  # fmt: skip
+def _summary(stats: Stats, outputs: Outputs) -> None:
+    log.info("uplink depth=%d received=%d duplicates=%d dropped=%d bad=%d", stats.spool_depth,
+             stats.received, stats.duplicates, stats.dropped_over_cap,
+             stats.bad_messages)
+    outputs.summary()
 
 
 def run(config: UplinkConfig, stop: threading.Event) -> None:
-    if config.verify_tls is False:
+    if config.http is not None and config.http.verify_tls is False:
         # Said once, at start (config.py); not once per request.
         warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
     stats = Stats()
@@ -207,34 +201,34 @@ def run(config: UplinkConfig, stop: threading.Event) -> None:
     sub = sub_socket(ctx, config.broker_backend, [READING_PREFIX, READER_STATUS], config.hwm)
     status = pub_socket(ctx, config.broker_frontend, config.hwm)
     status.setsockopt(zmq.LINGER, 0)
-    beat = Heartbeat(status, "uplink", "uplink", hb, lambda: _counters(stats, filler))
+    outputs = Outputs(config)
+    beat = Heartbeat(status, "uplink", "uplink", hb, lambda: _counters(stats, filler, outputs))
     receiver = _Receiver(sub, spool, stats, filler, client)
     receiver.resume()
-    sender = Sender(config, stats, threading.Event(), threading.Event())
-    log.info("uplink up backend=%s server=%s format=%s spool=%s depth=%d",
-             config.broker_backend, config.where, config.format, config.spool_path,
-             stats.spool_depth)  # fmt: skip
-    sender.start()
+    outputs.start(spool)
+    stats.spool_depth = spool.depth()
+    log.info("uplink up backend=%s outputs: %s spool=%s depth=%d", config.broker_backend,
+             outputs.describe(), config.spool_path, stats.spool_depth)
     poller = zmq.Poller()
     poller.register(sub, zmq.POLLIN)
     try:
-        _loop(config, stop, poller, receiver, beat, sender)
+        _loop(config, stop, poller, receiver, beat, outputs)
     finally:
         sub.close()
         client.close()  # stop receiving first; every drained batch is already committed
-        if not sender.shutdown(config.timeout + JOIN_MARGIN_S):
-            log.warning("a request to %s is still in flight; its batch stays spooled and is "
-                        "sent on the next start", config.where)  # fmt: skip
+        for name in outputs.shutdown():
+            log.warning("output %s is still delivering; its batch stays spooled and is sent "
+                        "on the next start", name)
         stats.spool_depth = spool.depth()
         beat.beat("stopping", force=True)
-        _summary(stats)
+        _summary(stats, outputs)
         spool.close()
         close_all(status)
         ctx.term()
 
 
 def _loop(config: UplinkConfig, stop: threading.Event, poller: zmq.Poller, receiver: _Receiver,
-          beat: Heartbeat, sender: Sender) -> None:  # fmt: skip
+          beat: Heartbeat, outputs: Outputs) -> None:
     next_summary = time.monotonic() + config.summary_interval
     while not stop.is_set():
         if 0 < receiver.taken < DRAIN_MAX:
@@ -244,13 +238,13 @@ def _loop(config: UplinkConfig, stop: threading.Event, poller: zmq.Poller, recei
         elif not receiver.taken:
             poller.poll(POLL_RECOVERING_MS if receiver.filler.recovering else POLL_MS)
         if receiver.drain():
-            sender.poke()
-        sender.check()
+            outputs.poke()
+        outputs.check()
         receiver.update_depth()
         beat.beat()
         if time.monotonic() >= next_summary:
             next_summary = time.monotonic() + config.summary_interval
-            _summary(receiver.stats)
+            _summary(receiver.stats, outputs)
     # Readers stop first under `powmon run`: take their last readings before leaving.
     deadline = time.monotonic() + STOP_DRAIN_S
     while receiver.drain() and time.monotonic() < deadline:
