@@ -11,6 +11,7 @@ from powmon.common.schema import Reading
 from powmon.common.settings import Secret
 from powmon.uplink.config import HttpConfig
 from powmon.uplink.contract import Output
+from powmon.uplink.mqtt_config import MqttConfig
 from powmon.uplink.positions import Position, register_outputs
 from powmon.uplink.sender import Worker
 from powmon.uplink.spool import Spool
@@ -24,6 +25,16 @@ def http_config(url: str, **kw: Any) -> HttpConfig:
     cfg = HttpConfig(
         url=Secret(url), format="json", batch_size=10, batch_wait=0.05, timeout=2.0,
         backoff_max=0.2, verify_tls=True, headers={}, authorization=None, measurement="power",
+    )
+    return replace(cfg, **kw)
+
+
+def mqtt_config(port: int, **kw: Any) -> MqttConfig:
+    cfg = MqttConfig(
+        host="127.0.0.1", port=port, tls=False, username=None, password=None, ca_certs=None,
+        certfile=None, keyfile=None, tls_insecure=False, client_id="powmon-test", keepalive=30,
+        timeout=3.0, backoff_max=0.3, topic="powmon/{sensor_id}", discovery="homeassistant",
+        state_interval=0.3, heartbeat_interval=0.2, sensors=("VIC",),
     )
     return replace(cfg, **kw)
 

@@ -47,6 +47,7 @@ QOS: Final = 1
 MAX_INFLIGHT: Final = 100
 TICK_S: Final = 0.2
 CLOSE_WAIT_S: Final = 1.0
+STOPPING: Final = "stopping"
 # CONNACK reason codes that no retry can cure: fix the settings (state `refused`).
 REFUSED_CODES: Final = frozenset({133, 134, 135})  # client id, user/password, not authorised
 
@@ -206,6 +207,9 @@ class MqttOutput(Output[Batch]):
 
     def idle(self) -> None:
         """Nothing to send: keep the connection (and Home Assistant) up all the same."""
+        conn = self._conn
+        if conn is not None and not conn.up:
+            self._drop(conn, conn.lost or "connection down")
         if self._conn is None and time.monotonic() >= self._next_connect:
             self._connect()
         self._tick()
@@ -272,10 +276,11 @@ class MqttOutput(Output[Batch]):
         left = tuple(row for row in rows if row.id not in done)
         if not left:
             return Answer.ok(rows)
-        if why != "stopping":
-            self._drop(conn, why)
-        return Answer(done=ids([row for row in rows if row.id in done]), again=(left,),
-                      wait=Wait.RETRY, detail=why)
+        acked_rows = ids([row for row in rows if row.id in done])
+        if why == STOPPING:  # not a failure: the rest stays spooled for the next start
+            return Answer(done=acked_rows, again=(left,), detail=why)
+        self._drop(conn, why)
+        return Answer(done=acked_rows, again=(left,), wait=Wait.RETRY, detail=why)
 
     def _wait_acks(self, conn: _Connection, mids: dict[int, Row]) -> tuple[set[int], str]:
         """Wait until every mid is acked, the connection drops, the output is stopped, or no
@@ -291,7 +296,7 @@ class MqttOutput(Output[Batch]):
                     return acked, conn.lost
                 conn.cond.wait(TICK_S)
             if self._interrupted.is_set():
-                return acked, "stopping"
+                return acked, STOPPING
             now = time.monotonic()
             if len(acked) > seen:
                 progress, seen = now, len(acked)
@@ -300,7 +305,8 @@ class MqttOutput(Output[Batch]):
             self._tick()
 
     def _drop(self, conn: _Connection, why: str) -> None:
-        log.warning("mqtt: connection to %s lost (%s); unacknowledged readings go again",
-                    self.where, why)
+        log.warning("mqtt: connection to %s lost (%s); what it had not acknowledged goes "
+                    "again", self.where, why)
         conn.close(graceful=False)
         self._conn = None
+        self._next_connect = time.monotonic() + next(self._delays)
