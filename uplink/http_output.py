@@ -62,7 +62,7 @@ def classify(
     """What to do with the batch `rows` after the server answered `status`."""
     if 200 <= status < 300:
         return Answer.ok(rows, f"HTTP {status}")
-    snippet = " ".join(body[:BODY_SNIPPET].split())
+    snippet = " ".join(influx.server_message(body)[0].split())[:BODY_SNIPPET]
     detail = f"HTTP {status}: {snippet}" if snippet else f"HTTP {status}"
     if partial is not None and status in PARTIAL_STATUSES:
         return partial(status, body, rows)

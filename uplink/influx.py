@@ -66,8 +66,9 @@ def influx_v1_write_url(base: str, database: str) -> str:
     return _write_url(base, V1_WRITE_PATH, {"db": database, "precision": "ns"})
 
 
-def _message(body: str) -> tuple[str, Any]:
-    """(the server's message, the parsed JSON or None); the body itself if it is not JSON."""
+def server_message(body: str) -> tuple[str, Any]:
+    """(the server's message, the parsed JSON or None): InfluxDB's `message` (2.x, 3.x) or
+    `error` (1.x) field, which many JSON APIs share; the body itself if it is not JSON."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -91,7 +92,7 @@ def _numbered(data: Any, count: int) -> set[int]:
 
 def refused_lines(body: str, lines: Sequence[str]) -> tuple[set[int], str]:
     """Which of `lines` (0-based) the answer names, and the server's message."""
-    message, data = _message(body)
+    message, data = server_message(body)
     named = _numbered(data, len(lines))
     named |= {i for i, line in enumerate(lines) if f"unable to parse '{line}'" in message}
     return named, message
