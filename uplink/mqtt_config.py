@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import re
 import socket
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from urllib.parse import unquote, urlsplit
 from powmon.common.checks import MQTT_SCHEMES
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Secret, Settings
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE: Final = 500  # readings published per round (each its own message)
 BATCH_WAIT: Final = 0.05  # seconds a reading may wait for company: low latency, few rounds
@@ -96,6 +99,8 @@ class MqttConfig:
                 "give it in one place"
             )
         password = Secret(unquote(parts.password)) if parts.password is not None else m.password
+        if m.tls_insecure:
+            log.warning("MQTT_TLS_INSECURE is true: the broker's certificate is not checked")
         files = (("MQTT_CA_CERTS", m.ca_certs), ("MQTT_CERTFILE", m.certfile),
                  ("MQTT_KEYFILE", m.keyfile))
         for key, path in files:
