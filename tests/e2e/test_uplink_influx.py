@@ -35,19 +35,19 @@ def influxd(tmp_path: Path) -> Iterator[Influxd]:
 
 @pytest.fixture
 def run(tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
-        zmq_ctx: zmq.Context[zmq.Socket[bytes]], influxd: Influxd) -> UplinkRun:  # fmt: skip
+        zmq_ctx: zmq.Context[zmq.Socket[bytes]], influxd: Influxd) -> UplinkRun:
     return UplinkRun(
         tmp_path, spawn, broker, zmq_ctx, REMOTE_SAVE=True, UPLINK_FORMAT="influx",
         UPLINK_URL=influxd.url, INFLUX_DATABASE=DB, UPLINK_BATCH_SIZE=100,
         UPLINK_BATCH_WAIT=0.1, UPLINK_TIMEOUT=2.0, UPLINK_BACKOFF_MAX=0.5,
-    )  # fmt: skip
+    )
 
 
 def as_point(r: Reading) -> dict[str, Any]:
     """A reading as InfluxDB 1.x gives it back (SELECT *, epoch=ns)."""
     return {"time": r.ts_ns, "sensor_id": r.sensor_id, "session": r.session, "seq": r.seq,
             "raw": r.raw, "volts": r.volts, "amps": r.amps, "watts": r.watts,
-            "flags": flag_names(r.flags)}  # fmt: skip
+            "flags": flag_names(r.flags)}
 
 
 def stored(influxd: Influxd) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -73,15 +73,15 @@ def test_points_equal_the_readings_and_an_outage_loses_nothing(
     warm_up(run, influxd)
     sent = run.publish("s1", range(200))
     wait_until(lambda: len([k for k in stored(influxd) if k[1] == "s1"]) == 200, 30,
-               what="200 points")  # fmt: skip
+               what="200 points")
     influxd.stop(signal.SIGKILL)
     sent += run.publish("s1", range(200, 400))
     before = run.status().get("retries", 0)
     run.wait_status(lambda c: c["retries"] >= before + 3 and c["output_http"]["spool_depth"] >= 1,
-                    "retrying while influxd is down")  # fmt: skip
+                    "retrying while influxd is down")
     influxd.start()
     wait_until(lambda: len([k for k in stored(influxd) if k[1] == "s1"]) == 400, 60,
-               what="400 points after the outage")  # fmt: skip
+               what="400 points after the outage")
     points = stored(influxd)
     for r in sent:
         assert points[r.key] == as_point(r), r.key
@@ -97,12 +97,12 @@ def test_a_real_partial_write_dead_letters_only_the_refused_points(
     the refused readings, dead-letters them with InfluxDB's reason, and stores the rest."""
     conflict = f"power,sensor_id=OLD,session=x seq=1.5 {WEEK_2001_NS}\n"
     resp = requests.post(f"{influxd.url}/write", params={"db": DB, "precision": "ns"},
-                         data=conflict.encode(), timeout=10)  # fmt: skip
+                         data=conflict.encode(), timeout=10)
     assert resp.status_code == 204
     warm_up(run, influxd)
     old = {5, 6, 23}
     sent = run.publish("mix", range(40), ts_ns=lambda seq: WEEK_2001_NS + seq if seq in old
-                       else 1_700_000_000_000_000_000 + seq)  # fmt: skip
+                       else 1_700_000_000_000_000_000 + seq)
     counters = run.wait_status(lambda c: c["output_http"]["dead_lettered"] == len(old)
                                and c["output_http"]["spool_depth"] == 0, "3 dead, rest stored")
     points = stored(influxd)

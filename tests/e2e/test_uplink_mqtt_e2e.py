@@ -16,6 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 import zmq
+from paho.mqtt.enums import CallbackAPIVersion
 
 from powmon.common.schema import decode_status
 from powmon.common.settings import load_settings
@@ -35,7 +36,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     # Saved on every change, so that what the killed broker had acknowledged to PowMon still
     # reaches the test's subscriber (whose persistent session the restarted broker restores).
     mq = Mosquitto(root, extra=f"persistence true\npersistence_location {root}/\n"
-                               "autosave_interval 1\nautosave_on_changes true\n")  # fmt: skip
+                               "autosave_interval 1\nautosave_on_changes true\n")
     mq.config.write_text(mq.config.read_text().replace("persistence false\n", ""))
     mq.start()
     yield mq
@@ -47,7 +48,7 @@ def by_key(sub: Subscriber) -> dict[Key, list[bytes]]:
     for msg in sub.snapshot():
         if msg.topic == "powmon/VIC":
             d = json.loads(msg.payload)
-            out[(d["sensor_id"], d["session"], d["seq"])].append(msg.payload)
+            out[(d["sensor_id"], d["session"], d["seq"])].append(bytes(msg.payload))
     return out
 
 
@@ -69,7 +70,7 @@ class UplinkStatus:
 def test_every_stored_reading_reaches_mqtt_through_broker_and_uplink_kills(
     tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
     mosquitto: Mosquitto, zmq_ctx: zmq.Context[zmq.Socket[bytes]],
-) -> None:  # fmt: skip
+) -> None:
     """kill -9 of Mosquitto, then of the uplink, while a sensor samples at 50 Hz: each
     reading in the CSV files reaches the subscriber, a duplicate carries the same key and
     payload, and the last will says offline when the uplink dies."""
@@ -77,7 +78,7 @@ def test_every_stored_reading_reaches_mqtt_through_broker_and_uplink_kills(
         tmp_path / "settings.yaml", [{"PORT": "sim://VIC?amps=2", "SENSORS_ID": "VIC"}],
         POLLING_DELAY=0.02, MQTT_URL=mosquitto.url, MQTT_DISCOVERY="homeassistant",
         UPLINK_BACKOFF_MAX=0.5, UPLINK_SPOOL="spool.sqlite3",
-    )  # fmt: skip
+    )
     cfg = MqttConfig.from_settings(load_settings(settings))
     sub = Subscriber(mosquitto.port, "#", client_id="e2e-sub")
     status = UplinkStatus(zmq_ctx, yaml.safe_load(settings.read_text())["BROKER_BACKEND"])
@@ -86,7 +87,7 @@ def test_every_stored_reading_reaches_mqtt_through_broker_and_uplink_kills(
     uplink = spawn(python_module("powmon.uplink", "--config", str(settings)), "uplink")
     wait_until(lambda: "uplink up" in uplink.output(), 30, what="uplink up")
     reader = spawn(python_module("powmon.readers", "--sensor-id", "VIC", "--config",
-                                 str(settings)), "reader")  # fmt: skip
+                                 str(settings)), "reader")
     try:
         wait_until(lambda: len(by_key(sub)) >= 100, 30, what="100 readings over MQTT")
         mosquitto.stop(signal.SIGKILL)
@@ -94,7 +95,7 @@ def test_every_stored_reading_reaches_mqtt_through_broker_and_uplink_kills(
         mosquitto.start()
         seen = len(by_key(sub))
         wait_until(lambda: len(by_key(sub)) >= seen + 100, 30, what="flowing again")
-        pretend = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="e2e-pretend")
+        pretend = paho.Client(CallbackAPIVersion.VERSION2, client_id="e2e-pretend")
         pretend.connect("127.0.0.1", mosquitto.port)
         pretend.loop_start()
         pretend.publish(availability_topic(cfg), "online", qos=1, retain=True).wait_for_publish(5)
@@ -102,7 +103,7 @@ def test_every_stored_reading_reaches_mqtt_through_broker_and_uplink_kills(
                    and m.payload == b"online", what="availability online (set by the test)")
         uplink.stop(signal.SIGKILL)
         wait_until(lambda: (m := sub.latest(availability_topic(cfg))) is not None
-                   and m.payload == b"offline", 30, what="last will: offline")  # fmt: skip
+                   and m.payload == b"offline", 30, what="last will: offline")
         pretend.disconnect()
         pretend.loop_stop()
         uplink = spawn(python_module("powmon.uplink", "--config", str(settings)), "uplink2")
@@ -117,7 +118,7 @@ def test_every_stored_reading_reaches_mqtt_through_broker_and_uplink_kills(
         assert len(set(copies)) == 1, f"{key}: duplicates differ"
     assert len(stored) > 300
     configs = {m.topic: json.loads(m.payload) for m in sub.snapshot()
-               if m.topic.startswith("homeassistant/sensor/")}  # fmt: skip
+               if m.topic.startswith("homeassistant/sensor/")}
     classes = {c["device_class"]: c for c in configs.values()}
     assert set(classes) == {"current", "power", "energy"}
     assert classes["energy"]["state_class"] == "total_increasing"

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.helpers import Proc, free_tcp_port, unavailable, wait_until
+from tests.helpers import free_tcp_port, unavailable
+from tests.servers import ServerProc
 
 TOOL = "influxd"
 
@@ -60,45 +60,30 @@ def require_influxd() -> str:
     return found
 
 
-class Influxd:
+class Influxd(ServerProc):
     """influxd on a free loopback port; `url` is its base URL."""
 
+    name = "influxd"
+
     def __init__(self, root: Path) -> None:
+        super().__init__(root)
         self.binary = require_influxd()
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
         self.port = free_tcp_port()
         self.config = root / "influxdb.conf"
         self.config.write_text(_CONFIG.format(root=root, port=self.port, rpc=free_tcp_port()))
-        self.proc: Proc | None = None
-        self.starts = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.starts += 1
-        self.proc = Proc([self.binary, "-config", str(self.config)],
-                         self.root / f"influxd-{self.starts}.log")
-        try:
-            wait_until(self._pings, 30, interval=0.1, what="influxd answering /ping")
-        except AssertionError:
-            self.stop()
-            raise
+    def argv(self) -> list[str]:
+        return [self.binary, "-config", str(self.config)]
 
-    def _pings(self) -> bool:
-        if self.proc is not None and self.proc.popen.poll() is not None:
-            raise AssertionError(f"influxd exited: {self.proc.output()[-2000:]}")
+    def ready(self) -> bool:
         try:
             return requests.get(f"{self.url}/ping", timeout=1).status_code == 204
         except requests.RequestException:
             return False
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            self.proc.stop(sig)
-            self.proc = None
 
     def query(self, db: str, q: str) -> Any:
         resp = requests.post(f"{self.url}/query", params={"db": db, "epoch": "ns"},

@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -22,7 +21,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.helpers import Proc, free_tcp_port, unavailable, wait_until
+from tests.helpers import free_tcp_port, unavailable, wait_until
+from tests.servers import ServerProc
 
 TOOL = "mosquitto"
 
@@ -38,13 +38,14 @@ def require_mosquitto() -> str:
     return found
 
 
-class Mosquitto:
-    """mosquitto -c <tmp conf>: listener 127.0.0.1:<port>, anonymous, or a password file."""
+class Mosquitto(ServerProc):
+    """mosquitto -c <tmp conf>: listener 127.0.0.1:<port>, anonymous unless `extra` says."""
+
+    name = "mosquitto"
 
     def __init__(self, root: Path, extra: str = "") -> None:
+        super().__init__(root)
         self.binary = require_mosquitto()
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
         self.port = free_tcp_port()
         self.config = root / "mosquitto.conf"
         self.config.write_text(
@@ -53,36 +54,20 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             f"log_dest stderr\nuser {getpass.getuser()}\n{extra}"
         )
-        self.proc: Proc | None = None
-        self.starts = 0
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.starts += 1
-        self.proc = Proc([self.binary, "-c", str(self.config)],
-                         self.root / f"mosquitto-{self.starts}.log")
-        try:
-            wait_until(self._listening, 20, interval=0.05, what="mosquitto listening")
-        except AssertionError:
-            self.stop()
-            raise
+    def argv(self) -> list[str]:
+        return [self.binary, "-c", str(self.config)]
 
-    def _listening(self) -> bool:
-        if self.proc is not None and self.proc.popen.poll() is not None:
-            raise AssertionError(f"mosquitto exited: {self.proc.output()[-2000:]}")
+    def ready(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
         except OSError:
             return False
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            self.proc.stop(sig)
-            self.proc = None
 
 
 class Subscriber:
@@ -99,7 +84,7 @@ class Subscriber:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *args: self.subscribed.set()
-        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.reconnect_delay_set(1, 2)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         wait_until(self.subscribed.is_set, 10, what=f"subscribed to {topic}")

@@ -22,7 +22,7 @@ from tests.outputs import Running, mqtt_config
 from tests.servers.mosquitto import Mosquitto, Subscriber
 
 REQUIRED = {"unique_id", "state_topic", "device_class", "state_class", "unit_of_measurement",
-            "availability_topic", "device", "name"}  # fmt: skip
+            "availability_topic", "device", "name"}
 EXPECTED = {  # kind -> (device_class, state_class, unit): what the energy dashboard needs
     "current": ("current", "measurement", "A"),
     "power": ("power", "measurement", "W"),
@@ -55,7 +55,7 @@ def writer_beat(state: str = "running", energy: dict[str, Any] | None = None) ->
 def configs(sub: Subscriber, retained: bool = False) -> dict[str, dict[str, Any]]:
     """Discovery configs received (only those delivered as retained messages, if asked)."""
     return {m.topic: json.loads(m.payload) for m in sub.snapshot()
-            if m.topic.startswith("homeassistant/") and (m.retain or not retained)}  # fmt: skip
+            if m.topic.startswith("homeassistant/") and (m.retain or not retained)}
 
 
 def payload(sub: Subscriber, topic: str) -> str | None:
@@ -117,7 +117,7 @@ def test_state_is_throttled_to_the_latest_reading_and_energy_comes_from_the_writ
         wait_until(lambda: payload(sub, energy_topic(cfg, "VIC")) == "1234.5", what="energy")
         wait_until(lambda: payload(sub, energy_topic(cfg, "Lab 2")) == "7.0", what="energy 2")
         wait_until(lambda: json.loads(sub.latest(topic).payload)["seq"] == 299,  # type: ignore[union-attr]
-                   20, what="the newest reading in the state")  # fmt: skip
+                   20, what="the newest reading in the state")
         latest = json.loads(sub.latest(topic).payload)  # type: ignore[union-attr]
         assert (latest["amps"], latest["watts"], latest["session"]) == (29.9, 149.5, "s1")
     finally:
@@ -168,7 +168,7 @@ def test_a_restarted_broker_gets_the_discovery_again(
     broker.stop(signal.SIGKILL)
     broker.start()
     late: Callable[[], Subscriber] = lambda: Subscriber(broker.port, "homeassistant/#",  # noqa: E731
-                                                        client_id="ha-2")  # fmt: skip
+                                                        client_id="ha-2")
     again = late()
     try:
         wait_until(lambda: len(configs(again)) == 6, 30, what="configs after the restart")

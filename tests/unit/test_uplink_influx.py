@@ -160,7 +160,7 @@ def test_429_waits_for_retry_after(server: RecordingServer, start: Callable[...,
     ("status", "body"),
     [(401, b'{"code":"unauthorized","message":"unauthorized access"}'),
      (404, b'{"code":"not found","message":"bucket \\"power\\" not found"}')],
-)  # fmt: skip
+)
 def test_401_or_404_stops_the_output_without_dead_letters(
     server: RecordingServer, start: Callable[..., Running], status: int, body: bytes
 ) -> None:
@@ -183,10 +183,10 @@ def test_refused_lines_are_found_by_quote_and_by_number() -> None:
     line names none."""
     lines = ["a x=1 1", "b x=2 2", "c x=3 3"]
     v1 = json.dumps({"error": "partial write: unable to parse 'b x=2 2': bad\n"
-                              "unable to parse 'c x=3 3': bad dropped=0"})  # fmt: skip
+                              "unable to parse 'c x=3 3': bad dropped=0"})
     assert refused_lines(v1, lines)[0] == {1, 2}
     v3 = json.dumps({"error": "partial write of line protocol occurred",
-                     "data": [{"line_number": 1, "original_line": "a x=1 1"}]})  # fmt: skip
+                     "data": [{"line_number": 1, "original_line": "a x=1 1"}]})
     assert refused_lines(v3, lines)[0] == {0}
     assert refused_lines('{"code":"invalid","line":3,"message":"x"}', lines)[0] == {2}
     assert refused_lines('{"error":"partial write: dropped=2"}', lines)[0] == set()
