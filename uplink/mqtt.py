@@ -26,6 +26,7 @@ import math
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -131,10 +132,17 @@ class _Connection:
     def open(self) -> Answer | None:
         """Connect and wait for the CONNACK; None when up, else what to tell the core."""
         where = self.cfg.where
-        try:
-            self.client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive)
-        except (OSError, ValueError) as err:  # refused, unreachable, TLS (SSLError is OSError)
-            return Answer.retry((), f"cannot connect to {where}: {err}")
+        failed = None
+        # paho drops the socket of a failed TLS handshake without closing it; it is closed
+        # when the exception goes, here, and the ResourceWarning that says so is expected.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            try:
+                self.client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive)
+            except (OSError, ValueError) as err:  # refused, unreachable, TLS (SSLError)
+                failed = f"cannot connect to {where}: {err}"
+        if failed is not None:
+            return Answer.retry((), failed)
         self.client.loop_start()
         deadline = time.monotonic() + self.cfg.timeout
         with self.cond:

@@ -23,6 +23,7 @@ from tests.helpers import wait_until
 from tests.httpserver import RecordingServer
 from tests.outputs import Running, http_config, mqtt_config, reading
 from tests.servers.mosquitto import Mosquitto, Subscriber
+from tests.servers.tls import make_certs
 
 Key = tuple[str, str, int]
 
@@ -193,3 +194,35 @@ def test_mqtt_down_does_not_hold_back_http_and_the_other_way_round(
         finally:
             http.close()
             mqtt.close()
+
+
+def test_mqtts_verifies_the_broker_with_the_given_ca(
+    tmp_path: Path, start: Callable[..., Running]
+) -> None:
+    """mqtts:// with MQTT_CA_CERTS delivers; without the CA the certificate is refused (a
+    retry with the TLS error, nothing lost); MQTT_TLS_INSECURE accepts it unchecked."""
+    ca, cert, key = make_certs(tmp_path / "tls")
+    root = tmp_path / "tls-broker"
+    mq = Mosquitto(root)
+    conf = mq.config.read_text().replace(f"listener {mq.port} 127.0.0.1",
+                                         f"listener {mq.port} 127.0.0.1\ncertfile {cert}\n"
+                                         f"keyfile {key}")
+    mq.config.write_text(conf)
+    mq.start()
+    try:
+        untrusted = start(mq.port, tls=True)
+        untrusted.add([reading(i) for i in range(5)])
+        wait_until(lambda: untrusted.stats.retries >= 1, what="TLS refused")
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stats.last_error
+        assert untrusted.depth() == 5 and untrusted.stats.state == "retrying"
+        untrusted.close()
+        trusted = start(mq.port, tls=True, ca_certs=str(ca), client_id="powmon-tls")
+        wait_until(lambda: trusted.depth() == 0, what="delivered over TLS")
+        trusted.add([reading(i, session="s2") for i in range(3)])
+        wait_until(lambda: trusted.depth() == 0, what="more over TLS")
+        trusted.close()
+        insecure = start(mq.port, tls=True, tls_insecure=True, client_id="powmon-insecure")
+        insecure.add([reading(i, session="s3") for i in range(3)])
+        wait_until(lambda: insecure.depth() == 0, what="delivered unchecked")
+    finally:
+        mq.stop()
