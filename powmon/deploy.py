@@ -19,6 +19,7 @@ import click
 from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.settings import Settings
+from powmon.uplink.config import enabled_outputs
 
 
 def _name(sensor_id: str) -> str:
@@ -31,7 +32,7 @@ def _programs(settings: Settings, python: str) -> Iterator[tuple[str, list[str],
     cfg = str(settings.path)
     yield "powmon-broker", [python, "-m", "powmon.common.broker", "--config", cfg], 10
     yield "powmon-writer", [python, "-m", "powmon.writer", "--config", cfg], 20
-    if settings.remote_save:
+    if enabled_outputs(settings):  # REMOTE_SAVE or MQTT_URL: the one place that decides
         yield "powmon-uplink", [python, "-m", "powmon.uplink", "--config", cfg], 30
     for s in settings.sensors:
         argv = [python, "-m", "powmon.readers", "--sensor-id", s.sensor_id, "--config", cfg]

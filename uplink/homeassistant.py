@@ -15,8 +15,9 @@ plain number on `.../energy`. Every entity shares one availability topic
 pipeline is storing readings), `offline` when they stop or say the writer is stopping, when
 the uplink stops, and, through the MQTT last will, when the uplink dies.
 
-The `Presence` here only decides what to publish; mqtt.py gives it a `publish` callable
-bound to the live connection and calls `tick()` a few times a second.
+Without MQTT_DISCOVERY only the availability topic is published (it is the connection's
+last will anyway). The `Presence` here only decides what to publish; mqtt.py gives it a
+`publish` callable bound to the live connection and calls `tick()` a few times a second.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ class Presence:
         if not sensor.announced:
             sensor.announced = True
             out += [(topic, payload, 1, True) for topic, payload in discovery(self._cfg, sensor_id)]
+        if self._cfg.discovery is None:  # state and energy are for Home Assistant only
+            return out
         if sensor.state_due and sensor.latest is not None and now >= sensor.next_state:
             sensor.state_due = False
             sensor.next_state = now + self._cfg.state_interval
