@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeGuard
+from urllib.parse import urlsplit
 
 
 class Bad(Exception):
@@ -174,3 +176,53 @@ def listen(value: Any) -> tuple[str, int]:
 
 ENDPOINT = text("a ZeroMQ endpoint like 'tcp://127.0.0.1:5555'", r"(tcp|ipc|inproc)://\S+")
 URL = text("an http(s) URL like 'https://example.org/api'", r"https?://\S+")
+
+
+MQTT_SCHEMES: Final = {"mqtt": 1883, "mqtts": 8883}
+_TOPIC_FIELDS: Final = frozenset({"sensor_id", "session"})
+
+
+def mqtt_url(value: Any) -> str:
+    """mqtt://host[:port] or mqtts://host[:port], optionally user[:password]@ before the host."""
+    expected = "an MQTT URL like 'mqtt://127.0.0.1:1883' or 'mqtts://broker.example.org'"
+    checked: str = text(expected)(value)
+    try:
+        parts = urlsplit(checked)
+        port = parts.port
+    except ValueError:
+        raise Bad(expected) from None
+    if (
+        parts.scheme not in MQTT_SCHEMES
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or (port is not None and not 0 < port < 65536)
+    ):
+        raise Bad(expected)
+    return checked
+
+
+def mqtt_topic(value: Any) -> str:
+    """A topic template: MQTT topic characters (no wildcards), placeholders {sensor_id} and
+    {session} only."""
+    expected = "an MQTT topic like 'powmon/{sensor_id}' (placeholders: {sensor_id}, {session}; "
+    expected += "no '+' or '#'; not starting with '$')"
+    checked: str = text(expected)(value)
+    try:
+        pieces = list(string.Formatter().parse(checked))
+    except ValueError:
+        raise Bad(expected) from None
+    for literal, name, spec, conversion in pieces:
+        if "+" in literal or "#" in literal:
+            raise Bad(expected)
+        if name is not None and (name not in _TOPIC_FIELDS or spec or conversion):
+            raise Bad(expected)
+    if checked.startswith("$") or len(checked.encode()) > 65535:
+        raise Bad(expected)
+    return checked
+
+
+MQTT_PREFIX = text(
+    "an MQTT topic prefix like 'homeassistant' (no '+', '#' or spaces)", r"[^$#+\s][^#+\s]*"
+)

@@ -26,7 +26,9 @@ UPLINK_FORMATS: Final = ("seed", "csv", "json", "influx")
 SENSOR_MODES: Final = ("dc", "ac")
 
 # Keys whose values are secrets (the uplink's credentials): never shown, never logged.
-SECRET_KEYS: Final = frozenset({"LOCAL_DATA_PATH", "UPLINK_TOKEN", "INFLUX_TOKEN"})
+SECRET_KEYS: Final = frozenset(
+    {"LOCAL_DATA_PATH", "UPLINK_TOKEN", "INFLUX_TOKEN", "WEB_TOKEN", "MQTT_PASSWORD"}
+)
 
 # Keys the original script wrote into its own file; they carry nothing PowMon needs.
 LEGACY_IGNORED: Final = frozenset({"EHOST", "PROJECT_ROOT"})
@@ -76,7 +78,8 @@ class SensorSettings:
 
 @dataclass(frozen=True, slots=True)
 class UplinkSettings:
-    """Where and how readings go to the remote server (used only when REMOTE_SAVE is true)."""
+    """Where and how readings go to the remote HTTP server or InfluxDB (used only when
+    REMOTE_SAVE is true), and the spool every output shares."""
 
     url: str | None
     host_token: str | None
@@ -95,8 +98,28 @@ class UplinkSettings:
     headers: Mapping[str, str]
     influx_org: str | None
     influx_bucket: str | None
+    influx_database: str | None
     influx_token: Secret | None
     influx_measurement: str
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The MQTT output (used only when MQTT_URL is set); independent of REMOTE_SAVE."""
+
+    url: Secret | None  # may carry user:password
+    topic: str
+    client_id: str | None
+    username: str | None
+    password: Secret | None
+    ca_certs: Path | None
+    certfile: Path | None
+    keyfile: Path | None
+    tls_insecure: bool
+    keepalive: int
+    timeout: float
+    discovery: str | None
+    state_interval: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +145,7 @@ class Settings:
     uplink: UplinkSettings
     web_listen: tuple[str, int] | None  # None: `powmon run` starts no web page
     web_token: Secret | None
+    mqtt: MqttSettings
 
     def sensor(self, sensor_id: str) -> SensorSettings:
         for sensor in self.sensors:
@@ -176,10 +200,24 @@ _TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "UPLINK_HEADERS": (c.headers, {}),
     "INFLUX_ORG": (c.optional(c.text()), None),
     "INFLUX_BUCKET": (c.optional(c.text()), None),
+    "INFLUX_DATABASE": (c.optional(c.text()), None),
     "INFLUX_TOKEN": (c.optional(c.text()), None),
     "INFLUX_MEASUREMENT": (c.text(), "power"),
     "WEB_LISTEN": (c.optional(c.listen), None),
     "WEB_TOKEN": (c.optional(c.text("a token string")), None),
+    "MQTT_URL": (c.optional(c.mqtt_url), None),
+    "MQTT_TOPIC": (c.mqtt_topic, "powmon/{sensor_id}"),
+    "MQTT_CLIENT_ID": (c.optional(c.text()), None),
+    "MQTT_USERNAME": (c.optional(c.text()), None),
+    "MQTT_PASSWORD": (c.optional(c.text()), None),
+    "MQTT_CA_CERTS": (c.optional(c.PATH), None),
+    "MQTT_CERTFILE": (c.optional(c.PATH), None),
+    "MQTT_KEYFILE": (c.optional(c.PATH), None),
+    "MQTT_TLS_INSECURE": (c.boolean, False),
+    "MQTT_KEEPALIVE": (c.integer(5, 3600), 30),
+    "MQTT_TIMEOUT": (c.number(0, lo_open=True), 10.0),
+    "MQTT_DISCOVERY": (c.optional(c.MQTT_PREFIX), None),
+    "MQTT_STATE_INTERVAL": (c.number(0.2, 3600), 1.0),
 }
 
 # Per-sensor keys; the calibration ones default to the top-level value of the same name.
@@ -366,9 +404,7 @@ def _build(
             "readings"
         )
     if v["REMOTE_SAVE"] and v["UPLINK_FORMAT"] == "influx":
-        for key in ("INFLUX_ORG", "INFLUX_BUCKET"):
-            if not v[key]:
-                raise SettingsError(f"{where}: {key}: required when UPLINK_FORMAT is 'influx'")
+        _check_influx(where, v)
     verify = v["UPLINK_VERIFY_TLS"]
     uplink = UplinkSettings(
         url=v["UPLINK_URL"], host_token=v["HOST"], legacy_key=_secret(v["LOCAL_DATA_PATH"]),
@@ -381,7 +417,8 @@ def _build(
         verify_tls=verify if isinstance(verify, bool) else _resolve(base, verify),
         token=_secret(v["UPLINK_TOKEN"]), headers=dict(v["UPLINK_HEADERS"]),
         influx_org=v["INFLUX_ORG"], influx_bucket=v["INFLUX_BUCKET"],
-        influx_token=_secret(v["INFLUX_TOKEN"]), influx_measurement=v["INFLUX_MEASUREMENT"],
+        influx_database=v["INFLUX_DATABASE"], influx_token=_secret(v["INFLUX_TOKEN"]),
+        influx_measurement=v["INFLUX_MEASUREMENT"],
     )  # fmt: skip
     return Settings(
         path=where.resolve(), sensors=sensors, data_root=data_root,
@@ -392,4 +429,49 @@ def _build(
         flush_interval=v["FLUSH_INTERVAL"], replay_buffer=v["REPLAY_BUFFER"],
         restart_backoff_max=v["RESTART_BACKOFF_MAX"], uplink=uplink,
         web_listen=v["WEB_LISTEN"], web_token=_secret(v["WEB_TOKEN"]),
+        mqtt=_mqtt(where, base, v),
     )  # fmt: skip
+
+
+def _check_influx(where: Path, v: dict[str, Any]) -> None:
+    """InfluxDB 1.x is chosen by INFLUX_DATABASE, 2.x/3.x by INFLUX_ORG + INFLUX_BUCKET."""
+    v2 = [key for key in ("INFLUX_ORG", "INFLUX_BUCKET") if v[key]]
+    if v["INFLUX_DATABASE"] and v2:
+        raise SettingsError(
+            f"{where}: INFLUX_DATABASE: set it for InfluxDB 1.x, or {' and '.join(v2)} for "
+            "InfluxDB 2.x/3.x, not both"
+        )
+    if not v["INFLUX_DATABASE"]:
+        for key in ("INFLUX_ORG", "INFLUX_BUCKET"):
+            if not v[key]:
+                raise SettingsError(
+                    f"{where}: {key}: required when UPLINK_FORMAT is 'influx' (InfluxDB 2.x/3.x;"
+                    " for 1.x set INFLUX_DATABASE instead)"
+                )
+
+
+def _mqtt(where: Path, base: Path, v: dict[str, Any]) -> MqttSettings:
+    url = v["MQTT_URL"]
+    tls_keys = [k for k in ("MQTT_CA_CERTS", "MQTT_CERTFILE", "MQTT_KEYFILE") if v[k]]
+    if v["MQTT_TLS_INSECURE"]:
+        tls_keys.append("MQTT_TLS_INSECURE")
+    if url and tls_keys and not url.startswith("mqtts://"):
+        raise SettingsError(f"{where}: {tls_keys[0]}: TLS options need an mqtts:// MQTT_URL")
+    if url and v["MQTT_USERNAME"] and "@" in url.split("://", 1)[1]:
+        raise SettingsError(
+            f"{where}: MQTT_USERNAME: the user is already in MQTT_URL; give it in one place"
+        )
+    if v["MQTT_KEYFILE"] and not v["MQTT_CERTFILE"]:
+        raise SettingsError(f"{where}: MQTT_KEYFILE: needs MQTT_CERTFILE (the client certificate)")
+
+    def path(key: str) -> Path | None:
+        return _resolve(base, v[key]) if v[key] else None
+
+    return MqttSettings(
+        url=_secret(url), topic=v["MQTT_TOPIC"], client_id=v["MQTT_CLIENT_ID"],
+        username=v["MQTT_USERNAME"], password=_secret(v["MQTT_PASSWORD"]),
+        ca_certs=path("MQTT_CA_CERTS"), certfile=path("MQTT_CERTFILE"),
+        keyfile=path("MQTT_KEYFILE"), tls_insecure=v["MQTT_TLS_INSECURE"],
+        keepalive=v["MQTT_KEEPALIVE"], timeout=v["MQTT_TIMEOUT"],
+        discovery=v["MQTT_DISCOVERY"], state_interval=v["MQTT_STATE_INTERVAL"],
+    )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from powmon.common.settings import Settings
+from powmon.uplink.config import enabled_outputs
 
 
 class Watch(enum.Enum):
@@ -61,8 +62,8 @@ READERS: Final = 40
 
 
 def uplink_wanted(settings: Settings) -> bool:
-    """The uplink runs when there is somewhere to send readings (REMOTE_SAVE)."""
-    return settings.remote_save
+    """The uplink runs when it has an output (REMOTE_SAVE, MQTT_URL; uplink.config decides)."""
+    return bool(enabled_outputs(settings))
 
 
 def pipeline(settings: Settings) -> tuple[ProcessSpec, ...]:

@@ -1,10 +1,11 @@
 """A real HTTP server on 127.0.0.1 for uplink tests: it records requests and misbehaves on cue.
 
 Started in the test process on a free port. It answers with a default reply (200 unless told
-otherwise), or with one-shot replies queued by `script()`; it can hang (hold the request
-without answering until `release()`, `close()` or HANG_MAX_S), and it can stop listening and
-come back on the same port (SO_REUSEADDR), dropping open keep-alive connections on the way,
-which is what a server outage looks like to a client.
+otherwise), or with one-shot replies queued by `script()`, or with what a function given to
+`respond_with()` makes of each request (a server that behaves like InfluxDB, say); it can hang
+(hold the request without answering until `release()`, `close()` or HANG_MAX_S), and it can
+stop listening and come back on the same port (SO_REUSEADDR), dropping open keep-alive
+connections on the way, which is what a server outage looks like to a client.
 
 Every request is recorded (method, path, headers, body, when it was read); `status` is filled
 in only once the reply was written, so `delivered()` lists what the client was told it got.
@@ -116,6 +117,7 @@ class RecordingServer:
         self._lock = threading.Lock()
         self._default = Reply()
         self._script: deque[Reply] = deque()
+        self._responder: Callable[[Recorded], Reply] | None = None
         self._release = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -148,6 +150,11 @@ class RecordingServer:
         with self._lock:
             self._script.extend(replies)
 
+    def respond_with(self, responder: Callable[[Recorded], Reply] | None) -> None:
+        """Answer each request (after any scripted replies) with responder(request)."""
+        with self._lock:
+            self._responder = responder
+
     def hang(self) -> None:
         """Hold every request from now on without answering, until release()."""
         self._release.clear()
@@ -163,7 +170,12 @@ class RecordingServer:
     def _take_reply(self, rec: Recorded) -> Reply:
         with self._lock:
             self.requests.append(rec)
-            return self._script.popleft() if self._script else self._default
+            if self._script:
+                return self._script.popleft()
+            responder = self._responder
+            if responder is None:
+                return self._default
+        return responder(rec)
 
     # --- listening ---------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ def start_pipeline(spawn: Callable[..., Proc], tmp_path: Path, sensors: Sequence
     settings = write_settings(tmp_path / "settings.yaml", entries,
                               **{"POLLING_DELAY": 0.05, **overrides})
     cfg = ("--config", str(settings))
-    broker = spawn(python_module("powmon.common.broker", *cfg), "broker")
+    broker = spawn(python_module("powmon.broker", *cfg), "broker")
     writer = spawn(python_module("powmon.writer", *cfg), "writer")
     readers = {s: spawn(python_module("powmon.readers", "--sensor-id", s, *cfg), f"reader-{s}")
                for s in sensors}

@@ -1,8 +1,14 @@
 """UplinkConfig: everything the uplink needs, checked and resolved before any I/O.
 
-Building it decrypts HOST (keys.resolve_url), builds the InfluxDB write URL and the
-Authorization header, and checks the measurement name, so that every problem with the settings
-stops the process with exit 2 before a socket or the spool is opened.
+Which outputs run is decided in one place, `enabled_outputs(settings)`, which `powmon run`,
+`powmon deploy` and the uplink itself all ask: the HTTP output (UPLINK_FORMAT: seed, csv,
+json or influx) when REMOTE_SAVE is true, the MQTT output when MQTT_URL is set. The uplink
+process runs when at least one is enabled.
+
+Building the config decrypts HOST (keys.resolve_url), builds the InfluxDB write URL and the
+Authorization header, checks the measurement name and the MQTT certificate files, so that
+every problem with the settings stops the process with exit 2 before a socket or the spool
+is opened.
 """
 
 from __future__ import annotations
@@ -12,43 +18,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Secret, Settings
 from powmon.sink.core import CoreConfig
 from powmon.uplink.formats import lp_unrepresentable
+from powmon.uplink.influx import influx_v1_write_url, influx_write_url
 from powmon.uplink.keys import redact_url, resolve_url
+from powmon.uplink.mqtt_config import MqttConfig
 
 log = logging.getLogger(__name__)
 
-INFLUX_WRITE_PATH: Final = "/api/v2/write"
 SUMMARY_INTERVAL: Final = 10.0
+HTTP: Final = "http"
+MQTT: Final = "mqtt"
 UPLINK_GAP_LOG: Final = "uplink-gaps.csv"
 DRAIN_MAX: Final = 5000  # readings per spool transaction
+WRITER_STATUS: Final = b"status/writer/"  # energy totals and health for the MQTT output
 
 
-def influx_write_url(base: str, org: str, bucket: str) -> str:
-    """`<base>/api/v2/write?org=..&bucket=..&precision=ns`; a base already ending in the write
-    path is kept as it is."""
-    parts = urlsplit(base)
-    path = parts.path.rstrip("/")
-    if not path.endswith(INFLUX_WRITE_PATH):
-        path += INFLUX_WRITE_PATH
-    query = urlencode({"org": org, "bucket": bucket, "precision": "ns"})
-    if parts.query:
-        query = f"{parts.query}&{query}"
-    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+def enabled_outputs(settings: Settings) -> tuple[str, ...]:
+    """The outputs the uplink runs ('http', 'mqtt'); empty: no uplink process at all."""
+    names: list[str] = []
+    if settings.remote_save:
+        names.append(HTTP)
+    if settings.mqtt.url is not None:
+        names.append(MQTT)
+    return tuple(names)
 
 
 @dataclass(frozen=True, slots=True)
-class UplinkConfig:
-    broker_frontend: str
-    broker_backend: str
-    hwm: int
-    heartbeat_interval: float
-    spool_path: Path
-    spool_max: int
+class HttpConfig:
+    """The HTTP output: the server (or InfluxDB), the body format, batching and retries."""
+
     url: Secret
     format: str
     batch_size: int
@@ -59,17 +61,6 @@ class UplinkConfig:
     headers: Mapping[str, str] = field(repr=False)
     authorization: Secret | None
     measurement: str
-    summary_interval: float = SUMMARY_INTERVAL
-
-    def core(self) -> CoreConfig:
-        """The sink core's part: the uplink's own loss log sits beside its spool (what the
-        uplink lost may well be in the CSV files: gaps.csv is the writer's)."""
-        return CoreConfig(
-            process="uplink", backend=self.broker_backend, frontend=self.broker_frontend,
-            hwm=self.hwm, heartbeat_interval=self.heartbeat_interval,
-            gap_log=self.spool_path.parent / UPLINK_GAP_LOG, fsync=True, batch=DRAIN_MAX,
-            summary_interval=self.summary_interval,
-        )
 
     @property
     def where(self) -> str:
@@ -79,23 +70,12 @@ class UplinkConfig:
     @classmethod
     def from_settings(
         cls, settings: Settings, environ: Mapping[str, str] | None = None
-    ) -> UplinkConfig:
+    ) -> HttpConfig:
         up = settings.uplink
-        if not settings.remote_save:
-            raise SettingsError(
-                f"{settings.path}: REMOTE_SAVE: is false; set it to true to run the uplink"
-            )
         url = resolve_url(settings.path, up, environ)
         auth = up.token and Secret("Bearer " + up.token.reveal())
         if up.format == "influx":
-            # _build() in settings makes INFLUX_ORG/INFLUX_BUCKET required for influx.
-            url = Secret(
-                influx_write_url(url.reveal(), up.influx_org or "", up.influx_bucket or "")
-            )
-            auth = up.influx_token and Secret("Token " + up.influx_token.reveal())
-            _check_measurement(settings.path, up.influx_measurement)
-            if auth is None:
-                log.warning("INFLUX_TOKEN is not set; InfluxDB 2 will refuse writes (401)")
+            url, auth = _influx(settings, url)
         if isinstance(up.verify_tls, Path) and not up.verify_tls.is_file():
             raise SettingsError(
                 f"{settings.path}: UPLINK_VERIFY_TLS: expected true, false or an existing CA "
@@ -104,14 +84,74 @@ class UplinkConfig:
         if up.verify_tls is False:
             log.warning("UPLINK_VERIFY_TLS is false: the server's certificate is not checked")
         return cls(
-            broker_frontend=settings.broker_frontend, broker_backend=settings.broker_backend,
-            hwm=settings.hwm, heartbeat_interval=settings.heartbeat_interval,
-            spool_path=up.spool_path, spool_max=up.spool_max, url=url, format=up.format,
-            batch_size=up.batch_size, batch_wait=up.batch_wait, timeout=up.timeout,
-            backoff_max=up.backoff_max,
+            url=url, format=up.format, batch_size=up.batch_size, batch_wait=up.batch_wait,
+            timeout=up.timeout, backoff_max=up.backoff_max,
             verify_tls=up.verify_tls if isinstance(up.verify_tls, bool) else str(up.verify_tls),
             headers=dict(up.headers), authorization=auth, measurement=up.influx_measurement,
-        )  # fmt: skip
+        )
+
+
+def _influx(settings: Settings, base: Secret) -> tuple[Secret, Secret | None]:
+    """The write URL (1.x when INFLUX_DATABASE is set, else 2.x/3.x) and the Authorization."""
+    up = settings.uplink
+    _check_measurement(settings.path, up.influx_measurement)
+    auth = up.influx_token and Secret("Token " + up.influx_token.reveal())
+    if up.influx_database:
+        return Secret(influx_v1_write_url(base.reveal(), up.influx_database)), auth
+    # settings._check_influx makes INFLUX_ORG and INFLUX_BUCKET required here.
+    url = influx_write_url(base.reveal(), up.influx_org or "", up.influx_bucket or "")
+    if auth is None:
+        log.warning("INFLUX_TOKEN is not set; InfluxDB 2 will refuse writes (401)")
+    return Secret(url), auth
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    """The uplink process: the bus, the one spool, and each enabled output's config."""
+
+    broker_frontend: str
+    broker_backend: str
+    hwm: int
+    heartbeat_interval: float
+    spool_path: Path
+    spool_max: int
+    http: HttpConfig | None
+    mqtt: MqttConfig | None
+    summary_interval: float = SUMMARY_INTERVAL
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(name for name, cfg in ((HTTP, self.http), (MQTT, self.mqtt)) if cfg)
+
+    def core(self) -> CoreConfig:
+        """The sink core's part: the uplink's own loss log sits beside its spool (what the
+        uplink lost may well be in the CSV files: gaps.csv is the writer's), and the writer's
+        heartbeats come too (the MQTT output publishes its energy totals and health)."""
+        return CoreConfig(
+            process="uplink", backend=self.broker_backend, frontend=self.broker_frontend,
+            hwm=self.hwm, heartbeat_interval=self.heartbeat_interval,
+            gap_log=self.spool_path.parent / UPLINK_GAP_LOG, fsync=True, batch=DRAIN_MAX,
+            status_topics=(WRITER_STATUS,) if self.mqtt is not None else (),
+            summary_interval=self.summary_interval,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, environ: Mapping[str, str] | None = None
+    ) -> UplinkConfig:
+        enabled = enabled_outputs(settings)
+        if not enabled:
+            raise SettingsError(
+                f"{settings.path}: REMOTE_SAVE: is false and MQTT_URL is not set; set either "
+                "to run the uplink"
+            )
+        return cls(
+            broker_frontend=settings.broker_frontend, broker_backend=settings.broker_backend,
+            hwm=settings.hwm, heartbeat_interval=settings.heartbeat_interval,
+            spool_path=settings.uplink.spool_path, spool_max=settings.uplink.spool_max,
+            http=HttpConfig.from_settings(settings, environ) if HTTP in enabled else None,
+            mqtt=MqttConfig.from_settings(settings) if MQTT in enabled else None,
+        )
 
 
 def _check_measurement(where: Path, name: str) -> None:

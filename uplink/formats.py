@@ -1,14 +1,14 @@
 """Request bodies for the four uplink formats: seed, csv, json, influx.
 
-`encode()` turns a batch of spooled rows into HTTP requests, each carrying the row ids it
-covers (what the sender acks or dead-letters), plus the rows that cannot be expressed in the
-format at all: those go to the dead-letter table with the reason, never silently dropped.
+`encode()` turns a batch of spooled rows into HTTP requests, each carrying the rows it covers
+(what the core acks, dead-letters or sends again), plus the rows that cannot be expressed in
+the format at all: those go to the dead-letter table with the reason, never silently dropped.
 
 - seed: the original script's body, one reading per POST, `unix_ts,sensor_id,raw,volts,amps,
   watts\\n`. It carries no session or seq, so a seed server cannot deduplicate.
 - csv: one batch per POST, header row schema.CSV_FIELDS, like the writer's files.
 - json: one batch per POST, an array of schema.reading_dict() objects.
-- influx: InfluxDB 2 line protocol, one line per reading.
+- influx: InfluxDB line protocol (1.x, 2.x and 3.x alike), one line per reading.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from powmon.common.schema import CSV_FIELDS, Reading, csv_row, flag_names, reading_dict
+from powmon.uplink.contract import Encoded
 from powmon.uplink.spool import Row
 
 CSV_TYPE: Final = "text/csv; charset=utf-8; header=present"
@@ -35,15 +36,13 @@ _Problem = Callable[[Reading], "str | None"]
 class Request:
     """One POST body and the spool rows it delivers."""
 
-    ids: tuple[int, ...]
+    rows: tuple[Row, ...]
     body: bytes
     content_type: str | None
 
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    requests: list[Request]
-    rejected: list[tuple[int, str]]  # (row id, why it cannot be sent in this format)
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(row.id for row in self.rows)
 
 
 # --- seed ---------------------------------------------------------------------------------
@@ -78,23 +77,22 @@ def seed_line(r: Reading) -> str:
     return out.getvalue()
 
 
-def _seed(rows: Sequence[Row]) -> Encoded:
+def _seed(rows: Sequence[Row]) -> Encoded[Request]:
     # No Content-Type: the original posted a str with requests, which sets none.
-    return Encoded([Request((row.id,), seed_line(row.reading).encode(), None) for row in rows], [])
+    return Encoded([Request((row,), seed_line(row.reading).encode(), None) for row in rows])
 
 
 # --- csv and json -------------------------------------------------------------------------
 
 
-def _csv(rows: Sequence[Row]) -> Encoded:
+def _csv(rows: Sequence[Row]) -> Encoded[Request]:
     if not rows:
-        return Encoded([], [])
+        return Encoded([])
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
     writer.writerow(CSV_FIELDS)
     writer.writerows(csv_row(row.reading) for row in rows)
-    ids = tuple(row.id for row in rows)
-    return Encoded([Request(ids, out.getvalue().encode(), CSV_TYPE)], [])
+    return Encoded([Request(tuple(rows), out.getvalue().encode(), CSV_TYPE)])
 
 
 def _non_finite(r: Reading) -> str | None:
@@ -104,7 +102,7 @@ def _non_finite(r: Reading) -> str | None:
     return None
 
 
-def _json(rows: Sequence[Row]) -> Encoded:
+def _json(rows: Sequence[Row]) -> Encoded[Request]:
     good, rejected = _split(rows, _non_finite)
     if not good:
         return Encoded([], rejected)
@@ -112,7 +110,7 @@ def _json(rows: Sequence[Row]) -> Encoded:
         [reading_dict(row.reading) for row in good],
         ensure_ascii=False, allow_nan=False, separators=(",", ":"),
     )  # fmt: skip
-    return Encoded([Request(tuple(r.id for r in good), body.encode(), JSON_TYPE)], rejected)
+    return Encoded([Request(tuple(good), body.encode(), JSON_TYPE)], rejected)
 
 
 # --- influx line protocol -----------------------------------------------------------------
@@ -175,13 +173,13 @@ def _influx_problem(r: Reading) -> str | None:
     return _non_finite(r)
 
 
-def _influx(rows: Sequence[Row], measurement: str) -> Encoded:
+def _influx(rows: Sequence[Row], measurement: str) -> Encoded[Request]:
     good, rejected = _split(rows, _influx_problem)
     if not good:
         return Encoded([], rejected)
     escaped = lp_measurement(measurement)
     body = "".join(influx_line(escaped, row.reading) + "\n" for row in good)
-    return Encoded([Request(tuple(r.id for r in good), body.encode(), INFLUX_TYPE)], rejected)
+    return Encoded([Request(tuple(good), body.encode(), INFLUX_TYPE)], rejected)
 
 
 # --- dispatch -----------------------------------------------------------------------------
@@ -199,7 +197,7 @@ def _split(rows: Sequence[Row], problem: _Problem) -> tuple[list[Row], list[tupl
     return good, rejected
 
 
-def encode(fmt: str, rows: Sequence[Row], measurement: str = "power") -> Encoded:
+def encode(fmt: str, rows: Sequence[Row], measurement: str = "power") -> Encoded[Request]:
     """The requests that deliver `rows` in format `fmt` (one of settings.UPLINK_FORMATS)."""
     if fmt == "seed":
         return _seed(rows)

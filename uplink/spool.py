@@ -2,9 +2,14 @@
 
 SQLite (stdlib) in WAL mode, so the receive loop and the sender thread each keep their own
 connection and neither blocks the other for longer than one short transaction. A row is deleted
-only when the server acknowledged it with a 2xx, or moved to `dead_letter` when the server
-refused it for good; nothing leaves the spool any other way except the size cap, which is
-counted and logged by the caller.
+only when every enabled output (uplink/positions.py: the HTTP server, InfluxDB, MQTT) has
+delivered it or dead-lettered it; nothing leaves the spool any other way except the size cap,
+which is counted (in all, and per output that had not sent the row yet) and logged.
+
+Each output keeps its own position: `outputs.acked` (every row up to that id is done for the
+output) plus `output_acks`, the few ids done beyond it (out-of-order acknowledgements: MQTT
+PUBACKs, a partial write's dead letters). One slow or dead output never holds back another;
+it only keeps rows in the spool.
 
 The `progress` table keeps, per (sensor_id, session), the highest seq received and the ranges
 still missing below it, committed in the same transaction as the readings: after a restart the
@@ -15,10 +20,11 @@ synchronous=NORMAL: a committed insert survives a crash or kill -9 of the proces
 can lose the last few transactions (the writer's CSV files still have those readings).
 
 Row ids are SQLite rowids without AUTOINCREMENT, so new rows get max(id)+1 and ignored
-duplicates consume no id. Rows only ever leave from the old end (ack and dead letter take the
-oldest rows the sender peeked, the cap drops the oldest), so the live ids form one contiguous
-range and max(id) - min(id) + 1 is the depth: an O(log n) query instead of COUNT(*) over
-millions of rows.
+duplicates consume no id (AUTOINCREMENT would burn one per ignored duplicate). Rows only ever
+leave from the old end (once every output is past them, or by the cap), so the live ids form
+one contiguous range and depths are differences of ids: O(log n) queries instead of COUNT(*)
+over millions of rows. One catch: into an empty table SQLite would number from 1 again, below
+the outputs' positions; `_keep_ids_rising` makes the next id continue above them instead.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -52,10 +58,20 @@ _BURY: Final = (
     "received_ns, status, reason, dead_ns) SELECT sensor_id, session, seq, ts_ns, raw, volts, "
     "amps, watts, flags, received_ns, ?, ?, ? FROM readings WHERE id = ?"
 )
+_UNSPOOL_DEAD: Final = (
+    "DELETE FROM readings WHERE (sensor_id, session, seq) IN "
+    "(SELECT sensor_id, session, seq FROM dead_letter)"
+)
 _REQUEUE: Final = (
     "INSERT OR IGNORE INTO readings (sensor_id, session, seq, ts_ns, raw, volts, amps, watts, "
     "flags, received_ns) SELECT sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, "
     "received_ns FROM dead_letter ORDER BY id"
+)
+# A placeholder row that makes the next rowid continue above the outputs' positions; its
+# empty sensor_id can never be a reading's (the decoder refuses empty ids).
+_PLACEHOLDER: Final = (
+    "INSERT INTO readings (id, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, "
+    "received_ns) VALUES (?, '', '', 0, 0, 0, 0, 0, 0, 0, 0)"
 )
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -70,8 +86,15 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     sensor_id TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
     ts_ns INTEGER NOT NULL, raw REAL NOT NULL, volts REAL NOT NULL, amps REAL NOT NULL,
     watts REAL NOT NULL, flags INTEGER NOT NULL, received_ns INTEGER NOT NULL,
-    status INTEGER, reason TEXT NOT NULL, dead_ns INTEGER NOT NULL
+    status INTEGER, reason TEXT NOT NULL, dead_ns INTEGER NOT NULL,
+    output TEXT NOT NULL DEFAULT 'http'
 );
+CREATE TABLE IF NOT EXISTS outputs (
+    name TEXT PRIMARY KEY, acked INTEGER NOT NULL, dropped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS output_acks (
+    output TEXT NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (output, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress (
     sensor_id TEXT NOT NULL, session TEXT NOT NULL, last_seq INTEGER NOT NULL,
     floor INTEGER NOT NULL, missing TEXT NOT NULL, updated_ns INTEGER NOT NULL,
@@ -113,15 +136,17 @@ class Spool:
         self.max_rows = max_rows
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            with self.transaction():  # IMMEDIATE: two connections opening at once migrate once
+                _migrate(self.db)
         except (OSError, sqlite3.Error) as err:
             raise UplinkError(f"cannot open uplink spool {str(path)!r}: {err}") from err
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
     def add(
         self, readings: Sequence[Reading], now_ns: int | None = None,
@@ -136,12 +161,14 @@ class Spool:
              received)
             for r in readings
         ]  # fmt: skip
-        with self._transaction():
-            before = self._db.total_changes
-            self._db.executemany(_INSERT, rows)
-            inserted = self._db.total_changes - before
+        with self.transaction():
+            placeholder = self._keep_ids_rising()
+            before = self.db.total_changes
+            self.db.executemany(_INSERT, rows)
+            inserted = self.db.total_changes - before
+            self._drop_placeholder(placeholder)
             dropped = self._enforce_cap()
-            self._db.executemany(
+            self.db.executemany(
                 _SAVE_PROGRESS,
                 ((p.sensor_id, p.session, p.last_seq, p.floor, json.dumps(p.missing), received)
                  for p in progress),
@@ -150,9 +177,9 @@ class Spool:
 
     def progress(self) -> list[StreamState]:
         """Every remembered stream, after forgetting all but the MAX_PROGRESS newest."""
-        with self._transaction():
-            self._db.execute(_PRUNE_PROGRESS, (MAX_PROGRESS,))
-        cur = self._db.execute("SELECT sensor_id, session, last_seq, floor, missing FROM progress")
+        with self.transaction():
+            self.db.execute(_PRUNE_PROGRESS, (MAX_PROGRESS,))
+        cur = self.db.execute("SELECT sensor_id, session, last_seq, floor, missing FROM progress")
         return [
             StreamState(
                 sensor, session, last, floor, tuple((lo, hi) for lo, hi in json.loads(gaps))
@@ -160,65 +187,89 @@ class Spool:
             for sensor, session, last, floor, gaps in cur.fetchall()
         ]
 
+    def _keep_ids_rising(self) -> int | None:
+        """In an empty table, put a placeholder at the highest output position, so that new
+        rows are numbered above every position (SQLite would restart at 1). Its id, or None."""
+        if self.db.execute("SELECT 1 FROM readings LIMIT 1").fetchone() is not None:
+            return None
+        (floor,) = self.db.execute("SELECT max(acked) FROM outputs").fetchone()
+        if not floor:
+            return None
+        self.db.execute(_PLACEHOLDER, (floor,))
+        return int(floor)
+
+    def _drop_placeholder(self, placeholder: int | None) -> None:
+        if placeholder is not None:
+            self.db.execute("DELETE FROM readings WHERE id = ?", (placeholder,))
+
     def _enforce_cap(self) -> int:
-        (top,) = self._db.execute("SELECT max(id) FROM readings").fetchone()
-        if top is None:
+        """Drop the oldest rows past max_rows; count, per output, the rows it had not sent."""
+        lo, top = self.db.execute("SELECT min(id), max(id) FROM readings").fetchone()
+        if top is None or top - self.max_rows < lo:
             return 0
-        cur = self._db.execute("DELETE FROM readings WHERE id <= ?", (top - self.max_rows,))
+        cut = top - self.max_rows
+        behind = self.db.execute("SELECT name, acked FROM outputs WHERE acked < ?", (cut,))
+        for name, acked in behind.fetchall():
+            (early,) = self.db.execute(
+                "SELECT count(*) FROM output_acks WHERE output = ? AND id <= ?", (name, cut)
+            ).fetchone()
+            lost = cut - max(acked, lo - 1) - early
+            self.db.execute("UPDATE outputs SET acked = ?, dropped = dropped + ? WHERE name = ?",
+                            (cut, lost, name))
+            self.db.execute("DELETE FROM output_acks WHERE output = ? AND id <= ?", (name, cut))
+        cur = self.db.execute("DELETE FROM readings WHERE id <= ?", (cut,))
         return cur.rowcount
 
     def peek(self, limit: int) -> list[Row]:
-        """The oldest `limit` rows, oldest first (not removed)."""
-        cur = self._db.execute(_PEEK, (limit,))
-        return [
-            Row(row[0], Reading(*row[1:10]), row[10])
-            for row in cur.fetchall()
-        ]  # fmt: skip
-
-    def oldest(self, limit: int) -> tuple[int, int | None]:
-        """(how many rows are waiting, up to `limit`; received_ns of the oldest or None)."""
-        first = self._db.execute("SELECT received_ns FROM readings ORDER BY id LIMIT 1").fetchone()
-        if first is None:
-            return 0, None
-        (count,) = self._db.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM readings ORDER BY id LIMIT ?)", (limit,)
-        ).fetchone()
-        return int(count), int(first[0])
-
-    def ack(self, ids: Iterable[int]) -> int:
-        """The server has these rows: delete them."""
-        with self._transaction():
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM readings WHERE id = ?", ((i,) for i in ids))
-            return self._db.total_changes - before
-
-    def dead_letter(self, ids: Iterable[int], status: int | None, reason: str) -> int:
-        """The server refused these rows for good: move them, atomically, to dead_letter."""
-        now = time.time_ns()
-        keys = [(i,) for i in ids]
-        with self._transaction():
-            self._db.executemany(_BURY, ((status, reason, now, k[0]) for k in keys))
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM readings WHERE id = ?", keys)
-            return self._db.total_changes - before
+        """The oldest `limit` rows, oldest first (not removed), whatever the outputs did."""
+        cur = self.db.execute(_PEEK, (limit,))
+        return [Row(row[0], Reading(*row[1:10]), row[10]) for row in cur.fetchall()]
 
     def requeue_dead(self) -> int:
-        """Move every dead-lettered reading back into the queue (after fixing the server)."""
-        with self._transaction():
-            self._db.execute(_REQUEUE)
-            return self._db.execute("DELETE FROM dead_letter").rowcount
+        """Move every dead-lettered reading back into the queue (after fixing the server).
+
+        Each goes in as a new row at the end, for every output: an output that had delivered
+        it gets it again (at least once; the same key). A copy still spooled for another output
+        is replaced by the new row, else the output that refused it would never see it again.
+        """
+        with self.transaction():
+            self.db.execute(_UNSPOOL_DEAD)
+            placeholder = self._keep_ids_rising()
+            self.db.execute(_REQUEUE)
+            self._drop_placeholder(placeholder)
+            return self.db.execute("DELETE FROM dead_letter").rowcount
 
     def depth(self) -> int:
-        """Rows waiting to be sent (see the module docstring for why this is not COUNT(*))."""
-        lo, hi = self._db.execute("SELECT min(id), max(id) FROM readings").fetchone()
-        return 0 if lo is None else int(hi - lo + 1)
+        """Rows some output has still to send (an id difference; see the module docstring).
 
-    def dead_count(self) -> int:
-        (count,) = self._db.execute("SELECT count(*) FROM dead_letter").fetchone()
+        With no output registered (a spool only received into), every row counts. After
+        --requeue-dead-letters the old places of requeued rows count until passed.
+        """
+        lo, hi = self.db.execute("SELECT min(id), max(id) FROM readings").fetchone()
+        if lo is None:
+            return 0
+        (done,) = self.db.execute("SELECT min(acked) FROM outputs").fetchone()
+        return int(hi - max(lo - 1, done if done is not None else lo - 1))
+
+    def dead_count(self, output: str | None = None) -> int:
+        """Dead letters in all, or those one output refused."""
+        if output is None:
+            (count,) = self.db.execute("SELECT count(*) FROM dead_letter").fetchone()
+        else:
+            (count,) = self.db.execute(
+                "SELECT count(*) FROM dead_letter WHERE output = ?", (output,)
+            ).fetchone()
         return int(count)
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self.path)
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db, self.path)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Spools from before per-output positions: their dead letters were the HTTP uplink's."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(dead_letter)")}
+    if "output" not in columns:
+        db.execute("ALTER TABLE dead_letter ADD COLUMN output TEXT NOT NULL DEFAULT 'http'")
 
 
 class _Transaction:

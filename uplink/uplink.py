@@ -1,49 +1,46 @@
-"""The uplink process: bus -> durable spool -> remote HTTP server, never the other way round.
+"""The uplink process: bus -> durable spool -> outputs (HTTP, InfluxDB, MQTT), never back.
 
 A sink on the sink core (sink/core.py), which subscribes, resumes, fills gaps from the readers'
 replay buffers and drops duplicates. What is the uplink's own: each batch is committed to the
 spool in one transaction together with the streams' progress (so a restart knows exactly what
-it already has), and the sender thread (sender.py) takes batches from the spool and deletes
-them only once the server answered 2xx. The receive loop never touches HTTP, so a slow or dead
-server cannot make the uplink fall behind the bus.
+it already has); each output (outputs.py) has a thread of its own that takes batches from the
+spool at its own position and marks them done only once its receiver acknowledged them (2xx,
+PUBACK). The receive loop never touches the network, so a slow or dead server cannot make the
+uplink fall behind the bus, and one output down never holds back another.
 
-On SIGTERM: stop receiving (everything received is already committed), tell the sender to
-stop, wait for its in-flight request at most UPLINK_TIMEOUT (+ a margin), then exit 0. A
+On SIGTERM: stop receiving (everything received is already committed), tell the outputs to
+stop, wait for their in-flight requests at most their timeout (+ a margin), then exit 0. A
 request still hanging then is abandoned with its batch still spooled: it is sent on the next
-start, and a server that deduplicates by (sensor_id, session, seq) sees it at most twice.
+start, and a receiver that deduplicates by (sensor_id, session, seq) sees it at most twice.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Final
 
 import urllib3
 
 from powmon.common.lock import spool_lock
-from powmon.common.schema import Reading
+from powmon.common.schema import Reading, Status
 from powmon.sink.core import Sink, Stored, serve
 from powmon.sink.tracker import StreamState
 from powmon.uplink.config import UplinkConfig
-from powmon.uplink.sender import Sender, Stats
+from powmon.uplink.outputs import Outputs
+from powmon.uplink.sender import Stats
 from powmon.uplink.spool import Spool
 
 log = logging.getLogger(__name__)
 
-JOIN_MARGIN_S: Final = 1.0
-
 
 class SpoolSink(Sink):
-    """The uplink's store: the spool, and a poke to the sender for each committed batch."""
+    """The uplink's store: the spool, and a poke to the outputs for each committed batch."""
 
-    def __init__(self, config: UplinkConfig, spool: Spool, sender: Sender, stats: Stats):
-        self.config = config
+    def __init__(self, spool: Spool, outputs: Outputs, stats: Stats) -> None:
         self.spool = spool
-        self.sender = sender
+        self.outputs = outputs
         self.stats = stats
         stats.spool_depth = spool.depth()
 
@@ -58,43 +55,36 @@ class SpoolSink(Sink):
                       "%d in all", self.spool.max_rows, result.dropped,
                       self.stats.dropped_over_cap)
         if result.inserted:
-            self.sender.poke()
+            self.outputs.poke()
+        if readings:
+            self.outputs.on_readings(readings)
         return Stored(duplicates=result.duplicates)
 
+    def on_status(self, status: Status) -> None:
+        self.outputs.on_status(status)
+
     def tick(self, now: float) -> None:
-        self.sender.check()
+        self.outputs.check()
         self.stats.spool_depth = self.spool.depth()
 
     def counters(self) -> dict[str, object]:
-        s = self.stats
         return {
-            "spool_depth": s.spool_depth, "sent": s.sent, "batches_ok": s.batches_ok,
-            "retries": s.retries, "dead_lettered": s.dead_lettered,
-            "dropped_over_cap": s.dropped_over_cap, "last_success_ns": s.last_success_ns,
-            "last_error": s.last_error,
+            "spool_depth": self.stats.spool_depth, "dropped_over_cap": self.stats.dropped_over_cap,
+            **self.outputs.counters(),
         }
 
     def close(self) -> None:
-        """Stop the sender (its in-flight request at most UPLINK_TIMEOUT), then the spool."""
+        """Stop the outputs (their in-flight requests at most their timeout), then the spool."""
         try:
-            if not self.sender.shutdown(self.config.timeout + JOIN_MARGIN_S):
-                log.warning("a request to %s is still in flight; its batch stays spooled and "
-                            "is sent on the next start", self.config.where)
+            for name in self.outputs.shutdown():
+                log.warning("output %s is still delivering; its batch stays spooled and is sent "
+                            "on the next start", name)
             self.stats.spool_depth = self.spool.depth()
-            _summary(self.stats)
+            log.info("uplink depth=%d dropped=%d", self.stats.spool_depth,
+                     self.stats.dropped_over_cap)
+            self.outputs.summary()
         finally:
             self.spool.close()
-
-
-def _summary(stats: Stats) -> None:
-    last = (
-        time.strftime("%H:%M:%SZ", time.gmtime(stats.last_success_ns / 1e9))
-        if stats.last_success_ns
-        else "never"
-    )
-    log.info("uplink depth=%d sent=%d batches=%d retries=%d dead=%d dropped=%d last_ok=%s",
-             stats.spool_depth, stats.sent, stats.batches_ok, stats.retries,
-             stats.dead_lettered, stats.dropped_over_cap, last)
 
 
 def run(config: UplinkConfig, stop: threading.Event) -> None:
@@ -104,15 +94,15 @@ def run(config: UplinkConfig, stop: threading.Event) -> None:
 
 
 def _run(config: UplinkConfig, stop: threading.Event) -> None:
-    if config.verify_tls is False:
+    if config.http is not None and config.http.verify_tls is False:
         # Said once, at start (config.py); not once per request.
         warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
     stats = Stats()
     spool = Spool(config.spool_path, config.spool_max)
-    sender = Sender(config, stats, threading.Event(), threading.Event())
-    sink = SpoolSink(config, spool, sender, stats)
-    log.info("uplink up backend=%s server=%s format=%s spool=%s depth=%d",
-             config.broker_backend, config.where, config.format, config.spool_path,
-             stats.spool_depth)
-    sender.start()
+    outputs = Outputs(config)
+    sink = SpoolSink(spool, outputs, stats)
+    outputs.start(spool)
+    stats.spool_depth = spool.depth()
+    log.info("uplink up backend=%s outputs: %s spool=%s depth=%d", config.broker_backend,
+             outputs.describe(), config.spool_path, stats.spool_depth)
     serve(config.core(), sink, stop)

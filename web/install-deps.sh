@@ -4,4 +4,4 @@
 # browser download), and a font, so that the screenshot shows text rather than empty boxes.
 # Idempotent (scripts/apt-install).
 set -euo pipefail
-exec "$(dirname "$0")/../scripts/apt-install" web chromium fonts-dejavu-core
+exec "$(dirname "$0")/../scripts/apt-install" "web deps" chromium fonts-dejavu-core

@@ -10,77 +10,36 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 import zmq
 
-from powmon.common.schema import Reading, decode_status, encode_reading
-from powmon.common.transport import pub_socket, sub_socket
-from tests.helpers import Proc, python_module, wait_until, write_settings
+from tests.helpers import Proc, wait_until
 from tests.httpserver import RecordingServer, Reply
+from tests.uplinkrun import UplinkRun
 
 pytestmark = pytest.mark.e2e
 
 Key = tuple[str, str, int]
 
 
-class Pipeline:
-    """Broker + uplink processes, a PUB for readings, a SUB for the uplink's heartbeat."""
+class Pipeline(UplinkRun):
+    """Broker + uplink processes sending json to a RecordingServer."""
 
     def __init__(self, tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
-                 ctx: zmq.Context[zmq.Socket[bytes]], server: RecordingServer) -> None:  # fmt: skip
+                 ctx: zmq.Context[zmq.Socket[bytes]], server: RecordingServer) -> None:
         self.server = server
-        self.spawn = spawn
-        self.settings = write_settings(
-            tmp_path / "settings.yaml", [{"PORT": "sim://VIC", "SENSORS_ID": "VIC"}],
-            REMOTE_SAVE=True, UPLINK_URL=server.url, UPLINK_FORMAT="json",
-            UPLINK_BATCH_SIZE=20, UPLINK_BATCH_WAIT=0.1, UPLINK_TIMEOUT=1.0,
-            UPLINK_BACKOFF_MAX=0.3, UPLINK_SPOOL="spool.sqlite3",
-        )  # fmt: skip
-        self.spool_path = tmp_path / "data" / "spool.sqlite3"
-        data = yaml.safe_load(self.settings.read_text())
-        broker(self.settings)
-        self.pub = pub_socket(ctx, data["BROKER_FRONTEND"], 100_000)
-        self.status_sub = sub_socket(ctx, data["BROKER_BACKEND"], [b"status/uplink/"], 1000)
-        self.counters: dict[str, Any] = {}
-        self.uplink = self.start_uplink()
+        super().__init__(
+            tmp_path, spawn, broker, ctx, REMOTE_SAVE=True, UPLINK_URL=server.url,
+            UPLINK_FORMAT="json", UPLINK_BATCH_SIZE=20, UPLINK_BATCH_WAIT=0.1,
+            UPLINK_TIMEOUT=1.0, UPLINK_BACKOFF_MAX=0.3,
+        )
         self._warm_seq = 0
-
-    def start_uplink(self) -> Proc:
-        self.counters = {}
-        argv = python_module("powmon.uplink", "--config", str(self.settings))
-        return self.spawn(argv, "uplink")
-
-    def publish(self, session: str, seqs: Iterable[int]) -> None:
-        for seq in seqs:
-            r = Reading("VIC", session, seq, time.time_ns(), 512.0, 0.02, 0.3, 1.5)
-            self.pub.send_multipart(encode_reading(r))
-
-    def status(self) -> dict[str, Any]:
-        """The latest heartbeat counters of the uplink (drains the status socket)."""
-        while True:
-            try:
-                frames = self.status_sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return self.counters
-            self.counters = dict(decode_status(frames).counters)
-
-    def wait_status(self, predicate: Callable[[dict[str, Any]], bool], what: str,
-                    timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
-        def ready() -> dict[str, Any] | None:
-            counters = self.status()
-            return counters if counters and predicate(counters) else None
-
-        found = wait_until(ready, timeout, what=what)
-        assert found is not None
-        return found
 
     def delivered(self, session: str) -> Counter[Key]:
         """How often the server answered 2xx for each key of `session`."""

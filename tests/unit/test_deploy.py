@@ -40,10 +40,14 @@ def test_supervisord_conf_has_one_program_per_reader(tmp_path: Path) -> None:
 
 
 def test_no_uplink_program_without_remote_save(tmp_path: Path) -> None:
-    """REMOTE_SAVE: false means no uplink process at all."""
+    """REMOTE_SAVE: false and no MQTT_URL means no uplink process at all; MQTT_URL alone
+    runs one."""
     conf = supervisord_conf(load_settings(_settings(tmp_path, remote=False)), tmp_path)
     assert "powmon-uplink" not in conf
     assert "powmon-uplink.service" not in systemd_units(load_settings(_settings(tmp_path, False)))
+    path = _settings(tmp_path, False)
+    path.write_text(path.read_text() + "MQTT_URL: mqtt://127.0.0.1:1883\n")
+    assert "powmon-uplink.service" in systemd_units(load_settings(path))
 
 
 def test_systemd_units_written_by_cli(tmp_path: Path) -> None:

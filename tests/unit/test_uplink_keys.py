@@ -15,7 +15,8 @@ from cryptography.fernet import Fernet
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings, load_settings
 from powmon.keys import encrypt_url_command, keygen_command
-from powmon.uplink.config import UplinkConfig, influx_write_url
+from powmon.uplink.config import HttpConfig, UplinkConfig
+from powmon.uplink.influx import influx_v1_write_url, influx_write_url
 from powmon.uplink.keys import resolve_url
 from tests.helpers import write_settings
 
@@ -144,9 +145,11 @@ def test_secret_url_never_shows_in_the_config_repr(tmp_path: Path) -> None:
         UPLINK_TOKEN="tok-123",  # noqa: S106 (a test value)
         UPLINK_HEADERS={"X-K": "v9"},
     )
-    cfg = UplinkConfig.from_settings(s, environ={})
-    text = repr(cfg)
+    up = UplinkConfig.from_settings(s, environ={})
+    text = repr(up)
     assert "api/ingest" not in text and "tok-123" not in text and "v9" not in text
+    cfg = up.http
+    assert cfg is not None and up.mqtt is None
     assert cfg.where == "https://data.example.org"
     assert cfg.authorization is not None and cfg.authorization.reveal() == "Bearer tok-123"
 
@@ -161,7 +164,7 @@ def test_influx_settings_build_the_v2_write_url_and_token_header(tmp_path: Path)
         INFLUX_BUCKET="power",
         INFLUX_TOKEN="t0k",  # noqa: S106 (a test value)
     )
-    cfg = UplinkConfig.from_settings(s, environ={})
+    cfg = HttpConfig.from_settings(s, environ={})
     assert cfg.url.reveal() == (
         "http://127.0.0.1:8086/api/v2/write?org=my+org&bucket=power&precision=ns"
     )
@@ -169,6 +172,22 @@ def test_influx_settings_build_the_v2_write_url_and_token_header(tmp_path: Path)
     assert influx_write_url("http://h:1/api/v2/write/", "o", "b").startswith(
         "http://h:1/api/v2/write?org=o"
     )
+
+
+def test_influx_database_selects_the_v1_write_api(tmp_path: Path) -> None:
+    """INFLUX_DATABASE: InfluxDB 1.x, <base>/write?db=..&precision=ns; with org/bucket too it
+    is a settings error naming both."""
+    s = settings(tmp_path, UPLINK_URL="http://127.0.0.1:8086/", UPLINK_FORMAT="influx",
+                 INFLUX_DATABASE="lab power")
+    cfg = HttpConfig.from_settings(s, environ={})
+    assert cfg.url.reveal() == "http://127.0.0.1:8086/write?db=lab+power&precision=ns"
+    assert cfg.authorization is None
+    assert influx_v1_write_url("http://h:1/write", "d") == "http://h:1/write?db=d&precision=ns"
+    with pytest.raises(SettingsError, match=r"INFLUX_DATABASE.*INFLUX_ORG and INFLUX_BUCKET"):
+        settings(tmp_path, UPLINK_URL="http://h:1", UPLINK_FORMAT="influx", INFLUX_DATABASE="d",
+                 INFLUX_ORG="o", INFLUX_BUCKET="b")
+    with pytest.raises(SettingsError, match=r"INFLUX_ORG: required.*INFLUX_DATABASE"):
+        settings(tmp_path, UPLINK_URL="http://h:1", UPLINK_FORMAT="influx")
 
 
 def test_bad_influx_measurement_is_a_settings_error(tmp_path: Path) -> None:
@@ -179,11 +198,15 @@ def test_bad_influx_measurement_is_a_settings_error(tmp_path: Path) -> None:
         UplinkConfig.from_settings(s, environ={})
 
 
-def test_remote_save_false_refuses_to_run(tmp_path: Path) -> None:
-    """An uplink started with REMOTE_SAVE false says so instead of idling silently."""
+def test_no_output_refuses_to_run(tmp_path: Path) -> None:
+    """An uplink started with REMOTE_SAVE false and no MQTT_URL says so instead of idling
+    silently; with MQTT_URL alone it runs the MQTT output only."""
     s = settings(tmp_path, REMOTE_SAVE=False, UPLINK_URL=URL)
-    with pytest.raises(SettingsError, match="REMOTE_SAVE: is false"):
+    with pytest.raises(SettingsError, match="REMOTE_SAVE: is false and MQTT_URL is not set"):
         UplinkConfig.from_settings(s, environ={})
+    s = settings(tmp_path, REMOTE_SAVE=False, MQTT_URL="mqtt://127.0.0.1")
+    up = UplinkConfig.from_settings(s, environ={})
+    assert up.outputs == ("mqtt",) and up.http is None
 
 
 def test_missing_ca_bundle_is_a_settings_error(tmp_path: Path) -> None:
@@ -193,4 +216,5 @@ def test_missing_ca_bundle_is_a_settings_error(tmp_path: Path) -> None:
         UplinkConfig.from_settings(s, environ={})
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
-    assert UplinkConfig.from_settings(s, environ={}).verify_tls == str(tmp_path / "certs/ca.pem")
+    cfg = HttpConfig.from_settings(s, environ={})
+    assert cfg.verify_tls == str(tmp_path / "certs/ca.pem")

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from powmon.common.schema import READING_PREFIX, Reading, encode_reading
 from powmon.uplink.__main__ import main
+from powmon.uplink.positions import Position, register_outputs
 from powmon.uplink.spool import Spool
 from tests.helpers import wait_until, write_settings
 from tests.uplinks import make_uplink
@@ -63,8 +64,9 @@ def test_requeue_dead_letters_command(tmp_path: Path) -> None:
                               UPLINK_SPOOL="spool.sqlite3")  # fmt: skip
     spool = Spool(tmp_path / "data" / "spool.sqlite3", 1000)
     try:
+        register_outputs(spool, ["http"])
         spool.add([reading(0), reading(1)])
-        spool.dead_letter([row.id for row in spool.peek(2)], 401, "HTTP 401")
+        Position(spool, "http").dead_letter([row.id for row in spool.peek(2)], 400, "HTTP 400")
         result = CliRunner().invoke(main, ["--config", str(settings), "--requeue-dead-letters"])
         assert result.exit_code == 0, result.output
         assert "requeued 2" in result.output

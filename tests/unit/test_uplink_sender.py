@@ -1,60 +1,22 @@
-"""The sender thread against a real HTTP server on 127.0.0.1: batching, retries, dead letter."""
+"""The output core with the HTTP output, against a real HTTP server on 127.0.0.1: batching,
+retries, Retry-After, refused outputs, 413 splitting, dead letters."""
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from email.utils import formatdate
 from pathlib import Path
 
 import pytest
 
-from powmon.common.schema import Reading
 from powmon.common.settings import Secret
-from powmon.uplink.config import UplinkConfig
-from powmon.uplink.sender import Outcome, Sender, Stats, classify, parse_retry_after
-from powmon.uplink.spool import Spool
+from powmon.uplink.contract import Wait
+from powmon.uplink.http_output import HttpOutput, classify, parse_retry_after
+from powmon.uplink.spool import Row
 from tests.helpers import free_tcp_port, wait_until
 from tests.httpserver import RecordingServer, Reply
-
-
-def reading(seq: int, session: str = "s1") -> Reading:
-    return Reading("VIC", session, seq, 1_700_000_000_000_000_000 + seq, 512.0, 0.02, 0.3, 1.5)
-
-
-def make_config(tmp_path: Path, url: str, **kw: object) -> UplinkConfig:
-    cfg = UplinkConfig(
-        broker_frontend="tcp://127.0.0.1:1", broker_backend="tcp://127.0.0.1:2", hwm=1000,
-        heartbeat_interval=1.0, spool_path=tmp_path / "spool.sqlite3", spool_max=10_000,
-        url=Secret(url), format="json", batch_size=10, batch_wait=0.05, timeout=2.0,
-        backoff_max=0.2, verify_tls=True, headers={}, authorization=None, measurement="power",
-    )  # fmt: skip
-    return replace(cfg, **kw)  # type: ignore[arg-type]
-
-
-class Running:
-    """A Sender on its thread plus a spool connection for the test to fill and inspect."""
-
-    def __init__(self, cfg: UplinkConfig) -> None:
-        self.spool = Spool(cfg.spool_path, cfg.spool_max)
-        self.stats = Stats()
-        self.stop = threading.Event()
-        self.wake = threading.Event()
-        self.sender = Sender(cfg, self.stats, self.stop, self.wake)
-        self.thread = threading.Thread(target=self.sender.run, daemon=True)
-        self.thread.start()
-
-    def add(self, readings: list[Reading]) -> None:
-        self.spool.add(readings)
-        self.wake.set()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.wake.set()
-        self.thread.join(10)
-        self.spool.close()
+from tests.outputs import Running, http_config, reading
 
 
 @pytest.fixture
@@ -68,13 +30,13 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     running: list[Running] = []
 
     def go(url: str, **kw: object) -> Running:
-        running.append(Running(make_config(tmp_path, url, **kw)))
+        output = HttpOutput(http_config(url, **kw))
+        running.append(Running(output, tmp_path / "spool.sqlite3"))
         return running[-1]
 
     yield go
     for r in running:
         r.close()
-        assert not r.thread.is_alive(), "sender did not stop"
 
 
 def delivered_keys(server: RecordingServer) -> list[tuple[str, str, int]]:
@@ -96,6 +58,7 @@ def test_batches_are_capped_at_batch_size(
     assert max(len(json.loads(r.body)) for r in server.delivered()) <= 10
     wait_until(lambda: run.spool.depth() == 0, what="spool empty")
     assert run.stats.sent == 25
+    assert run.spool.peek(100) == [], "rows every output is done with are deleted"
 
 
 def test_partial_batch_goes_after_batch_wait(
@@ -115,7 +78,7 @@ def test_5xx_is_retried_until_the_server_takes_it(
     server.script(Reply(500), Reply(503), Reply(408))
     run = start(server.url)
     run.add([reading(i) for i in range(5)])
-    wait_until(lambda: run.spool.depth() == 0, what="spool drained")
+    wait_until(lambda: run.depth() == 0, what="spool drained")
     statuses = [r.status for r in server.snapshot()]
     assert statuses == [500, 503, 408, 200]
     assert run.stats.retries == 3
@@ -134,7 +97,41 @@ def test_4xx_goes_to_dead_letter_and_sending_carries_on(
     run.add([reading(i, session="s2") for i in range(2)])
     wait_until(lambda: len(delivered_keys(server)) == 2, what="next batch delivered")
     assert {k[1] for k in delivered_keys(server)} == {"s2"}
-    assert run.spool.dead_count() == 3
+    assert run.spool.dead_count("http") == 3
+
+
+def test_401_refuses_the_output_keeps_readings_and_recovers(
+    server: RecordingServer, start: Callable[..., Running]
+) -> None:
+    """A 401 dead-letters nothing: the output is `refused` (with the reason), the readings
+    stay spooled, and once the server accepts again they are all delivered."""
+    server.respond(401, body=b"bad token")
+    run = start(server.url)
+    run.add([reading(i) for i in range(4)])
+    wait_until(lambda: run.stats.state == "refused", what="refused state")
+    assert "HTTP 401: bad token" in run.stats.reason
+    assert run.stats.dead_lettered == 0 and run.depth() == 4
+    server.respond(200)
+    wait_until(lambda: sorted(k[2] for k in delivered_keys(server)) == [0, 1, 2, 3],
+               what="delivered after the refusal")
+    wait_until(lambda: run.stats.state == "running", what="running again")
+    assert run.stats.reason == ""
+
+
+def test_413_splits_the_batch_down_to_one_reading(
+    server: RecordingServer, start: Callable[..., Running]
+) -> None:
+    """413 sends the batch again in halves; a single reading still too large is dead-lettered,
+    the rest is delivered."""
+    # [0..3] 413, [0, 1] 413, [0] 200, [1] 413 (dead), [2, 3] 413, [2] 200, [3] 200
+    server.script(Reply(413), Reply(413), Reply(200), Reply(413), Reply(413))
+    run = start(server.url, batch_size=4)
+    run.add([reading(i) for i in range(4)])
+    wait_until(lambda: run.depth() == 0, what="all done")
+    sizes = [len(json.loads(r.body)) for r in server.snapshot()]
+    assert sizes == [4, 2, 1, 1, 2, 1, 1]
+    assert run.spool.dead_count("http") == 1
+    assert sorted(k[2] for k in delivered_keys(server)) == [0, 2, 3]
 
 
 def test_headers_token_and_content_type_are_sent(
@@ -159,7 +156,7 @@ def test_unreachable_server_keeps_readings_and_hides_the_url(
     run = start(f"http://127.0.0.1:{port}/secret-path/tok3n?key=hush")
     run.add([reading(i) for i in range(4)])
     wait_until(lambda: run.stats.retries >= 2, what="retries")
-    assert run.spool.depth() == 4
+    assert run.depth() == 4 and run.stats.state == "retrying"
     error = run.stats.last_error
     assert error and "tok3n" not in error and "hush" not in error and "secret-path" not in error
 
@@ -172,29 +169,40 @@ def test_stop_during_a_hanging_request_leaves_the_batch_spooled(
     run = start(server.url, timeout=0.5)
     run.add([reading(i) for i in range(3)])
     server.wait_for(lambda reqs: len(reqs) >= 1)
-    run.stop.set()
-    run.thread.join(5)
-    assert not run.thread.is_alive()
-    assert run.spool.depth() == 3
+    run.worker.stop()
+    assert run.worker.join(5)
+    assert run.depth() == 3
+
+
+def rows(n: int) -> list[Row]:
+    return [Row(i + 1, reading(i), 0) for i in range(n)]
 
 
 @pytest.mark.parametrize(
-    ("status", "outcome"),
-    [(200, Outcome.OK), (204, Outcome.OK), (408, Outcome.RETRY), (429, Outcome.RETRY),
-     (500, Outcome.RETRY), (503, Outcome.RETRY), (302, Outcome.RETRY), (400, Outcome.DEAD),
-     (401, Outcome.DEAD), (404, Outcome.DEAD), (413, Outcome.DEAD)],
+    ("status", "done", "wait"),
+    [(200, 2, Wait.NONE), (204, 2, Wait.NONE), (408, 0, Wait.RETRY), (429, 0, Wait.RETRY),
+     (500, 0, Wait.RETRY), (503, 0, Wait.RETRY), (302, 0, Wait.RETRY), (400, 0, Wait.NONE),
+     (401, 0, Wait.REFUSED), (403, 0, Wait.REFUSED), (404, 0, Wait.REFUSED),
+     (413, 0, Wait.NONE)],
 )  # fmt: skip
-def test_status_classification(status: int, outcome: Outcome) -> None:
-    """2xx done; 408/429/5xx (and redirects, never followed) retry; other 4xx dead letter."""
-    assert classify(status, None, "").outcome is outcome
+def test_status_classification(status: int, done: int, wait: Wait) -> None:
+    """2xx done; 408/429/5xx (and redirects, never followed) retry; 401/403/404 refuse the
+    output; 413 splits; other 4xx dead-letter."""
+    answer = classify(status, None, "", rows(2))
+    assert (len(answer.done), answer.wait) == (done, wait)
+    if status == 400:
+        assert answer.dead[0].ids == (1, 2)
+    if status == 413:
+        assert [len(g) for g in answer.again] == [1, 1]
 
 
 def test_retry_after_in_seconds_or_http_date() -> None:
-    """Retry-After is honoured in both forms; garbage is ignored; only on 429/503."""
+    """Retry-After is honoured in both forms; garbage is ignored; only on 429/503; capped."""
     assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("99999") == 3600.0
     now = 1_700_000_000.0
     assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30.0)
     assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
     assert parse_retry_after("soon") is None
-    assert classify(429, "3", "").retry_after == 3.0
-    assert classify(500, "3", "").retry_after is None
+    assert classify(429, "3", "", rows(1)).retry_after == 3.0
+    assert classify(500, "3", "", rows(1)).retry_after is None

@@ -1,0 +1,127 @@
+"""What an output is: encode a batch, deliver it, classify the answer; the core does the rest.
+
+Telegraf's split: an output implements Write(); the agent batches, retries and counts. Here
+an output (HTTP formats and InfluxDB in http_output.py, MQTT in mqtt.py) turns spooled rows
+into requests (`encode`), delivers one request and says what happened (`send` -> Answer), and
+the core (sender.Worker) does everything else once for all of them: batching from the spool,
+the output's position, retries with capped backoff, Retry-After, long waits while refused,
+dead letters, splitting, counters and logs.
+
+An Answer names rows, never ids alone, where rows must go again, so that the core can
+re-encode them (a split half, the lines a partial write did not refuse, what a dropped MQTT
+connection left unacknowledged).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from powmon.common.schema import Reading, Status
+from powmon.uplink.spool import Row
+
+R = TypeVar("R")
+
+
+class Wait(enum.Enum):
+    NONE = "none"  # go on at once (done, dead, split, partial)
+    RETRY = "retry"  # a passing failure: capped exponential backoff (and Retry-After)
+    REFUSED = "refused"  # credentials or address refused (401/403/404, MQTT not authorised)
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """Rows the receiver will never take, with its status (if any) and why."""
+
+    ids: tuple[int, ...]
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one delivery attempt came to. Every row of the request is in exactly one of done,
+    dead or again."""
+
+    done: tuple[int, ...] = ()
+    dead: tuple[Dead, ...] = ()
+    again: tuple[tuple[Row, ...], ...] = ()
+    wait: Wait = Wait.NONE
+    detail: str = ""
+    retry_after: float | None = None
+
+    @classmethod
+    def ok(cls, rows: Sequence[Row], detail: str = "") -> Answer:
+        return cls(done=ids(rows), detail=detail)
+
+    @classmethod
+    def retry(cls, rows: Sequence[Row], detail: str, after: float | None = None) -> Answer:
+        return cls(again=(tuple(rows),), wait=Wait.RETRY, detail=detail, retry_after=after)
+
+    @classmethod
+    def refused(cls, rows: Sequence[Row], detail: str) -> Answer:
+        return cls(again=(tuple(rows),), wait=Wait.REFUSED, detail=detail)
+
+    @classmethod
+    def dead_all(cls, rows: Sequence[Row], status: int | None, detail: str) -> Answer:
+        return cls(dead=(Dead(ids(rows), status, detail),), detail=detail)
+
+    @classmethod
+    def split(cls, rows: Sequence[Row], status: int | None, detail: str) -> Answer:
+        """Send in two halves (413, a partial write that names no line); one row left alone
+        is dead-lettered: halving always ends."""
+        if len(rows) <= 1:
+            return cls.dead_all(rows, status, detail)
+        half = len(rows) // 2
+        return cls(again=(tuple(rows[:half]), tuple(rows[half:])), detail=detail)
+
+
+def ids(rows: Sequence[Row]) -> tuple[int, ...]:
+    return tuple(row.id for row in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded(Generic[R]):
+    """The requests that deliver a batch, and the rows the output cannot express at all."""
+
+    requests: list[R]
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (row id, why)
+
+
+class Output(Generic[R]):
+    """Base of every output. `encode` and `send` run on the output's own thread (the core's
+    Worker); `on_readings` and `on_status` are called from the uplink's receive loop and must
+    not block (only MQTT uses them: Home Assistant state and availability)."""
+
+    name: str = "output"
+    where: str = ""  # the receiver as it may appear in logs
+    batch_size: int = 500
+    batch_wait: float = 1.0
+    backoff_max: float = 60.0
+
+    def open(self) -> None:
+        """Called once on the output's thread before the first batch."""
+
+    def close(self) -> None:
+        """Called once on the output's thread at the end."""
+
+    def idle(self) -> None:
+        """Called on the output's thread a few times a second while nothing is pending
+        (MQTT keeps its connection and Home Assistant's state up)."""
+
+    def encode(self, rows: Sequence[Row]) -> Encoded[R]:
+        raise NotImplementedError
+
+    def send(self, request: R) -> Answer:
+        raise NotImplementedError
+
+    def on_readings(self, readings: Sequence[Reading]) -> None:
+        """The readings just committed to the spool (for latest-value state messages)."""
+
+    def on_status(self, status: Status) -> None:
+        """A heartbeat seen on the bus (for pipeline health and the writer's totals)."""
+
+    def interrupt(self) -> None:
+        """Make a send() in progress return soon (shutdown); rows not acked stay spooled."""
