@@ -10,7 +10,9 @@ noticeably faster to pack and unpack than a map with repeated key names.
 
 from __future__ import annotations
 
+import calendar
 import enum
+import re
 import reprlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -348,6 +350,31 @@ def format_ts(ts_ns: int) -> str:
         _ts_cache[0] = secs
         _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
     return f"{_ts_cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z"
+
+
+_TS_TEXT: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+_parse_cache: list[object] = ["", 0]
+
+
+def parse_ts(text: str) -> int:
+    """format_ts read back: ns since the epoch of a CSV timestamp
+    (`2026-11-25T17:42:16.123456Z`); ValueError for anything else.
+
+    The seconds part is checked and converted once per second of data (consecutive rows
+    share it; strptime is the costly bit); per row only the microseconds are.
+    """
+    head = text[:19]
+    if head != _parse_cache[0]:
+        if len(text) != 27 or _TS_TEXT.fullmatch(text) is None:
+            raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
+        _parse_cache[1] = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        _parse_cache[0] = head
+    micros = text[20:26]
+    if len(text) != 27 or text[19] != "." or text[26] != "Z" or not micros.isdigit():
+        raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
+    secs = _parse_cache[1]
+    assert isinstance(secs, int)  # noqa: S101
+    return secs * 1_000_000_000 + int(micros) * 1000
 
 
 CsvRow = tuple[str, str, str, int, float, str, str, str, str]

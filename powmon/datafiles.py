@@ -10,11 +10,9 @@ counted per file, never silently.
 
 from __future__ import annotations
 
-import calendar
 import csv
 import re
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from math import isfinite
@@ -23,11 +21,10 @@ from typing import Final
 
 import click
 
-from powmon.common.schema import CSV_FIELDS
+from powmon.common.schema import CSV_FIELDS, parse_ts
 
 # <stem>-<counter>-<UTC time><suffix>, as writer.rotation names them
 _ROTATED: Final = re.compile(r"(?P<stem>.+)-(?P<counter>\d{6,})-\d{8}T\d{6}Z(?P<suffix>\.\w+)?")
-_TS: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _COLS: Final = len(CSV_FIELDS)
 _TS_COL, _SENSOR_COL, _SESSION_COL, _SEQ_COL = 0, 1, 2, 3
 _AMPS_COL, _WATTS_COL, _FLAGS_COL = 6, 7, 8
@@ -75,29 +72,6 @@ def _is_data_file(path: Path) -> bool:
         file=sys.stderr,
     )
     return False
-
-
-_ts_cache: list[object] = ["", 0]
-
-
-def parse_ts(text: str) -> int:
-    """ns since the epoch of a CSV timestamp (`2026-11-25T17:42:16.123456Z`); ValueError else.
-
-    The seconds part is checked and converted once per second of data (consecutive rows
-    share it; strptime is the costly bit); per row only the microseconds are.
-    """
-    head = text[:19]
-    if head != _ts_cache[0]:
-        if len(text) != 27 or _TS.fullmatch(text) is None:
-            raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
-        _ts_cache[1] = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-        _ts_cache[0] = head
-    micros = text[20:26]
-    if len(text) != 27 or text[19] != "." or text[26] != "Z" or not micros.isdigit():
-        raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
-    secs = _ts_cache[1]
-    assert isinstance(secs, int)  # noqa: S101
-    return secs * 1_000_000_000 + int(micros) * 1000
 
 
 @dataclass(slots=True)

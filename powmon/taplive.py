@@ -53,6 +53,7 @@ class LiveView:
         self.only = only  # --sensor: heartbeats of other readers are not shown
         self.sensors: dict[str, SensorView] = {}
         self.meter = EnergyMeter(periods)
+        self.stored_wh: dict[str, float] = {}  # the writer's totals, kept across restarts
         self.readings = 0
         self.bad = 0
 
@@ -66,6 +67,11 @@ class LiveView:
                     view.bad_lines = _int(status.counters.get("bad_lines"))
                     view.reconnects = _int(status.counters.get("reconnects"))
                     view.state = status.state
+                elif status.process == "writer":
+                    energy = status.counters.get("energy_wh")
+                    if isinstance(energy, dict):
+                        self.stored_wh = {k: float(v) for k, v in energy.items()
+                                          if type(v) in (int, float)}
                 return
             r = decode_reading(frames)
         except SchemaError:
@@ -97,7 +103,9 @@ class LiveView:
             v = self.sensors[sensor_id]
             while v.arrivals and v.arrivals[0] < now - RATE_WINDOW_S:
                 v.arrivals.popleft()
-            energy = totals[sensor_id].energy_wh if sensor_id in totals else None
+            energy = self.stored_wh.get(sensor_id)
+            if energy is None and sensor_id in totals:
+                energy = totals[sensor_id].energy_wh
             age = f"{(wall_ns - v.last_ns) / 1e9:.1f} s ago" if v.last_ns else "none yet"
             table.add_row(
                 sensor_id,
@@ -113,6 +121,8 @@ class LiveView:
 
     def _caption(self) -> str:
         bad = f"; {self.bad} bad message(s) skipped" if self.bad else ""
+        if self.stored_wh:
+            return f"energy: the writer's totals, kept across restarts{bad}"
         return f"energy counted from the readings this tap saw since it started{bad}"
 
 
@@ -146,7 +156,8 @@ def run_live(
     view = LiveView(periods, frozenset(sensors))
     topics = [reading_topic(s) for s in sensors] if sensors else [READING_PREFIX]
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, backend, [*topics, STATUS_PREFIX + b"reader/"], hwm)
+    status = [STATUS_PREFIX + b"reader/", STATUS_PREFIX + b"writer/"]
+    sock = sub_socket(ctx, backend, [*topics, *status], hwm)
     console = Console()
     try:
         with Live(

@@ -99,6 +99,10 @@ class Sink(abc.ABC):
         """Seconds until the sink next needs a tick (the loop never sleeps past it)."""
         return POLL_MAX
 
+    def on_lost(self, lost: Sequence[Lost]) -> None:
+        """Ranges just given up for good (also written to the loss log)."""
+        return None  # nothing to do unless the sink says otherwise
+
     def on_status(self, status: Status) -> None:
         """A heartbeat on one of the sink's extra status topics (`CoreConfig.status_topics`)."""
         return None  # nothing to do unless the sink says otherwise
@@ -289,6 +293,8 @@ class SinkCore:
                 "lost sensor=%s session=%s seq=%d..%d count=%d reason=%s",
                 gap.sensor_id, gap.session, gap.first, gap.last, gap.count, gap.reason,
             )
+        if lost:
+            self.sink.on_lost(lost)
         if lost or self.losses.unlogged:
             self.losses.add(lost)
         return out

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final
@@ -154,6 +155,18 @@ def tail_streams(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> lis
     """
     live: dict[tuple[str, str], set[int]] = {}
     replayed: dict[tuple[str, str], set[int]] = {}
+    for row in tail_rows(root, naming, limit):
+        into = replayed if "replayed" in row[_FLAGS_COL] else live
+        into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[_SEQ_COL]))
+    return [
+        _stream_state(key, live.get(key, set()), replayed.get(key, set()))
+        for key in live.keys() | replayed.keys()
+    ]
+
+
+def tail_rows(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> Iterator[list[str]]:
+    """The whole rows of the newest `limit` bytes of data, newest file first, each file's rows
+    in file order (headers, partial lines and foreign rows left out)."""
     budget = limit
     for _, path in reversed(list_files(root, naming)):
         try:
@@ -162,16 +175,10 @@ def tail_streams(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> lis
             log.warning("cannot read the tail of %s: %s", path.name, err)
             continue
         for row in csv.reader(io.StringIO(text)):
-            if len(row) != len(CSV_FIELDS) or not row[_SEQ_COL].isdigit():
-                continue  # header, a partial first/last line, or a foreign row
-            into = replayed if "replayed" in row[_FLAGS_COL] else live
-            into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[_SEQ_COL]))
+            if len(row) == len(CSV_FIELDS) and row[_SEQ_COL].isdigit():
+                yield row
         if budget <= 0:
             break
-    return [
-        _stream_state(key, live.get(key, set()), replayed.get(key, set()))
-        for key in live.keys() | replayed.keys()
-    ]
 
 
 def _stream_state(key: tuple[str, str], live: set[int], replayed: set[int]) -> StreamState:

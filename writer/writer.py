@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -26,8 +26,16 @@ from powmon.common.logs import RateLimiter
 from powmon.common.schema import Reading, csv_rows
 from powmon.common.settings import Settings
 from powmon.sink.core import CoreConfig, Sink, Stored, serve
+from powmon.sink.filler import Lost
 from powmon.sink.tracker import StreamState
-from powmon.writer.rotation import FileNaming, cut_torn_row, scan_session, tail_streams
+from powmon.writer.energy import EnergyBook
+from powmon.writer.rotation import (
+    FileNaming,
+    cut_torn_row,
+    scan_session,
+    tail_rows,
+    tail_streams,
+)
 from powmon.writer.store import CsvStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,8 @@ class WriterConfig:
     max_pending_rows: int = 1_000_000  # rows held in memory while the disk refuses writes
     retry_initial: float = 0.5
     retry_max: float = 30.0
+    energy_periods: Mapping[str, float] = field(default_factory=dict)  # sensor: POLLING_DELAY
+    energy_save_interval: float = 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WriterConfig:
@@ -64,6 +74,7 @@ class WriterConfig:
             frontend=settings.broker_frontend,
             hwm=settings.hwm,
             heartbeat_interval=settings.heartbeat_interval,
+            energy_periods={s.sensor_id: s.polling_delay for s in settings.sensors},
         )
 
     def core(self) -> CoreConfig:
@@ -91,13 +102,17 @@ class CsvSink(Sink):
         self._retry: Iterator[float] = self._new_backoff()
         self._retry_at = 0.0
         self._next_flush = clock() + config.flush_interval
+        self.energy = EnergyBook(config.data_root, config.energy_periods)
+        self._next_energy_save = 0.0  # the first flush saves
 
     def _new_backoff(self) -> Iterator[float]:
         return backoff(self.config.retry_initial, self.config.retry_max)
 
     def stored(self) -> Iterable[StreamState]:
-        cut_torn_row(self.config.data_root, self.naming)
-        return tail_streams(self.config.data_root, self.naming)
+        root = self.config.data_root
+        cut_torn_row(root, self.naming)
+        self.energy.load(tail_rows(root, self.naming))
+        return tail_streams(root, self.naming)
 
     def find(self, sensor_id: str, session: str) -> int | None:
         return scan_session(self.config.data_root, self.naming, sensor_id, session)
@@ -108,7 +123,7 @@ class CsvSink(Sink):
             "rows": files.rows_written, "files_opened": files.files_opened,
             "current_file": files.current_file, "bytes_in_file": files.bytes_in_file,
             "flushes": self.flushes, "write_errors": self.write_errors,
-            "pending": files.pending_rows, "dropped": self.dropped,
+            "pending": files.pending_rows, "dropped": self.dropped, **self.energy.counters(),
         }
 
     def store(self, readings: Sequence[Reading], progress: Sequence[StreamState]) -> Stored:
@@ -125,7 +140,11 @@ class CsvSink(Sink):
                 self.files.pending_rows, len(dropped),
             )
         self.files.add_rows(csv_rows(readings))
+        self.energy.add(readings)
         return Stored(dropped=tuple(dropped))
+
+    def on_lost(self, lost: Sequence[Lost]) -> None:
+        self.energy.lost(lost)
 
     def due_in(self, now: float) -> float:
         if self.files.pending_chars >= self.config.flush_chars:
@@ -157,6 +176,9 @@ class CsvSink(Sink):
             self._retry = self._new_backoff()
             self._retry_at = 0.0
         self.flushes += 1
+        if now >= self._next_energy_save:  # the totals of rows now on disk, never of more
+            self._next_energy_save = now + self.config.energy_save_interval
+            self.energy.save()
         return True
 
     def close(self) -> None:
@@ -167,6 +189,7 @@ class CsvSink(Sink):
                     f"{self.files.pending_rows} rows could not be written to "
                     f"{self.config.data_root} at shutdown"
                 )
+            self.energy.save()
         finally:
             self.files.close()
         log.info("writer stopped rows=%d files_opened=%d", self.files.rows_written,

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from powmon.datafiles import data_files, parse_ts
+from powmon.common.schema import parse_ts
+from powmon.datafiles import data_files
 from powmon.plot import build_plot, plot_columns
 from tests.helpers import Proc, data_rows, pids_running, wait_until, write_settings
 

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from powmon.cli import main
-from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row
-from powmon.datafiles import data_files, parse_ts
+from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row, parse_ts
+from powmon.datafiles import data_files
 from powmon.report import build_report
 from powmon.timespec import parse_time
 

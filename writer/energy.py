@@ -1,0 +1,89 @@
+"""The writer's energy totals: what every sensor consumed, counted from what was stored.
+
+The meter is common.energy's (the one `powmon report` and the tap use), fed with every row the
+writer stores, live or replayed, and told of every range named lost. Its state is saved beside
+the data (`<LOCAL_DATA_ROOT>/energy.json`, written to a temporary file and renamed, so a crash
+leaves the old or the new one, never half of one) after each flush, so the totals survive a
+restart and only ever grow: what a Home Assistant energy sensor needs. The writer publishes
+them in its heartbeat (`energy_wh`, {sensor_id: Wh}).
+
+A writer killed between a flush and the save would resume from a state that lags its files; at
+start it therefore also feeds the meter the rows of its files' tail (the meter ignores those it
+already counted), so no stored reading is left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from math import isfinite
+from pathlib import Path
+from typing import Final
+
+from powmon.common.energy import EnergyMeter
+from powmon.common.schema import CSV_FIELDS, Reading, parse_ts
+from powmon.sink.filler import Lost
+
+log = logging.getLogger(__name__)
+
+ENERGY_FILE: Final = "energy.json"
+_SENSOR, _SESSION, _SEQ = (CSV_FIELDS.index(k) for k in ("sensor_id", "session", "seq"))
+_TS, _WATTS = CSV_FIELDS.index("timestamp"), CSV_FIELDS.index("watts")
+
+
+class EnergyBook:
+    """The meter, its file, and what the heartbeat shows of it."""
+
+    def __init__(self, root: Path, periods: Mapping[str, float]) -> None:
+        self.path = root / ENERGY_FILE
+        self._periods = dict(periods)
+        self.meter = EnergyMeter(self._periods)
+        self.save_errors = 0
+
+    def load(self, tail: Iterable[Sequence[str]]) -> None:
+        """The saved totals, then the stored rows they may lag behind (CSV rows of the tail)."""
+        try:
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+            self.meter = EnergyMeter.from_state(state, self._periods)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+            log.error("cannot use %s (%s): energy totals start again from zero", self.path, err)
+        for row in tail:
+            try:
+                ts_ns, watts = parse_ts(row[_TS]), float(row[_WATTS])
+            except ValueError:
+                continue
+            if isfinite(watts):
+                self.meter.add(row[_SENSOR], row[_SESSION], int(row[_SEQ]), ts_ns, watts)
+
+    def add(self, readings: Iterable[Reading]) -> None:
+        add = self.meter.add
+        for r in readings:
+            add(r.sensor_id, r.session, r.seq, r.ts_ns, r.watts)
+
+    def lost(self, lost: Iterable[Lost]) -> None:
+        for gap in lost:
+            self.meter.give_up(gap.sensor_id, gap.session, gap.first, gap.last)
+
+    def save(self) -> None:
+        """Write the state next to the data; a failure is logged and tried at the next flush."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.meter.to_state()), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as err:
+            self.save_errors += 1
+            if self.save_errors == 1:
+                log.error("cannot save energy totals to %s: %s", self.path, err)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        else:
+            self.save_errors = 0
+
+    def counters(self) -> dict[str, object]:
+        totals = self.meter.snapshot()
+        return {"energy_wh": {s: round(t.energy_wh, 6) for s, t in totals.items()}}
