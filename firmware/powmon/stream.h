@@ -1,0 +1,270 @@
+// PowMon stream mode: the board samples on Timer1 and sends binary frames (docs/firmware.md).
+//
+// Timer1 (CTC) ticks at the stream rate. Each tick stamps micros(), takes the next sample
+// number and starts an ADC conversion; the ADC interrupt chains the conversions a reported
+// sample needs (K for `avg K`, a whole AC window for `mode ac`) and puts the finished sample in
+// a ring. loop() turns samples into frames, as many per frame as `per_frame`, and writes a
+// frame only when the UART's transmit buffer has room for all of it, so it never blocks.
+// A tick that finds the previous sample unfinished, or the ring full, is lost on the device:
+// its number is skipped, so the host sees a hole in the sequence, never a wrong value.
+//
+// Frame, little-endian, 10 + 2N bytes for N samples:
+//   0      0xA5 sync (text answers never contain a byte >= 0x80)
+//   1      N (1..16) in bits 0-4; bit 6: RMS values (mode ac); bit 7: means (avg K > 1)
+//   2..3   sequence number of the first sample, low 16 bits (the first sample is 0)
+//   4..7   micros() when the first sample's conversion started
+//   8..    N values, uint16, in 1/64 ADC counts
+//   last 2 CRC-16/XMODEM of everything before it, high byte first
+// Sample i of a frame was taken at time + i * period.
+
+#ifndef POWMON_STREAM_H
+#define POWMON_STREAM_H
+
+#include <util/crc16.h>
+
+#define STREAM_SYNC 0xA5
+#define STREAM_MAX_PER_FRAME 16
+#define STREAM_HEADER 8
+#define STREAM_FRAME_MAX (STREAM_HEADER + 2 * STREAM_MAX_PER_FRAME + 2)
+#define STREAM_FLAG_RMS 0x40
+#define STREAM_FLAG_MEAN 0x80
+#define STREAM_RING 24
+// ADC conversions per second a stream may schedule: one takes 13 ADC clocks at 125 kHz
+// (104 us), plus the interrupt and the wait for the next ADC clock edge (~10 us); 125 us each
+// keeps a margin for the UART and Timer0 interrupts.
+#define STREAM_ADC_BUDGET 8000UL
+#define STREAM_WIRE_PERCENT 95UL  // frames may fill this much of the UART
+#define STREAM_FRAME_MS 10        // a frame carries at most ~10 ms of samples, when the wire allows
+
+struct StreamSlot {
+  uint32_t seq;
+  uint32_t t;
+  uint32_t sum;
+  uint64_t sum_sq;
+  uint16_t n;
+};
+
+// Start a conversion without writing 1 to ADIF, which would clear a pending ADC interrupt.
+#define ADC_START() (ADCSRA = (uint8_t)((ADCSRA & ~_BV(ADIF)) | _BV(ADSC)))
+
+static volatile bool stream_on = false;
+static volatile bool acq_open = false;  // a sample is being converted
+static volatile uint32_t stream_seq = 0;  // ticks so far = number of the next sample
+static uint32_t acq_seq, acq_t, acq_sum;
+static uint64_t acq_sum_sq;
+static uint16_t acq_n;
+static StreamSlot ring[STREAM_RING];
+static volatile uint8_t ring_head = 0;  // written by the ADC interrupt
+static volatile uint8_t ring_tail = 0;  // written by loop()
+
+static uint8_t stream_k = 1;          // conversions per DC sample
+static bool stream_ac = false;
+static uint32_t stream_window_us = 0;  // AC window
+static uint8_t stream_per_frame = 1;
+static uint8_t frame[STREAM_FRAME_MAX];
+static uint8_t frame_n = 0;
+static uint32_t frame_seq = 0;
+
+// The highest rate the UART carries with 16-sample frames (42 bytes for 16 samples).
+static uint32_t stream_wire_max_hz() {
+  return POWMON_BAUD * STREAM_WIRE_PERCENT * STREAM_MAX_PER_FRAME / 42000UL;
+}
+
+// The highest rate for these settings: the ADC budget, the AC window, the wire.
+static uint32_t stream_max_hz(uint8_t k, bool ac, uint16_t mains_hz, uint16_t cycles) {
+  uint32_t adc = ac ? (uint32_t)mains_hz / cycles : STREAM_ADC_BUDGET / k;
+  uint32_t wire = stream_wire_max_hz();
+  return adc < wire ? adc : wire;
+}
+
+// Samples per frame: ~10 ms worth, more when the wire needs longer frames, 1..16.
+static uint8_t stream_frame_size(uint32_t hz) {
+  uint32_t n = hz * STREAM_FRAME_MS / 1000UL;
+  if (n < 1) n = 1;
+  if (n > STREAM_MAX_PER_FRAME) n = STREAM_MAX_PER_FRAME;
+  // bytes/s = hz * (10 + 2n) / n must stay within the wire's share (x1000 for integers)
+  while (n < STREAM_MAX_PER_FRAME &&
+         hz * (10UL + 2UL * n) * 1000UL > POWMON_BAUD * STREAM_WIRE_PERCENT * n) {
+    n++;
+  }
+  return (uint8_t)n;
+}
+
+// Timer1 period for hz, in whole microseconds the timer can count exactly: 1 us steps at
+// prescaler 8 (hz >= 31), 4 us at 64 (hz 4..30), 16 us at 256 (hz 1..3).
+static uint32_t stream_period_us(uint32_t hz, uint16_t *ticks, uint8_t *clock_select) {
+  uint32_t period = (1000000UL + hz / 2) / hz;
+  if (hz >= 31) {
+    *ticks = (uint16_t)(period * 2);
+    *clock_select = _BV(CS11);
+  } else if (hz >= 4) {
+    period = (period + 2) / 4 * 4;
+    *ticks = (uint16_t)(period / 4);
+    *clock_select = _BV(CS11) | _BV(CS10);
+  } else {
+    period = (period + 8) / 16 * 16;
+    *ticks = (uint16_t)(period / 16);
+    *clock_select = _BV(CS12);
+  }
+  return period;
+}
+
+// Interrupt context: hand the finished sample to loop(); a full ring loses it (a hole).
+static void acq_close() {
+  acq_open = false;
+  uint8_t next = (uint8_t)((ring_head + 1) % STREAM_RING);
+  if (next == ring_tail) return;
+  StreamSlot *s = &ring[ring_head];
+  s->seq = acq_seq;
+  s->t = acq_t;
+  s->sum = acq_sum;
+  s->sum_sq = acq_sum_sq;
+  s->n = acq_n;
+  ring_head = next;
+}
+
+ISR(TIMER1_COMPA_vect) {
+  uint32_t now = micros();
+  uint32_t seq = stream_seq++;
+  if (acq_open) {
+    if (!stream_ac) return;  // the previous sample is still converting: this one is lost
+    acq_close();             // an AC window as long as the period ends at the tick
+  }
+  acq_seq = seq;
+  acq_t = now;
+  acq_sum = 0;
+  acq_sum_sq = 0;
+  acq_n = 0;
+  acq_open = true;
+  if (!(ADCSRA & _BV(ADSC))) ADC_START();
+}
+
+ISR(ADC_vect) {
+  uint16_t x = ADC;
+  if (!acq_open) return;  // the stream stopped, or the window closed: let the ADC rest
+  acq_n++;
+  acq_sum += x;
+  if (stream_ac) {
+    acq_sum_sq += (uint32_t)x * x;
+    if ((uint32_t)(micros() - acq_t) >= stream_window_us) {
+      acq_close();
+      return;
+    }
+  } else if (acq_n >= stream_k) {
+    acq_close();
+    return;
+  }
+  ADC_START();
+}
+
+// A sample in 1/64 counts: the mean of its conversions, or the RMS around their mean.
+static uint16_t slot_value(const StreamSlot *s) {
+  if (stream_ac) {
+    if (!s->n) return 0;
+    uint64_t n2_var = (uint64_t)s->n * s->sum_sq - (uint64_t)s->sum * s->sum;
+    return (uint16_t)(sqrtf((float)n2_var) / (float)s->n * 64.0f + 0.5f);
+  }
+  if (stream_k == 1) return (uint16_t)(s->sum << 6);
+  return (uint16_t)((s->sum * 64UL + stream_k / 2) / stream_k);
+}
+
+static uint8_t frame_len(uint8_t n) { return STREAM_HEADER + 2 * n + 2; }
+
+static void frame_begin(const StreamSlot *s) {
+  frame_seq = s->seq;
+  frame[0] = STREAM_SYNC;
+  frame[2] = (uint8_t)s->seq;
+  frame[3] = (uint8_t)(s->seq >> 8);
+  frame[4] = (uint8_t)s->t;
+  frame[5] = (uint8_t)(s->t >> 8);
+  frame[6] = (uint8_t)(s->t >> 16);
+  frame[7] = (uint8_t)(s->t >> 24);
+}
+
+static void frame_send() {
+  uint8_t flags = stream_ac ? STREAM_FLAG_RMS : (stream_k > 1 ? STREAM_FLAG_MEAN : 0);
+  frame[1] = frame_n | flags;
+  uint8_t len = frame_len(frame_n) - 2;
+  uint16_t crc = 0;
+  for (uint8_t i = 0; i < len; i++) crc = _crc_xmodem_update(crc, frame[i]);
+  frame[len] = (uint8_t)(crc >> 8);
+  frame[len + 1] = (uint8_t)crc;
+  Serial.write(frame, len + 2);
+  frame_n = 0;
+}
+
+// Frames out of the ring. A full frame, or one cut short by a hole in the numbers, is written
+// only when the UART buffer has room for it, unless `final` (stopping: wait for room).
+static void stream_pump(bool final) {
+  for (;;) {
+    bool more = ring_tail != ring_head;
+    bool gap = more && frame_n && ring[ring_tail].seq != frame_seq + frame_n;
+    if (frame_n && (frame_n == stream_per_frame || gap || (final && !more))) {
+      if (!final && Serial.availableForWrite() < frame_len(frame_n)) return;
+      frame_send();
+    }
+    if (!more) return;
+    const StreamSlot *s = &ring[ring_tail];
+    if (!frame_n) frame_begin(s);
+    uint16_t v = slot_value(s);
+    frame[STREAM_HEADER + 2 * frame_n] = (uint8_t)v;
+    frame[STREAM_HEADER + 2 * frame_n + 1] = (uint8_t)(v >> 8);
+    frame_n++;
+    ring_tail = (uint8_t)((ring_tail + 1) % STREAM_RING);
+  }
+}
+
+// Start sampling `channel` at hz (already checked against stream_max_hz); answers the ack.
+static void stream_start(uint32_t hz, uint8_t channel, uint8_t k, bool ac, uint32_t window_us) {
+  uint16_t ticks;
+  uint8_t clock_select;
+  uint32_t period = stream_period_us(hz, &ticks, &clock_select);
+  stream_k = k;
+  stream_ac = ac;
+  stream_window_us = window_us;
+  stream_per_frame = stream_frame_size(hz);
+  stream_seq = 0;
+  ring_head = ring_tail = 0;
+  frame_n = 0;
+  acq_open = false;
+  while (ADCSRA & _BV(ADSC)) {
+  }
+  ADMUX = _BV(REFS0) | (channel & 0x07);  // AVcc reference, as analogRead's DEFAULT
+  ADCSRA |= _BV(ADIF) | _BV(ADIE);
+  Serial.print(F("ok stream "));
+  Serial.print(hz);
+  Serial.print(' ');
+  Serial.print(period);
+  Serial.print(' ');
+  Serial.println(stream_per_frame);
+  stream_on = true;
+  cli();
+  TCCR1A = 0;
+  TCCR1B = _BV(WGM12);  // CTC, TOP = OCR1A, stopped until the clock select below
+  TCNT1 = 0;
+  OCR1A = ticks - 1;
+  TIFR1 = _BV(OCF1A);
+  TIMSK1 = _BV(OCIE1A);
+  TCCR1B = _BV(WGM12) | clock_select;
+  sei();
+}
+
+// Stop: no more ticks, the sample being converted is dropped, what is finished goes out.
+// Returns how many samples the stream numbered (the numbers 0..count-1).
+static uint32_t stream_stop() {
+  cli();
+  TIMSK1 = 0;
+  uint32_t count = acq_open ? acq_seq : stream_seq;
+  acq_open = false;
+  stream_on = false;
+  sei();
+  while (ADCSRA & _BV(ADSC)) {
+  }
+  ADCSRA &= ~_BV(ADIE);
+  TCCR1B = _BV(CS11) | _BV(CS10);  // Timer1 back as the Arduino core's init() leaves it
+  TCCR1A = _BV(WGM10);
+  stream_pump(true);
+  return count;
+}
+
+#endif
