@@ -51,7 +51,7 @@ def test_raw_mode_no_echo_no_translation(sim: PtySimulator) -> None:
     with open_port(sim.path, timeout=0.2) as port:
         assert ask(port, b"r\r\n") == BOOT_CHATTER
         assert port.readline() == b"ok\r\n"
-        assert ask(port, b"id\r\n") == b"POWMON 1.0.0 SIM-VIC\r\n"
+        assert ask(port, b"id\r\n") == b"POWMON 1.1.0 SIM-VIC stream\r\n"
         assert port.read(100) == b""  # no echo of the requests
 
 

@@ -56,7 +56,7 @@ def test_open_read_values_match_device(open_sim: Open, name: str) -> None:
     values = [float(ask(port)) for _ in range(20)]
     assert values == protocol_sim.devices[name].sent
     assert all(0 <= v <= 1023 for v in values)
-    assert ask(port, b"id\n") == f"POWMON 1.0.0 SIM-{name}\r\n".encode()
+    assert ask(port, b"id\n") == f"POWMON 1.1.0 SIM-{name} stream\r\n".encode()
 
 
 def test_boot_zero_has_no_chatter(open_sim: Open, name: str) -> None:
