@@ -6,6 +6,9 @@
     with SimBoard(built.elf, mv=2600) as port:        # A0 at 2.6 V, AREF 5 V
         serial.Serial(port, 115200, timeout=2)         # 'read \\n' -> b'532\\r\\n'
 
+`adc_log=path` makes the harness list every conversion ("CHANNEL COUNT" lines, in order), and
+`reset()`, `flip(k)`, `drop(k)` inject faults (harness commands on its stdin).
+
 Linux only (pseudo-terminals, simavr), like the rest of the simulator.
 """
 
@@ -82,9 +85,16 @@ def ideal_count(mv: float, aref_mv: float = AREF_MV) -> int:
 
 
 def harness_argv(
-    harness: Path, elf: Path, inputs: Mapping[int, float | Sine], aref_mv: int, speed: float
+    harness: Path,
+    elf: Path,
+    inputs: Mapping[int, float | Sine],
+    aref_mv: int,
+    speed: float,
+    adc_log: Path | None = None,
 ) -> list[str]:
     argv = [str(harness), "--aref-mv", str(aref_mv), "--speed", str(speed)]
+    if adc_log is not None:
+        argv += ["--adc-log", str(adc_log)]
     for channel, value in sorted(inputs.items()):
         argv += ["--ch", str(channel)]
         if isinstance(value, tuple):
@@ -112,6 +122,7 @@ class SimBoard:
         speed: float = 1.0,
         harness: Path | str = HARNESS,
         start_timeout: float = 15.0,
+        adc_log: Path | None = None,
     ) -> None:
         if mv is not None and sine is not None:
             raise ValueError("give A0 either a constant `mv` or a `sine`, not both")
@@ -120,7 +131,8 @@ class SimBoard:
             chosen[0] = mv
         if sine is not None:
             chosen[0] = sine
-        self.argv = harness_argv(Path(harness), Path(elf), chosen, aref_mv, speed)
+        self.argv = harness_argv(Path(harness), Path(elf), chosen, aref_mv, speed, adc_log)
+        self.adc_log = adc_log
         self.start_timeout = start_timeout
         self.port = ""
         self.popen: subprocess.Popen[bytes] | None = None
@@ -131,7 +143,7 @@ class SimBoard:
         self._log_path = Path(name)
         with os.fdopen(fd, "wb") as log:
             self.popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
                 start_new_session=True,
             )  # fmt: skip
         try:
@@ -148,6 +160,31 @@ class SimBoard:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def command(self, line: str) -> None:
+        """Send one fault command to the harness (see firmware/harness/powmon_sim.c)."""
+        assert self.popen is not None and self.popen.stdin is not None, "board not started"
+        self.popen.stdin.write(line.encode("ascii") + b"\n")
+        self.popen.stdin.flush()
+
+    def reset(self) -> None:
+        """Reset the MCU, as its reset pin does: the firmware starts again, not streaming."""
+        self.command("reset")
+
+    def flip(self, k: int) -> None:
+        """Invert one bit of the k-th byte the board sends from now (never a 0xA5 byte)."""
+        self.command(f"flip {k}")
+
+    def drop(self, k: int) -> None:
+        """Lose the k-th byte the board sends from now (never a 0xA5 byte)."""
+        self.command(f"drop {k}")
+
+    def conversions(self) -> list[tuple[int, int]]:
+        """(channel, count) of every conversion so far, from the harness's ADC log."""
+        if self.adc_log is None or not self.adc_log.exists():
+            return []
+        lines = self.adc_log.read_text(encoding="ascii").splitlines()
+        return [(int(ch), int(count)) for ch, count in (line.split() for line in lines)]
 
     def output(self) -> str:
         """What the harness printed (stdout and stderr), for failure messages."""
@@ -172,6 +209,8 @@ class SimBoard:
 
     def stop(self) -> None:
         """SIGTERM, wait with a deadline, then SIGKILL; idempotent."""
+        if self.popen is not None and self.popen.stdin is not None:
+            self.popen.stdin.close()
         if self.popen is not None and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
