@@ -8,7 +8,8 @@ of recent pairs, taken at its support under the window's centre (the line below 
 that minimises the sum of their delays). Pairs are thinned to the one with the least delay
 per half-second bucket, kept for a minute: the drift adapts slowly, the offset follows any
 pair that falls below the line at once. The error is then about the smallest delay seen, not
-the typical one.
+the typical one. After a new start (a device reset, a jump) a rate already known from 10 s of
+pairs is kept, and only the offset is fitted until there are 10 s of new pairs.
 
 Output is strictly increasing: a correction never sends a timestamp back (it holds the
 timestamps 1 ns apart until the estimate catches up). A jump of the host clock (or a device
@@ -30,6 +31,7 @@ WINDOW_BUCKETS: Final = 128  # ... for about a minute
 STEP_NS: Final = 50_000_000  # pairs this far off the line mean a jump, not a delay
 STEP_BUCKETS: Final = 4  # buckets all above the line by STEP_NS before it counts as a jump
 MAX_DRIFT: Final = 0.02  # a fitted rate further than 2% from nominal is not believed
+RATE_SPAN_US: Final = 10_000_000  # a rate fitted over this long is kept through a new start
 
 
 @dataclass(slots=True)
@@ -52,7 +54,7 @@ class DeviceClock:
         self.delay_ns = delay_ns
         self.counters = ClockCounters()
         self.rate = NOMINAL  # UTC ns per device us; kept across a device reset (same crystal)
-        self._base_us = 0
+        self._rate_known = False  # fitted over RATE_SPAN_US at least        self._base_us = 0
         self._base_ns = 0
         self._anchored = False
         self._last_out = -1  # never returned again, nor anything below it
@@ -164,10 +166,14 @@ class DeviceClock:
     def _fit(self) -> None:
         """The line under the lower hull of the buckets, supporting it at their mean time."""
         points = list(self._buckets)
+        d0, h0 = points[0]
+        span = points[-1][0] - d0
+        if self._rate_known and span < RATE_SPAN_US:
+            self._fit_offset(points)
+            return
         if len(points) < 2:
             return
         self.counters.fits += 1
-        d0, h0 = points[0]
         xs = [float(d - d0) for d, _ in points]
         ys = [float(h - h0) - NOMINAL * float(d - d0) for d, h in points]
         hull = _lower_hull(xs, ys)
@@ -178,10 +184,20 @@ class DeviceClock:
         if abs(slope) > NOMINAL * MAX_DRIFT:
             return  # not a crystal: keep what we have
         self.rate = NOMINAL + slope
+        self._rate_known = self._rate_known or span >= RATE_SPAN_US
         # The line through hull point a, placed at the newest pair so the numbers stay small.
         newest = xs[-1]
         self._base_us = d0 + int(newest)
         self._base_ns = h0 + int(ys[a] + NOMINAL * xs[a] + self.rate * (newest - xs[a]))
+
+    def _fit_offset(self, points: list[tuple[int, int]]) -> None:
+        """Keep the rate; put the line through the pair with the least delay."""
+        self.counters.fits += 1
+        d0, h0 = points[0]
+        rate = self.rate
+        self._base_us, self._base_ns = min(
+            points, key=lambda p: float(p[1] - h0) - rate * float(p[0] - d0)
+        )
 
 
 def _lower_hull(xs: list[float], ys: list[float]) -> list[int]:

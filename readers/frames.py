@@ -258,7 +258,7 @@ class FrameDecoder:
     def _unframed(self, buf: bytearray, i: int, stop: int, settled: bool) -> int:
         """Bytes i..stop hold no frame: text lines (the printable ends of lines) and junk.
 
-        Bytes inside a corrupt frame (up to where it should have ended) are junk. Returns
+        Lines ending inside a corrupt frame (before where it should have ended) are junk. Returns
         where to wait for more bytes (an unfinished line at the end of what arrived; not when
         `settled`, when a sync byte follows or the line went quiet), -1 when all is taken.
         """
@@ -273,9 +273,9 @@ class FrameDecoder:
                 c.skipped += stop - pos
                 return -1
             segment = bytes(buf[pos : nl + 1])
-            text = None
-            if nl >= junk_until:
-                text = _TEXT_TAIL.search(segment, max(0, junk_until - pos))
+            # A line ending inside a damaged frame is part of it; one ending past it may start
+            # before (the frame lost bytes): its answer is found at its end.
+            text = _TEXT_TAIL.search(segment) if nl >= junk_until else None
             if text is not None and (line := text.group().rstrip(b"\r\n")):
                 c.skipped += text.start()
                 self._line(line)
@@ -322,7 +322,8 @@ class FrameDecoder:
         if self._t < 0 or dt >= TIME_MOD >> 1:
             if self._t >= 0:  # the device clock went back: it reset
                 c.resets += 1
-                self._new_stream()
+                if self._frame_seq >= 0:  # ... and this stream's numbers start again too
+                    self._new_stream()
             t = self._t = t32
             seq = self._first_seq(seq16)
         else:
