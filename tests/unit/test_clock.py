@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from itertools import pairwise
 from dataclasses import dataclass, field
 
 import pytest
@@ -75,7 +76,7 @@ def _utc(device_us: int, drift_ppm: float) -> int:
 
 
 def increasing(values: list[int]) -> bool:
-    return all(b > a for a, b in zip(values, values[1:]))
+    return all(b > a for a, b in pairwise(values))
 
 
 @pytest.mark.parametrize("drift_ppm", [0.0, 100.0, -100.0])

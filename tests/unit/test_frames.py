@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -76,7 +77,7 @@ def test_values_seq_and_times_are_what_the_board_sent() -> None:
     assert seqs(board.samples) == list(range(len(board.samples)))
     assert len(board.samples) >= 990
     times = [s.device_us for s in board.samples]
-    assert {b - a for a, b in zip(times, times[1:])} == {1000}
+    assert {b - a for a, b in pairwise(times)} == {1000}
     assert all(isinstance(s.raw, int) and s.flags == 0 for s in board.samples)
     c = board.decoder.counters
     assert (c.corrupt, c.skipped, c.holes, c.lost, c.resets, c.stops) == (0, 0, 0, 0, 0, 1)
