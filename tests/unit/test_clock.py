@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 import statistics
-from itertools import pairwise
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 
