@@ -118,6 +118,16 @@ def parse_stop(line: bytes) -> int | None:
     return None if match is None else int(match.group(1))
 
 
+def _is_answer(line: bytes) -> bool:
+    return parse_stream_ack(line) is not None or parse_stop(line) is not None
+
+
+def _answer_follows(buf: bytearray, i: int) -> bool:
+    """Whether a stream answer ends after i: then the frame at i will not get longer."""
+    nl = buf.find(b"\n", i + 1)
+    return nl >= 0 and _is_answer(bytes(buf[max(i + 1, nl + 1 - MAX_TEXT) : nl + 1]))
+
+
 def head_invalid(head: int) -> bool:
     """Whether a frame's second byte (count | flags) cannot be a frame's."""
     return bool(head & RESERVED) or not 1 <= head & COUNT_MASK <= MAX_PER_FRAME
@@ -202,7 +212,7 @@ class FrameDecoder:
                 if end > i:
                     i = end
                     continue
-                if end < 0 and not final:
+                if end < 0 and not final and not _answer_follows(buf, i):
                     break  # a frame that may still be arriving
                 self._bad_frame(buf, i, n)
                 i += 1
@@ -273,9 +283,11 @@ class FrameDecoder:
                 c.skipped += stop - pos
                 return -1
             segment = bytes(buf[pos : nl + 1])
-            # A line ending inside a damaged frame is part of it; one ending past it may start
-            # before (the frame lost bytes): its answer is found at its end.
-            text = _TEXT_TAIL.search(segment) if nl >= junk_until else None
+            # A line ending inside a damaged frame is part of it, unless it is a stream answer
+            # (the frame claimed to be longer than it was); the answers are found at the end.
+            text = _TEXT_TAIL.search(segment)
+            if text is not None and nl < junk_until and not _is_answer(text.group()):
+                text = None
             if text is not None and (line := text.group().rstrip(b"\r\n")):
                 c.skipped += text.start()
                 self._line(line)

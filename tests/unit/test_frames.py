@@ -319,3 +319,15 @@ def test_junk_between_frames_never_invents_or_loses_samples(junk: list[bytes], s
     got = decoder.feed(data) + decoder.flush()
     assert seqs(got) == list(range(48))
     assert [s.raw for s in got] == [500 + k for k in range(48)]
+
+
+def test_ok_stop_after_a_frame_claiming_to_be_longer_is_still_seen() -> None:
+    """The last frame's count byte was hit (it claims 16 samples, it has 4): the `ok stop`
+    inside the span it claims is still an answer, not part of the broken frame."""
+    stream = frames(0, 2)
+    bad = bytearray(stream[1])
+    bad[1] = 16
+    decoder = FrameDecoder(PARAMS)
+    decoder.feed(stream[0] + bytes(bad) + b"ok stop 8\r\n")
+    assert (decoder.counters.stops, decoder.counters.corrupt) == (1, 1)
+    assert decoder.take_holes() == [Hole(1, 4, 7)]
