@@ -5,9 +5,11 @@ gives back the samples of every complete frame in it, keeping an incomplete tail
 call. Frames are checked with their CRC; a frame that fails is counted and skipped, and the
 decoder finds the next one by its sync byte (0xA5, never part of a text answer). Text lines
 between frames (the `ok stream` and `ok stop` answers, `err`, boot chatter) are collected, and
-the stream answers among them are acted on. Sequence numbers (16 bits on the wire) and device
-times (32-bit micros) are unwrapped with each other's help; a hole in the numbers is recorded
-as a `Hole`, a device clock that went back (a reset) starts a new stream.
+the stream answers among them are acted on. `ok stop` ends the stream data: the decoder holds
+whatever follows (answers to the host's next requests) for `take_rest()`, unless it is the
+`ok stream` of a new stream. Sequence numbers (16 bits on the wire) and device times (32-bit
+micros) are unwrapped with each other's help; a hole in the numbers is recorded as a `Hole`,
+a device clock that went back (a reset) starts a new stream.
 
 The hot path is one pass over the frame headers, one CRC over the run of frames (a run of
 valid frames leaves the CRC register at zero), and one struct unpack per frame.
@@ -150,6 +152,7 @@ class FrameDecoder:
         self.params: StreamParams | None = None
         self.stream = 0
         self.active = False  # a stream is running (acknowledged, not yet stopped)
+        self.held = False  # `ok stop` came: what follows waits for take_rest()
         self._buf = bytearray()
         self._boundary = 0  # where a frame or a line is due in _buf, or -1 when unknown
         self._lines: list[bytes] = []
@@ -185,13 +188,22 @@ class FrameDecoder:
 
     @property
     def pending(self) -> int:
-        """Bytes held back: an incomplete frame or line waiting for the rest."""
+        """Bytes held back: an incomplete frame or line, or what came after `ok stop`."""
         return len(self._buf)
+
+    def take_rest(self) -> bytes:
+        """After `ok stop`: the bytes that followed it (not stream data), handed over."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self.held = False
+        self._boundary = 0
+        return rest
 
     def flush(self) -> list[Sample]:
         """The line went quiet: settle what is held back (an incomplete frame is junk)."""
         out: list[Sample] = []
-        self._scan(out, final=True)
+        if not self.held:
+            self._scan(out, final=True)
         return out
 
     # -- decoding --------------------------------------------------------------------------
@@ -199,8 +211,21 @@ class FrameDecoder:
         """The samples of every complete frame in what arrived so far, in order."""
         self._buf += data
         out: list[Sample] = []
+        if self.held and not self._resume():
+            return out
         self._scan(out, final=False)
+        while self.held and self._resume():
+            self._scan(out, final=False)
         return out
+
+    def _resume(self) -> bool:
+        """Held after `ok stop`: go on only if the next line is a new stream's `ok stream`."""
+        nl = self._buf.find(b"\n")
+        if nl < 0 or parse_stream_ack(bytes(self._buf[: nl + 1])) is None:
+            return False
+        self.held = False
+        self._boundary = 0
+        return True
 
     def _scan(self, out: list[Sample], final: bool) -> None:
         buf = self._buf
@@ -292,6 +317,8 @@ class FrameDecoder:
                 c.skipped += text.start()
                 self._line(line)
                 self._boundary = nl + 1
+                if self.held:
+                    return nl + 1  # after `ok stop`: not stream data
             else:
                 c.skipped += len(segment)
             pos = nl + 1
@@ -306,9 +333,11 @@ class FrameDecoder:
             self.start(params)
             return
         count = parse_stop(line)
-        if count is not None:
-            self.counters.stops += 1
-        if count is not None and self.active:
+        if count is None:
+            return
+        self.counters.stops += 1
+        self.held = True
+        if self.active:
             self.active = False
             if count > self._next_seq:  # the last frames of the stream never arrived
                 self._hole(self._next_seq, count - 1)

@@ -5,8 +5,9 @@ the board id are capabilities; older firmware has none and is polled with `read`
 sends `stream HZ [CH]` and waits for `ok stream HZ PERIOD_US PER_FRAME`, skipping what a
 previous stream or a booting board may still send; the bytes read past the answer are the
 first frames, handed back for the decoder. Stopping sends `stop` and feeds the decoder until
-its `ok stop COUNT` went through it, so the last frames are not lost. These helpers use the
-port of a `Link` and know nothing of readings or the bus.
+its `ok stop COUNT` went through it, so the last frames are not lost, then gives the link
+back what followed. These helpers use the port of a `Link` and know nothing of readings or
+the bus.
 """
 
 from __future__ import annotations
@@ -105,4 +106,5 @@ def stop_stream(link: Link, decoder: FrameDecoder, timeout: float) -> tuple[list
             return samples, False
         chunk = port.read(port.in_waiting or 1)
         samples += decoder.feed(chunk) if chunk else decoder.flush()
+    link.unread(decoder.take_rest())  # answers to later requests: the link's again
     return samples, True

@@ -37,8 +37,11 @@ class StreamClient:
         return params
 
     def feed(self, data: bytes) -> None:
+        """Decode; after `ok stop` what follows is the link's again (answers to requests)."""
         self.samples += self.decoder.feed(data)
         self.lines += self.decoder.take_lines()
+        if self.decoder.held:
+            self.link.unread(self.decoder.take_rest())
 
     def pump(self) -> None:
         """One read: what the driver holds, or wait (up to the port timeout) for one byte."""

@@ -15,7 +15,8 @@
  * for tests to compare with what the firmware reported.
  *
  * Faults, one command per line on stdin (a closed stdin is fine):
- *   reset      reset the MCU (the reset pin): the firmware starts again from scratch
+ *   reset      reset the MCU (the reset pin): the firmware starts again from scratch;
+ *              "RESET" on stdout says it is done
  *   flip K     invert one bit of the K-th byte sent to the host from now (K >= 1), or of
  *              the first byte after it that is not 0xA5 (a frame's sync byte stays intact)
  *   drop K     lose that byte instead (the UART sent it, the host never gets it)
@@ -236,6 +237,8 @@ static void run_command(avr_t *avr, const char *line) {
     if (strcmp(line, "reset") == 0) {
         avr_reset(avr);
         to_avr.len = 0;  /* bytes on their way into the MCU die with it */
+        printf("RESET\n");  /* after this line the firmware is booting afresh */
+        fflush(stdout);
     } else if (sscanf(line, "flip %ld", &k) == 1 && k >= 1) {
         fault = FAULT_FLIP;
         fault_countdown = k;

@@ -167,9 +167,18 @@ class SimBoard:
         self.popen.stdin.write(line.encode("ascii") + b"\n")
         self.popen.stdin.flush()
 
-    def reset(self) -> None:
-        """Reset the MCU, as its reset pin does: the firmware starts again, not streaming."""
+    def reset(self, timeout: float = 10.0) -> None:
+        """Reset the MCU, as its reset pin does: the firmware starts again, not streaming.
+
+        Returns once the harness has done it, so that what is sent next reaches the new boot.
+        """
+        done = self.output().count("RESET\n") + 1
         self.command("reset")
+        deadline = time.monotonic() + timeout
+        while self.output().count("RESET\n") < done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"powmon_sim did not reset in {timeout:.0f}s")
+            time.sleep(0.01)  # polling a file with a deadline, as _wait_for_pty
 
     def flip(self, k: int) -> None:
         """Invert one bit of the k-th byte the board sends from now (never a 0xA5 byte)."""

@@ -227,17 +227,18 @@ def test_text_lines_between_frames_are_kept_and_acted_on() -> None:
     decoder = FrameDecoder()
     data = (
         b"ok stream 1000 1000 4\r\n"
-        + b"".join(frames(0, 2))
-        + b"ok stop 11\r\n"
+        + frames(0, 1)[0]
         + b"\x00\xffPowMon sim boot\r\nerr\r\n"
+        + frames(4, 1)[0]
+        + b"ok stop 11\r\n"
     )
     got = decoder.feed(data)
     assert seqs(got) == list(range(8))
     assert decoder.take_lines() == [
         b"ok stream 1000 1000 4",
-        b"ok stop 11",
         b"PowMon sim boot",
         b"err",
+        b"ok stop 11",
     ]
     assert decoder.take_holes() == [Hole(1, 8, 10)]
     assert decoder.counters.skipped == 2  # the chatter's two binary bytes
@@ -331,3 +332,25 @@ def test_ok_stop_after_a_frame_claiming_to_be_longer_is_still_seen() -> None:
     decoder.feed(stream[0] + bytes(bad) + b"ok stop 8\r\n")
     assert (decoder.counters.stops, decoder.counters.corrupt) == (1, 1)
     assert decoder.take_holes() == [Hole(1, 4, 7)]
+
+
+def test_what_follows_ok_stop_is_handed_back() -> None:
+    """After `ok stop` come answers to the host's requests: held, whole, for take_rest()."""
+    decoder = FrameDecoder(PARAMS)
+    got = decoder.feed(b"".join(frames(0, 2)) + b"ok stop 8\r\n53")
+    assert seqs(got) == list(range(8))
+    assert decoder.held
+    assert decoder.feed(b"2\r\n") == []
+    assert decoder.take_rest() == b"532\r\n"
+    assert not decoder.held
+
+
+def test_a_new_stream_right_after_ok_stop_goes_on() -> None:
+    """`stream` while streaming: `ok stop`, then `ok stream` and new frames, all decoded."""
+    decoder = FrameDecoder(PARAMS)
+    data = b"".join(frames(0, 2)) + b"ok stop 8\r\nok stream 500 2000 2\r\n"
+    got = decoder.feed(data + b"".join(frames(0, 3, per=2, t0=90_000, period=2000)))
+    assert [(s.stream, s.seq) for s in got] == [(1, k) for k in range(8)] + [
+        (2, k) for k in range(6)
+    ]
+    assert not decoder.held and decoder.active
