@@ -8,8 +8,8 @@ between frames (the `ok stream` and `ok stop` answers, `err`, boot chatter) are 
 the stream answers among them are acted on. `ok stop` ends the stream data: the decoder holds
 whatever follows (answers to the host's next requests) for `take_rest()`, unless it is the
 `ok stream` of a new stream. Sequence numbers (16 bits on the wire) and device times (32-bit
-micros) are unwrapped with each other's help; a hole in the numbers is recorded as a `Hole`,
-a device clock that went back (a reset) starts a new stream.
+micros) are unwrapped with each other's help (numbering.py); a hole in the numbers is
+recorded as a `Hole`, a device clock that went back (a reset) starts a new stream.
 
 The hot path is one pass over the frame headers, one CRC over the run of frames (a run of
 valid frames leaves the CRC register at zero), and one struct unpack per frame.
@@ -21,86 +21,41 @@ import binascii
 import re
 import struct
 from collections import deque
-from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final
+
+from powmon.readers.numbering import (
+    COUNT_MASK,
+    HEADER_LEN,
+    MAX_PER_FRAME,
+    OVERHEAD,
+    Counters,
+    Hole,
+    Numbering,
+    Sample,
+    StreamParams,
+)
+
+__all__ = [
+    "Counters",
+    "FrameDecoder",
+    "Hole",
+    "Sample",
+    "StreamParams",
+    "parse_stop",
+    "parse_stream_ack",
+]
 
 SYNC: Final = 0xA5
 HEADER: Final = struct.Struct("<BBHI")  # sync, count | flags, seq (low 16 bits), micros
-HEADER_LEN: Final = 8
-OVERHEAD: Final = HEADER_LEN + 2  # + CRC-16/XMODEM, high byte first
-MAX_PER_FRAME: Final = 16
-COUNT_MASK: Final = 0x1F
 RESERVED: Final = 0x20  # always 0 on the wire; a frame with it set is not a frame
-FLAG_SHIFT: Final = 5  # count byte >> 5 gives the reading flags: 2 ac_rms, 4 averaged
-SCALE: Final = 64  # values are in 1/64 ADC counts
 MAX_TEXT: Final = 64  # longest text line the firmware sends
-SEQ_MOD: Final = 1 << 16
-TIME_MOD: Final = 1 << 32
-MAX_HOLES: Final = 1000  # holes kept for take_holes(); all are counted
+MAX_LINES: Final = 100  # lines kept for take_lines(); all are counted
 
 _VALUES: Final = tuple(struct.Struct(f"<{n}H") for n in range(MAX_PER_FRAME + 1))
 # Answers are found at the end of a line: what comes before may be the tail of a frame.
 _ACK: Final = re.compile(rb"ok stream (\d{1,5}) (\d{1,7}) (\d{1,2})\Z")
 _STOP: Final = re.compile(rb"ok stop (\d{1,10})\Z")
 _TEXT_TAIL: Final = re.compile(rb"[\x20-\x7e\t]*\r?\n\Z")  # the printable end of a line
-
-
-class StreamParams(NamedTuple):
-    """What the device acknowledged: `ok stream HZ PERIOD_US PER_FRAME`."""
-
-    hz: int
-    period_us: int
-    per_frame: int
-
-    @property
-    def frame_len(self) -> int:
-        """Bytes of a full frame."""
-        return OVERHEAD + 2 * self.per_frame
-
-
-class Sample(NamedTuple):
-    """One reported sample.
-
-    `stream` counts the streams this decoder has seen (1 for the first); `seq` is the device's
-    sample number within that stream (0, 1, 2, ... unwrapped); `device_us` is the device's
-    micros() when the sample was taken, unwrapped to 64 bits (it goes back only when the device
-    reset); `raw` is in ADC counts (an int for plain samples, a multiple of 1/64 for means and
-    RMS values); `flags` are reading flags as the device reported them (Flag.AC_RMS,
-    Flag.AVERAGED).
-    """
-
-    stream: int
-    seq: int
-    device_us: int
-    raw: float
-    flags: int
-
-
-class Hole(NamedTuple):
-    """Samples first..last (inclusive) of `stream` never arrived (dropped or corrupt)."""
-
-    stream: int
-    first: int
-    last: int
-
-
-@dataclass(slots=True)
-class Counters:
-    """Everything the decoder saw; every byte is in a frame, a text line or `skipped`."""
-
-    frames: int = 0  # valid frames
-    samples: int = 0  # samples returned
-    corrupt: int = 0  # frames that started where one was due but failed their check
-    skipped: int = 0  # bytes in no valid frame and no text line
-    resyncs: int = 0  # valid frames found after skipped bytes
-    holes: int = 0  # gaps in the sample numbers ...
-    lost: int = 0  # ... and the samples in them
-    resets: int = 0  # the device clock went back: it restarted
-    restarts: int = 0  # a new stream began without its `ok stream` answer being seen
-    streams: int = 0  # streams started (acknowledged or detected)
-    orphans: int = 0  # valid frames outside any stream (before the first `ok stream`)
-    lines: int = 0  # text lines
-    stops: int = 0  # `ok stop` answers
 
 
 def parse_stream_ack(line: bytes) -> StreamParams | None:
@@ -130,7 +85,7 @@ def _answer_follows(buf: bytearray, i: int) -> bool:
     return nl >= 0 and _is_answer(bytes(buf[max(i + 1, nl + 1 - MAX_TEXT) : nl + 1]))
 
 
-def head_invalid(head: int) -> bool:
+def _head_invalid(head: int) -> bool:
     """Whether a frame's second byte (count | flags) cannot be a frame's."""
     return bool(head & RESERVED) or not 1 <= head & COUNT_MASK <= MAX_PER_FRAME
 
@@ -149,41 +104,45 @@ class FrameDecoder:
 
     def __init__(self, params: StreamParams | None = None) -> None:
         self.counters = Counters()
-        self.params: StreamParams | None = None
-        self.stream = 0
-        self.active = False  # a stream is running (acknowledged, not yet stopped)
         self.held = False  # `ok stop` came: what follows waits for take_rest()
+        self._numbering = Numbering(self.counters)
         self._buf = bytearray()
         self._boundary = 0  # where a frame or a line is due in _buf, or -1 when unknown
-        self._lines: list[bytes] = []
-        self._holes: deque[Hole] = deque(maxlen=MAX_HOLES)
-        self._next_seq = 0  # number of the sample after the last one returned
-        self._frame_seq = -1  # first sample of the last frame (-1: no frame yet this stream)
-        self._frame_count = 0
-        self._t = -1  # unwrapped device time of the last frame (-1: none since the start)
-        self._t32 = 0
+        self._lines: deque[bytes] = deque(maxlen=MAX_LINES)
         if params is not None:
             self.start(params)
 
     # -- control ---------------------------------------------------------------------------
     def start(self, params: StreamParams) -> None:
         """A new stream was acknowledged: numbers start again at 0, the device clock goes on."""
-        self.params = params
-        self.stream += 1
-        self.counters.streams += 1
-        self.active = True
-        self._next_seq = 0
-        self._frame_seq = -1
+        self._numbering.start(params)
+
+    @property
+    def params(self) -> StreamParams | None:
+        """The last stream's parameters (None before any)."""
+        return self._numbering.params
+
+    @property
+    def stream(self) -> int:
+        """The current stream's number (Sample.stream), 0 before any."""
+        return self._numbering.stream
+
+    @property
+    def active(self) -> bool:
+        """A stream runs: acknowledged (or detected), not yet stopped."""
+        return self._numbering.active
 
     def take_lines(self) -> list[bytes]:
-        """Text lines seen since the last call (without line ends), oldest first."""
-        lines, self._lines = self._lines, []
+        """Text lines seen since the last call (without line ends), oldest first; at most
+        MAX_LINES, the newest (`counters.lines` counts them all)."""
+        lines = list(self._lines)
+        self._lines.clear()
         return lines
 
     def take_holes(self) -> list[Hole]:
         """Holes found since the last call (at most MAX_HOLES; `counters` has them all)."""
-        holes = list(self._holes)
-        self._holes.clear()
+        holes = list(self._numbering.holes)
+        self._numbering.holes.clear()
         return holes
 
     @property
@@ -266,7 +225,7 @@ class FrameDecoder:
             starts.append(pos)
             pos = end
         if not starts:
-            return i if pos + 1 < n and head_invalid(buf[i + 1]) else -1
+            return i if pos + 1 < n and _head_invalid(buf[i + 1]) else -1
         with memoryview(buf) as view:
             if binascii.crc_hqx(view[i:pos], 0) != 0:
                 pos = _valid_prefix(view, starts)  # some frame in the run is bad
@@ -337,78 +296,9 @@ class FrameDecoder:
             return
         self.counters.stops += 1
         self.held = True
-        if self.active:
-            self.active = False
-            if count > self._next_seq:  # the last frames of the stream never arrived
-                self._hole(self._next_seq, count - 1)
-
-    def _hole(self, first: int, last: int) -> None:
-        c = self.counters
-        c.holes += 1
-        c.lost += last - first + 1
-        self._holes.append(Hole(self.stream, first, last))
+        self._numbering.stop(count)
 
     def _frame(self, buf: bytearray, i: int, out: list[Sample]) -> None:
         _, head, seq16, t32 = HEADER.unpack_from(buf, i)
-        count = head & COUNT_MASK
-        c = self.counters
-        c.frames += 1
-        params = self.params
-        if params is None or not self.active:
-            c.orphans += 1
-            return
-        period = params.period_us
-        dt = (t32 - self._t32) % TIME_MOD
-        self._t32 = t32
-        if self._t < 0 or dt >= TIME_MOD >> 1:
-            if self._t >= 0:  # the device clock went back: it reset
-                c.resets += 1
-                if self._frame_seq >= 0:  # ... and this stream's numbers start again too
-                    self._new_stream()
-            t = self._t = t32
-            seq = self._first_seq(seq16)
-        else:
-            t = self._t = self._t + dt
-            seq = self._seq(seq16, dt, period)
-        self._frame_seq = seq
-        self._frame_count = count
-        self._next_seq = seq + count
-        values = _VALUES[count].unpack_from(buf, i + HEADER_LEN)
-        flags = head >> FLAG_SHIFT
-        stream = self.stream
-        c.samples += count
-        if count == 1:
-            raw = values[0] >> 6 if not flags else values[0] / SCALE
-            out.append(Sample(stream, seq, t, raw, flags))
-            return
-        raws = [v >> 6 for v in values] if not flags else [v / SCALE for v in values]
-        new = tuple.__new__
-        out.extend(
-            new(Sample, (stream, seq + k, t + k * period, raws[k], flags)) for k in range(count)
-        )
-
-    def _seq(self, seq16: int, dt: int, period: int) -> int:
-        """The unwrapped number of a frame's first sample, from the last frame and the time."""
-        if self._frame_seq < 0:
-            return self._first_seq(seq16)
-        step = self._frame_count * period
-        if seq16 == self._next_seq % SEQ_MOD and abs(dt - step) * 2 < period:
-            return self._next_seq  # the next frame, as nearly always
-        expected = self._frame_seq + round(dt / period)
-        if (expected - seq16) % SEQ_MOD == 0 and expected >= self._next_seq:
-            self._hole(self._next_seq, expected - 1)
-            return expected
-        self.counters.restarts += 1  # numbers that time cannot explain: a new stream
-        self._new_stream()
-        return self._first_seq(seq16)
-
-    def _first_seq(self, seq16: int) -> int:
-        if seq16:
-            self._hole(0, seq16 - 1)
-        return seq16
-
-    def _new_stream(self) -> None:
-        self.stream += 1
-        self.counters.streams += 1
-        self._next_seq = 0
-        self._frame_seq = -1
+        values = _VALUES[head & COUNT_MASK].unpack_from(buf, i + HEADER_LEN)
+        self._numbering.frame(head, seq16, t32, values, out)

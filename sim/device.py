@@ -10,62 +10,32 @@ collects what is due with `poll()`, and frames can be corrupted, lose bytes or v
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
 from powmon.sim import stream
-from powmon.sim.faults import FRAME_FAULTS, Fault, spoil_answer, spoil_frame
+from powmon.sim.faults import FRAME_FAULTS, READ_FAULTS, Fault, FaultPlan, spoil_answer, spoil_frame
+from powmon.sim.signal import Signal, SignalSpec
 
 __all__ = ["BOOT_CHATTER", "Fault", "SignalSpec", "SimDevice"]
 
 VERSION: Final = "1.1.0"
 CAPABILITIES: Final = "stream"  # words after the board id in the `id` answer, as the firmware
 RX_BUFFER: Final = 64  # the Arduino core's serial receive buffer, in bytes
-ADC_MAX: Final = 1023
-ADC_RATE: Final = 9615.0  # samples/s of an AVR ADC at 16 MHz with the default /128 prescaler
 CHANNELS: Final = 6  # analog inputs A0..A5 of an Uno
 MAX_AVG: Final = 64
 MAX_CYCLES: Final = 255
 MAX_HZ: Final = 1000
 MAX_WINDOW: Final = 2.0  # seconds: the firmware refuses an AC window longer than this
-MAX_RMS_SAMPLES: Final = 20_000  # keeps one AC answer cheap even at 1 Hz x 100 cycles
 BOOT_CHATTER: Final = b"\x00\xffPowMon sim boot\r\n"
 CRLF: Final = b"\r\n"
 ERR: Final = b"err\r\n"
 DEFAULT_BAUD: Final = 115200  # the firmware's; the stream limits follow the device's baud
 _NOISE: Final = re.compile(rb"[^\x20-\x7e\r\t]")  # bytes no command line can hold
-
-
-@dataclass(frozen=True)
-class SignalSpec:
-    """What the simulated current sensor sees, and how the board converts it.
-
-    `amps` is the DC current, or the RMS of a sine when `ac_hz` is set; `noise` is the standard
-    deviation (amps) of gaussian noise added to every sample. The conversion constants match
-    PowMon's default settings, so an idle sensor reads 512 and converts back to 0 A. The board:
-    its clock runs `drift_ppm` fast (negative: slow), micros() starts at `micros0` after each
-    boot, and a stream may use `adc_rate` conversions per second (an Uno's budget by default;
-    raise it to let the wire be the only limit).
-    """
-
-    amps: float = 0.0
-    ac_hz: float | None = None
-    noise: float = 0.0
-    offset_v: float = 2.5
-    sns: float = 0.066
-    vref: float = 5.0
-    seed: int | None = None
-    boot_chatter: bool = True
-    drift_ppm: float = 0.0
-    micros0: int = 0
-    adc_rate: int = stream.ADC_BUDGET
 
 
 class SimDevice:
@@ -97,13 +67,12 @@ class SimDevice:
         self._boot_at = clock()
         self._stream: stream.SimStream | None = None
         self._streams = 0
-        self._frame_faults: deque[Fault] = deque()
+        self._frame_faults = FaultPlan(FRAME_FAULTS | {Fault.RESET})
         self._reset_due = False
         self._lock = threading.RLock()
-        self._rng = random.Random(spec.seed)
+        self._signal = Signal(spec, self._lock)
         self._fault_rng = random.Random(None if spec.seed is None else spec.seed + 1)
-        self._faults: deque[Fault] = deque()
-        self._every: dict[Fault, int] = {}
+        self._read_faults = FaultPlan(READ_FAULTS | {Fault.RESET})
         self._buf = bytearray()
         self._discarding = False
         self._avg = 1
@@ -130,9 +99,9 @@ class SimDevice:
             if fault is Fault.RESET:
                 self._reset_due = True
             elif fault in FRAME_FAULTS:
-                self._frame_faults.extend([fault] * count)
+                self._frame_faults.inject(fault, count)
             else:
-                self._faults.extend([fault] * count)
+                self._read_faults.inject(fault, count)
 
     def every(self, fault: Fault, n: int | None) -> None:
         """Spoil every n-th read answer (or frame) with `fault`, None stops it: for demos.
@@ -142,10 +111,9 @@ class SimDevice:
         if n is not None and n < 1:
             raise ValueError(f"fault period must be >= 1, got {n}")
         with self._lock:
-            if n is None:
-                self._every.pop(fault, None)
-            else:
-                self._every[fault] = n
+            for plan in (self._read_faults, self._frame_faults):
+                if fault in plan.kinds:
+                    plan.every(fault, n)
 
     def boot(self) -> bytes:
         """Reset as the DTR pulse of an open does: default modes, empty buffer, no stream,
@@ -178,28 +146,7 @@ class SimDevice:
     # -- signal ----------------------------------------------------------------------------
     def sample(self, t: float) -> int:
         """One 10-bit ADC conversion of the sensor output at simulated time `t` (seconds)."""
-        spec = self.spec
-        if spec.ac_hz:
-            amps = spec.amps * math.sqrt(2.0) * math.sin(2.0 * math.pi * spec.ac_hz * t)
-        else:
-            amps = spec.amps
-        with self._lock:
-            if spec.noise > 0:
-                amps += self._rng.gauss(0.0, spec.noise)
-        raw = round((spec.offset_v + amps * spec.sns) / spec.vref * 1024)
-        return min(ADC_MAX, max(0, raw))
-
-    def _mean(self, t: float, count: int) -> float:
-        return sum(self.sample(t + i / ADC_RATE) for i in range(count)) / count
-
-    def _rms(self, t: float, hz: float, cycles: int) -> float:
-        """RMS deviation around the mean over whole mains cycles, as the firmware computes it."""
-        per_cycle = max(8, min(round(ADC_RATE / hz), MAX_RMS_SAMPLES // cycles))
-        n = per_cycle * cycles
-        dt = 1.0 / (hz * per_cycle)
-        samples = [self.sample(t + i * dt) for i in range(n)]
-        mean = sum(samples) / n
-        return math.sqrt(sum((s - mean) ** 2 for s in samples) / n)
+        return self._signal.sample(t)
 
     # -- protocol --------------------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
@@ -276,26 +223,18 @@ class SimDevice:
         self.reads += 1
         t = self._clock()
         if self._ac is not None:
-            text = f"{self._rms(t, *self._ac):.2f}"
+            text = f"{self._signal.rms(t, *self._ac):.2f}"
         elif self._avg > 1:
-            text = f"{self._mean(t, self._avg):.2f}"
+            text = f"{self._signal.mean(t, self._avg):.2f}"
         else:
             text = str(self.sample(t))
-        fault = self._next_fault()
+        fault = self._read_faults.next(self.reads)
         if fault is Fault.RESET:
             return self._reset()  # the board restarts instead of answering
         if fault is None:
             self.sent.append(float(text))
             return text.encode() + CRLF
         return spoil_answer(fault, text.encode(), self._fault_rng)
-
-    def _next_fault(self) -> Fault | None:
-        if self._faults:
-            return self._faults.popleft()
-        for fault, n in self._every.items():
-            if fault not in FRAME_FAULTS and self.reads % n == 0:
-                return fault
-        return None
 
     # -- stream mode -----------------------------------------------------------------------
     def _start_stream(self, args: list[str]) -> bytes:
@@ -308,33 +247,15 @@ class SimDevice:
             return f"err max {limit}".encode() + CRLF
         period = stream.period_us(hz)
         per_frame = stream.frame_size(hz, self.baud)
-        flags, acquire_us, acquire = self._acquisition()
+        flags, acquire_us, acquire = stream.acquisition(
+            self._signal, self._avg, self._ac, self.spec.adc_rate, self.host_time
+        )
         self._streams += 1
         start_us = int(self.micros(self._clock()))
         self._stream = stream.SimStream(
             self._streams, hz, period, per_frame, flags, start_us, acquire_us, acquire
         )
         return f"ok stream {hz} {period} {per_frame}".encode() + CRLF
-
-    def _acquisition(self) -> tuple[int, float, stream.Acquire]:
-        """Frame flags, the time one sample takes (us) and how to take it, per mode."""
-        if self._ac is not None:
-            hz, cycles = self._ac
-            rms = self._rms
-
-            def window(t: int) -> int:
-                return round(rms(self.host_time(t), hz, cycles) * stream.SCALE)
-
-            return stream.FLAG_RMS, cycles / hz * 1e6, window
-        k = self._avg
-        step = 1.0 / self.spec.adc_rate
-
-        def mean(t: int) -> int:
-            start = self.host_time(t)
-            total = sum(self.sample(start + i * step) for i in range(k))
-            return (total * stream.SCALE + k // 2) // k
-
-        return (stream.FLAG_MEAN if k > 1 else 0), k * step * 1e6, mean
 
     def _stop(self, args: list[str]) -> bytes:
         return ERR if args else b"ok stop 0" + CRLF  # no stream runs (one would have ended)
@@ -380,7 +301,7 @@ class SimDevice:
         for frame in frames:
             self.frames += 1
             ready = self.host_time(frame.ready_us)
-            fault = self._next_frame_fault()
+            fault = self._frame_faults.next(self.frames)
             if fault is Fault.RESET:
                 out.append((ready, self._reset()))  # the rest of the stream never happens
                 break
@@ -390,14 +311,6 @@ class SimDevice:
             else:
                 out.append((ready, spoil_frame(fault, frame.data, self._fault_rng)))
         return out
-
-    def _next_frame_fault(self) -> Fault | None:
-        if self._frame_faults:
-            return self._frame_faults.popleft()
-        for fault, n in self._every.items():
-            if (fault in FRAME_FAULTS or fault is Fault.RESET) and self.frames % n == 0:
-                return fault
-        return None
 
 
 def _int_or_none(text: str) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections import deque
 from typing import Final
 
 CRLF: Final = b"\r\n"
@@ -29,6 +30,35 @@ class Fault(enum.Enum):
 
 
 FRAME_FAULTS: Final = frozenset({Fault.CORRUPT, Fault.DROPBYTES, Fault.DROPFRAME})
+READ_FAULTS: Final = frozenset(set(Fault) - FRAME_FAULTS - {Fault.RESET})
+
+
+class FaultPlan:
+    """The faults planned for one kind of output (read answers, or frames): the injected ones
+    first, in order, then the periodic ones (every n-th). Not thread-safe: the device locks."""
+
+    def __init__(self, kinds: frozenset[Fault]) -> None:
+        self.kinds = kinds
+        self._queue: deque[Fault] = deque()
+        self._every: dict[Fault, int] = {}
+
+    def inject(self, fault: Fault, count: int) -> None:
+        self._queue.extend([fault] * count)
+
+    def every(self, fault: Fault, n: int | None) -> None:
+        if n is None:
+            self._every.pop(fault, None)
+        else:
+            self._every[fault] = n
+
+    def next(self, number: int) -> Fault | None:
+        """The fault for output number `number` (1, 2, ...), if any."""
+        if self._queue:
+            return self._queue.popleft()
+        for fault, n in self._every.items():
+            if number % n == 0:
+                return fault
+        return None
 
 
 def spoil_answer(fault: Fault, number: bytes, rng: random.Random) -> bytes:

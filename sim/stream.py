@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
+from powmon.sim.signal import ADC_BUDGET, Signal
+
 SYNC: Final = 0xA5
 MAX_PER_FRAME: Final = 16
 FLAG_RMS: Final = 0x40
 FLAG_MEAN: Final = 0x80
 SCALE: Final = 64
-ADC_BUDGET: Final = 8000  # conversions/s a stream may use on an Uno (firmware STREAM_ADC_BUDGET)
 WIRE_PERCENT: Final = 95  # frames may fill this much of the UART
 FRAME_MS: Final = 10  # a frame carries about this much time, when the wire allows
 _HEADER: Final = struct.Struct("<BBHI")
@@ -79,6 +80,35 @@ class Frame(NamedTuple):
 
 # (device time of the sample in us) -> (value in 1/64 counts)
 Acquire = Callable[[int], int]
+
+
+def acquisition(
+    signal: Signal,
+    avg: int,
+    ac: tuple[int, int] | None,
+    adc_rate: int,
+    host_time: Callable[[float], float],
+) -> tuple[int, float, Acquire]:
+    """Frame flags, the time one sample takes (us) and how to take it, per mode.
+
+    A DC sample is the mean of `avg` conversions 1/adc_rate apart (exact in 1/64 counts when
+    avg divides 64, as on the board); an AC sample the RMS over the whole-cycle window.
+    """
+    if ac is not None:
+        hz, cycles = ac
+
+        def window(t: int) -> int:
+            return round(signal.rms(host_time(t), hz, cycles) * SCALE)
+
+        return FLAG_RMS, cycles / hz * 1e6, window
+    step = 1.0 / adc_rate
+
+    def mean(t: int) -> int:
+        start = host_time(t)
+        total = sum(signal.sample(start + i * step) for i in range(avg))
+        return (total * SCALE + avg // 2) // avg
+
+    return (FLAG_MEAN if avg > 1 else 0), avg * step * 1e6, mean
 
 
 @dataclass
