@@ -6,7 +6,7 @@ when that read returned) and asks for UTC times of device times. The link only e
 true mapping and the best estimate is the line just under all of them: the lower convex hull
 of recent pairs, taken at its support under the window's centre (the line below all points
 that minimises the sum of their delays). Pairs are thinned to the one with the least delay
-per half-second bucket, kept for a minute: the drift adapts slowly, the offset follows any
+per one-second bucket, kept for a minute: the drift adapts slowly, the offset follows any
 pair that falls below the line at once. The error is then about the smallest delay seen, not
 the typical one. After a new start (a device reset, a jump) a rate already known from 10 s of
 pairs is kept, and only the offset is fitted until there are 10 s of new pairs.
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Final
 
 NOMINAL: Final = 1000.0  # ns of UTC per device us for a perfect crystal
-BUCKET_US: Final = 500_000  # one pair kept per half second of device time ...
-WINDOW_BUCKETS: Final = 128  # ... for about a minute
+BUCKET_US: Final = 1_000_000  # one pair kept per second of device time ...
+WINDOW_BUCKETS: Final = 64  # ... for about a minute (a refit per second costs ~0.2 ms)
 STEP_NS: Final = 50_000_000  # pairs this far off the line mean a jump, not a delay
-STEP_BUCKETS: Final = 4  # buckets all above the line by STEP_NS before it counts as a jump
+STEP_BUCKETS: Final = 2  # buckets all above the line by STEP_NS before it counts as a jump
 MAX_DRIFT: Final = 0.02  # a fitted rate further than 2% from nominal is not believed
 RATE_SPAN_US: Final = 10_000_000  # a rate fitted over this long is kept through a new start
 

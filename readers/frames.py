@@ -233,10 +233,18 @@ class FrameDecoder:
             return i
         if i != self._boundary:
             self.counters.resyncs += 1
+        frame = self._numbering.frame
         for start in starts:
             if start >= pos:
                 break
-            self._frame(buf, start, out)
+            _, head, seq16, t32 = HEADER.unpack_from(buf, start)
+            frame(
+                head,
+                seq16,
+                t32,
+                _VALUES[head & COUNT_MASK].unpack_from(buf, start + HEADER_LEN),
+                out,
+            )
         self._boundary = pos
         return pos
 
@@ -297,8 +305,3 @@ class FrameDecoder:
         self.counters.stops += 1
         self.held = True
         self._numbering.stop(count)
-
-    def _frame(self, buf: bytearray, i: int, out: list[Sample]) -> None:
-        _, head, seq16, t32 = HEADER.unpack_from(buf, i)
-        values = _VALUES[head & COUNT_MASK].unpack_from(buf, i + HEADER_LEN)
-        self._numbering.frame(head, seq16, t32, values, out)
