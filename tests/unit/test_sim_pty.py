@@ -180,7 +180,7 @@ def test_stream_through_the_pty_is_what_the_board_sent() -> None:
     are exactly the spoiled frames, the rest of the numbers is complete, times are one period
     apart by the board's clock."""
     device = SimDevice(SignalSpec(amps=2.0, ac_hz=50.0, noise=0.05, seed=8, drift_ppm=150.0))
-    with PtySimulator(device, baud=115200) as sim, open_port(sim.path, timeout=0.2) as port:
+    with PtySimulator(device, baud=115200) as sim, serial.Serial(sim.path, 115200, timeout=0.2) as port:
         client = StreamClient(port)
         params = client.start(1000)
         assert params == StreamParams(1000, 1000, 10)
@@ -202,7 +202,7 @@ def test_a_reset_mid_stream_is_seen_and_a_new_stream_recovers() -> None:
     """The board resets while streaming: its chatter arrives, frames stop; the host starts a
     new stream, numbered from 0 on a restarted clock, which the decoder counts as a reset."""
     device = SimDevice(SignalSpec(amps=1.0, seed=1), "VIC")
-    with PtySimulator(device, baud=115200) as sim, open_port(sim.path, timeout=0.2) as port:
+    with PtySimulator(device, baud=115200) as sim, serial.Serial(sim.path, 115200, timeout=0.2) as port:
         client = StreamClient(port)
         client.start(500)
         client.read_samples(300)
