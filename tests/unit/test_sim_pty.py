@@ -174,13 +174,18 @@ def test_close_stops_the_thread() -> None:
     assert not sim.plugged
 
 
+def stream_port(path: str) -> serial.Serial:
+    """A concrete pyserial port (it has everything a stream client uses)."""
+    return serial.Serial(path, 115200, timeout=0.2)
+
+
 def test_stream_through_the_pty_is_what_the_board_sent() -> None:
     """`stream` over a real pty, paced at 115200 baud, with a corrupted frame, a frame that
     lost bytes and a lost frame: every decoded sample is one the board sent intact, the holes
     are exactly the spoiled frames, the rest of the numbers is complete, times are one period
     apart by the board's clock."""
     device = SimDevice(SignalSpec(amps=2.0, ac_hz=50.0, noise=0.05, seed=8, drift_ppm=150.0))
-    with PtySimulator(device, baud=115200) as sim, serial.Serial(sim.path, 115200, timeout=0.2) as port:
+    with PtySimulator(device, baud=115200) as sim, stream_port(sim.path) as port:
         client = StreamClient(port)
         params = client.start(1000)
         assert params == StreamParams(1000, 1000, 10)
@@ -202,7 +207,7 @@ def test_a_reset_mid_stream_is_seen_and_a_new_stream_recovers() -> None:
     """The board resets while streaming: its chatter arrives, frames stop; the host starts a
     new stream, numbered from 0 on a restarted clock, which the decoder counts as a reset."""
     device = SimDevice(SignalSpec(amps=1.0, seed=1), "VIC")
-    with PtySimulator(device, baud=115200) as sim, serial.Serial(sim.path, 115200, timeout=0.2) as port:
+    with PtySimulator(device, baud=115200) as sim, stream_port(sim.path) as port:
         client = StreamClient(port)
         client.start(500)
         client.read_samples(300)
