@@ -26,9 +26,19 @@ FRAME_MS: Final = 10  # a frame carries about this much time, when the wire allo
 _HEADER: Final = struct.Struct("<BBHI")
 
 
+F_CPU: Final = 16_000_000
+
+
+def line_baud(baud: int) -> int:
+    """The rate a stream may count on: the slower of `baud` and the UART's real rate, which the
+    Arduino core rounds (double speed, 16 MHz): 115200 is really 117647, 230400 only 222222."""
+    real = F_CPU // 8 // ((F_CPU // 4 // baud - 1) // 2 + 1) if baud <= F_CPU // 8 else baud
+    return min(real, baud)
+
+
 def wire_max_hz(baud: int) -> int:
     """The highest rate the UART carries in 16-sample frames (42 bytes per 16 samples)."""
-    return baud * WIRE_PERCENT * MAX_PER_FRAME // 42000
+    return line_baud(baud) * WIRE_PERCENT * MAX_PER_FRAME // 42000
 
 
 def max_hz(baud: int, avg: int, ac: tuple[int, int] | None, adc_rate: int = ADC_BUDGET) -> int:
@@ -40,7 +50,8 @@ def max_hz(baud: int, avg: int, ac: tuple[int, int] | None, adc_rate: int = ADC_
 def frame_size(hz: int, baud: int) -> int:
     """Samples per frame: about 10 ms worth, more when the wire needs longer frames; 1..16."""
     n = min(max(hz * FRAME_MS // 1000, 1), MAX_PER_FRAME)
-    while n < MAX_PER_FRAME and hz * (10 + 2 * n) * 1000 > baud * WIRE_PERCENT * n:
+    budget = line_baud(baud) * WIRE_PERCENT
+    while n < MAX_PER_FRAME and hz * (10 + 2 * n) * 1000 > budget * n:
         n += 1
     return n
 

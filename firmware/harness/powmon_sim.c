@@ -219,6 +219,19 @@ static avr_t *make_board(const char *elf) {
     return avr;
 }
 
+/* simavr 1.6 times a UART byte as start + data + parity + stop bits, parity or not: at 115200
+ * (117647 baud from UBRR 16 with U2X) that is 93.5 us a byte where 8N1 takes 85 us. Give the UART
+ * the real 8N1 time, from the same registers, so that the simulated board carries what a real
+ * one does (the firmware's stream limits rely on it). */
+static void fix_uart_timing(avr_t *avr) {
+    uint32_t ubrr = avr_regbit_get(avr, uart0->ubrrl) | (avr_regbit_get(avr, uart0->ubrrh) << 8);
+    avr_cycle_count_t per_bit = (ubrr + 1) * (avr_regbit_get(avr, uart0->u2x) ? 8 : 16);
+    static const int databits[] = {5, 6, 7, 8, 8, 8, 8, 9};
+    int bits = 1 + databits[avr_regbit_get(avr, uart0->ucsz) | (avr_regbit_get(avr, uart0->ucsz2) << 2)]
+               + 1 + avr_regbit_get(avr, uart0->usbs);
+    uart0->cycles_per_byte = per_bit * (avr_cycle_count_t)bits;
+}
+
 /* Keep a few host bytes queued in the UART; hold them until the firmware enables RX. */
 static void feed_uart(avr_t *avr) {
     if (!to_avr.len || !avr_regbit_get(avr, uart0->rxen)) return;
@@ -306,6 +319,7 @@ static int run(avr_t *avr, int master, double speed) {
             fprintf(stderr, "powmon_sim: the firmware stopped (state %d)\n", state);
             return 1;
         }
+        fix_uart_timing(avr);
         feed_uart(avr);
         int64_t ahead = 0;
         if (speed > 0) {

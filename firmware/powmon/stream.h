@@ -12,7 +12,7 @@
 //   0      0xA5 sync (text answers never contain a byte >= 0x80)
 //   1      N (1..16) in bits 0-4; bit 6: RMS values (mode ac); bit 7: means (avg K > 1)
 //   2..3   sequence number of the first sample, low 16 bits (the first sample is 0)
-//   4..7   micros() when the first sample's conversion started
+//   4..7   micros() at the first sample's timer tick (its conversion starts then)
 //   8..    N values, uint16, in 1/64 ADC counts
 //   last 2 CRC-16/XMODEM of everything before it, high byte first
 // Sample i of a frame was taken at time + i * period.
@@ -65,9 +65,14 @@ static uint8_t frame[STREAM_FRAME_MAX];
 static uint8_t frame_n = 0;
 static uint32_t frame_seq = 0;
 
+// The UART's real rate: the Arduino core rounds UBRR (double speed), so "115200" is 117647
+// baud on 16 MHz but "230400" only 222222. The stream budgets the slower of the two.
+#define STREAM_REAL_BAUD (F_CPU / 8 / ((F_CPU / 4 / POWMON_BAUD - 1) / 2 + 1))
+#define STREAM_BAUD (STREAM_REAL_BAUD < POWMON_BAUD ? STREAM_REAL_BAUD : POWMON_BAUD)
+
 // The highest rate the UART carries with 16-sample frames (42 bytes for 16 samples).
 static uint32_t stream_wire_max_hz() {
-  return POWMON_BAUD * STREAM_WIRE_PERCENT * STREAM_MAX_PER_FRAME / 42000UL;
+  return STREAM_BAUD * STREAM_WIRE_PERCENT * STREAM_MAX_PER_FRAME / 42000UL;
 }
 
 // The highest rate for these settings: the ADC budget, the AC window, the wire.
@@ -84,7 +89,7 @@ static uint8_t stream_frame_size(uint32_t hz) {
   if (n > STREAM_MAX_PER_FRAME) n = STREAM_MAX_PER_FRAME;
   // bytes/s = hz * (10 + 2n) / n must stay within the wire's share (x1000 for integers)
   while (n < STREAM_MAX_PER_FRAME &&
-         hz * (10UL + 2UL * n) * 1000UL > POWMON_BAUD * STREAM_WIRE_PERCENT * n) {
+         hz * (10UL + 2UL * n) * 1000UL > STREAM_BAUD * STREAM_WIRE_PERCENT * n) {
     n++;
   }
   return (uint8_t)n;
@@ -92,19 +97,23 @@ static uint8_t stream_frame_size(uint32_t hz) {
 
 // Timer1 period for hz, in whole microseconds the timer can count exactly: 1 us steps at
 // prescaler 8 (hz >= 31), 4 us at 64 (hz 4..30), 16 us at 256 (hz 1..3).
-static uint32_t stream_period_us(uint32_t hz, uint16_t *ticks, uint8_t *clock_select) {
+static uint32_t stream_period_us(uint32_t hz, uint16_t *ticks, uint8_t *clock_select,
+                                 uint8_t *us_shift) {
   uint32_t period = (1000000UL + hz / 2) / hz;
   if (hz >= 31) {
     *ticks = (uint16_t)(period * 2);
     *clock_select = _BV(CS11);
+    *us_shift = 0;  // half microseconds: see stream_half_us
   } else if (hz >= 4) {
     period = (period + 2) / 4 * 4;
     *ticks = (uint16_t)(period / 4);
     *clock_select = _BV(CS11) | _BV(CS10);
+    *us_shift = 2;
   } else {
     period = (period + 8) / 16 * 16;
     *ticks = (uint16_t)(period / 16);
     *clock_select = _BV(CS12);
+    *us_shift = 4;
   }
   return period;
 }
@@ -123,8 +132,14 @@ static void acq_close() {
   ring_head = next;
 }
 
+// Timer1 counts from 0 again at each tick (CTC): its count says how late this interrupt runs
+// (behind another one), so the stamp is the tick's own instant, to micros()' 4 us.
+static uint8_t stream_late_shift = 0;  // late us = TCNT1 << shift (>> 1 at prescaler 8)
+static bool stream_half_us = false;
+
 ISR(TIMER1_COMPA_vect) {
-  uint32_t now = micros();
+  uint16_t late = TCNT1;
+  uint32_t now = micros() - (stream_half_us ? late >> 1 : (uint32_t)late << stream_late_shift);
   uint32_t seq = stream_seq++;
   if (acq_open) {
     if (!stream_ac) return;  // the previous sample is still converting: this one is lost
@@ -218,7 +233,8 @@ static void stream_pump(bool final) {
 static void stream_start(uint32_t hz, uint8_t channel, uint8_t k, bool ac, uint32_t window_us) {
   uint16_t ticks;
   uint8_t clock_select;
-  uint32_t period = stream_period_us(hz, &ticks, &clock_select);
+  uint32_t period = stream_period_us(hz, &ticks, &clock_select, &stream_late_shift);
+  stream_half_us = hz >= 31;
   stream_k = k;
   stream_ac = ac;
   stream_window_us = window_us;
@@ -227,8 +243,9 @@ static void stream_start(uint32_t hz, uint8_t channel, uint8_t k, bool ac, uint3
   ring_head = ring_tail = 0;
   frame_n = 0;
   acq_open = false;
-  while (ADCSRA & _BV(ADSC)) {
-  }
+  // One conversion first: it settles the multiplexer, and the first conversion after the ADC
+  // is enabled takes 25 ADC clocks instead of 13, too long for the first sample's period.
+  analogRead(channel);
   ADMUX = _BV(REFS0) | (channel & 0x07);  // AVcc reference, as analogRead's DEFAULT
   ADCSRA |= _BV(ADIF) | _BV(ADIE);
   Serial.print(F("ok stream "));
