@@ -14,7 +14,7 @@ from typing import Final
 
 ADC_MAX: Final = 1023
 ADC_RATE: Final = 9615.0  # samples/s of an AVR ADC at 16 MHz with the default /128 prescaler
-ADC_BUDGET: Final = 8000  # conversions/s a stream may use on an Uno (firmware STREAM_ADC_BUDGET)
+ADC_BUDGET: Final = 7000  # conversions/s a stream may use on an Uno (firmware STREAM_ADC_BUDGET)
 MAX_RMS_SAMPLES: Final = 20_000  # keeps one AC answer cheap even at 1 Hz x 100 cycles
 
 

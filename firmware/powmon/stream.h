@@ -28,19 +28,24 @@
 #define STREAM_FRAME_MAX (STREAM_HEADER + 2 * STREAM_MAX_PER_FRAME + 2)
 #define STREAM_FLAG_RMS 0x40
 #define STREAM_FLAG_MEAN 0x80
-#define STREAM_RING 24
-// ADC conversions per second a stream may schedule: one takes 13 ADC clocks at 125 kHz
-// (104 us), plus the interrupt and the wait for the next ADC clock edge (~10 us); 125 us each
-// keeps a margin for the UART and Timer0 interrupts.
-#define STREAM_ADC_BUDGET 8000UL
+#define STREAM_RING 32
+// ADC conversions per second a stream may schedule (2286 CPU cycles each): one takes 13 ADC
+// clocks (1664 cycles) after up to one ADC clock (128) waiting for its edge, then the ADC
+// interrupt (~170), and a tick may wait behind Timer0's interrupt (~80). At 8000/s (2000
+// cycles) the simulated board, which starts conversions without waiting, already lost some.
+#define STREAM_ADC_BUDGET 7000UL
 #define STREAM_WIRE_PERCENT 95UL  // frames may fill this much of the UART
 #define STREAM_FRAME_MS 10        // a frame carries at most ~10 ms of samples, when the wire allows
 
+// Interrupts add only 8, 16 and 32-bit numbers: avr-gcc makes 64-bit sums library calls that
+// took the ADC interrupt to 41 us, past a sample's budget at 8 kHz. The sum of squares (up to
+// ~2e10 over a 2 s AC window) is 32 bits plus a carry count, joined in loop().
 struct StreamSlot {
   uint32_t seq;
   uint32_t t;
   uint32_t sum;
-  uint64_t sum_sq;
+  uint32_t sq_lo;
+  uint16_t sq_hi;
   uint16_t n;
 };
 
@@ -50,9 +55,8 @@ struct StreamSlot {
 static volatile bool stream_on = false;
 static volatile bool acq_open = false;  // a sample is being converted
 static volatile uint32_t stream_seq = 0;  // ticks so far = number of the next sample
-static uint32_t acq_seq, acq_t, acq_sum;
-static uint64_t acq_sum_sq;
-static uint16_t acq_n;
+static uint32_t acq_seq, acq_t, acq_sum, acq_sq_lo;
+static uint16_t acq_sq_hi, acq_n;
 static StreamSlot ring[STREAM_RING];
 static volatile uint8_t ring_head = 0;  // written by the ADC interrupt
 static volatile uint8_t ring_tail = 0;  // written by loop()
@@ -121,13 +125,15 @@ static uint32_t stream_period_us(uint32_t hz, uint16_t *ticks, uint8_t *clock_se
 // Interrupt context: hand the finished sample to loop(); a full ring loses it (a hole).
 static void acq_close() {
   acq_open = false;
-  uint8_t next = (uint8_t)((ring_head + 1) % STREAM_RING);
+  uint8_t next = ring_head + 1;  // no %: a division is a library call on the AVR
+  if (next == STREAM_RING) next = 0;
   if (next == ring_tail) return;
   StreamSlot *s = &ring[ring_head];
   s->seq = acq_seq;
   s->t = acq_t;
   s->sum = acq_sum;
-  s->sum_sq = acq_sum_sq;
+  s->sq_lo = acq_sq_lo;
+  s->sq_hi = acq_sq_hi;
   s->n = acq_n;
   ring_head = next;
 }
@@ -139,6 +145,9 @@ static bool stream_half_us = false;
 
 ISR(TIMER1_COMPA_vect) {
   uint16_t late = TCNT1;
+  // The conversion starts first, before the bookkeeping: a sample's budget is tight at 8 kHz.
+  // (The ADC interrupt cannot run before this one returns, so the state below is set in time.)
+  if (!(acq_open && !stream_ac) && !(ADCSRA & _BV(ADSC))) ADC_START();
   uint32_t now = micros() - (stream_half_us ? late >> 1 : (uint32_t)late << stream_late_shift);
   uint32_t seq = stream_seq++;
   if (acq_open) {
@@ -148,10 +157,10 @@ ISR(TIMER1_COMPA_vect) {
   acq_seq = seq;
   acq_t = now;
   acq_sum = 0;
-  acq_sum_sq = 0;
+  acq_sq_lo = 0;
+  acq_sq_hi = 0;
   acq_n = 0;
   acq_open = true;
-  if (!(ADCSRA & _BV(ADSC))) ADC_START();
 }
 
 ISR(ADC_vect) {
@@ -160,7 +169,9 @@ ISR(ADC_vect) {
   acq_n++;
   acq_sum += x;
   if (stream_ac) {
-    acq_sum_sq += (uint32_t)x * x;
+    uint32_t sq = (uint32_t)x * x;
+    acq_sq_lo += sq;
+    if (acq_sq_lo < sq) acq_sq_hi++;
     if ((uint32_t)(micros() - acq_t) >= stream_window_us) {
       acq_close();
       return;
@@ -176,7 +187,8 @@ ISR(ADC_vect) {
 static uint16_t slot_value(const StreamSlot *s) {
   if (stream_ac) {
     if (!s->n) return 0;
-    uint64_t n2_var = (uint64_t)s->n * s->sum_sq - (uint64_t)s->sum * s->sum;
+    uint64_t sum_sq = ((uint64_t)s->sq_hi << 32) | s->sq_lo;
+    uint64_t n2_var = (uint64_t)s->n * sum_sq - (uint64_t)s->sum * s->sum;
     return (uint16_t)(sqrtf((float)n2_var) / (float)s->n * 64.0f + 0.5f);
   }
   if (stream_k == 1) return (uint16_t)(s->sum << 6);
@@ -225,7 +237,7 @@ static void stream_pump(bool final) {
     frame[STREAM_HEADER + 2 * frame_n] = (uint8_t)v;
     frame[STREAM_HEADER + 2 * frame_n + 1] = (uint8_t)(v >> 8);
     frame_n++;
-    ring_tail = (uint8_t)((ring_tail + 1) % STREAM_RING);
+    ring_tail = ring_tail + 1 == STREAM_RING ? 0 : ring_tail + 1;
   }
 }
 

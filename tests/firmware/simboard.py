@@ -32,6 +32,7 @@ ELF = BUILD_DIR / "powmon.elf"
 HARNESS = BUILD_DIR / "powmon_sim"
 ARDUINO_CORE = Path("/usr/share/arduino/hardware/arduino/avr/cores/arduino/Arduino.h")
 BAUD = 115200
+FAST_BAUD = 1_000_000  # a second build, where the ADC and not the wire is the limit
 AREF_MV = 5000
 
 Sine = tuple[float, float, float]
@@ -61,22 +62,27 @@ def missing_tools() -> list[str]:
     return missing
 
 
-def build(timeout: float = 300.0) -> Built:
-    """Build firmware and harness; a missing tool is FirmwareUnavailable, a failed build is not."""
+def build(timeout: float = 300.0, baud: int | None = None) -> Built:
+    """Build firmware and harness; a missing tool is FirmwareUnavailable, a failed build is not.
+
+    `baud` builds the firmware for another rate, in its own folder (build/baud-N/).
+    """
     missing = missing_tools()
     if missing:
         raise FirmwareUnavailable(
             f"firmware toolchain missing: {', '.join(missing)}; run firmware/install-deps.sh"
         )
-    proc = subprocess.run(
-        ["make", "-C", str(FIRMWARE_DIR), "all", "harness"],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+    argv = ["make", "-C", str(FIRMWARE_DIR), "all", "harness"]
+    elf = ELF
+    if baud is not None:
+        folder = f"build/baud-{baud}"
+        argv = ["make", "-C", str(FIRMWARE_DIR), f"BUILD={folder}", f"BAUD={baud}", "all"]
+        elf = FIRMWARE_DIR / folder / "powmon.elf"
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"make -C firmware failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
-        )
-    return Built(ELF, HARNESS)
+        command = " ".join(argv[:3])
+        raise RuntimeError(f"{command} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return Built(elf, HARNESS)
 
 
 def ideal_count(mv: float, aref_mv: float = AREF_MV) -> int:

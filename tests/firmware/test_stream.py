@@ -19,7 +19,7 @@ import serial
 from powmon.common.schema import Flag
 from powmon.readers.frames import Sample, StreamParams
 from powmon.readers.stream_commands import StreamRefused
-from tests.firmware.simboard import BAUD, Built, SimBoard
+from tests.firmware.simboard import BAUD, FAST_BAUD, Built, SimBoard
 from tests.helpers import wait_until
 from tests.streams import StreamClient
 
@@ -112,12 +112,12 @@ def test_ac_mode_streams_the_rms_of_whole_mains_cycles(firmware: Built) -> None:
 
 
 @pytest.mark.parametrize(
-    ("setup", "limit"), [(b"", 4169), (b"avg 64\n", 125), (b"mode ac 60 3\n", 20)]
+    ("setup", "limit"), [(b"", 4169), (b"avg 64\n", 109), (b"mode ac 60 3\n", 20)]
 )
 def test_rates_beyond_the_limits_are_refused_with_the_limit(
     firmware: Built, setup: bytes, limit: int
 ) -> None:
-    """At 115200 baud 4169 Hz fit the wire; `avg 64` leaves 125 Hz of ADC time; an AC window
+    """At 115200 baud 4169 Hz fit the wire; `avg 64` leaves 109 Hz of ADC time; an AC window
     of 3 cycles at 60 Hz allows 20 samples/s. One more is `err max M`; at M itself the board
     keeps up for a second: no sample lost."""
     with streaming(SimBoard(firmware.elf, sine=SINE)) as (_, client):
@@ -185,3 +185,23 @@ def test_a_reset_mid_stream_recovers_with_a_new_stream(firmware: Built) -> None:
     assert client.decoder.counters.resets == 1
     check_timing([s for s in client.samples if s.stream == 2], params)
     assert {row[3] for row in first + second} == {819}  # 4000 mV
+
+
+def test_at_a_million_baud_the_adc_is_the_limit_and_holds(
+    firmware_fast: Built, tmp_path: Path
+) -> None:
+    """Built for 1,000,000 baud the wire carries 36,000 samples/s: the ADC budget, 7000 Hz, is
+    the limit. At 7000 Hz for over a second no sample is lost and every value is the ADC's."""
+    log = tmp_path / "adc.log"
+    board = SimBoard(firmware_fast.elf, sine=SINE, adc_log=log)
+    with board as port, serial.Serial(port, FAST_BAUD, timeout=0.2) as ser:
+        client = StreamClient(ser)
+        assert client.link.ask(b"stream 7001\n") == b"err max 7000\r\n"
+        params = client.start(7000)
+        assert params == StreamParams(7000, 143, 16)
+        client.read_samples(8000)
+        assert client.stop()
+        counts = stream_counts(board, len(client.samples))
+    check_timing(client.samples, params)
+    assert client.decoder.counters.holes == 0
+    assert [s.raw for s in client.samples] == counts[: len(client.samples)]

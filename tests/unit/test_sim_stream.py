@@ -31,7 +31,7 @@ def collect(device: SimDevice, clock: Clock, seconds: float, step: float = 0.01)
     """Advance the clock by `seconds`, returning everything the board sent on its own.
 
     At R Hz, sample k is taken (k + 1) / R after `stream` and ready one conversion later
-    (125 us), so R samples need a little more than 1 s.
+    (1/7000 s), so R samples need a little more than 1 s.
     """
     end = clock.now + seconds
     out = b""
@@ -69,8 +69,8 @@ def test_stream_answer_gives_the_timer_period_and_frame_size(
     ("setup", "baud", "limit"),
     [
         (b"", 115200, 4169),
-        (b"", 1_000_000, 8000),
-        (b"avg 8\n", 115200, 1000),
+        (b"", 1_000_000, 7000),
+        (b"avg 8\n", 115200, 875),
         (b"mode ac 50 5\n", 115200, 10),
         (b"mode ac 60 1\n", 115200, 60),
         (b"", 9600, 347),
