@@ -160,6 +160,14 @@ class Link:
             if now >= deadline or self._stop.is_set():
                 return self._take()
 
+    def unread(self, data: bytes) -> None:
+        """Put bytes back in front of what is buffered: the next read_line() starts there."""
+        self._buf[:0] = data
+
+    def take_buffered(self) -> bytes:
+        """Bytes read past the last line returned (a stream's first frames): handed over."""
+        return self._take()
+
     def _take(self) -> bytes:
         line = bytes(self._buf)
         self._buf.clear()

@@ -33,7 +33,8 @@ _ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 FAULT_WORDS: Final = {f.value: f for f in Fault}
 HELP_COMMANDS: Final = (
     "garbage|nonnumeric|partial|nonutf8|silence ID [N]  spoil the next N read answers; "
-    "unplug ID; replug ID"
+    "corrupt|dropbytes|dropframe ID [N]  spoil the next N stream frames; "
+    "reset ID; unplug ID; replug ID"
 )
 
 
@@ -57,7 +58,7 @@ def parse_command(words: list[str], sims: dict[str, PtySimulator]) -> tuple[PtyS
     verb, args = words[0], words[1:]
     if verb not in {*FAULT_WORDS, "unplug", "replug"}:
         raise ValueError(f"unknown command {verb!r}; commands: {HELP_COMMANDS}")
-    takes_count = verb in FAULT_WORDS
+    takes_count = verb in FAULT_WORDS and verb != Fault.RESET.value
     if not args or len(args) > (2 if takes_count else 1):
         raise ValueError(f"expected '{verb} ID{' [N]' if takes_count else ''}'")
     sim = sims.get(args[0])
@@ -131,7 +132,8 @@ def sim_command(
     """Simulated Arduinos on pseudo-terminals; prints 'ID PATH' per sensor, serves until stopped.
 
     Sensor keys: amps (DC, or RMS with ac), ac (mains Hz), noise (amps std dev), seed,
-    boot (0/1 chatter on open), offset, sns, vref. Default: one DC sensor, SIM:amps=1.
+    boot (0/1 chatter on open), offset, sns, vref; the board: drift (clock ppm), micros0,
+    adc_rate (stream conversions/s). Default: one DC sensor, SIM:amps=1.
     Example: powmon sim VIC:amps=2.5 ATT:amps=4,ac=50,noise=0.02 --link-dir /tmp/powmon
     """
     if sys.platform == "win32":

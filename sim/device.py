@@ -4,72 +4,48 @@ The engine is pure (bytes in, bytes out) so that the same device answers behind 
 pseudo-terminal (powmon.sim.pty), behind a pyserial URL (sim://) and in unit tests. It keeps
 the real board's limits where a host could trip over them: a 64-byte receive buffer, a 10-bit
 ADC, a reset (with boot chatter) on every open, and answers that can go wrong on demand.
+Its stream mode (`stream HZ`, sim/stream.py) follows its own clock, which may drift: the host
+collects what is due with `poll()`, and frames can be corrupted, lose bytes or vanish.
 """
 
 from __future__ import annotations
 
-import enum
-import math
 import random
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
-VERSION: Final = "1.0.0"
+from powmon.sim import stream
+from powmon.sim.faults import FRAME_FAULTS, READ_FAULTS, Fault, FaultPlan, spoil_answer, spoil_frame
+from powmon.sim.signal import Signal, SignalSpec
+
+__all__ = ["BOOT_CHATTER", "Fault", "SignalSpec", "SimDevice"]
+
+VERSION: Final = "1.1.0"
+CAPABILITIES: Final = "stream"  # words after the board id in the `id` answer, as the firmware
 RX_BUFFER: Final = 64  # the Arduino core's serial receive buffer, in bytes
-ADC_MAX: Final = 1023
-ADC_RATE: Final = 9615.0  # samples/s of an AVR ADC at 16 MHz with the default /128 prescaler
 CHANNELS: Final = 6  # analog inputs A0..A5 of an Uno
 MAX_AVG: Final = 64
 MAX_CYCLES: Final = 255
 MAX_HZ: Final = 1000
 MAX_WINDOW: Final = 2.0  # seconds: the firmware refuses an AC window longer than this
-MAX_RMS_SAMPLES: Final = 20_000  # keeps one AC answer cheap even at 1 Hz x 100 cycles
 BOOT_CHATTER: Final = b"\x00\xffPowMon sim boot\r\n"
 CRLF: Final = b"\r\n"
 ERR: Final = b"err\r\n"
+DEFAULT_BAUD: Final = 115200  # the firmware's; the stream limits follow the device's baud
 _NOISE: Final = re.compile(rb"[^\x20-\x7e\r\t]")  # bytes no command line can hold
-
-
-@dataclass(frozen=True)
-class SignalSpec:
-    """What the simulated current sensor sees, and how the board converts it.
-
-    `amps` is the DC current, or the RMS of a sine when `ac_hz` is set; `noise` is the standard
-    deviation (amps) of gaussian noise added to every sample. The conversion constants match
-    PowMon's default settings, so an idle sensor reads 512 and converts back to 0 A.
-    """
-
-    amps: float = 0.0
-    ac_hz: float | None = None
-    noise: float = 0.0
-    offset_v: float = 2.5
-    sns: float = 0.066
-    vref: float = 5.0
-    seed: int | None = None
-    boot_chatter: bool = True
-
-
-class Fault(enum.Enum):
-    """Ways the next answer to a `read` goes wrong, as they do on a real USB serial line."""
-
-    GARBAGE = "garbage"  # random bytes (line noise, baud mismatch) ending in \r\n
-    NONNUMERIC = "nonnumeric"  # a clean line that is not a number: b"abc\r\n"
-    PARTIAL = "partial"  # the number without its line end (a cut-off transfer)
-    SILENCE = "silence"  # no answer at all
-    NON_UTF8 = "nonutf8"  # bytes that are not UTF-8, ending in \r\n
 
 
 class SimDevice:
     """One simulated board: feed it the host's bytes, get back the bytes it answers.
 
     `sent` lists every value answered to a `read` as a complete, valid line, in order: exactly
-    what a correct host may store. Answers spoiled by a fault are not in it. A lock makes the
-    engine safe to share between a serving thread and test code injecting faults.
+    what a correct host may store. Answers spoiled by a fault are not in it; `streamed` is the
+    same for stream samples, in intact frames. A lock makes the engine safe to share between a
+    serving thread and test code injecting faults. `baud` sets the stream limits (the front
+    ends set it to the line's rate).
     """
 
     def __init__(
@@ -82,13 +58,21 @@ class SimDevice:
         self.spec = spec
         self.sensor_id = sensor_id
         self.sent: list[float] = []
+        self.streamed: list[stream.Streamed] = []
         self.reads = 0  # read commands handled, whatever their answer
+        self.frames = 0  # stream frames made, whatever became of them
+        self.resets = 0  # resets injected (not the boots of an open)
+        self.baud = DEFAULT_BAUD
         self._clock = clock
+        self._boot_at = clock()
+        self._stream: stream.SimStream | None = None
+        self._streams = 0
+        self._frame_faults = FaultPlan(FRAME_FAULTS | {Fault.RESET})
+        self._reset_due = False
         self._lock = threading.RLock()
-        self._rng = random.Random(spec.seed)
+        self._signal = Signal(spec, self._lock)
         self._fault_rng = random.Random(None if spec.seed is None else spec.seed + 1)
-        self._faults: deque[Fault] = deque()
-        self._every: dict[Fault, int] = {}
+        self._read_faults = FaultPlan(READ_FAULTS | {Fault.RESET})
         self._buf = bytearray()
         self._discarding = False
         self._avg = 1
@@ -99,66 +83,78 @@ class SimDevice:
             "id": self._ident,
             "avg": self._set_avg,
             "mode": self._set_mode,
+            "stream": self._start_stream,
+            "stop": self._stop,
         }
 
     # -- control, from tests and the CLI ---------------------------------------------------
     def inject(self, fault: Fault, count: int = 1) -> None:
-        """Spoil the next `count` answers to `read` commands."""
+        """Spoil the next `count` read answers (frames, for frame faults); RESET: reset now.
+
+        A reset takes effect at the next feed() or poll(), which the front ends call often.
+        """
         if count < 1:
             raise ValueError(f"fault count must be >= 1, got {count}")
         with self._lock:
-            self._faults.extend([fault] * count)
+            if fault is Fault.RESET:
+                self._reset_due = True
+            elif fault in FRAME_FAULTS:
+                self._frame_faults.inject(fault, count)
+            else:
+                self._read_faults.inject(fault, count)
 
     def every(self, fault: Fault, n: int | None) -> None:
-        """Spoil every n-th read answer with `fault` (None stops it): a flaky line for demos."""
+        """Spoil every n-th read answer (or frame) with `fault`, None stops it: for demos.
+
+        RESET replaces every n-th read answer and every n-th frame with a reset.
+        """
         if n is not None and n < 1:
             raise ValueError(f"fault period must be >= 1, got {n}")
         with self._lock:
-            if n is None:
-                self._every.pop(fault, None)
-            else:
-                self._every[fault] = n
+            for plan in (self._read_faults, self._frame_faults):
+                if fault in plan.kinds:
+                    plan.every(fault, n)
 
     def boot(self) -> bytes:
-        """Reset as the DTR pulse of an open does: default modes, empty buffer; the chatter."""
+        """Reset as the DTR pulse of an open does: default modes, empty buffer, no stream,
+        the clock from micros0 again; returns the boot chatter."""
         with self._lock:
             self._buf.clear()
             self._discarding = False
             self._avg = 1
             self._ac = None
+            self._stream = None
+            self._boot_at = self._clock()
         return BOOT_CHATTER if self.spec.boot_chatter else b""
+
+    def _reset(self) -> bytes:
+        self.resets += 1
+        self._reset_due = False
+        return self.boot()
+
+    # -- the device clock ------------------------------------------------------------------
+    def micros(self, now: float) -> float:
+        """The board's micros() at host time `now` (unwrapped; the frames carry 32 bits)."""
+        elapsed = (now - self._boot_at) * (1.0 + self.spec.drift_ppm * 1e-6)
+        return self.spec.micros0 + elapsed * 1e6
+
+    def host_time(self, device_us: float) -> float:
+        """The host time at which the board's clock reads `device_us`."""
+        elapsed = (device_us - self.spec.micros0) / 1e6
+        return self._boot_at + elapsed / (1.0 + self.spec.drift_ppm * 1e-6)
 
     # -- signal ----------------------------------------------------------------------------
     def sample(self, t: float) -> int:
         """One 10-bit ADC conversion of the sensor output at simulated time `t` (seconds)."""
-        spec = self.spec
-        if spec.ac_hz:
-            amps = spec.amps * math.sqrt(2.0) * math.sin(2.0 * math.pi * spec.ac_hz * t)
-        else:
-            amps = spec.amps
-        with self._lock:
-            if spec.noise > 0:
-                amps += self._rng.gauss(0.0, spec.noise)
-        raw = round((spec.offset_v + amps * spec.sns) / spec.vref * 1024)
-        return min(ADC_MAX, max(0, raw))
-
-    def _mean(self, t: float, count: int) -> float:
-        return sum(self.sample(t + i / ADC_RATE) for i in range(count)) / count
-
-    def _rms(self, t: float, hz: float, cycles: int) -> float:
-        """RMS deviation around the mean over whole mains cycles, as the firmware computes it."""
-        per_cycle = max(8, min(round(ADC_RATE / hz), MAX_RMS_SAMPLES // cycles))
-        n = per_cycle * cycles
-        dt = 1.0 / (hz * per_cycle)
-        samples = [self.sample(t + i * dt) for i in range(n)]
-        mean = sum(samples) / n
-        return math.sqrt(sum((s - mean) ** 2 for s in samples) / n)
+        return self._signal.sample(t)
 
     # -- protocol --------------------------------------------------------------------------
     def feed(self, data: bytes) -> bytes:
         """Take bytes from the host; return the answers to every line they complete."""
         out = bytearray()
         with self._lock:
+            if self._reset_due:
+                out += self._reset()
             self._buf += data
             while True:
                 end = self._buf.find(b"\n")
@@ -171,25 +167,30 @@ class SimDevice:
                 del self._buf[: end + 1]
                 if self._discarding or end + 1 > RX_BUFFER:  # as the firmware: err at its end
                     self._discarding = False
-                    out += ERR
+                    out += self._end_stream() + ERR
                     continue
                 out += self._answer(line)
         return bytes(out)
 
     def _answer(self, line: bytes) -> bytes:
-        if _NOISE.search(line) is not None:
-            return ERR  # control or non-ASCII bytes: line noise, never a command
-        words = line.decode("ascii").split()
-        if not words:
+        noise = _NOISE.search(line) is not None  # control or non-ASCII bytes: never a command
+        words = [] if noise else line.decode("ascii").split()
+        if not noise and not words:
             return b""  # a bare line end: the firmware skips it
-        handler = self._handlers.get(words[0])
-        return ERR if handler is None else handler(words[1:])
+        # Any request ends a stream first, as `stop` does; `stop` then asks nothing more.
+        ended = self._end_stream()
+        if ended and words == ["stop"]:
+            return ended
+        handler = None if noise else self._handlers.get(words[0])
+        return ended + (ERR if handler is None else handler(words[1:]))
 
     def _drain(self, args: list[str]) -> bytes:
         return ERR if args else b"ok" + CRLF
 
     def _ident(self, args: list[str]) -> bytes:
-        return ERR if args else f"POWMON {VERSION} SIM-{self.sensor_id}".encode() + CRLF
+        if args:
+            return ERR
+        return f"POWMON {VERSION} SIM-{self.sensor_id} {CAPABILITIES}".encode() + CRLF
 
     def _set_avg(self, args: list[str]) -> bytes:
         count = _int_or_none(args[0]) if len(args) == 1 else None
@@ -222,38 +223,94 @@ class SimDevice:
         self.reads += 1
         t = self._clock()
         if self._ac is not None:
-            text = f"{self._rms(t, *self._ac):.2f}"
+            text = f"{self._signal.rms(t, *self._ac):.2f}"
         elif self._avg > 1:
-            text = f"{self._mean(t, self._avg):.2f}"
+            text = f"{self._signal.mean(t, self._avg):.2f}"
         else:
             text = str(self.sample(t))
-        fault = self._next_fault()
+        fault = self._read_faults.next(self.reads)
+        if fault is Fault.RESET:
+            return self._reset()  # the board restarts instead of answering
         if fault is None:
             self.sent.append(float(text))
             return text.encode() + CRLF
-        return self._spoil(fault, text.encode())
+        return spoil_answer(fault, text.encode(), self._fault_rng)
 
-    def _next_fault(self) -> Fault | None:
-        if self._faults:
-            return self._faults.popleft()
-        for fault, n in self._every.items():
-            if self.reads % n == 0:
-                return fault
-        return None
+    # -- stream mode -----------------------------------------------------------------------
+    def _start_stream(self, args: list[str]) -> bytes:
+        hz = _int_or_none(args[0]) if 1 <= len(args) <= 2 else None
+        channel = _int_or_none(args[1]) if len(args) == 2 else 0
+        if hz is None or not 1 <= hz <= 65535 or channel is None or not 0 <= channel < CHANNELS:
+            return ERR
+        limit = stream.max_hz(self.baud, self._avg, self._ac, self.spec.adc_rate)
+        if hz > limit:
+            return f"err max {limit}".encode() + CRLF
+        period = stream.period_us(hz)
+        per_frame = stream.frame_size(hz, self.baud)
+        flags, acquire_us, acquire = stream.acquisition(
+            self._signal, self._avg, self._ac, self.spec.adc_rate, self.host_time
+        )
+        self._streams += 1
+        start_us = int(self.micros(self._clock()))
+        self._stream = stream.SimStream(
+            self._streams, hz, period, per_frame, flags, start_us, acquire_us, acquire
+        )
+        return f"ok stream {hz} {period} {per_frame}".encode() + CRLF
 
-    def _spoil(self, fault: Fault, number: bytes) -> bytes:
-        if fault is Fault.GARBAGE:
-            # A first byte >= 0x80 guarantees that no lenient parser can read a number here.
-            size = self._fault_rng.randint(2, 12)
-            noise = bytes(b for b in self._fault_rng.randbytes(size * 2) if b not in b"\r\n")[:size]
-            return bytes([self._fault_rng.randint(0x80, 0xFF)]) + noise + CRLF
-        if fault is Fault.NONNUMERIC:
-            return b"abc" + CRLF
-        if fault is Fault.PARTIAL:
-            return number
-        if fault is Fault.SILENCE:
+    def _stop(self, args: list[str]) -> bytes:
+        return ERR if args else b"ok stop 0" + CRLF  # no stream runs (one would have ended)
+
+    def _end_stream(self) -> bytes:
+        """End a running stream: its last frames and `ok stop COUNT`; b'' if none runs."""
+        if self._stream is None:
             return b""
-        return b"\xff" + number + b"\xfe" + CRLF  # NON_UTF8: 0xFF never occurs in UTF-8
+        frames, count = self._stream.stop(self.micros(self._clock()))
+        self._stream = None
+        sent = b"".join(data for _, data in self._send(frames))
+        return sent + f"ok stop {count}".encode() + CRLF
+
+    def poll(self, now: float | None = None) -> list[tuple[float, bytes]]:
+        """What the board sends on its own by `now`: (host time it is ready, bytes), in order.
+
+        The frames of a running stream, spoiled by frame faults, and a reset's boot chatter.
+        """
+        with self._lock:
+            now = self._clock() if now is None else now
+            out: list[tuple[float, bytes]] = []
+            if self._reset_due:
+                out.append((now, self._reset()))
+            if self._stream is not None:
+                out += self._send(self._stream.due(self.micros(now)))
+            return out
+
+    def next_due(self) -> float | None:
+        """The host time of the next poll() with something to send (None: nothing planned)."""
+        with self._lock:
+            if self._reset_due:
+                return self._clock()
+            if self._stream is None:
+                return None
+            return self.host_time(self._stream.next_ready_us())
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None
+
+    def _send(self, frames: list[stream.Frame]) -> list[tuple[float, bytes]]:
+        out: list[tuple[float, bytes]] = []
+        for frame in frames:
+            self.frames += 1
+            ready = self.host_time(frame.ready_us)
+            fault = self._frame_faults.next(self.frames)
+            if fault is Fault.RESET:
+                out.append((ready, self._reset()))  # the rest of the stream never happens
+                break
+            if fault is None:
+                self.streamed += frame.samples
+                out.append((ready, frame.data))
+            else:
+                out.append((ready, spoil_frame(fault, frame.data, self._fault_rng)))
+        return out
 
 
 def _int_or_none(text: str) -> int | None:

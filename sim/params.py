@@ -48,6 +48,20 @@ def _count(text: str) -> int:
     return value
 
 
+def _micros(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 1 << 32:
+        raise ValueError("must be 0..4294967295 (a 32-bit micros())")
+    return value
+
+
+def _drift(text: str) -> float:
+    value = _float(text)
+    if abs(value) > 50_000:
+        raise ValueError("must be within +-50000 ppm")
+    return value
+
+
 def _flag(text: str) -> bool:
     if text not in {"0", "1"}:
         raise ValueError("expected 0 or 1")
@@ -64,9 +78,13 @@ SIGNAL_OPTIONS: Final[dict[str, tuple[str, Parser]]] = {
     "offset": ("offset_v", _float),
     "sns": ("sns", _positive),
     "vref": ("vref", _positive),
+    "drift": ("drift_ppm", _drift),
+    "micros0": ("micros0", _micros),
+    "adc_rate": ("adc_rate", _count),
 }
 
-# option name -> the fault it repeats, for `<name>_every=N`
+# option name -> the fault it repeats, for `<name>_every=N` (read faults count read answers,
+# frame faults count stream frames, reset both)
 FAULT_OPTIONS: Final[dict[str, Fault]] = {f"{f.value}_every": f for f in Fault}
 
 # URL-only options: pacing, the simulated unplug and periodic faults

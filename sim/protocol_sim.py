@@ -3,7 +3,9 @@
 After `serial.protocol_handler_packages.append("powmon.sim")`, `serial.serial_for_url(
 "sim://VIC?amps=2.5&ac=50", baudrate=115200, timeout=0.5)` opens a port that answers PowMon's
 protocol without any OS device, so it works on Windows too. Opening resets the device and
-queues its boot chatter, as the DTR reset of a real open does. Devices stay in the `devices`
+queues its boot chatter, as the DTR reset of a real open does. A streaming board's frames are
+made when a read looks for them, each arriving when its last byte would have crossed the wire
+(paced) or as soon as the board's clock has it ready. Devices stay in the `devices`
 registry (by name) so that tests can reach the board behind an open port to inject faults,
 and so that reopening the same URL finds the same board, as replugging an Arduino does.
 """
@@ -119,6 +121,7 @@ class Serial(SerialBase):
                 _exclusive.add(name)
             device = _device_for(opts)
         self._opts, self._device = opts, device
+        device.baud = opts.baud or self.baudrate  # the stream limits follow the line's rate
         self._reads_at_open = device.reads
         self._unplugged = self._cancelled = False
         self._rx_free = self._tx_free = 0.0
@@ -180,8 +183,8 @@ class Serial(SerialBase):
                 if deadline is not None and now >= deadline:
                     break
                 wait = None if deadline is None else deadline - now
-                if self._pending:
-                    ready = self._next_ready()
+                ready = self._next_ready()
+                if ready is not None:
                     wait = ready - now if wait is None else min(wait, ready - now)
                 self._cond.wait(wait)
             self._cancelled = False
@@ -253,7 +256,11 @@ class Serial(SerialBase):
             self._pending.append(_Chunk(answer, start, bt))
 
     def _pump(self, now: float) -> None:
-        """Move the bytes whose wire time has passed from `_pending` to `_rx`."""
+        """Take what the board sent on its own; move bytes whose wire time passed to `_rx`."""
+        device = self._device
+        if device is not None and not self._unplugged:
+            for ready, data in device.poll(now):
+                self._queue_at(data, ready)
         while self._pending:
             chunk = self._pending[0]
             due = min(len(chunk.data), max(0, int((now - chunk.start) / chunk.byte_time)))
@@ -263,9 +270,24 @@ class Serial(SerialBase):
                 return
             self._pending.popleft()
 
-    def _next_ready(self) -> float:
-        chunk = self._pending[0]
-        return chunk.start + (chunk.taken + 1) * chunk.byte_time
+    def _queue_at(self, data: bytes, ready: float) -> None:
+        """Bytes the board had ready at `ready`: they cross the wire after what is queued."""
+        bt = self._byte_time()
+        if not bt:
+            self._rx += data
+            return
+        start = max(ready, self._tx_free)
+        self._tx_free = start + len(data) * bt
+        if data:
+            self._pending.append(_Chunk(data, start, bt))
+
+    def _next_ready(self) -> float | None:
+        """When the next byte becomes readable: on the wire, or made by the board."""
+        if self._pending:
+            chunk = self._pending[0]
+            return chunk.start + (chunk.taken + 1) * chunk.byte_time
+        device = self._device
+        return None if device is None or self._unplugged else device.next_due()
 
     # -- modem lines: nothing to drive -----------------------------------------------------
     def _update_break_state(self) -> None:

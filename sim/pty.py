@@ -5,6 +5,8 @@ kernel then reports POLLHUP while no host has the slave open, which is how the d
 a new open and "reboots" (resets its modes, sends boot chatter before its first answer) as an
 Arduino does after the DTR pulse. `unplug()` closes the master, so an open host sees EOF or EIO
 (pyserial raises SerialException), and the slave device disappears as a USB port does.
+A streaming device's frames are written when their last byte would have crossed the wire;
+with no host on the port they are lost, as a USB serial chip loses them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import select
 import threading
 import time
 import tty
+from collections import deque
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -41,6 +45,7 @@ class _Session:
         self._byte_time = BITS_PER_BYTE / baud if baud else 0.0
         self._rx_free = 0.0  # when the request wire is idle again
         self._tx_free = 0.0  # when the answer wire is idle again
+        self._out: deque[tuple[float, bytes]] = deque()  # stream bytes and when they are due
         self.thread = threading.Thread(
             target=self._serve, name=f"pty-sim-{device.sensor_id}", daemon=True
         )
@@ -49,16 +54,50 @@ class _Session:
         poller = select.poll()
         poller.register(self.master, select.POLLIN)
         while not self.stop.is_set():
-            events = poller.poll(POLL_MS)
+            events = poller.poll(self._wait_ms())
             mask = events[0][1] if events else 0
             data = self._read() if mask & select.POLLIN else b""
             if data:
                 chatter = b"" if self.host_open else self.device.boot()
                 self.host_open = True
+                self._flush_out(wait=True)  # frames already on the wire come first
                 self._send(chatter + self.device.feed(data), len(data))
             elif mask & (select.POLLHUP | select.POLLERR):
                 self.host_open = False
                 self.stop.wait(HUP_WAIT)
+            self._stream_out()
+
+    def _wait_ms(self) -> int:
+        """Until the next stream bytes are due (or the device has some), at most POLL_MS."""
+        due = self._out[0][0] if self._out else self.device.next_due()
+        if due is None:
+            return POLL_MS
+        return max(0, min(POLL_MS, math.ceil((due - time.monotonic()) * 1000)))
+
+    def _stream_out(self) -> None:
+        """Queue what the device sent on its own, paced by the wire; write what is due."""
+        for ready, data in self.device.poll():
+            if not data or not self.host_open:
+                continue  # nobody on the port: the bytes are lost
+            due = ready
+            if self._byte_time:  # the last byte arrives after all of them crossed the wire
+                due = self._tx_free = max(ready, self._tx_free) + len(data) * self._byte_time
+            self._out.append((due, data))
+        self._flush_out(wait=False)
+
+    def _flush_out(self, wait: bool) -> None:
+        """Write queued stream bytes that are due (all of them, waiting if `wait`)."""
+        now = time.monotonic()
+        chunks: list[bytes] = []
+        while self._out and (wait or self._out[0][0] <= now):
+            due, data = self._out.popleft()
+            if due > now:
+                if self.stop.wait(due - now):
+                    return
+                now = time.monotonic()
+            chunks.append(data)
+        if chunks:
+            self._write(b"".join(chunks))
 
     def _read(self) -> bytes:
         try:
@@ -106,6 +145,8 @@ class PtySimulator:
             raise ValueError(f"baud must be > 0, got {baud}")
         self.device = device
         self.baud = baud
+        if baud is not None:
+            device.baud = baud  # the stream limits follow the line's rate
         self.link = link
         self.slave_name = ""
         self._session: _Session | None = None

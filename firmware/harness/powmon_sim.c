@@ -1,7 +1,7 @@
 /*
  * powmon_sim: the PowMon firmware on a simulated ATmega328P (16 MHz), hardware in the loop.
  *
- *   powmon_sim [--aref-mv MV] [--speed X] [--link PATH]
+ *   powmon_sim [--aref-mv MV] [--speed X] [--link PATH] [--adc-log PATH]
  *              [--ch N] (--mv MV | --sine-mv OFFSET:AMPLITUDE:HZ) ... firmware.elf
  *
  * UART0 is bridged to a fresh pseudo-terminal whose slave path is printed on stdout as
@@ -11,6 +11,15 @@
  * the firmware starts a conversion. Quantisation is the datasheet's ADC = Vin * 1024 / VREF
  * (floored, clipped to 0..1023); simavr's own 1023 scale is compensated for.
  * --speed 1 (default) keeps simulated time in step with the wall clock; 0 runs flat out.
+ * --adc-log PATH appends "CHANNEL COUNT" for every conversion, in order: what the ADC produced,
+ * for tests to compare with what the firmware reported.
+ *
+ * Faults, one command per line on stdin (a closed stdin is fine):
+ *   reset      reset the MCU (the reset pin): the firmware starts again from scratch;
+ *              "RESET" on stdout says it is done
+ *   flip K     invert one bit of the K-th byte sent to the host from now (K >= 1), or of
+ *              the first byte after it that is not 0xA5 (a frame's sync byte stays intact)
+ *   drop K     lose that byte instead (the UART sent it, the host never gets it)
  *
  * The bridge is single-threaded (simavr's uart_pty part runs a thread without locking in
  * Debian's 1.6 and always rewrites the fixed /tmp/simavr-uart0 link, so several boards would
@@ -50,6 +59,8 @@
 #define UART_FILL 4         /* bytes kept queued in the simulated UART's input fifo */
 #define QUEUE 8192
 #define MAX_LAG_NS 200000000LL  /* further behind than this: stop trying to catch up */
+#define LOG_FLUSH_NS 20000000LL  /* the ADC log is flushed at least this often */
+#define SYNC_BYTE 0xA5           /* a stream frame's first byte: faults spare it */
 
 typedef struct {
     double offset_mv, amplitude_mv, hz;
@@ -66,6 +77,12 @@ static queue_t to_avr, to_host;
 static avr_uart_t *uart0;
 static avr_irq_t *uart_input;
 static volatile sig_atomic_t stopping;
+static FILE *adc_log;
+static int control = STDIN_FILENO;  /* fault commands; -1 once closed */
+static char control_line[64];
+static size_t control_len;
+static enum { FAULT_NONE, FAULT_FLIP, FAULT_DROP } fault;
+static long fault_countdown;  /* bytes to the host until the fault applies */
 
 /* simavr's messages go to stderr, and only warnings and errors: stdout carries the PTY line. */
 static void quiet_logger(avr_t *avr, const int level, const char *format, va_list ap) {
@@ -77,7 +94,7 @@ static void on_signal(int sig) { (void)sig; stopping = 1; }
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: powmon_sim [--aref-mv MV] [--speed X] [--link PATH]\n"
+            "usage: powmon_sim [--aref-mv MV] [--speed X] [--link PATH] [--adc-log PATH]\n"
             "                  [--ch N] (--mv MV | --sine-mv OFFSET:AMPLITUDE:HZ) ... FIRMWARE.elf\n");
 }
 
@@ -104,13 +121,22 @@ static void on_adc_trigger(struct avr_irq_t *irq, uint32_t value, void *param) {
     } e = {.v = value};
     if (e.mux.kind != ADC_MUX_SINGLE || e.mux.src >= CHANNELS) return;
     double t = (double)avr->cycle / avr->frequency;
-    avr_raise_irq(avr_io_getirq(avr, AVR_IOCTL_ADC_GETIRQ, e.mux.src), input_mv(e.mux.src, t));
+    uint32_t mv = input_mv(e.mux.src, t);
+    if (adc_log) fprintf(adc_log, "%d %u\n", e.mux.src, mv * 1023u / aref_mv);
+    avr_raise_irq(avr_io_getirq(avr, AVR_IOCTL_ADC_GETIRQ, e.mux.src), mv);
 }
 
 static void on_uart_output(struct avr_irq_t *irq, uint32_t value, void *param) {
     (void)irq;
     (void)param;
-    if (to_host.len < QUEUE) to_host.data[to_host.len++] = (uint8_t)value;  /* else: nobody reads */
+    uint8_t byte = (uint8_t)value;
+    if (fault != FAULT_NONE && --fault_countdown <= 0 && byte != SYNC_BYTE) {
+        int drop = fault == FAULT_DROP;
+        fault = FAULT_NONE;
+        if (drop) return;
+        byte ^= 0x10;
+    }
+    if (to_host.len < QUEUE) to_host.data[to_host.len++] = byte;  /* else: nobody reads */
 }
 
 static void parse_args(int argc, char **argv, double *speed, const char **link, const char **elf) {
@@ -118,7 +144,8 @@ static void parse_args(int argc, char **argv, double *speed, const char **link, 
         {"ch", required_argument, 0, 'c'},      {"mv", required_argument, 0, 'm'},
         {"sine-mv", required_argument, 0, 's'}, {"aref-mv", required_argument, 0, 'a'},
         {"speed", required_argument, 0, 'x'},   {"link", required_argument, 0, 'l'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+        {"adc-log", required_argument, 0, 'g'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     int ch = 0, opt;
     char *end;
     while ((opt = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -145,6 +172,10 @@ static void parse_args(int argc, char **argv, double *speed, const char **link, 
             if (*end || *speed < 0) die("--speed: expected a factor >= 0 (0: unthrottled)");
             break;
         case 'l': *link = optarg; break;
+        case 'g':
+            adc_log = fopen(optarg, "a");
+            if (!adc_log) die("--adc-log: cannot open the file");
+            break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -188,6 +219,19 @@ static avr_t *make_board(const char *elf) {
     return avr;
 }
 
+/* simavr 1.6 times a UART byte as start + data + parity + stop bits, parity or not: at 115200
+ * (117647 baud from UBRR 16 with U2X) that is 93.5 us a byte where 8N1 takes 85 us. Give the UART
+ * the real 8N1 time, from the same registers, so that the simulated board carries what a real
+ * one does (the firmware's stream limits rely on it). */
+static void fix_uart_timing(avr_t *avr) {
+    uint32_t ubrr = avr_regbit_get(avr, uart0->ubrrl) | (avr_regbit_get(avr, uart0->ubrrh) << 8);
+    avr_cycle_count_t per_bit = (ubrr + 1) * (avr_regbit_get(avr, uart0->u2x) ? 8 : 16);
+    static const int databits[] = {5, 6, 7, 8, 8, 8, 8, 9};
+    int bits = 1 + databits[avr_regbit_get(avr, uart0->ucsz) | (avr_regbit_get(avr, uart0->ucsz2) << 2)]
+               + 1 + avr_regbit_get(avr, uart0->usbs);
+    uart0->cycles_per_byte = per_bit * (avr_cycle_count_t)bits;
+}
+
 /* Keep a few host bytes queued in the UART; hold them until the firmware enables RX. */
 static void feed_uart(avr_t *avr) {
     if (!to_avr.len || !avr_regbit_get(avr, uart0->rxen)) return;
@@ -201,7 +245,43 @@ static void feed_uart(avr_t *avr) {
     to_avr.len -= sent;
 }
 
-static void pump_pty(int master, int timeout_ns) {
+static void run_command(avr_t *avr, const char *line) {
+    long k = 0;
+    if (strcmp(line, "reset") == 0) {
+        avr_reset(avr);
+        to_avr.len = 0;  /* bytes on their way into the MCU die with it */
+        printf("RESET\n");  /* after this line the firmware is booting afresh */
+        fflush(stdout);
+    } else if (sscanf(line, "flip %ld", &k) == 1 && k >= 1) {
+        fault = FAULT_FLIP;
+        fault_countdown = k;
+    } else if (sscanf(line, "drop %ld", &k) == 1 && k >= 1) {
+        fault = FAULT_DROP;
+        fault_countdown = k;
+    } else {
+        fprintf(stderr, "powmon_sim: unknown command '%s' (reset, flip K, drop K)\n", line);
+    }
+}
+
+static void read_control(avr_t *avr) {
+    char buf[64];
+    ssize_t n = read(control, buf, sizeof buf);
+    if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EINTR)) control = -1;  /* EOF: no more faults */
+        return;
+    }
+    for (ssize_t i = 0; i < n; i++) {
+        if (buf[i] == '\n') {
+            control_line[control_len] = '\0';
+            run_command(avr, control_line);
+            control_len = 0;
+        } else if (control_len < sizeof control_line - 1) {
+            control_line[control_len++] = buf[i];
+        }
+    }
+}
+
+static void pump_pty(avr_t *avr, int master, int timeout_ns) {
     if (to_host.len) {
         ssize_t n = write(master, to_host.data, to_host.len);
         if (n > 0) {
@@ -209,11 +289,15 @@ static void pump_pty(int master, int timeout_ns) {
             to_host.len -= (size_t)n;
         }
     }
-    struct pollfd pfd = {.fd = master, .events = to_avr.len < QUEUE ? POLLIN : 0};
+    struct pollfd pfd[2] = {{.fd = master, .events = to_avr.len < QUEUE ? POLLIN : 0},
+                            {.fd = control, .events = POLLIN}};
     struct timespec ts = {timeout_ns / 1000000000, timeout_ns % 1000000000};
-    if (ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN)) {
-        ssize_t n = read(master, to_avr.data + to_avr.len, QUEUE - to_avr.len);
-        if (n > 0) to_avr.len += (size_t)n;
+    if (ppoll(pfd, control >= 0 ? 2 : 1, &ts, NULL) > 0) {
+        if (pfd[0].revents & POLLIN) {
+            ssize_t n = read(master, to_avr.data + to_avr.len, QUEUE - to_avr.len);
+            if (n > 0) to_avr.len += (size_t)n;
+        }
+        if (control >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) read_control(avr);
     }
 }
 
@@ -225,6 +309,7 @@ static int64_t now_ns(void) {
 
 static int run(avr_t *avr, int master, double speed) {
     int64_t wall0 = now_ns();
+    int64_t flushed = wall0;
     avr_cycle_count_t cycle0 = avr->cycle;
     while (!stopping) {
         int state = cpu_Running;
@@ -234,6 +319,7 @@ static int run(avr_t *avr, int master, double speed) {
             fprintf(stderr, "powmon_sim: the firmware stopped (state %d)\n", state);
             return 1;
         }
+        fix_uart_timing(avr);
         feed_uart(avr);
         int64_t ahead = 0;
         if (speed > 0) {
@@ -246,8 +332,13 @@ static int run(avr_t *avr, int master, double speed) {
                 ahead = 0;
             }
         }
-        pump_pty(master, ahead > 100000 ? (int)(ahead < 50000000 ? ahead : 50000000) : 0);
+        pump_pty(avr, master, ahead > 100000 ? (int)(ahead < 50000000 ? ahead : 50000000) : 0);
+        if (adc_log && now_ns() - flushed > LOG_FLUSH_NS) {
+            fflush(adc_log);
+            flushed = now_ns();
+        }
     }
+    if (adc_log) fclose(adc_log);
     return 0;
 }
 
@@ -266,6 +357,7 @@ int main(int argc, char **argv) {
     cfmakeraw(&tio);
     tcsetattr(slave, TCSANOW, &tio);
     fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+    fcntl(control, F_SETFL, fcntl(control, F_GETFL) | O_NONBLOCK);
     /* The slave stays open here so that the master never sees a hang-up between clients. */
 
     avr_t *avr = make_board(elf);

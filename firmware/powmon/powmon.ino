@@ -8,8 +8,16 @@
 //   avg K                 K = 1..64 samples per DC reading: "ok avg K"
 //   mode ac HZ CYCLES     RMS over CYCLES whole mains cycles: "ok ac HZ CYCLES"
 //   mode dc               plain readings again: "ok dc"
+//   stream HZ [N]         sample A0 (or AN) HZ times a second on Timer1 and send binary
+//                         frames (stream.h): "ok stream HZ PERIOD_US PER_FRAME", or
+//                         "err max M" when HZ is beyond what the ADC, the mode or the baud
+//                         rate allow
+//   stop                  end the stream: its last frames, then "ok stop COUNT" (samples
+//                         numbered); "ok stop 0" when no stream runs
 //   anything else         "err" (also for an over-long line or one with control bytes)
-// An empty line gets no answer. The line buffer is fixed: no heap, no String class.
+// An empty line gets no answer. Any other line received while streaming first ends the
+// stream exactly as `stop` does, then gets its usual answer, so a host that knows nothing of
+// streams still gets answers. The line buffer is fixed: no heap, no String class.
 
 #include <Arduino.h>
 #include <math.h>
@@ -20,7 +28,8 @@
 #ifndef POWMON_BOARD_ID
 #define POWMON_BOARD_ID "UNO-0000"  // set per board: make BOARD_ID=UNO-0042
 #endif
-#define POWMON_VERSION "1.0.0"
+#define POWMON_VERSION "1.1.0"
+#define POWMON_CAPABILITIES "stream"  // words after the board id in the `id` answer
 
 #define LINE_MAX 48        // longest accepted request, including the terminator
 #define MAX_ARGS 4         // "mode ac 50 5"
@@ -35,6 +44,8 @@ static uint8_t avg_count = 1;
 static bool ac_mode = false;
 static uint16_t ac_hz = 50;
 static uint16_t ac_cycles = 5;
+
+#include "stream.h"
 
 // Parse a decimal in [lo, hi]; false on anything else (sign, junk, too many digits).
 static bool parse_uint(const char *s, uint16_t lo, uint16_t hi, uint16_t *out) {
@@ -141,10 +152,37 @@ static void cmd_mode(uint8_t argc, char *argv[]) {
   }
 }
 
+static void cmd_stream(uint8_t argc, char *argv[]) {
+  uint16_t hz, channel = 0;
+  if (argc < 2 || argc > 3 || !parse_uint(argv[1], 1, 65535, &hz) ||
+      (argc == 3 && !parse_uint(argv[2], 0, ANALOG_INPUTS - 1, &channel))) {
+    reply_err();
+    return;
+  }
+  uint32_t max_hz = stream_max_hz(avg_count, ac_mode, ac_hz, ac_cycles);
+  if (hz > max_hz) {
+    Serial.print(F("err max "));
+    Serial.println(max_hz);
+    return;
+  }
+  uint32_t window_us = (uint32_t)ac_cycles * 1000000UL / ac_hz;
+  stream_start(hz, (uint8_t)channel, avg_count, ac_mode, window_us);
+}
+
+static void stop_streaming() {
+  uint32_t count = stream_stop();
+  Serial.print(F("ok stop "));
+  Serial.println(count);
+}
+
 static void handle_line(char *s) {
   char *argv[MAX_ARGS];
   uint8_t argc = split(s, argv);
   if (argc == 0) return;  // blank line: nothing asked, nothing answered
+  if (stream_on) {
+    stop_streaming();  // any request ends the stream first; `stop` asks nothing more
+    if (argc == 1 && strcmp(argv[0], "stop") == 0) return;
+  }
   if (argc > MAX_ARGS) {
     reply_err();
   } else if (strcmp(argv[0], "read") == 0) {
@@ -152,11 +190,15 @@ static void handle_line(char *s) {
   } else if (strcmp(argv[0], "r") == 0 && argc == 1) {
     Serial.print(F("ok\r\n"));
   } else if (strcmp(argv[0], "id") == 0 && argc == 1) {
-    Serial.print(F("POWMON " POWMON_VERSION " " POWMON_BOARD_ID "\r\n"));
+    Serial.print(F("POWMON " POWMON_VERSION " " POWMON_BOARD_ID " " POWMON_CAPABILITIES "\r\n"));
   } else if (strcmp(argv[0], "avg") == 0) {
     cmd_avg(argc, argv);
   } else if (strcmp(argv[0], "mode") == 0) {
     cmd_mode(argc, argv);
+  } else if (strcmp(argv[0], "stream") == 0) {
+    cmd_stream(argc, argv);
+  } else if (strcmp(argv[0], "stop") == 0 && argc == 1) {
+    Serial.print(F("ok stop 0\r\n"));
   } else {
     reply_err();
   }
@@ -166,6 +208,7 @@ static void handle_line(char *s) {
 static void take_byte(uint8_t c) {
   if (c == '\n') {
     if (line_bad) {
+      if (stream_on) stop_streaming();
       reply_err();
     } else {
       line[line_len] = '\0';
@@ -188,4 +231,5 @@ void setup() {
 
 void loop() {
   while (Serial.available() > 0) take_byte((uint8_t)Serial.read());
+  if (stream_on) stream_pump(false);
 }

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from powmon.sim.cli import sim_command
 from powmon.sim.device import BOOT_CHATTER
+from tests.streams import StreamClient
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 
@@ -187,4 +188,27 @@ def test_help_says_posix_only_and_lists_commands() -> None:
     assert result.exit_code == 0
     assert "POSIX only" in result.output
     assert "unplug ID" in result.output
+    assert "corrupt|dropbytes|dropframe ID [N]" in result.output
     assert "--link-dir" in result.output
+
+
+@pytest.mark.e2e
+def test_cli_stream_faults_and_reset(start_sim: StartSim) -> None:
+    """stdin commands spoil stream frames (`corrupt ID N`, `dropframe ID`) and reset the board
+    (`reset ID`, which takes no count): the host counts them and sees the boot chatter."""
+    sim = start_sim(["VIC:amps=1,drift=200,seed=3", "--baud", "115200"])
+    path = sim.line().split()[1]
+    with serial.serial_for_url(path, baudrate=115200, timeout=0.2) as port:
+        client = StreamClient(port)
+        client.start(1000)
+        client.read_samples(100)
+        assert sim.send("corrupt VIC 2") == "ok corrupt VIC 2"
+        assert sim.send("dropframe VIC") == "ok dropframe VIC"
+        client.read_samples(100)
+        assert sim.send("reset VIC 2").startswith("error: expected 'reset ID'")
+        assert sim.send("reset VIC") == "ok reset VIC"
+        chatter = BOOT_CHATTER.strip(b"\x00\xff\r\n")
+        client.read_until(lambda: chatter in client.lines, what="the boot chatter")
+    c = client.decoder.counters
+    assert (c.corrupt, c.holes, c.lost) == (2, 1, 30)
+    assert sim.stop() == 0

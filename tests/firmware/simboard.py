@@ -6,6 +6,9 @@
     with SimBoard(built.elf, mv=2600) as port:        # A0 at 2.6 V, AREF 5 V
         serial.Serial(port, 115200, timeout=2)         # 'read \\n' -> b'532\\r\\n'
 
+`adc_log=path` makes the harness list every conversion ("CHANNEL COUNT" lines, in order), and
+`reset()`, `flip(k)`, `drop(k)` inject faults (harness commands on its stdin).
+
 Linux only (pseudo-terminals, simavr), like the rest of the simulator.
 """
 
@@ -29,6 +32,7 @@ ELF = BUILD_DIR / "powmon.elf"
 HARNESS = BUILD_DIR / "powmon_sim"
 ARDUINO_CORE = Path("/usr/share/arduino/hardware/arduino/avr/cores/arduino/Arduino.h")
 BAUD = 115200
+FAST_BAUD = 1_000_000  # a second build, where the ADC and not the wire is the limit
 AREF_MV = 5000
 
 Sine = tuple[float, float, float]
@@ -58,22 +62,27 @@ def missing_tools() -> list[str]:
     return missing
 
 
-def build(timeout: float = 300.0) -> Built:
-    """Build firmware and harness; a missing tool is FirmwareUnavailable, a failed build is not."""
+def build(timeout: float = 300.0, baud: int | None = None) -> Built:
+    """Build firmware and harness; a missing tool is FirmwareUnavailable, a failed build is not.
+
+    `baud` builds the firmware for another rate, in its own folder (build/baud-N/).
+    """
     missing = missing_tools()
     if missing:
         raise FirmwareUnavailable(
             f"firmware toolchain missing: {', '.join(missing)}; run firmware/install-deps.sh"
         )
-    proc = subprocess.run(
-        ["make", "-C", str(FIRMWARE_DIR), "all", "harness"],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+    argv = ["make", "-C", str(FIRMWARE_DIR), "all", "harness"]
+    elf = ELF
+    if baud is not None:
+        folder = f"build/baud-{baud}"
+        argv = ["make", "-C", str(FIRMWARE_DIR), f"BUILD={folder}", f"BAUD={baud}", "all"]
+        elf = FIRMWARE_DIR / folder / "powmon.elf"
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"make -C firmware failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
-        )
-    return Built(ELF, HARNESS)
+        command = " ".join(argv[:3])
+        raise RuntimeError(f"{command} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return Built(elf, HARNESS)
 
 
 def ideal_count(mv: float, aref_mv: float = AREF_MV) -> int:
@@ -82,9 +91,16 @@ def ideal_count(mv: float, aref_mv: float = AREF_MV) -> int:
 
 
 def harness_argv(
-    harness: Path, elf: Path, inputs: Mapping[int, float | Sine], aref_mv: int, speed: float
+    harness: Path,
+    elf: Path,
+    inputs: Mapping[int, float | Sine],
+    aref_mv: int,
+    speed: float,
+    adc_log: Path | None = None,
 ) -> list[str]:
     argv = [str(harness), "--aref-mv", str(aref_mv), "--speed", str(speed)]
+    if adc_log is not None:
+        argv += ["--adc-log", str(adc_log)]
     for channel, value in sorted(inputs.items()):
         argv += ["--ch", str(channel)]
         if isinstance(value, tuple):
@@ -112,6 +128,7 @@ class SimBoard:
         speed: float = 1.0,
         harness: Path | str = HARNESS,
         start_timeout: float = 15.0,
+        adc_log: Path | None = None,
     ) -> None:
         if mv is not None and sine is not None:
             raise ValueError("give A0 either a constant `mv` or a `sine`, not both")
@@ -120,7 +137,8 @@ class SimBoard:
             chosen[0] = mv
         if sine is not None:
             chosen[0] = sine
-        self.argv = harness_argv(Path(harness), Path(elf), chosen, aref_mv, speed)
+        self.argv = harness_argv(Path(harness), Path(elf), chosen, aref_mv, speed, adc_log)
+        self.adc_log = adc_log
         self.start_timeout = start_timeout
         self.port = ""
         self.popen: subprocess.Popen[bytes] | None = None
@@ -131,7 +149,7 @@ class SimBoard:
         self._log_path = Path(name)
         with os.fdopen(fd, "wb") as log:
             self.popen = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
                 start_new_session=True,
             )  # fmt: skip
         try:
@@ -148,6 +166,40 @@ class SimBoard:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def command(self, line: str) -> None:
+        """Send one fault command to the harness (see firmware/harness/powmon_sim.c)."""
+        assert self.popen is not None and self.popen.stdin is not None, "board not started"
+        self.popen.stdin.write(line.encode("ascii") + b"\n")
+        self.popen.stdin.flush()
+
+    def reset(self, timeout: float = 10.0) -> None:
+        """Reset the MCU, as its reset pin does: the firmware starts again, not streaming.
+
+        Returns once the harness has done it, so that what is sent next reaches the new boot.
+        """
+        done = self.output().count("RESET\n") + 1
+        self.command("reset")
+        deadline = time.monotonic() + timeout
+        while self.output().count("RESET\n") < done:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"powmon_sim did not reset in {timeout:.0f}s")
+            time.sleep(0.01)  # polling a file with a deadline, as _wait_for_pty
+
+    def flip(self, k: int) -> None:
+        """Invert one bit of the k-th byte the board sends from now (never a 0xA5 byte)."""
+        self.command(f"flip {k}")
+
+    def drop(self, k: int) -> None:
+        """Lose the k-th byte the board sends from now (never a 0xA5 byte)."""
+        self.command(f"drop {k}")
+
+    def conversions(self) -> list[tuple[int, int]]:
+        """(channel, count) of every conversion so far, from the harness's ADC log."""
+        if self.adc_log is None or not self.adc_log.exists():
+            return []
+        lines = self.adc_log.read_text(encoding="ascii").splitlines()
+        return [(int(ch), int(count)) for ch, count in (line.split() for line in lines)]
 
     def output(self) -> str:
         """What the harness printed (stdout and stderr), for failure messages."""
@@ -172,6 +224,8 @@ class SimBoard:
 
     def stop(self) -> None:
         """SIGTERM, wait with a deadline, then SIGKILL; idempotent."""
+        if self.popen is not None and self.popen.stdin is not None:
+            self.popen.stdin.close()
         if self.popen is not None and self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import pytest
 import serial
 
+from powmon.readers.stream_commands import parse_ident
 from tests.firmware.simboard import BAUD, Built, SimBoard, ideal_count
 
 pytestmark = pytest.mark.e2e
@@ -84,11 +85,13 @@ def test_avg_answers_the_mean_with_two_decimals(firmware: Built) -> None:
     assert re.fullmatch(r"\d+", single), single
 
 
-def test_id_names_the_firmware(firmware: Built) -> None:
-    """`id` answers POWMON, a semantic version and a board id."""
+def test_id_names_the_firmware_and_its_capabilities(firmware: Built) -> None:
+    """`id` answers POWMON, a semantic version, a board id, then capability words: `stream`."""
     with connected(SimBoard(firmware.elf)) as ser:
         answer = ask(ser, b"id\n")
-    assert re.fullmatch(r"POWMON \d+\.\d+\.\d+ \S+", answer), answer
+    assert re.fullmatch(r"POWMON \d+\.\d+\.\d+ \S+( \S+)*", answer), answer
+    ident = parse_ident(answer)
+    assert ident is not None and ident.streams
 
 
 def test_garbage_and_an_overlong_line_do_not_wedge_it(firmware: Built) -> None:

@@ -46,7 +46,7 @@ def test_drain_and_identity() -> None:
     """`r` answers one `ok` line; `id` names firmware version and board."""
     device = SimDevice(SignalSpec(), sensor_id="VIC")
     assert device.feed(b"r \n") == b"ok\r\n"
-    assert device.feed(b"id\n") == b"POWMON 1.0.0 SIM-VIC\r\n"
+    assert device.feed(b"id\n") == b"POWMON 1.1.0 SIM-VIC stream\r\n"
     assert device.sent == []
 
 
@@ -63,7 +63,7 @@ def test_lines_split_across_feeds_and_several_per_feed() -> None:
     device = SimDevice(SignalSpec())
     assert device.feed(b"re") == b""
     assert device.feed(b"ad \nr \nid") == b"512\r\nok\r\n"
-    assert device.feed(b"\n") == b"POWMON 1.0.0 SIM-SIM\r\n"
+    assert device.feed(b"\n") == b"POWMON 1.1.0 SIM-SIM stream\r\n"
 
 
 def test_avg_answers_mean_with_two_decimals() -> None:
@@ -211,7 +211,7 @@ def test_fault_count_and_other_commands_untouched() -> None:
     device = SimDevice(SignalSpec())
     device.inject(Fault.NONNUMERIC, 2)
     assert device.feed(b"r\nid\nread\nread\nread\n") == (
-        b"ok\r\nPOWMON 1.0.0 SIM-SIM\r\nabc\r\nabc\r\n512\r\n"
+        b"ok\r\nPOWMON 1.1.0 SIM-SIM stream\r\nabc\r\nabc\r\n512\r\n"
     )
     with pytest.raises(ValueError, match="count"):
         device.inject(Fault.SILENCE, 0)

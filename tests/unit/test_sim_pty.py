@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import serial
 
+from powmon.readers.frames import StreamParams
 from powmon.sim.device import BOOT_CHATTER, Fault, SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
 from tests.helpers import wait_until
+from tests.streams import StreamClient
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
 
@@ -51,7 +53,7 @@ def test_raw_mode_no_echo_no_translation(sim: PtySimulator) -> None:
     with open_port(sim.path, timeout=0.2) as port:
         assert ask(port, b"r\r\n") == BOOT_CHATTER
         assert port.readline() == b"ok\r\n"
-        assert ask(port, b"id\r\n") == b"POWMON 1.0.0 SIM-VIC\r\n"
+        assert ask(port, b"id\r\n") == b"POWMON 1.1.0 SIM-VIC stream\r\n"
         assert port.read(100) == b""  # no echo of the requests
 
 
@@ -170,3 +172,53 @@ def test_close_stops_the_thread() -> None:
     sim.close()
     sim.close()
     assert not sim.plugged
+
+
+def stream_port(path: str) -> serial.Serial:
+    """A concrete pyserial port (it has everything a stream client uses)."""
+    return serial.Serial(path, 115200, timeout=0.2)
+
+
+def test_stream_through_the_pty_is_what_the_board_sent() -> None:
+    """`stream` over a real pty, paced at 115200 baud, with a corrupted frame, a frame that
+    lost bytes and a lost frame: every decoded sample is one the board sent intact, the holes
+    are exactly the spoiled frames, the rest of the numbers is complete, times are one period
+    apart by the board's clock."""
+    device = SimDevice(SignalSpec(amps=2.0, ac_hz=50.0, noise=0.05, seed=8, drift_ppm=150.0))
+    with PtySimulator(device, baud=115200) as sim, stream_port(sim.path) as port:
+        client = StreamClient(port)
+        params = client.start(1000)
+        assert params == StreamParams(1000, 1000, 10)
+        for fault in (Fault.CORRUPT, Fault.DROPBYTES, Fault.DROPFRAME):
+            client.read_samples(200)
+            device.inject(fault)
+        client.read_samples(200)
+        assert client.stop()
+    assert client.rows() == [(s.stream, s.seq, s.device_us, s.raw) for s in device.streamed]
+    c = client.decoder.counters
+    assert (c.corrupt, c.holes, c.lost) == (2, 3, 30)
+    numbers = {s.seq for s in client.samples}
+    assert len(numbers) + c.lost == max(numbers) + 1
+    times = {s.seq: s.device_us for s in client.samples}
+    assert all(times[n] == times[0] + n * 1000 for n in times)
+
+
+def test_a_reset_mid_stream_is_seen_and_a_new_stream_recovers() -> None:
+    """The board resets while streaming: its chatter arrives, frames stop; the host starts a
+    new stream, numbered from 0 on a restarted clock, which the decoder counts as a reset."""
+    device = SimDevice(SignalSpec(amps=1.0, seed=1), "VIC")
+    with PtySimulator(device, baud=115200) as sim, stream_port(sim.path) as port:
+        client = StreamClient(port)
+        client.start(500)
+        client.read_samples(300)
+        device.inject(Fault.RESET)
+        chatter = BOOT_CHATTER.strip(b"\x00\xff\r\n")
+        client.read_until(lambda: chatter in client.lines, what="the boot chatter")
+        client.start(500)
+        client.read_samples(300)
+        assert client.stop()
+    first, second = client.rows(1), client.rows(2)
+    assert [row[1] for row in second] == list(range(len(second)))
+    assert second[0][2] < first[-1][2]  # the device clock started again
+    assert client.decoder.counters.resets == 1
+    assert client.rows() == [(s.stream, s.seq, s.device_us, s.raw) for s in device.streamed]

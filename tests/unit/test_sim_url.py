@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import serial
 
+from powmon.readers.frames import StreamParams, parse_stop
 from powmon.sim import protocol_sim
 from powmon.sim.device import BOOT_CHATTER, Fault
+from tests.streams import StreamClient
 
 _names = itertools.count()
 Open = Callable[..., protocol_sim.Serial]
@@ -56,7 +58,7 @@ def test_open_read_values_match_device(open_sim: Open, name: str) -> None:
     values = [float(ask(port)) for _ in range(20)]
     assert values == protocol_sim.devices[name].sent
     assert all(0 <= v <= 1023 for v in values)
-    assert ask(port, b"id\n") == f"POWMON 1.0.0 SIM-{name}\r\n".encode()
+    assert ask(port, b"id\n") == f"POWMON 1.1.0 SIM-{name} stream\r\n".encode()
 
 
 def test_boot_zero_has_no_chatter(open_sim: Open, name: str) -> None:
@@ -204,3 +206,45 @@ def test_write_after_close_raises(open_sim: Open, name: str) -> None:
         port.write(b"read\n")
     with pytest.raises(serial.PortNotOpenError):
         port.read(1)
+
+
+def test_stream_with_url_faults_and_a_drifting_clock(open_sim: Open, name: str) -> None:
+    """`sim://...?corrupt_every=7&dropframe_every=11&drift=-300&pace=1`: a paced stream whose
+    spoiled frames are counted and never decoded; what decodes is what the board sent."""
+    url = f"sim://{name}?amps=1&noise=0.1&seed=4&drift=-300&corrupt_every=7&dropframe_every=11"
+    port = open_sim(url + "&pace=1&boot=0", timeout=0.2)
+    client = StreamClient(port)
+    assert client.start(2000) == StreamParams(2000, 500, 16)
+    client.read_samples(3000)
+    assert client.stop()
+    device = protocol_sim.devices[name]
+    assert client.rows() == [(s.stream, s.seq, s.device_us, s.raw) for s in device.streamed]
+    c = client.decoder.counters
+    spoiled = {n for n in range(1, device.frames + 1) if n % 7 == 0 or n % 11 == 0}
+    assert c.holes == sum(1 for n in spoiled if n - 1 not in spoiled)
+    assert c.corrupt == sum(1 for n in spoiled if n % 7 == 0)  # corrupt_every wins at 77
+    count = parse_stop(client.lines[-1])
+    assert count is not None and c.lost == count - len(client.samples)
+
+
+def test_stream_limits_follow_the_port_baud_rate(open_sim: Open, name: str) -> None:
+    """The board refuses what its line cannot carry: at 9600 baud at most 347 Hz."""
+    port = open_sim(f"sim://{name}?boot=0", baudrate=9600)
+    assert ask(port, b"stream 348\n") == b"err max 347\r\n"
+    assert ask(port, b"stream 347\n") == b"ok stream 347 2882 16\r\n"
+
+
+BAD_BOARD = [
+    ("drift=abc", "drift"),
+    ("drift=60000", "drift"),
+    ("micros0=-1", "micros0"),
+    ("adc_rate=0", "adc_rate"),
+    ("reset_every=0", "reset_every"),
+]
+
+
+@pytest.mark.parametrize(("query", "culprit"), BAD_BOARD)
+def test_bad_board_options_are_named(open_sim: Open, name: str, query: str, culprit: str) -> None:
+    """The board options refuse bad values, naming them."""
+    with pytest.raises(ValueError, match=culprit):
+        open_sim(f"sim://{name}?{query}")
