@@ -174,6 +174,16 @@ def lost_rows(data: Path, name: str = "gaps.csv") -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def published_by(proc: Proc, sensors: int, timeout: float = 10.0) -> dict[str, int]:
+    """`published()` of a process's log once it names `sensors` readers (a child's last lines
+    can reach the shared log file a moment after its parent has exited)."""
+    def found() -> dict[str, int]:
+        got = published(proc.output())
+        return got if len(got) >= sensors else {}
+
+    return wait_until(found, timeout, what=f"'reader stop' lines of {sensors} readers")
+
+
 def published(log: str) -> dict[str, int]:
     """sensor -> readings published, from each reader's 'reader stop' line in a log."""
     return {m[1]: int(m[2]) for m in re.finditer(r"reader stop sensor=(\S+) readings=(\d+)", log)}

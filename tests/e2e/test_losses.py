@@ -37,6 +37,7 @@ from tests.helpers import (
     lost_rows,
     pids_running,
     published,
+    published_by,
     python_module,
     wait_until,
     write_settings,
@@ -99,7 +100,7 @@ def test_a_writer_behind_the_high_water_mark_recovers_everything_by_replay(
     wait_until(lambda: accounted(data, {k: max(v) for k, v in data_streams(data).items()}),
                timeout=30, what="the writer caught up")
     assert run.stop(signal.SIGTERM) == 0
-    taken = published(run.output())
+    taken = published_by(run, 2)
     found = {k[:2] for k in data_keys(data)}
     assert len(found) == 2
     assert accounted(data, {s: taken[s[0]] for s in found})

@@ -28,6 +28,7 @@ from tests.helpers import (
     data_streams,
     pids_running,
     published,
+    published_by,
     python_module,
     wait_until,
     write_settings,
@@ -136,7 +137,7 @@ def test_a_frozen_broker_restarts_no_reader_and_loses_nothing(
     assert "restarting" not in run.output(), "nothing had to be restarted"
     found = data_streams(data)
     assert len(found) == 2, "one session per sensor: no reader was restarted"
-    taken = published(run.output())
+    taken = published_by(run, 2)
     for (sensor, _), seqs in found.items():
         assert sorted(seqs) == list(range(taken[sensor])), f"{sensor}: holes or doubles"
 
