@@ -1,8 +1,9 @@
 """MQTT on the real pipeline: a simulated Arduino, reader, broker, writer and uplink processes
 publishing to a real Mosquitto. Mosquitto is killed (-9) and restarted mid-run, then the
 uplink is killed (-9) and restarted: every reading the writer stored arrives at the MQTT
-subscriber at least once, duplicates are the same message, and the uplink's last will marks
-it offline when it dies. The discovery messages parse and carry what Home Assistant needs."""
+subscriber at least once, and duplicates are the same message. Home Assistant sees the sensor
+online with the writer's energy total (the uplink hears the writer's heartbeats), and offline
+by the uplink's last will when it dies. The discovery messages carry what it needs."""
 
 from __future__ import annotations
 
@@ -12,16 +13,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 import yaml
 import zmq
-from paho.mqtt.enums import CallbackAPIVersion
 
 from powmon.common.schema import decode_status
 from powmon.common.settings import load_settings
 from powmon.common.transport import sub_socket
-from powmon.uplink.homeassistant import availability_topic
+from powmon.uplink.homeassistant import availability_topic, energy_topic, state_topic
 from powmon.uplink.mqtt_config import MqttConfig
 from tests.helpers import Proc, data_rows, python_module, wait_until, write_settings
 from tests.servers.mosquitto import Mosquitto, Subscriber
@@ -95,17 +94,16 @@ def test_every_stored_reading_reaches_mqtt_through_broker_and_uplink_kills(
         mosquitto.start()
         seen = len(by_key(sub))
         wait_until(lambda: len(by_key(sub)) >= seen + 100, 30, what="flowing again")
-        pretend = paho.Client(CallbackAPIVersion.VERSION2, client_id="e2e-pretend")
-        pretend.connect("127.0.0.1", mosquitto.port)
-        pretend.loop_start()
-        pretend.publish(availability_topic(cfg), "online", qos=1, retain=True).wait_for_publish(5)
+        # The real uplink, fed the writer's heartbeats: online, with the writer's energy total.
         wait_until(lambda: (m := sub.latest(availability_topic(cfg))) is not None
-                   and m.payload == b"online", what="availability online (set by the test)")
+                   and m.payload == b"online", 30, what="availability online (writer heard)")
+        wait_until(lambda: (m := sub.latest(energy_topic(cfg, "VIC"))) is not None
+                   and float(m.payload) > 0, 30, what="the writer's energy total for VIC")
+        wait_until(lambda: sub.latest(state_topic(cfg, "VIC")) is not None, 30,
+                   what="a state message for VIC")
         uplink.stop(signal.SIGKILL)
         wait_until(lambda: (m := sub.latest(availability_topic(cfg))) is not None
                    and m.payload == b"offline", 30, what="last will: offline")
-        pretend.disconnect()
-        pretend.loop_stop()
         uplink = spawn(python_module("powmon.uplink", "--config", str(settings)), "uplink2")
         seen = len(by_key(sub))
         wait_until(lambda: len(by_key(sub)) >= seen + 100, 30, what="flowing after the restart")
