@@ -45,7 +45,9 @@ class Heard:
 def listen(settings: Settings) -> Heard:
     """Heartbeats on the backend for ~2.5 heartbeat intervals (at least LISTEN_MIN_S)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm)
+    sock = sub_socket(
+        ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm, curve=settings.curve
+    )
     heard = Heard()
     deadline = time.monotonic() + max(LISTEN_MIN_S, 2.5 * settings.heartbeat_interval)
     try:

@@ -29,6 +29,7 @@ import click
 import zmq
 
 from powmon.children import Child, stop_group
+from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError, SchemaError, SettingsError
 from powmon.common.lifecycle import EXIT_USAGE, install_stop_handlers, load_or_exit
 from powmon.common.lifeline import LifelineServer
@@ -67,6 +68,7 @@ class RunConfig:
     heartbeat_interval: float
     stall_timeout: float
     restart_backoff_max: float
+    curve: Curve | None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunConfig:
@@ -75,7 +77,7 @@ class RunConfig:
             frontend=settings.broker_frontend, backend=settings.broker_backend,
             hwm=settings.hwm, heartbeat_interval=settings.heartbeat_interval,
             stall_timeout=settings.stall_timeout,
-            restart_backoff_max=settings.restart_backoff_max,
+            restart_backoff_max=settings.restart_backoff_max, curve=settings.curve,
         )
 
 
@@ -105,8 +107,9 @@ class Supervisor:
 
     def run(self, stop: threading.Event) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        status = sub_socket(ctx, self.config.backend, [b"status/"], self.config.hwm)
-        pub = pub_socket(ctx, self.config.frontend, self.config.hwm)
+        curve = self.config.curve
+        status = sub_socket(ctx, self.config.backend, [b"status/"], self.config.hwm, curve=curve)
+        pub = pub_socket(ctx, self.config.frontend, self.config.hwm, curve=curve)
         beat = Heartbeat(pub, "supervisor", "run", self.config.heartbeat_interval, self.counters,
                          gone=self._gone)
         try:

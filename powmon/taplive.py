@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
+from powmon.common.curve import Curve
 from powmon.common.energy import EnergyMeter
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
@@ -138,6 +139,7 @@ def run_live(
     periods: dict[str, float],
     stop: threading.Event,
     count: int,
+    curve: Curve | None,
 ) -> int:
     """Show the table until stopped or `count` readings were seen; return how many were."""
     from rich.console import Console  # noqa: PLC0415
@@ -146,7 +148,7 @@ def run_live(
     view = LiveView(periods, frozenset(sensors))
     topics = [reading_topic(s) for s in sensors] if sensors else [READING_PREFIX]
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, backend, [*topics, STATUS_PREFIX + b"reader/"], hwm)
+    sock = sub_socket(ctx, backend, [*topics, STATUS_PREFIX + b"reader/"], hwm, curve=curve)
     console = Console()
     try:
         with Live(
