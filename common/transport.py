@@ -157,7 +157,7 @@ class Heartbeat:
                 self._lifeline.report(r.readings, r.session, r.seq)
 
 
-def handshake(sock: zmq.Socket[bytes], stop: threading.Event, timeout: float) -> str | None:
+def handshake_outcome(sock: zmq.Socket[bytes], stop: threading.Event, timeout: float) -> str | None:
     """How a connecting socket's first handshake ended (HANDSHAKE_OK, _REFUSED, _FAILED), or
     None when nothing answered within `timeout` (or `stop` was set)."""
     monitor = sock.get_monitor_socket(_HANDSHAKE_MASK)
@@ -208,7 +208,7 @@ def wait_for_broker(sock: zmq.Socket[bytes], stop: threading.Event, timeout: flo
     connection again, so publishing on would only drop readings. Under `powmon run` the
     process is restarted with backoff, and gets in once its key is authorised.
     """
-    outcome = handshake(sock, stop, timeout)
+    outcome = handshake_outcome(sock, stop, timeout)
     if outcome == HANDSHAKE_OK:
         # The broker sends its subscriptions right after the handshake; PUB takes them in at
         # its next send. One short grace covers that loopback hop.
