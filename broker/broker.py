@@ -86,10 +86,11 @@ class Handshakes:
                 event = recv_monitor_message(sock)
                 self.failed += 1
                 where = event["endpoint"].decode(errors="replace")
+                why = _why(event["value"])
                 self._limiter.log(
-                    log, logging.WARNING, "curve-failed",
+                    log, logging.WARNING, f"curve-failed/{why}",
                     "the bus: a client failed the CURVE handshake on %s (%s); failed so far: %d",
-                    where, _why(event["value"]), self.failed,
+                    where, why, self.failed,
                 )
 
     def close(self) -> None:

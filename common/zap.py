@@ -140,7 +140,7 @@ class Gate:
             why = f"it offered {mechanism.decode('ascii', 'replace')}, not CURVE"
         self.refused += 1
         folder = self.keys.folder or "no CURVE_AUTHORIZED folder"
-        self._limiter.log(log, logging.WARNING, "curve-refused",
+        self._limiter.log(log, logging.WARNING, f"curve-refused/{peer}",
                           "%s refused a client from %s: %s (admitted: this host, the broker "
                           "and the .key files in %s; refused so far: %d)", self.what, peer, why,
                           folder, self.refused)  # fmt: skip

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import zmq
 
+from powmon.broker.broker import BrokerConfig
+from powmon.broker.broker import run as broker_run
 from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
@@ -25,7 +27,8 @@ from powmon.common.schema import (
 )
 from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
 from powmon.common.zap import Gate
-from tests.helpers import wait_until
+from powmon.probes import reach
+from tests.helpers import free_tcp_port, wait_until
 from tests.keys import client_curve, host_keys, server_curve
 
 
@@ -194,3 +197,49 @@ def test_replay_key_travels_in_the_heartbeat_and_is_checked() -> None:
 def _reader_status(key: str) -> Status:
     progress = ReaderProgress("s1", 1, 1, "tcp://10.0.0.2:5600", 0, key)
     return Status("reader", "VIC", 1, 1, "running", {}, reader=progress)
+
+
+def test_the_broker_counts_clients_that_fail_the_handshake(
+    tmp_path: Path, other_ctx: zmq.Context[zmq.Socket[bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients that never reach the gate (no CURVE at all; the wrong CURVE_SERVER_PUBLIC) are
+    logged with the reason and counted in the broker's heartbeat (`curve_failed`), apart from
+    unknown keys (`curve_refused`); check-config's probe tells each client what is wrong."""
+    (tmp_path / "authorized").mkdir()
+    _, broker_secret = host_keys(tmp_path, "lab-pc")
+    _, pi_secret = host_keys(tmp_path, "pi2")
+    curve = server_curve(broker_secret, tmp_path / "authorized")
+    front, back = (f"tcp://127.0.0.1:{free_tcp_port()}" for _ in range(2))
+    stop = threading.Event()
+    config = BrokerConfig(front, back, 1000, 0.1, curve)
+    with caplog.at_level(logging.WARNING, logger="powmon.broker.broker"):
+        thread = threading.Thread(target=broker_run, args=(config, stop), daemon=True)
+        thread.start()
+        status = sub_socket(other_ctx, back, [b"status/broker/"], 1000, curve=curve)
+        try:
+            assert reach(front, zmq.PUB, curve) == (True, "reached; CURVE handshake succeeded")
+            ok, plain = reach(back, zmq.SUB, None)
+            assert not ok
+            assert "wants CURVE keys: set CURVE_CLIENT_KEY and CURVE_SERVER_PUBLIC" in plain
+            wrong = Curve(curve.pair, zmq.curve_keypair()[0], broker_here=False, authorized=None)
+            _, why = reach(front, zmq.PUB, wrong)
+            assert "is CURVE_SERVER_PUBLIC the broker's public key" in why
+            ok, unknown = reach(back, zmq.SUB, client_curve(pi_secret, curve))
+            assert not ok
+            assert "refused this host's CURVE key" in unknown
+
+            def counted() -> dict[str, int] | None:
+                while status.poll(100):
+                    counters = decode_status(status.recv_multipart()).counters
+                    if counters["curve_failed"] >= 2 and counters["curve_refused"] >= 1:
+                        return dict(counters)
+                return None
+
+            wait_until(counted, what="curve_failed and curve_refused in the heartbeat")
+        finally:
+            status.close()
+            stop.set()
+            thread.join(10)
+    text = caplog.text
+    assert "failed the CURVE handshake" in text
+    assert "it has no CURVE keys" in text
