@@ -142,7 +142,11 @@ class ReplayServer:
         if gate is not None:
             gate.secure(self.sock)
             self.key = gate.curve.public_text
-        port = _bind(self.sock, bind_base, ports)
+        try:
+            port = _bind(self.sock, bind_base, ports)
+        except (zmq.ZMQError, PowmonError):
+            self.sock.close()
+            raise
         self.endpoint = f"{bind_base}:{port}"
         self.served = 0
         self.bad_requests = 0

@@ -7,7 +7,8 @@ place a socket becomes a CURVE server) takes the running Gate.
 
 PowMon answers ZAP itself rather than through zmq.auth's authenticator, because a refusal
 must be logged with the peer's address and the unknown key (what an operator needs to admit
-it, or to see who knocked), rate-limited through common.logs, and counted for the heartbeat.
+it, or to see who knocked), rate-limited through common.logs (one line per 10 s per peer),
+and counted for the heartbeat.
 The authorised set is this host's own key, the broker's, and the `*.key` files of
 CURVE_AUTHORIZED, read again whenever the folder's listing or a file's time or size changes:
 a key copied in admits its host at its next connection attempt, without a restart.

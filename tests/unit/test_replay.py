@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+
+import pytest
 import zmq
 
+from powmon.common.errors import PowmonError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer, replay_bind_endpoint
 from powmon.common.schema import ReaderProgress, Reading, ReplayReply, Status, encode_reading
-from tests.helpers import wait_until
+from tests.helpers import free_tcp_port, wait_until
 
 
 def _payload(seq: int, session: str = "s1") -> bytes:
@@ -109,3 +113,37 @@ def test_junk_request_is_counted_not_fatal(zmq_ctx: zmq.Context[zmq.Socket[bytes
     wait_until(counted, timeout=10, what="bad request counted")
     dealer.close()
     server.close()
+
+
+
+def _two_free_ports() -> tuple[int, int]:
+    """Two adjacent ports nothing listens on (a range for REPLAY_PORTS)."""
+    for _ in range(50):
+        port = free_tcp_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port, port + 1
+    raise AssertionError("no two adjacent free ports")
+
+
+def test_replay_ports_pin_the_replay_sockets(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """REPLAY_PORTS (for a firewall): each reader takes the first free port of the range; when
+    none is left the reader stops with one line naming the range."""
+    ports = _two_free_ports()
+
+    def server(sensor: str) -> ReplayServer:
+        ring = ReplayRing(4)
+        return ReplayServer(zmq_ctx, sensor, "s1", ring, "tcp://127.0.0.1", gate=None, ports=ports)
+
+    first, second = server("A"), server("B")
+    try:
+        assert first.endpoint == f"tcp://127.0.0.1:{ports[0]}"
+        assert second.endpoint == f"tcp://127.0.0.1:{ports[1]}"
+        with pytest.raises(PowmonError, match=f"REPLAY_PORTS: no free port from {ports[0]} to"):
+            server("C")
+    finally:
+        first.close()
+        second.close()
