@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,26 @@ def host_keys(folder: Path, name: str) -> tuple[Path, Path]:
     result = CliRunner().invoke(keygen_command, ["--curve", "--out", str(folder), "--name", name])
     assert result.exit_code == 0, result.output
     return folder / f"{name}.key", folder / f"{name}.key_secret"
+
+
+@dataclass(frozen=True)
+class LabKeys:
+    """The keys of a broker's host and two others, (public, secret) each: `known` is in the
+    broker's `authorized` folder, `stranger` is not."""
+
+    broker: tuple[Path, Path]
+    known: tuple[Path, Path]
+    stranger: tuple[Path, Path]
+    authorized: Path
+
+
+def lab_keys(tmp: Path) -> LabKeys:
+    keys, authorized = tmp / "keys", tmp / "authorized"
+    authorized.mkdir()
+    lab = LabKeys(host_keys(keys, "lab-pc"), host_keys(keys, "pi1"), host_keys(keys, "pi2"),
+                  authorized)
+    shutil.copy(lab.known[0], authorized)
+    return lab
 
 
 def broker_host(secret: Path, authorized: Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from tests.helpers import (
     write_settings,
 )
 from tests.hosts import Hosts, loopback_hosts, namespaces
-from tests.keys import broker_host, host_keys, other_host
+from tests.keys import broker_host, lab_keys, other_host
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,12 +78,10 @@ class Lab:
 
 def _lab(hosts: Hosts, tmp: Path) -> Lab:
     """Keys made with `powmon keygen --curve`; pi1's public key authorised, pi2's not."""
-    keys, authorized = tmp / "keys", tmp / "authorized"
-    authorized.mkdir()
-    broker_pub, broker_secret = host_keys(keys, "lab-pc")
-    pi1_pub, pi1_secret = host_keys(keys, "pi1")
-    _, pi2_secret = host_keys(keys, "pi2")
-    shutil.copy(pi1_pub, authorized)
+    keys = lab_keys(tmp)
+    broker_pub, broker_secret = keys.broker
+    pi1_secret, pi2_secret = keys.known[1], keys.stranger[1]
+    authorized = keys.authorized
     known, stranger = f"K{secrets.token_hex(5)}", f"S{secrets.token_hex(5)}"
     front, back = free_tcp_port(), free_tcp_port()
     for name in ("a", "b1", "b2"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,16 +28,7 @@ from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
 from powmon.common.zap import Gate
 from powmon.probes import reach
 from tests.helpers import free_tcp_port, wait_until
-from tests.keys import client_curve, host_keys, server_curve
-
-
-@pytest.fixture
-def other_ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    """A second context: the clients' side, as on another host."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    ctx.setsockopt(zmq.LINGER, 0)
-    yield ctx
-    ctx.destroy(linger=0)
+from tests.keys import client_curve, host_keys, lab_keys, server_curve
 
 
 def subscriber(
@@ -77,13 +67,10 @@ def test_the_gate_admits_authorised_keys_and_refuses_others(
     """A key in CURVE_AUTHORIZED gets in; an unknown one is refused, counted and logged at
     WARNING with the peer's address and its key; once its .key file is copied into the folder
     the same host's next connection gets in, without restarting anything."""
-    keys, authorized = tmp_path / "keys", tmp_path / "authorized"
-    authorized.mkdir()
-    _, broker_secret = host_keys(keys, "lab-pc")
-    pi1_public, pi1_secret = host_keys(keys, "pi1")
-    pi2_public, pi2_secret = host_keys(keys, "pi2")
-    shutil.copy(pi1_public, authorized)
-    broker = server_curve(broker_secret, authorized)
+    lab = lab_keys(tmp_path)
+    pi1_secret, pi2_public, pi2_secret = lab.known[1], *lab.stranger
+    authorized = lab.authorized
+    broker = server_curve(lab.broker[1], authorized)
     bus = Bus(zmq_ctx, broker, zmq.XPUB)
     try:
         pi1 = subscriber(other_ctx, bus.endpoint, client_curve(pi1_secret, broker))
