@@ -42,7 +42,7 @@ class AuthorizedKeys:
     """The keys a Gate admits; the folder is read again only when it changed."""
 
     def __init__(self, curve: Curve, limiter: RateLimiter) -> None:
-        self._fixed = {curve.pair.public: "this host", curve.server: "the broker"}
+        self._fixed = frozenset({curve.pair.public, curve.server})  # this host, the broker
         self.folder = curve.authorized
         self._limiter = limiter
         self._seen: object = None
@@ -62,9 +62,11 @@ class AuthorizedKeys:
                 (e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in os.scandir(self.folder)
             )
         except OSError as err:
-            self._limiter.log(log, logging.WARNING, "curve-folder",
-                              "CURVE_AUTHORIZED %s: cannot read it (%s); admitting only this "
-                              "host and the broker", self.folder, err)  # fmt: skip
+            self._limiter.log(
+                log, logging.WARNING, "curve-folder",
+                "CURVE_AUTHORIZED %s: cannot read it (%s); admitting only this host and the "
+                "broker", self.folder, err,
+            )
             self._seen, self._keys = None, {}
             return
         if state == self._seen:
@@ -72,7 +74,8 @@ class AuthorizedKeys:
         self._seen = state
         self._keys, problems = authorized_keys(self.folder)
         for problem in problems:
-            self._limiter.log(log, logging.WARNING, "curve-file", "CURVE_AUTHORIZED %s", problem)
+            self._limiter.log(log, logging.WARNING, f"curve-file/{problem}",
+                              "CURVE_AUTHORIZED %s", problem)
         log.info("CURVE_AUTHORIZED %s: %d key(s)", self.folder, len(self._keys))
 
 
@@ -125,8 +128,8 @@ class Gate:
     def _answer(self, frames: list[bytes]) -> list[bytes]:
         """A ZAP reply: [version, request id, status code, status text, user id, metadata]."""
         if len(frames) < 6:
-            return [ZAP_VERSION, frames[1] if len(frames) > 1 else b"", b"400",
-                    b"bad ZAP request", b"", b""]  # fmt: skip
+            request_id = frames[1] if len(frames) > 1 else b""
+            return [ZAP_VERSION, request_id, b"400", b"bad ZAP request", b"", b""]
         _version, request_id, _domain, address, _identity, mechanism = frames[:6]
         credentials = frames[6:]
         peer = address.decode("utf-8", "replace")
@@ -141,8 +144,9 @@ class Gate:
             why = f"it offered {mechanism.decode('ascii', 'replace')}, not CURVE"
         self.refused += 1
         folder = self.keys.folder or "no CURVE_AUTHORIZED folder"
-        self._limiter.log(log, logging.WARNING, f"curve-refused/{peer}",
-                          "%s refused a client from %s: %s (admitted: this host, the broker "
-                          "and the .key files in %s; refused so far: %d)", self.what, peer, why,
-                          folder, self.refused)  # fmt: skip
+        self._limiter.log(
+            log, logging.WARNING, f"curve-refused/{peer}",
+            "%s refused a client from %s: %s (admitted: this host, the broker and the .key "
+            "files in %s; refused so far: %d)", self.what, peer, why, folder, self.refused,
+        )
         return [ZAP_VERSION, request_id, b"400", b"key not authorised", b"", b""]
