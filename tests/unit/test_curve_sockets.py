@@ -64,17 +64,20 @@ def test_the_gate_admits_authorised_keys_and_refuses_others(
     other_ctx: zmq.Context[zmq.Socket[bytes]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A key in CURVE_AUTHORIZED gets in; an unknown one is refused, counted and logged at
-    WARNING with the peer's address and its key; once its .key file is copied into the folder
-    the same host's next connection gets in, without restarting anything."""
+    """A key in CURVE_AUTHORIZED gets in (a broken file beside it is named and skipped); an
+    unknown one is refused, counted and logged at WARNING with the peer's address and its key;
+    once its .key file is copied into the folder the same host's next connection gets in,
+    without restarting anything."""
     lab = lab_keys(tmp_path)
     pi1_secret, pi2_public, pi2_secret = lab.known[1], *lab.stranger
     authorized = lab.authorized
+    (authorized / "junk.key").write_text("not a certificate\n", encoding="utf-8")
     broker = server_curve(lab.broker[1], authorized)
     bus = Bus(zmq_ctx, broker, zmq.XPUB)
     try:
         pi1 = subscriber(other_ctx, bus.endpoint, client_curve(pi1_secret, broker))
         wait_until(bus.subscribed, what="pi1's subscription through the gate")
+        assert "junk.key: ignored" in caplog.text  # a bad file is named, the others still count
         with caplog.at_level(logging.WARNING, logger="powmon.common.zap"):
             pi2 = subscriber(other_ctx, bus.endpoint, client_curve(pi2_secret, broker))
             wait_until(lambda: bus.gate.refused == 1, what="pi2 refused")
