@@ -7,6 +7,11 @@ the bus far below what the sockets can carry; the main thread only watches for t
 and publishes the broker's heartbeat. At the high-water mark XPUB drops for the slow subscriber
 only (never blocks the others); readers' replay buffers and the writer's gap accounting make
 such a drop visible and repairable.
+
+When the bus is reachable from other hosts both sockets are CURVE servers (common.curve): a
+Gate (common.zap) admits only authorised keys, and logs and counts each refusal
+(`curve_refused`); clients that fail the handshake before they get that far (no CURVE, the
+wrong server key) are seen by the sockets' monitors, logged and counted too (`curve_failed`).
 """
 
 from __future__ import annotations
@@ -17,15 +22,22 @@ import threading
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from powmon.common.errors import InUseError, PowmonError
+from powmon.common.curve import Curve
+from powmon.common.errors import InUseError, PowmonError, SettingsError
+from powmon.common.logs import RateLimiter
 from powmon.common.schema import STATE_STOPPED
 from powmon.common.settings import Settings
-from powmon.common.transport import Heartbeat, pub_socket
+from powmon.common.transport import Heartbeat, close_all, pub_socket
+from powmon.common.zap import Gate
 
 log = logging.getLogger(__name__)
 
 _CONTROL = "inproc://powmon-broker-control"
+_MONITOR = "inproc://powmon-broker-monitor-"
+_MONITORED = ("frontend", "backend")
+_FAILED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +46,67 @@ class BrokerConfig:
     backend: str
     hwm: int
     heartbeat_interval: float
+    curve: Curve | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerConfig:
+        """Raises SettingsError on a host whose settings say the broker runs elsewhere."""
+        curve = settings.curve
+        if curve is not None and not curve.broker_here:
+            raise SettingsError(
+                f"{settings.path}: CURVE_SERVER_KEY: required to run the broker here; these "
+                "settings are for a host whose broker runs elsewhere (CURVE_SERVER_PUBLIC)"
+            )
         return cls(
             settings.broker_frontend,
             settings.broker_backend,
             settings.hwm,
             settings.heartbeat_interval,
+            curve,
         )
 
 
-def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, ready: threading.Event,
-           failed: list[tuple[str, zmq.ZMQError]]) -> None:
+class Handshakes:
+    """Failed handshakes on the broker's CURVE sockets, from their monitors: a client without
+    CURVE, or with the wrong CURVE_SERVER_PUBLIC, never reaches the Gate."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.failed = 0
+        self._limiter = RateLimiter()
+        self.socks: list[zmq.Socket[bytes]] = []
+        for name in _MONITORED:
+            sock = ctx.socket(zmq.PAIR)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(_MONITOR + name)
+            self.socks.append(sock)
+
+    def take(self) -> None:
+        for sock in self.socks:
+            while sock.poll(0):
+                event = recv_monitor_message(sock)
+                self.failed += 1
+                where = event["endpoint"].decode(errors="replace")
+                why = _why(event["value"])
+                self._limiter.log(
+                    log, logging.WARNING, f"curve-failed/{why}",
+                    "the bus: a client failed the CURVE handshake on %s (%s); failed so far: %d",
+                    where, why, self.failed,
+                )
+
+    def close(self) -> None:
+        close_all(*self.socks)
+
+
+def _why(value: int) -> str:
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "it has no CURVE keys"
+    if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "its CURVE_SERVER_PUBLIC is not this broker's public key"
+    return f"ZeroMQ error {value:#x}"
+
+
+def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, gate: Gate | None,
+           ready: threading.Event, failed: list[tuple[str, zmq.ZMQError]]) -> None:
     frontend = ctx.socket(zmq.XSUB)
     backend = ctx.socket(zmq.XPUB)
     control = ctx.socket(zmq.PAIR)
@@ -55,6 +115,10 @@ def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, ready: thr
             sock.setsockopt(zmq.LINGER, 0)
         frontend.setsockopt(zmq.RCVHWM, config.hwm)
         backend.setsockopt(zmq.SNDHWM, config.hwm)
+        if gate is not None:
+            for name, sock in zip(_MONITORED, (frontend, backend), strict=True):
+                gate.secure(sock)
+                sock.monitor(_MONITOR + name, _FAILED_EVENTS)
         for sock, endpoint in ((frontend, config.frontend), (backend, config.backend),
                                (control, _CONTROL)):
             try:
@@ -74,14 +138,17 @@ def _proxy(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, ready: thr
 
 def run(config: BrokerConfig, stop: threading.Event) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gate = Gate(ctx, config.curve, "the bus") if config.curve is not None else None
     ready = threading.Event()
     failed: list[tuple[str, zmq.ZMQError]] = []
     thread = threading.Thread(
-        target=_proxy, args=(ctx, config, ready, failed), name="proxy", daemon=True
+        target=_proxy, args=(ctx, config, gate, ready, failed), name="proxy", daemon=True
     )
     thread.start()
     ready.wait()
     if failed:
+        if gate is not None:
+            gate.close()
         ctx.term()
         endpoint, err = failed[0]
         if err.errno == errno.EADDRINUSE:
@@ -89,22 +156,34 @@ def run(config: BrokerConfig, stop: threading.Event) -> None:
                 f"bus endpoint {endpoint} is already in use (by another broker or program)"
             ) from err
         raise PowmonError(f"broker cannot bind {endpoint}: {err}") from err
-    log.info("broker up frontend=%s backend=%s hwm=%d", config.frontend, config.backend,
-             config.hwm)
-    status = pub_socket(ctx, config.frontend, config.hwm)
+    log.info("broker up frontend=%s backend=%s hwm=%d curve=%s", config.frontend,
+             config.backend, config.hwm, "on" if gate is not None else "off")
+    handshakes = Handshakes(ctx) if gate is not None else None
+
+    def counters() -> dict[str, int]:
+        if gate is None or handshakes is None:
+            return {}
+        return {"curve_refused": gate.refused, "curve_failed": handshakes.failed}
+
+    status = pub_socket(ctx, config.frontend, config.hwm, curve=config.curve)
     status.setsockopt(zmq.LINGER, 0)
-    beat = Heartbeat(status, "broker", "broker", config.heartbeat_interval, dict)
+    beat = Heartbeat(status, "broker", "broker", config.heartbeat_interval, counters)
     control = ctx.socket(zmq.PAIR)
     control.setsockopt(zmq.LINGER, 0)
     control.connect(_CONTROL)
     try:
         while not stop.wait(min(0.2, config.heartbeat_interval)):
+            if handshakes is not None:
+                handshakes.take()
             beat.beat()
     finally:
         beat.beat(STATE_STOPPED, force=True)
         control.send(b"TERMINATE")
         thread.join(timeout=5)
-        control.close()
-        status.close()
+        close_all(control, status)
+        if handshakes is not None:
+            handshakes.close()
+        if gate is not None:
+            gate.close()
         ctx.term()
         log.info("broker stopped")

@@ -174,6 +174,20 @@ def listen(value: Any) -> tuple[str, int]:
     return match[1].strip("[]"), int(match[2])
 
 
+def port_range(value: Any) -> tuple[int, int]:
+    """'5600-5619' (or one port, 5600) -> (5600, 5619)."""
+    expected = "a port range like '5600-5619' (ports 1 to 65535, low to high)"
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    match = re.fullmatch(r"([0-9]{1,5})(?:-([0-9]{1,5}))?", value) if _clean(value) else None
+    if match is None:
+        raise Bad(expected)
+    lo, hi = int(match[1]), int(match[2] or match[1])
+    if not 1 <= lo <= hi <= 65535:
+        raise Bad(expected)
+    return lo, hi
+
+
 ENDPOINT = text("a ZeroMQ endpoint like 'tcp://127.0.0.1:5555'", r"(tcp|ipc|inproc)://\S+")
 URL = text("an http(s) URL like 'https://example.org/api'", r"https?://\S+")
 

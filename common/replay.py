@@ -7,19 +7,25 @@ its last REPLAY_BUFFER readings in a ring and answers range requests on a ROUTER
 address it announces in its heartbeat (`replay` counter). A subscriber that sees a jump in seq
 asks for the missing range on a DEALER; what the ring no longer holds is reported as gone, so
 the subscriber can log the exact lost range instead of waiting forever.
+
+Across hosts the replay socket is a CURVE server like the broker (common.zap), with the
+reader host's key pair; its public key travels in the heartbeat beside the address
+(`replay_key`), and the asking DEALER uses it as its server key.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-import re
+import socket
 from collections import deque
 from collections.abc import Iterator
 from typing import Final
 
 import zmq
 
-from powmon.common.errors import SchemaError
+from powmon.common.curve import Curve, endpoint_host, is_loopback
+from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.schema import (
     ReplayReply,
     ReplayRequest,
@@ -29,6 +35,8 @@ from powmon.common.schema import (
     encode_replay_reply,
     encode_replay_request,
 )
+from powmon.common.transport import secure_client
+from powmon.common.zap import Gate
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +73,80 @@ class ReplayRing:
 
 
 def replay_bind_endpoint(frontend: str) -> str:
-    """Bind the replay socket on the broker frontend's interface, on a port the OS picks."""
-    match = re.fullmatch(r"tcp://([^:]+|\[[^\]]+\]):\d+", frontend)
-    host = match.group(1) if match else "127.0.0.1"
-    return f"tcp://{'127.0.0.1' if host in ('*', '0.0.0.0') else host}"  # noqa: S104
+    """Where a reader binds its replay socket: on its host's address toward the broker.
+
+    A loopback frontend: that address (a single host, as before). A wildcard, ipc or inproc
+    frontend: 127.0.0.1. Any other: the address this host uses to reach the broker, from the
+    routing table (a UDP connect sends nothing): the broker's own address on its host, the
+    reader host's own address on the others, which is where sinks across the network reach it.
+    """
+    host = endpoint_host(frontend)
+    if host is None or host in ("*", "0.0.0.0", "::"):  # noqa: S104
+        return "tcp://127.0.0.1"
+    address = host if is_loopback(host) else _route_source(host)
+    return f"tcp://[{address}]" if ":" in address else f"tcp://{address}"
+
+
+def _route_source(host: str) -> str:
+    try:
+        family, _, _, _, where = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(where)
+            return str(probe.getsockname()[0])
+    except OSError as err:
+        raise PowmonError(
+            f"cannot tell this host's address toward the broker at {host} (for the replay "
+            f"socket): {err}"
+        ) from err
+
+
+def _bind(sock: zmq.Socket[bytes], base: str, ports: tuple[int, int] | None) -> int:
+    """Bind on a port the OS picks, or the first free one of REPLAY_PORTS (for firewalls)."""
+    if ports is None:
+        return sock.bind_to_random_port(base)
+    for port in range(ports[0], ports[1] + 1):
+        try:
+            sock.bind(f"{base}:{port}")
+        except zmq.ZMQError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return port
+    raise PowmonError(f"REPLAY_PORTS: no free port from {ports[0]} to {ports[1]} on {base}")
 
 
 class ReplayServer:
-    """The reader's side socket: answers range requests from its ring, never blocking."""
+    """The reader's side socket: answers range requests from its ring, never blocking.
+
+    With a Gate (CURVE on the bus) it is a CURVE server with the host's key pair, admitting
+    the keys the gate admits; `key` is its public key, announced beside `endpoint`.
+    """
 
     def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], sensor_id: str, session: str,
-        ring: ReplayRing, bind_base: str,
-    ) -> None:  # fmt: skip
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        sensor_id: str,
+        session: str,
+        ring: ReplayRing,
+        bind_base: str,
+        *,
+        gate: Gate | None,
+        ports: tuple[int, int] | None = None,
+    ) -> None:
         self.sensor_id = sensor_id
         self.session = session
         self.ring = ring
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port(bind_base)
+        self.key = ""
+        if gate is not None:
+            gate.secure(self.sock)
+            self.key = gate.curve.public_text
+        try:
+            port = _bind(self.sock, bind_base, ports)
+        except (zmq.ZMQError, PowmonError):
+            self.sock.close()
+            raise
         self.endpoint = f"{bind_base}:{port}"
         self.served = 0
         self.bad_requests = 0
@@ -128,21 +191,22 @@ class ReplayClient:
     announce themselves, so there is at most one per sensor.
     """
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], *, curve: Curve | None) -> None:
         self._ctx = ctx
-        self._latest: dict[str, tuple[str, str]] = {}  # sensor -> (session, endpoint)
+        self._curve = curve
+        self._latest: dict[str, tuple[str, str, str]] = {}  # sensor -> (session, endpoint, key)
         self._socks: dict[str, zmq.Socket[bytes]] = {}
         self.bad_replies = 0
 
     def learn(self, status: Status) -> None:
-        """Remember a reader's replay endpoint for its current session."""
+        """Remember a reader's replay endpoint (and its CURVE key) for its current session."""
         progress = status.reader
         if progress is None or not progress.replay:
             return
         endpoint = progress.replay
         old = self._latest.get(status.ident)
-        self._latest[status.ident] = (progress.session, endpoint)
-        if old is not None and old[1] != endpoint and old[1] in self._socks:
+        self._latest[status.ident] = (progress.session, endpoint, progress.replay_key)
+        if old is not None and old[1:] != (endpoint, progress.replay_key) and old[1] in self._socks:
             self._socks.pop(old[1]).close()  # that reader is gone; so are its replies
 
     def knows(self, sensor_id: str, session: str) -> bool:
@@ -154,19 +218,21 @@ class ReplayClient:
         if latest is None:
             return False
         try:
-            self._socket(latest[1]).send(
+            self._socket(latest[1], latest[2]).send(
                 encode_replay_request(ReplayRequest(session, first, last)), zmq.NOBLOCK
             )
         except zmq.Again:
             return False
         return True
 
-    def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
+    def _socket(self, endpoint: str, key: str) -> zmq.Socket[bytes]:
         sock = self._socks.get(endpoint)
         if sock is None:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 1000)
+            if key:  # a reader without CURVE (on loopback) announces no key
+                secure_client(sock, self._curve, key.encode("ascii"))
             sock.connect(endpoint)
             self._socks[endpoint] = sock
         return sock

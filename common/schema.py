@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
+from powmon.common.curve import is_z85_key
 from powmon.common.errors import SchemaError
 
 SCHEMA_VERSION: Final = 1
@@ -75,9 +76,10 @@ class ReaderProgress:
     """What other processes rely on in a reader's heartbeat: the typed part of its status.
 
     Sinks read `session`, `seq` (the next seq the reader will publish: everything below it was
-    published) and `replay` (where to ask for missing ranges; empty when REPLAY_BUFFER is 0);
-    supervisors and health checks read `readings` and `last_reading_ns`. On the wire these are
-    keys of the heartbeat's counters map, so that taps and older tools see them as before.
+    published), `replay` (where to ask for missing ranges; empty when REPLAY_BUFFER is 0) and
+    `replay_key` (the replay socket's CURVE public key, Z85; empty without CURVE); supervisors
+    and health checks read `readings` and `last_reading_ns`. On the wire these are keys of the
+    heartbeat's counters map, so that taps and older tools see them as before.
     """
 
     session: str
@@ -85,9 +87,10 @@ class ReaderProgress:
     readings: int = 0
     replay: str = ""
     last_reading_ns: int = 0
+    replay_key: str = ""
 
 
-_PROGRESS_KEYS: Final = ("session", "seq", "readings", "replay", "last_reading_ns")
+_PROGRESS_KEYS: Final = ("session", "seq", "readings", "replay", "last_reading_ns", "replay_key")
 MAX_GONE: Final = 256
 
 
@@ -143,6 +146,8 @@ def encode_status(s: Status) -> list[bytes]:
         r = s.reader
         counters.update(session=r.session, seq=r.seq, readings=r.readings, replay=r.replay,
                         last_reading_ns=r.last_reading_ns)
+        if r.replay_key:
+            counters["replay_key"] = r.replay_key
     body = {"v": SCHEMA_VERSION, "process": s.process, "id": s.ident, "pid": s.pid,
             "ts": s.ts_ns, "state": s.state, "counters": counters}
     if s.started_ns:
@@ -301,16 +306,18 @@ def _progress(counters: dict[str, Any]) -> ReaderProgress | None:
     when a field is bad."""
     if "session" not in counters:
         return None
-    session, seq, readings, replay, last = (
-        counters.get(k, d) for k, d in zip(_PROGRESS_KEYS, ("", 0, 0, "", 0), strict=True)
+    session, seq, readings, replay, last, key = (
+        counters.get(k, d) for k, d in zip(_PROGRESS_KEYS, ("", 0, 0, "", 0, ""), strict=True)
     )
     if not (type(session) is str and type(replay) is str and session
-            and all(type(x) is int and 0 <= x <= _I64 for x in (seq, readings, last))):
+            and all(type(x) is int and 0 <= x <= _I64 for x in (seq, readings, last))
+            and type(key) is str and (not key or is_z85_key(key))):
         raise SchemaError(
             f"status: bad reader progress session={_SHOW.repr(session)} seq={_SHOW.repr(seq)} "
-            f"readings={_SHOW.repr(readings)} replay={_SHOW.repr(replay)}"
+            f"readings={_SHOW.repr(readings)} replay={_SHOW.repr(replay)} "
+            f"replay_key={_SHOW.repr(key)}"
         )
-    return ReaderProgress(session, seq, readings, replay, last)
+    return ReaderProgress(session, seq, readings, replay, last, key)
 
 
 def _gone(items: Any) -> tuple[ReaderEnd, ...]:

@@ -18,6 +18,7 @@ from typing import Any, Final
 import yaml
 
 from powmon.common import checks as c
+from powmon.common.curve import Curve, check_folder, is_local_endpoint, load_pair, load_public
 from powmon.common.errors import SettingsError
 
 ENV_SETTINGS: Final = "POWMON_SETTINGS"
@@ -146,6 +147,8 @@ class Settings:
     web_listen: tuple[str, int] | None  # None: `powmon run` starts no web page
     web_token: Secret | None
     mqtt: MqttSettings
+    curve: Curve | None  # None: the bus stays on loopback, in the clear
+    replay_ports: tuple[int, int] | None  # None: the OS picks each replay socket's port
 
     def sensor(self, sensor_id: str) -> SensorSettings:
         for sensor in self.sensors:
@@ -218,6 +221,14 @@ _TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "MQTT_TIMEOUT": (c.number(0, lo_open=True), 10.0),
     "MQTT_DISCOVERY": (c.optional(c.MQTT_PREFIX), None),
     "MQTT_STATE_INTERVAL": (c.number(0.2, 3600), 1.0),
+    "CURVE_SERVER_KEY": (c.optional(c.path("the broker's .key_secret file")), None),
+    "CURVE_AUTHORIZED": (c.optional(c.path("a folder of authorised .key files")), None),
+    "CURVE_CLIENT_KEY": (c.optional(c.path("this host's .key_secret file")), None),
+    "CURVE_SERVER_PUBLIC": (
+        c.optional(c.text("the broker's public key (40 characters of Z85) or its .key file")),
+        None,
+    ),
+    "REPLAY_PORTS": (c.optional(c.port_range), None),
 }
 
 # Per-sensor keys; the calibration ones default to the top-level value of the same name.
@@ -429,7 +440,8 @@ def _build(
         flush_interval=v["FLUSH_INTERVAL"], replay_buffer=v["REPLAY_BUFFER"],
         restart_backoff_max=v["RESTART_BACKOFF_MAX"], uplink=uplink,
         web_listen=v["WEB_LISTEN"], web_token=_secret(v["WEB_TOKEN"]),
-        mqtt=_mqtt(where, base, v),
+        mqtt=_mqtt(where, base, v), curve=_curve(where, base, v),
+        replay_ports=v["REPLAY_PORTS"],
     )  # fmt: skip
 
 
@@ -475,3 +487,61 @@ def _mqtt(where: Path, base: Path, v: dict[str, Any]) -> MqttSettings:
         keepalive=v["MQTT_KEEPALIVE"], timeout=v["MQTT_TIMEOUT"],
         discovery=v["MQTT_DISCOVERY"], state_interval=v["MQTT_STATE_INTERVAL"],
     )
+
+
+_CURVE_HOW: Final = (
+    "set CURVE_SERVER_KEY and CURVE_AUTHORIZED on the broker's host, CURVE_CLIENT_KEY and "
+    "CURVE_SERVER_PUBLIC on the other hosts (docs/hosts.md)"
+)
+
+
+def _curve(where: Path, base: Path, v: dict[str, Any]) -> Curve | None:
+    """The bus's CURVE keys: one pair per host (the broker's on its host, a client pair on the
+    others); required as soon as an endpoint is reachable from other hosts."""
+    given = [k for k in ("CURVE_SERVER_KEY", "CURVE_CLIENT_KEY", "CURVE_SERVER_PUBLIC") if v[k]]
+    if not given:
+        _check_no_curve(where, v)
+        return None
+    authorized = _resolve(base, v["CURVE_AUTHORIZED"]) if v["CURVE_AUTHORIZED"] else None
+    if authorized is not None:
+        check_folder(authorized, "CURVE_AUTHORIZED")
+    if v["CURVE_SERVER_KEY"]:
+        return _server_curve(where, base, v, authorized)
+    for key in ("CURVE_CLIENT_KEY", "CURVE_SERVER_PUBLIC"):
+        if not v[key]:
+            raise SettingsError(
+                f"{where}: {key}: required with {given[0]} on a host whose broker runs "
+                "elsewhere (CURVE_CLIENT_KEY: this host's .key_secret file; "
+                "CURVE_SERVER_PUBLIC: the broker's public key)"
+            )
+    pair = load_pair(_resolve(base, v["CURVE_CLIENT_KEY"]), "CURVE_CLIENT_KEY")
+    text = v["CURVE_SERVER_PUBLIC"]
+    server = load_public(text, _resolve(base, text), "CURVE_SERVER_PUBLIC")
+    return Curve(pair, server, broker_here=False, authorized=authorized)
+
+
+def _check_no_curve(where: Path, v: dict[str, Any]) -> None:
+    for key in ("BROKER_FRONTEND", "BROKER_BACKEND"):
+        if not is_local_endpoint(v[key]):
+            raise SettingsError(
+                f"{where}: {key}: {v[key]} is reachable from other hosts, so the bus needs "
+                f"CURVE: {_CURVE_HOW}"
+            )
+    if v["CURVE_AUTHORIZED"]:
+        raise SettingsError(f"{where}: CURVE_AUTHORIZED: set, but no key pair: {_CURVE_HOW}")
+
+
+def _server_curve(where: Path, base: Path, v: dict[str, Any], authorized: Path | None) -> Curve:
+    for key in ("CURVE_CLIENT_KEY", "CURVE_SERVER_PUBLIC"):
+        if v[key]:
+            raise SettingsError(
+                f"{where}: {key}: not for the broker's host, which has CURVE_SERVER_KEY "
+                "(its processes use the broker's key pair); set one or the other"
+            )
+    if authorized is None:
+        raise SettingsError(
+            f"{where}: CURVE_AUTHORIZED: required with CURVE_SERVER_KEY (the folder of the "
+            "public keys of the hosts admitted on the bus)"
+        )
+    pair = load_pair(_resolve(base, v["CURVE_SERVER_KEY"]), "CURVE_SERVER_KEY")
+    return Curve(pair, pair.public, broker_here=True, authorized=authorized)

@@ -56,7 +56,7 @@ def from_bus(
     """`count` readings of a running reader, or None when no reader of it is heard."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     topics = [reading_topic(sensor_id), status_topic("reader", sensor_id)]
-    sock = sub_socket(ctx, settings.broker_backend, topics, settings.hwm)
+    sock = sub_socket(ctx, settings.broker_backend, topics, settings.hwm, curve=settings.curve)
     listen = max(LISTEN_MIN_S, 2.5 * settings.heartbeat_interval)
     deadline = time.monotonic() + listen
     raws: list[float] = []

@@ -18,12 +18,14 @@ from urllib.parse import urlsplit
 
 import click
 import yaml
+import zmq
 
 from powmon.common.errors import SettingsError
 from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.settings import SECRET_KEYS, Settings, effective_values
-from powmon.probes import Heard, endpoint_state, listen, port_answer
+from powmon.probes import Heard, endpoint_state, listen, port_answer, reach
+from powmon.processes import broker_here
 from powmon.uplink.keys import decrypt_url, find_key, redact_url
 
 MASK = "***"
@@ -87,10 +89,13 @@ def _ports(settings: Settings, heard: Heard) -> list[tuple[str, bool, str]]:
 
 def _endpoints(settings: Settings, heard: Heard) -> list[tuple[str, bool, str]]:
     results = []
-    for key, endpoint in (
-        ("BROKER_FRONTEND", settings.broker_frontend),
-        ("BROKER_BACKEND", settings.broker_backend),
+    for key, endpoint, kind in (
+        ("BROKER_FRONTEND", settings.broker_frontend, zmq.PUB),
+        ("BROKER_BACKEND", settings.broker_backend, zmq.SUB),
     ):
+        if not broker_here(settings):  # the broker is on another host: can we get in?
+            results.append((f"{key} {endpoint}", *reach(endpoint, kind, settings.curve)))
+            continue
         state = endpoint_state(endpoint)
         if state == "in use" and heard.states:
             results.append((f"{key} {endpoint}", True, f"in use by PowMon ({heard.names()})"))

@@ -1,7 +1,8 @@
 """Probes for `powmon check-config`: who is on the bus, is an endpoint free, does a port answer.
 
 Each probe is short and leaves nothing behind: a SUB socket that listens for heartbeats for
-about two heartbeat intervals, a bind that is undone at once, a port opened, asked and closed.
+about two heartbeat intervals, a bind that is undone at once (or, for a broker on another
+host, a connection and its CURVE handshake), a port opened, asked and closed.
 A port whose reader is heard on the bus is not opened at all: opening an Arduino's port
 resets the board, under the reader's feet.
 """
@@ -20,16 +21,23 @@ from typing import Final
 import serial
 import zmq
 
+from powmon.common.curve import Curve
 from powmon.common.errors import SchemaError
 from powmon.common.schema import STATUS_PREFIX, decode_status
 from powmon.common.settings import Settings
-from powmon.common.transport import sub_socket
+from powmon.common.transport import (
+    handshake_outcome,
+    handshake_problem,
+    secure_client,
+    sub_socket,
+)
 from powmon.readers.handshake import NoAnswer, handshake
 from powmon.readers.link import BadAnswer, Link, open_port, parse_answer
 from powmon.readers.reader import ReaderConfig
 
 PORT_SYNC_S: Final = 3.0  # enough for an Arduino's bootloader after the reset an open causes
 LISTEN_MIN_S: Final = 1.0
+REACH_S: Final = 3.0  # a broker on another host: how long to wait for the handshake
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +53,9 @@ class Heard:
 def listen(settings: Settings) -> Heard:
     """Heartbeats on the backend for ~2.5 heartbeat intervals (at least LISTEN_MIN_S)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm)
+    sock = sub_socket(
+        ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm, curve=settings.curve
+    )
     heard = Heard()
     deadline = time.monotonic() + max(LISTEN_MIN_S, 2.5 * settings.heartbeat_interval)
     try:
@@ -80,6 +90,24 @@ def endpoint_state(endpoint: str) -> str:
         sock.close(linger=0)
         ctx.term()
     return "free"
+
+
+def reach(endpoint: str, kind: int, curve: Curve | None) -> tuple[bool, str]:
+    """Connect to a broker on another host as its clients do (a PUB to the frontend, a SUB to
+    the backend, with this host's CURVE keys): (ok, how the handshake went)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(kind)
+    try:
+        secure_client(sock, curve)
+        sock.connect(endpoint)
+        outcome = handshake_outcome(sock, threading.Event(), REACH_S)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    problem = handshake_problem(outcome, endpoint, curve)
+    if problem is not None:
+        return False, problem
+    return True, "reached; CURVE handshake succeeded" if curve else "reached"
 
 
 def _ipc_state(path: str) -> str:

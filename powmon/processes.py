@@ -66,9 +66,17 @@ def uplink_wanted(settings: Settings) -> bool:
     return bool(enabled_outputs(settings))
 
 
+def broker_here(settings: Settings) -> bool:
+    """Whether this host runs the bus: always on a single host; across hosts, the host with
+    CURVE_SERVER_KEY (a host with CURVE_SERVER_PUBLIC connects to a broker elsewhere)."""
+    return settings.curve is None or settings.curve.broker_here
+
+
 def pipeline(settings: Settings) -> tuple[ProcessSpec, ...]:
-    """Every process one settings.yaml asks for, in start order."""
-    return tuple(_specs(settings))
+    """Every process one settings.yaml asks for, in start order: on a host whose broker runs
+    elsewhere, its readers only (the writer, uplink and web page run where the broker is, or
+    started by hand on any host: docs/hosts.md)."""
+    return tuple(_specs(settings) if broker_here(settings) else _readers(settings))
 
 
 def _specs(settings: Settings) -> Iterator[ProcessSpec]:
@@ -78,6 +86,10 @@ def _specs(settings: Settings) -> Iterator[ProcessSpec]:
         yield ProcessSpec("uplink", "powmon.uplink", (), "uplink", "uplink", SINKS)
     if settings.web_listen is not None:
         yield ProcessSpec("web", "powmon.web", (), "web", "web", VIEWS, required=False)
+    yield from _readers(settings)
+
+
+def _readers(settings: Settings) -> Iterator[ProcessSpec]:
     for s in settings.sensors:
         yield ProcessSpec(
             f"reader {s.sensor_id}", "powmon.readers",

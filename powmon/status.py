@@ -44,7 +44,9 @@ def collect(settings: Settings, clock: Callable[[], float] = time.monotonic) -> 
     """Listen to heartbeats for a bounded time and return the model fed with them."""
     health = Health(Expected.from_settings(settings))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm)
+    sock = sub_socket(
+        ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm, curve=settings.curve
+    )
     deadline = clock() + max(LISTEN_BEATS * settings.heartbeat_interval, LISTEN_MIN_S)
     try:
         while (now := clock()) < deadline and not _complete(health):

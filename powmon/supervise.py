@@ -29,6 +29,7 @@ import click
 import zmq
 
 from powmon.children import Child, stop_group
+from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError, SchemaError, SettingsError
 from powmon.common.lifecycle import EXIT_USAGE, install_stop_handlers, load_or_exit
 from powmon.common.lifeline import LifelineServer
@@ -38,7 +39,7 @@ from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_opt
 from powmon.common.schema import MAX_GONE, ReaderEnd, decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
-from powmon.processes import ProcessSpec, groups, pipeline, uplink_wanted
+from powmon.processes import ProcessSpec, groups, pipeline
 from powmon.readers.reader import ReaderConfig
 from powmon.uplink.config import UplinkConfig
 from powmon.web.config import WebConfig
@@ -67,6 +68,7 @@ class RunConfig:
     heartbeat_interval: float
     stall_timeout: float
     restart_backoff_max: float
+    curve: Curve | None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunConfig:
@@ -75,7 +77,7 @@ class RunConfig:
             frontend=settings.broker_frontend, backend=settings.broker_backend,
             hwm=settings.hwm, heartbeat_interval=settings.heartbeat_interval,
             stall_timeout=settings.stall_timeout,
-            restart_backoff_max=settings.restart_backoff_max,
+            restart_backoff_max=settings.restart_backoff_max, curve=settings.curve,
         )
 
 
@@ -105,8 +107,9 @@ class Supervisor:
 
     def run(self, stop: threading.Event) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        status = sub_socket(ctx, self.config.backend, [b"status/"], self.config.hwm)
-        pub = pub_socket(ctx, self.config.frontend, self.config.hwm)
+        curve = self.config.curve
+        status = sub_socket(ctx, self.config.backend, [b"status/"], self.config.hwm, curve=curve)
+        pub = pub_socket(ctx, self.config.frontend, self.config.hwm, curve=curve)
         beat = Heartbeat(pub, "supervisor", "run", self.config.heartbeat_interval, self.counters,
                          gone=self._gone)
         try:
@@ -229,27 +232,34 @@ def _precheck(settings: Settings) -> None:
     each process makes of its own configuration, beyond the settings file itself (the uplink's
     key and encrypted HOST, the readers' sensor entries, the web page's address and token), a
     pipeline already running on the same data root or spool, and a bus endpoint that is
-    taken."""
-    try:
-        for sensor in settings.sensors:
-            ReaderConfig.from_settings(settings, sensor.sensor_id)
-        if uplink_wanted(settings):
-            UplinkConfig.from_settings(settings)
-        if settings.web_listen is not None:
-            WebConfig.from_settings(settings)
-    except SettingsError as err:
-        _refuse(str(err))
-    locks = [writer_lock(settings.data_root)]
-    if uplink_wanted(settings):
+    taken; each only for what this host runs."""
+    running = {spec.process for spec in pipeline(settings)}
+    _check_configs(settings, running)
+    locks = [writer_lock(settings.data_root)] if "writer" in running else []
+    if "uplink" in running:
         locks.append(spool_lock(settings.uplink.spool_path))
     for lock in locks:
         pid = holder(lock.path)
         if pid is not None:
             _refuse(f"already running: pid {pid or '?'}, {lock.what}")
+    if "broker" not in running:
+        return  # a host whose broker runs elsewhere: its endpoints are not ours to bind
     for endpoint in (settings.broker_frontend, settings.broker_backend):
         why = _bind_problem(endpoint)
         if why is not None:
             _refuse(f"bus endpoint {endpoint} is not free ({why}): is another pipeline running?")
+
+
+def _check_configs(settings: Settings, running: set[str]) -> None:
+    try:
+        for sensor in settings.sensors:
+            ReaderConfig.from_settings(settings, sensor.sensor_id)
+        if "uplink" in running:
+            UplinkConfig.from_settings(settings)
+        if "web" in running:
+            WebConfig.from_settings(settings)
+    except SettingsError as err:
+        _refuse(str(err))
 
 
 def _bind_problem(endpoint: str) -> str | None:

@@ -17,6 +17,7 @@ from typing import TextIO
 import click
 import zmq
 
+from powmon.common.curve import Curve
 from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
 from powmon.common.logs import RateLimiter
@@ -50,11 +51,12 @@ def _render(frames: list[bytes]) -> dict[str, object]:
 
 
 def tap(
-    backend: str, topics: list[bytes], hwm: int, stop: threading.Event, out: TextIO, count: int
+    backend: str, topics: list[bytes], hwm: int, stop: threading.Event, out: TextIO, count: int,
+    curve: Curve | None,
 ) -> int:
     """Print messages until stopped or `count` readings were shown; return how many were."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, backend, topics, hwm)
+    sock = sub_socket(ctx, backend, topics, hwm, curve=curve)
     shown = bad = 0
     limiter = RateLimiter(period=5.0)
     try:
@@ -110,7 +112,9 @@ def tap_command(
         from powmon.taplive import run_live  # noqa: PLC0415 -- rich only for a terminal
 
         periods = {s.sensor_id: s.polling_delay for s in settings.sensors}
-        run_live(settings.broker_backend, sensors, settings.hwm, periods, stop, count)
+        run_live(
+            settings.broker_backend, sensors, settings.hwm, periods, stop, count, settings.curve
+        )
         return
     tap(
         settings.broker_backend,
@@ -119,4 +123,5 @@ def tap_command(
         stop,
         sys.stdout,
         count,
+        settings.curve,
     )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
+from powmon.common.curve import Curve
 from powmon.common.energy import EnergyMeter
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
@@ -148,6 +149,7 @@ def run_live(
     periods: dict[str, float],
     stop: threading.Event,
     count: int,
+    curve: Curve | None,
 ) -> int:
     """Show the table until stopped or `count` readings were seen; return how many were."""
     from rich.console import Console  # noqa: PLC0415
@@ -157,7 +159,7 @@ def run_live(
     topics = [reading_topic(s) for s in sensors] if sensors else [READING_PREFIX]
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     status = [STATUS_PREFIX + b"reader/", STATUS_PREFIX + b"writer/"]
-    sock = sub_socket(ctx, backend, [*topics, *status], hwm)
+    sock = sub_socket(ctx, backend, [*topics, *status], hwm, curve=curve)
     console = Console()
     try:
         with Live(

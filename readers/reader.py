@@ -23,12 +23,14 @@ from zmq.backend import zmq_poll
 
 from powmon.common.backoff import backoff
 from powmon.common.conversion import Calibration
+from powmon.common.curve import Curve
 from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayServer, replay_bind_endpoint
 from powmon.common.schema import STATE_DISCONNECTED, STATE_RUNNING, STATE_STOPPED
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
+from powmon.common.zap import Gate
 from powmon.readers.handshake import Agreed, NoAnswer, Wanted, handshake
 from powmon.readers.link import BadAnswer, Link, open_port, parse_answer, read_command
 from powmon.readers.schedule import Schedule
@@ -68,6 +70,8 @@ class ReaderConfig:
     hwm: int
     heartbeat_interval: float
     replay_buffer: int
+    curve: Curve | None = None
+    replay_ports: tuple[int, int] | None = None
 
     @property
     def sensor_id(self) -> str:
@@ -89,7 +93,8 @@ class ReaderConfig:
             polling_delay=s.polling_delay, calibration=Calibration.from_sensor(s),
             frontend=settings.broker_frontend, hwm=settings.hwm,
             heartbeat_interval=settings.heartbeat_interval,
-            replay_buffer=settings.replay_buffer,
+            replay_buffer=settings.replay_buffer, curve=settings.curve,
+            replay_ports=settings.replay_ports,
         )  # fmt: skip
 
 
@@ -97,9 +102,13 @@ class Reader:
     """The connect/poll state machine of one reader; sockets are handed in by run()."""
 
     def __init__(
-        self, config: ReaderConfig, sock: zmq.Socket[bytes], stop: threading.Event,
+        self,
+        config: ReaderConfig,
+        sock: zmq.Socket[bytes],
+        stop: threading.Event,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
-    ) -> None:  # fmt: skip
+        gate: Gate | None = None,
+    ) -> None:
         self.config = config
         self.stop = stop
         self.counters = Counters(session=new_session_id(), port=config.port)
@@ -110,9 +119,10 @@ class Reader:
         if ctx is not None and config.replay_buffer > 0:
             self.replay = ReplayServer(
                 ctx, config.sensor_id, self.counters.session, self.emitter.ring,
-                replay_bind_endpoint(config.frontend),
+                replay_bind_endpoint(config.frontend), gate=gate, ports=config.replay_ports,
             )  # fmt: skip
             self.counters.replay = self.replay.endpoint
+            self.counters.replay_key = self.replay.key
         self.heartbeat = Heartbeat(
             sock, "reader", config.sensor_id, config.heartbeat_interval, self.counters.snapshot,
             progress=self.counters.progress,
@@ -344,11 +354,16 @@ class Reader:
 def run(config: ReaderConfig, stop: threading.Event) -> None:
     """Sockets and the port live only inside this call (after spawn, never at import)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = pub_socket(ctx, config.frontend, config.hwm)
+    curve = config.curve
+    # CURVE across hosts: the replay socket admits only authorised keys (common.zap).
+    gate = Gate(ctx, curve, "the replay socket") if curve and config.replay_buffer else None
+    sock = pub_socket(ctx, config.frontend, config.hwm, curve=curve)
     try:
-        if not wait_for_broker(sock, stop, BROKER_WAIT):
+        if not wait_for_broker(sock, stop, BROKER_WAIT, config.frontend, curve):
             log.debug("no broker at %s yet; starting anyway", config.frontend)
-        Reader(config, sock, stop, ctx).run()
+        Reader(config, sock, stop, ctx, gate).run()
     finally:
         sock.close()  # linger (transport.PUB_LINGER_MS) lets queued readings out
+        if gate is not None:
+            gate.close()
         ctx.term()

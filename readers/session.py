@@ -35,8 +35,8 @@ def new_session_id() -> str:
 class Counters:
     """What the heartbeat reports; field names are the documented counter keys.
 
-    session, seq, readings, replay and last_reading_ns are the reader's progress, the part of
-    its heartbeat other processes rely on: they travel as schema.ReaderProgress.
+    session, seq, readings, replay, replay_key and last_reading_ns are the reader's progress,
+    the part of its heartbeat other processes rely on: they travel as schema.ReaderProgress.
     """
 
     session: str
@@ -52,6 +52,7 @@ class Counters:
     last_reading_ns: int = 0
     firmware: str = ""
     replay: str = ""  # the replay endpoint (common.replay); empty when REPLAY_BUFFER is 0
+    replay_key: str = ""  # its CURVE public key (Z85); empty without CURVE
 
     def snapshot(self) -> dict[str, Any]:
         """The counters that are not progress (those go as `progress()`)."""
@@ -64,7 +65,8 @@ class Counters:
 
     def progress(self) -> ReaderProgress:
         return ReaderProgress(
-            self.session, self.seq, self.readings, self.replay, self.last_reading_ns
+            self.session, self.seq, self.readings, self.replay, self.last_reading_ns,
+            self.replay_key,
         )
 
 

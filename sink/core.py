@@ -30,6 +30,7 @@ from typing import Final
 
 import zmq
 
+from powmon.common.curve import Curve
 from powmon.common.errors import SchemaError
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayClient
@@ -130,6 +131,7 @@ class CoreConfig:
     status_topics: tuple[bytes, ...] = ()  # beyond reader heartbeats, e.g. b"status/"
     replay_retries: int = 3
     summary_interval: float = 10.0
+    curve: Curve | None = None  # CURVE keys for the bus and the readers' replay sockets
 
     @property
     def replay_timeout(self) -> float:
@@ -381,7 +383,7 @@ def _nowhere(sensor_id: str, session: str, first: int, last: int) -> bool:
 def serve(config: CoreConfig, sink: Sink, stop: threading.Event) -> None:
     """Run one sink on the bus until `stop`; sockets live only inside this call."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    client = ReplayClient(ctx)
+    client = ReplayClient(ctx, curve=config.curve)
     core = SinkCore(config, sink, client)
     sub: zmq.Socket[bytes] | None = None
     pub: zmq.Socket[bytes] | None = None
@@ -389,8 +391,8 @@ def serve(config: CoreConfig, sink: Sink, stop: threading.Event) -> None:
     try:
         core.resume()
         topics = [READING_PREFIX, READER_STATUS, SUPERVISOR_STATUS, *config.status_topics]
-        sub = sub_socket(ctx, config.backend, topics, config.hwm)
-        pub = pub_socket(ctx, config.frontend, config.hwm)
+        sub = sub_socket(ctx, config.backend, topics, config.hwm, curve=config.curve)
+        pub = pub_socket(ctx, config.frontend, config.hwm, curve=config.curve)
         beat = Heartbeat(pub, config.process, config.process, config.heartbeat_interval,
                          core.counters)
         core.loop(sub, beat, stop)

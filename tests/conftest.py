@@ -13,13 +13,23 @@ from tests.bus import BusEnd
 from tests.helpers import Proc, python_module
 
 
-@pytest.fixture
-def zmq_ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    """A context whose sockets get linger 0, so a failing test can never hang at term()."""
+def _context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)
     yield ctx
     ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def zmq_ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A context whose sockets get linger 0, so a failing test can never hang at term()."""
+    yield from _context()
+
+
+@pytest.fixture
+def other_ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    """A second such context: the sockets of another host (CURVE clients, tests/keys.py)."""
+    yield from _context()
 
 
 @pytest.fixture

@@ -29,8 +29,10 @@ class UplinkRun:
         self.spool_path = tmp_path / "data" / "spool.sqlite3"
         data = yaml.safe_load(self.settings.read_text())
         broker(self.settings)
-        self.pub = pub_socket(ctx, data["BROKER_FRONTEND"], 100_000)
-        self.status_sub = sub_socket(ctx, data["BROKER_BACKEND"], [b"status/uplink/"], 1000)
+        self.pub = pub_socket(ctx, data["BROKER_FRONTEND"], 100_000, curve=None)
+        self.status_sub = sub_socket(
+            ctx, data["BROKER_BACKEND"], [b"status/uplink/"], 1000, curve=None
+        )
         self.counters: dict[str, Any] = {}
         self.uplink = self.start_uplink()
 

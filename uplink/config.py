@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from powmon.common.curve import Curve
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Secret, Settings
 from powmon.sink.core import CoreConfig
@@ -118,6 +119,7 @@ class UplinkConfig:
     http: HttpConfig | None
     mqtt: MqttConfig | None
     summary_interval: float = SUMMARY_INTERVAL
+    curve: Curve | None = None
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -132,7 +134,7 @@ class UplinkConfig:
             hwm=self.hwm, heartbeat_interval=self.heartbeat_interval,
             gap_log=self.spool_path.parent / UPLINK_GAP_LOG, fsync=True, batch=DRAIN_MAX,
             status_topics=(WRITER_STATUS,) if self.mqtt is not None else (),
-            summary_interval=self.summary_interval,
+            summary_interval=self.summary_interval, curve=self.curve,
         )
 
     @classmethod
@@ -151,6 +153,7 @@ class UplinkConfig:
             spool_path=settings.uplink.spool_path, spool_max=settings.uplink.spool_max,
             http=HttpConfig.from_settings(settings, environ) if HTTP in enabled else None,
             mqtt=MqttConfig.from_settings(settings) if MQTT in enabled else None,
+            curve=settings.curve,
         )
 
 

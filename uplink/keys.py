@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 from cryptography.fernet import Fernet, InvalidToken
 
 from powmon.common.errors import SettingsError
+from powmon.common.keyfile import check_private
 from powmon.common.settings import Secret, UplinkSettings
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,7 @@ def check_url(url: str) -> str | None:
 def read_key_file(path: Path) -> str:
     """The key in `path`, refused when the file is open to group or others (POSIX only)."""
     try:
-        mode = path.stat().st_mode
-        if os.name != "nt" and mode & 0o077:
-            raise SettingsError(
-                f"{path}: HOST_KEY_FILE: permissions {stat.S_IMODE(mode):04o} are too open; "
-                f"the key must be readable by its owner only (chmod 600 {path})"
-            )
+        check_private(path, "HOST_KEY_FILE")
         key = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as err:
         raise SettingsError(f"{path}: HOST_KEY_FILE: cannot read the key: {err}") from err

@@ -20,7 +20,7 @@ import zmq
 import zmq.asyncio
 
 from powmon.common.schema import READING_PREFIX, STATUS_PREFIX
-from powmon.common.transport import Heartbeat, pub_socket
+from powmon.common.transport import Heartbeat, pub_socket, sub_socket
 from powmon.web.config import WebConfig
 from powmon.web.hub import Hub
 from powmon.web.stream import BUCKET_S
@@ -63,14 +63,10 @@ def _died(task: asyncio.Task[None]) -> None:
 async def on_bus(hub: Hub, config: WebConfig) -> AsyncIterator[None]:
     """Subscribe and heartbeat while the server runs; a last `stopped` beat at the end."""
     actx = zmq.asyncio.Context()
-    sub = actx.socket(zmq.SUB)
-    sub.setsockopt(zmq.RCVHWM, config.hwm)
-    sub.setsockopt(zmq.LINGER, 0)
-    for topic in (READING_PREFIX, STATUS_PREFIX):
-        sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(config.backend)
+    sub = sub_socket(actx, config.backend, (READING_PREFIX, STATUS_PREFIX), config.hwm,
+                     curve=config.curve)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.shadow(actx.underlying)
-    pub = pub_socket(ctx, config.frontend, config.hwm)
+    pub = pub_socket(ctx, config.frontend, config.hwm, curve=config.curve)
     beat = Heartbeat(pub, "web", "web", config.heartbeat_interval, hub.counters)
     tasks = [asyncio.create_task(_receive(hub, sub)), asyncio.create_task(_tick(hub, beat))]
     for task in tasks:

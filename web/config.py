@@ -6,25 +6,16 @@ WEB_TOKEN: the page shows process ids, file names and the data files themselves.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from powmon.common.curve import Curve, is_loopback
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings
 from powmon.health import Expected
 
 DEFAULT_LISTEN: Final = ("127.0.0.1", 8080)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +29,7 @@ class WebConfig:
     heartbeat_interval: float
     data_root: Path
     expected: Expected
+    curve: Curve | None
 
     @classmethod
     def from_settings(cls, settings: Settings, listen: tuple[str, int] | None = None) -> WebConfig:
@@ -53,5 +45,5 @@ class WebConfig:
             host=host, port=port, token=token, backend=settings.broker_backend,
             frontend=settings.broker_frontend, hwm=settings.hwm,
             heartbeat_interval=settings.heartbeat_interval, data_root=settings.data_root,
-            expected=Expected.from_settings(settings),
+            expected=Expected.from_settings(settings), curve=settings.curve,
         )

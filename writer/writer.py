@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from powmon.common.backoff import backoff
+from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError
 from powmon.common.lock import writer_lock
 from powmon.common.logs import RateLimiter
@@ -54,6 +55,7 @@ class WriterConfig:
     frontend: str
     hwm: int
     heartbeat_interval: float
+    curve: Curve | None = None
     batch: int = 1000
     flush_chars: int = 1 << 20  # flush early when this much text is buffered
     max_pending_rows: int = 1_000_000  # rows held in memory while the disk refuses writes
@@ -75,13 +77,14 @@ class WriterConfig:
             hwm=settings.hwm,
             heartbeat_interval=settings.heartbeat_interval,
             energy_periods={s.sensor_id: s.polling_delay for s in settings.sensors},
+            curve=settings.curve,
         )
 
     def core(self) -> CoreConfig:
         return CoreConfig(
             process="writer", backend=self.backend, frontend=self.frontend, hwm=self.hwm,
             heartbeat_interval=self.heartbeat_interval, gap_log=self.data_root / GAP_LOG,
-            fsync=self.sync_write, batch=self.batch,
+            fsync=self.sync_write, batch=self.batch, curve=self.curve,
         )
 
 

@@ -154,7 +154,7 @@ class BusWatch:
 
     def _run(self) -> None:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sock = sub_socket(ctx, self._backend, self._topics, self._hwm)
+        sock = sub_socket(ctx, self._backend, self._topics, self._hwm, curve=None)  # loopback
         self._ready.set()
         try:
             while not self._stop.is_set():

@@ -87,7 +87,7 @@ def serial_loop(port: str, baud: int, depth: int, seconds: float) -> dict[str, A
 def synthetic_publisher(endpoint: str, sensor: str, count: int, hwm: int) -> dict[str, Any]:
     """What a reader does per reading (Reading, encode_reading, send), minus the serial port."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = pub_socket(ctx, endpoint, hwm)
+    sock = pub_socket(ctx, endpoint, hwm, curve=None)  # the benchmarks' loopback bus
     wait_for_broker(sock, threading.Event(), 5.0)
     session = f"{time.time_ns() & 0xFFFFFFFFFFFF:012x}"
     send, more = sock.send, zmq.SNDMORE
@@ -140,7 +140,7 @@ def raw_publisher(endpoint: str, count: int, pack: bool, hwm: int) -> dict[str, 
 def raw_subscriber(endpoint: str, count: int, unpack: bool, hwm: int) -> dict[str, Any]:
     """Receive until `count` messages or 3 s of silence; time from the first to the last."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, endpoint, [READING_PREFIX], hwm)
+    sock = sub_socket(ctx, endpoint, [READING_PREFIX], hwm, curve=None)
     recv = sock.recv
     unpackb = msgpack.unpackb
     got = 0
@@ -168,7 +168,7 @@ def raw_subscriber(endpoint: str, count: int, unpack: bool, hwm: int) -> dict[st
 def latency_tap(endpoint: str, seconds: float, warmup: float) -> dict[str, Any]:
     """Reading timestamp -> decoded here, in ms, for every reading after `warmup`."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(ctx, endpoint, [READING_PREFIX], 1_000_000)
+    sock = sub_socket(ctx, endpoint, [READING_PREFIX], 1_000_000, curve=None)
     now_ns = time.time_ns
     lat: list[float] = []
     begin = time.monotonic() + warmup

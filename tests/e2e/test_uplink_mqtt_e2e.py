@@ -53,7 +53,7 @@ def by_key(sub: Subscriber) -> dict[Key, list[bytes]]:
 
 class UplinkStatus:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], backend: str) -> None:
-        self.sock = sub_socket(ctx, backend, [b"status/uplink/"], 1000)
+        self.sock = sub_socket(ctx, backend, [b"status/uplink/"], 1000, curve=None)
         self.counters: dict[str, object] = {}
 
     def mqtt(self) -> dict[str, object]:

@@ -41,13 +41,13 @@ def rig(tmp_path: Path, zmq_ctx: Ctx) -> Iterator[tuple[Writer, ReplayServer]]:
     ring = ReplayRing(100)
     for seq in range(30):
         ring.append(seq, msg(seq)[1])
-    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1")
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
     config = WriterConfig(
         data_root=tmp_path, data_file="data.csv", file_size_limit=10_000_000,
         flush_interval=0.1, sync_write=False, backend="tcp://127.0.0.1:1",
         frontend="tcp://127.0.0.1:2", hwm=1000, heartbeat_interval=0.2,
     )  # fmt: skip
-    client = ReplayClient(zmq_ctx)
+    client = ReplayClient(zmq_ctx, curve=None)
     writer = make_writer(config, client=client)
     yield writer, server
     writer.csv.files.close()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+
+import pytest
 import zmq
 
+from powmon.common.errors import PowmonError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer, replay_bind_endpoint
 from powmon.common.schema import ReaderProgress, Reading, ReplayReply, Status, encode_reading
-from tests.helpers import wait_until
+from tests.helpers import free_tcp_port, wait_until
 
 
 def _payload(seq: int, session: str = "s1") -> bytes:
@@ -26,10 +30,13 @@ def test_ring_keeps_the_last_n_and_knows_its_range() -> None:
 
 
 def test_bind_endpoint_follows_the_broker_interface() -> None:
-    """Replay listens where the broker listens (loopback by default), never on all interfaces."""
+    """Replay listens on the broker's loopback address, never on all interfaces. (A broker on
+    another host: the reader's own address toward it, tests/e2e/test_hosts.py.)"""
     assert replay_bind_endpoint("tcp://127.0.0.1:5555") == "tcp://127.0.0.1"
-    assert replay_bind_endpoint("tcp://10.1.2.3:5555") == "tcp://10.1.2.3"
+    assert replay_bind_endpoint("tcp://127.0.0.2:5555") == "tcp://127.0.0.2"
+    assert replay_bind_endpoint("tcp://[::1]:5555") == "tcp://[::1]"
     assert replay_bind_endpoint("tcp://*:5555") == "tcp://127.0.0.1"
+    assert replay_bind_endpoint("ipc:///tmp/powmon-bus") == "tcp://127.0.0.1"
 
 
 def test_client_gets_missing_range_and_learns_what_is_gone(
@@ -39,8 +46,8 @@ def test_client_gets_missing_range_and_learns_what_is_gone(
     ring = ReplayRing(7)
     for seq in range(10):
         ring.append(seq, _payload(seq))
-    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1")
-    client = ReplayClient(zmq_ctx)
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
+    client = ReplayClient(zmq_ctx, curve=None)
     assert not client.ask("VIC", "s1", 0, 9)  # no heartbeat seen yet: endpoint unknown
     client.learn(
         Status("reader", "VIC", 1, 0, "running",
@@ -70,8 +77,8 @@ def test_request_for_another_session_gets_nothing(zmq_ctx: zmq.Context[zmq.Socke
     """
     ring = ReplayRing(10)
     ring.append(0, _payload(0, "new"))
-    server = ReplayServer(zmq_ctx, "VIC", "new", ring, "tcp://127.0.0.1")
-    client = ReplayClient(zmq_ctx)
+    server = ReplayServer(zmq_ctx, "VIC", "new", ring, "tcp://127.0.0.1", gate=None)
+    client = ReplayClient(zmq_ctx, curve=None)
     client.learn(
         Status("reader", "VIC", 1, 0, "running",
                reader=ReaderProgress("new", replay=server.endpoint))
@@ -94,7 +101,7 @@ def test_request_for_another_session_gets_nothing(zmq_ctx: zmq.Context[zmq.Socke
 
 def test_junk_request_is_counted_not_fatal(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     """Bytes that are not a replay request are counted; the server keeps serving."""
-    server = ReplayServer(zmq_ctx, "VIC", "s1", ReplayRing(4), "tcp://127.0.0.1")
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ReplayRing(4), "tcp://127.0.0.1", gate=None)
     dealer = zmq_ctx.socket(zmq.DEALER)
     dealer.connect(server.endpoint)
     dealer.send(b"\xc1\x00junk")
@@ -106,3 +113,37 @@ def test_junk_request_is_counted_not_fatal(zmq_ctx: zmq.Context[zmq.Socket[bytes
     wait_until(counted, timeout=10, what="bad request counted")
     dealer.close()
     server.close()
+
+
+
+def _two_free_ports() -> tuple[int, int]:
+    """Two adjacent ports nothing listens on (a range for REPLAY_PORTS)."""
+    for _ in range(50):
+        port = free_tcp_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port, port + 1
+    raise AssertionError("no two adjacent free ports")
+
+
+def test_replay_ports_pin_the_replay_sockets(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """REPLAY_PORTS (for a firewall): each reader takes the first free port of the range; when
+    none is left the reader stops with one line naming the range."""
+    ports = _two_free_ports()
+
+    def server(sensor: str) -> ReplayServer:
+        ring = ReplayRing(4)
+        return ReplayServer(zmq_ctx, sensor, "s1", ring, "tcp://127.0.0.1", gate=None, ports=ports)
+
+    first, second = server("A"), server("B")
+    try:
+        assert first.endpoint == f"tcp://127.0.0.1:{ports[0]}"
+        assert second.endpoint == f"tcp://127.0.0.1:{ports[1]}"
+        with pytest.raises(PowmonError, match=f"REPLAY_PORTS: no free port from {ports[0]} to"):
+            server("C")
+    finally:
+        first.close()
+        second.close()

@@ -98,7 +98,7 @@ def ring_server(zmq_ctx: Ctx) -> Iterator[ReplayServer]:
     ring = ReplayRing(100)
     for seq in range(50):
         ring.append(seq, msg(seq)[1])
-    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1")
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
     yield server
     server.close()
 
@@ -142,7 +142,7 @@ def test_a_gap_is_replayed_from_the_reader_and_flagged(
     """Live 0..9 and 30..34, the heartbeat says 50: 10..29 and 35..49 come by replay, once,
     flagged replayed; late live copies of them are duplicates."""
     sink = ListSink()
-    client = ReplayClient(zmq_ctx)
+    client = ReplayClient(zmq_ctx, curve=None)
     core = SinkCore(config(tmp_path), sink, client)
     try:
         core.handle([beat("s1", 0, ring_server.endpoint)])
