@@ -74,7 +74,7 @@ class Proc:
         self.popen = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
-        )  # fmt: skip
+        )
 
     @property
     def pid(self) -> int:

@@ -140,7 +140,7 @@ class RecordingServer:
     # --- behaviour ---------------------------------------------------------------------
 
     def respond(self, status: int, headers: Mapping[str, str] | None = None,
-                body: bytes = b"") -> None:  # fmt: skip
+                body: bytes = b"") -> None:
         """Answer every request from now on with this (after any scripted replies)."""
         with self._lock:
             self._default = Reply(status, dict(headers or {}), body)
@@ -215,7 +215,7 @@ class RecordingServer:
         return [r for r in self.snapshot() if r.status is not None and 200 <= r.status < 300]
 
     def wait_for(self, predicate: Callable[[list[Recorded]], bool], timeout: float = 20.0
-                 ) -> list[Recorded]:  # fmt: skip
+                 ) -> list[Recorded]:
         """Poll the recorded requests until `predicate` holds; fail at the deadline."""
         deadline = time.monotonic() + timeout
         while True:

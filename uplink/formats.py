@@ -73,7 +73,7 @@ def seed_line(r: Reading) -> str:
     csv.writer(out, lineterminator="\n").writerow(
         (seed_timestamp(r.ts_ns), r.sensor_id, _seed_raw(r.raw), f"{r.volts:.2f}",
          f"{r.amps:.4f}", str(float(r.watts)))
-    )  # fmt: skip
+    )
     return out.getvalue()
 
 
@@ -109,7 +109,7 @@ def _json(rows: Sequence[Row]) -> Encoded[Request]:
     body = json.dumps(
         [reading_dict(row.reading) for row in good],
         ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-    )  # fmt: skip
+    )
     return Encoded([Request(tuple(good), body.encode(), JSON_TYPE)], rejected)
 
 

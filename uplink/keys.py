@@ -74,7 +74,7 @@ def find_key(where: Path, cfg: UplinkSettings, environ: Mapping[str, str]) -> tu
             "HOST key read from LOCAL_DATA_PATH in %s: a key kept beside the token it decrypts "
             "protects nothing; put it in $%s or HOST_KEY_FILE instead (see docs/uplink.md)",
             where, cfg.key_env,
-        )  # fmt: skip
+        )
         return cfg.legacy_key.reveal(), "LOCAL_DATA_PATH"
     raise SettingsError(
         f"{where}: HOST: is encrypted, but no key was found: set ${cfg.key_env}, or "

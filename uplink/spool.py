@@ -151,7 +151,7 @@ class Spool:
     def add(
         self, readings: Sequence[Reading], now_ns: int | None = None,
         progress: Sequence[StreamState] = (),
-    ) -> AddResult:  # fmt: skip
+    ) -> AddResult:
         """Insert one receive batch and its progress in one transaction, with the size cap."""
         if not readings and not progress:
             return AddResult(0, 0, 0)
@@ -160,7 +160,7 @@ class Spool:
             (r.sensor_id, r.session, r.seq, r.ts_ns, r.raw, r.volts, r.amps, r.watts, r.flags,
              received)
             for r in readings
-        ]  # fmt: skip
+        ]
         with self.transaction():
             placeholder = self._keep_ids_rising()
             before = self.db.total_changes
@@ -172,7 +172,7 @@ class Spool:
                 _SAVE_PROGRESS,
                 ((p.sensor_id, p.session, p.last_seq, p.floor, json.dumps(p.missing), received)
                  for p in progress),
-            )  # fmt: skip
+            )
         return AddResult(inserted, len(rows) - inserted, dropped)
 
     def progress(self) -> list[StreamState]:
@@ -290,7 +290,7 @@ class _Transaction:
             raise UplinkError(f"uplink spool {str(self._path)!r}: {err}") from err
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
-                 tb: object) -> None:  # fmt: skip
+                 tb: object) -> None:
         if kind is None:
             try:
                 self._db.execute("COMMIT")

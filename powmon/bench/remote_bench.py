@@ -51,7 +51,7 @@ def server(kind: str) -> Iterator[str]:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
         httpd.daemon_threads = True
         thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                  daemon=True)  # fmt: skip
+                                  daemon=True)
         thread.start()
         try:
             yield f"http://127.0.0.1:{httpd.server_address[1]}/ingest"
@@ -71,10 +71,10 @@ def server(kind: str) -> Iterator[str]:
 
 def _rate(plan: Plan, kind: str, url: str, seconds: float) -> tuple[float, dict[str, Any]]:
     sensors = [{"PORT": f"sim://U{kind[0]}{i}?amps=1", "SENSORS_ID": f"U{kind[0]}{i}"}
-               for i in range(SENSORS)]  # fmt: skip
+               for i in range(SENSORS)]
     pipe = Pipeline(plan.sub(f"remote-{kind}"), sensors, POLLING_DELAY=1 / RATE,
                     REMOTE_SAVE=True, UPLINK_URL=url, UPLINK_FORMAT="json",
-                    UPLINK_TIMEOUT=2.0, HEARTBEAT_INTERVAL=0.5)  # fmt: skip
+                    UPLINK_TIMEOUT=2.0, HEARTBEAT_INTERVAL=0.5)
     with pipe, BusWatch(pipe.backend) as watch:
         pipe.broker()
         pipe.writer()
@@ -101,13 +101,13 @@ def run(plan: Plan) -> list[Row]:
         with server(kind) as url:
             rates[kind], counters = _rate(plan, kind, url, seconds)
         notes[kind] = (f"uplink sent={counters.get('sent')} spool={counters.get('spool_depth')} "
-                       f"retries={counters.get('retries')}")  # fmt: skip
+                       f"retries={counters.get('retries')}")
     healthy = rates["healthy"]
     rows = [Row("6", "per-sensor rate, server healthy", "readings/s", healthy, RATE,
-                "POLLING_DELAY", note=notes["healthy"])]  # fmt: skip
+                "POLLING_DELAY", note=notes["healthy"])]
     for kind in ("hanging", "refusing"):
         same = healthy > 0 and abs(rates[kind] / healthy - 1) <= NOISE
         name = f"per-sensor rate, server {kind}"
         rows.append(Row("6", name, "readings/s", rates[kind], healthy, "healthy",
-                        "within 5% of healthy", same, note=notes[kind]))  # fmt: skip
+                        "within 5% of healthy", same, note=notes[kind]))
     return rows

@@ -119,7 +119,7 @@ def table(rows: Iterable[Row]) -> str:
         met = "-" if r.met is None else ("yes" if r.met else "NO")
         ref = f"{_num(r.reference)} {r.ref_name}".strip() if r.reference is not None else "-"
         lines.append((r.figure, r.name, r.unit, _num(r.powmon), ref,
-                      "-" if ratio is None else f"{ratio:.2f}", r.target or "-", met))  # fmt: skip
+                      "-" if ratio is None else f"{ratio:.2f}", r.target or "-", met))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
     for n, line in enumerate(lines):
@@ -134,7 +134,7 @@ def _git_commit() -> str:
         done = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH, no shell
             capture_output=True, text=True, timeout=5, check=False,
-        )  # fmt: skip
+        )
     except OSError:
         return ""
     return done.stdout.strip()
@@ -150,6 +150,6 @@ def save(rows: Sequence[Row], out_dir: Path, quick: bool, seconds: float) -> Pat
         "commit": _git_commit(), "python": sys.version.split()[0],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
-    }  # fmt: skip
+    }
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return path

@@ -37,7 +37,7 @@ def worker(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "powmon.bench.workers", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def result(proc: subprocess.Popen[str], timeout: float = 120.0, stop: bool = False) -> Any:

@@ -54,7 +54,7 @@ def kill9(settings: Path, module: str) -> int:
 
 def respawned(settings: Path, module: str, old: int) -> None:
     wait_until(lambda: [p for p in pids_running(settings, module) if p != old], timeout=20,
-               what=f"{module} restarted")  # fmt: skip
+               what=f"{module} restarted")
 
 
 def by_stream(found: list[Key]) -> dict[tuple[str, str], list[int]]:
@@ -96,7 +96,7 @@ def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
         tmp_path / "settings.yaml", SENSORS, POLLING_DELAY=0.02, REMOTE_SAVE=True,
         UPLINK_URL=server.url, UPLINK_FORMAT="json", UPLINK_BATCH_WAIT=0.2,
         RESTART_BACKOFF_MAX=1.0,
-    )  # fmt: skip
+    )
     data = tmp_path / "data"
     run = start_run(spawn, settings, "run1")
     wait_until(lambda: len(by_stream(data_keys(data))) == 4, timeout=30, what="rows of 4 sensors")
@@ -114,7 +114,7 @@ def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
     sessions_before = set(by_stream(data_keys(data)))
     run2 = start_run(spawn, settings, "run2")
     wait_until(lambda: len(set(by_stream(data_keys(data))) - sessions_before) == 4, timeout=30,
-               what="rows of 4 new sessions")  # fmt: skip
+               what="rows of 4 new sessions")
     assert run2.stop(signal.SIGTERM) == 0
     # Whatever was still spooled goes out with a standalone uplink.
     stored = data_keys(data)
@@ -148,20 +148,20 @@ def _reader_seq(sub: zmq.Socket[bytes], last: dict[str, Any]) -> int:
 def test_a_replay_buffer_overrun_is_named_exactly_in_gaps_csv(
     tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
     zmq_ctx: zmq.Context[zmq.Socket[bytes]],
-) -> None:  # fmt: skip
+) -> None:
     """With a 50-reading buffer and the writer down for 200 readings, gaps.csv names exactly
     the overrun range (reason overrun); every other seq is stored once."""
     settings = write_settings(
         tmp_path / "settings.yaml", [{"PORT": "sim://OV?amps=1", "SENSORS_ID": "OV"}],
         POLLING_DELAY=0.02, REPLAY_BUFFER=50,
-    )  # fmt: skip
+    )
     conf = yaml.safe_load(settings.read_text(encoding="utf-8"))
     data = tmp_path / "data"
     broker(settings)
     writer_argv = python_module("powmon.writer", "--config", str(settings))
     writer = spawn(writer_argv, "writer")
     reader = spawn(python_module("powmon.readers", "--config", str(settings), "--sensor-id",
-                                 "OV"), "reader")  # fmt: skip
+                                 "OV"), "reader")
     sub = zmq_ctx.socket(zmq.SUB)
     try:
         sub.setsockopt(zmq.SUBSCRIBE, b"status/reader/OV/")
@@ -172,7 +172,7 @@ def test_a_replay_buffer_overrun_is_named_exactly_in_gaps_csv(
 
 
 def _overrun(sub: zmq.Socket[bytes], spawn: Callable[..., Proc], writer: Proc, reader: Proc,
-             writer_argv: list[str], data: Path) -> None:  # fmt: skip
+             writer_argv: list[str], data: Path) -> None:
     wait_until(lambda: len(data_keys(data)) >= 20, timeout=30, what="first rows")
     writer.popen.send_signal(signal.SIGKILL)
     writer.popen.wait(10)
@@ -180,7 +180,7 @@ def _overrun(sub: zmq.Socket[bytes], spawn: Callable[..., Proc], writer: Proc, r
     top = max(seq for _, _, seq in stored_before)
     status: dict[str, Any] = {}
     wait_until(lambda: _reader_seq(sub, status) >= top + 200, timeout=30,
-               what="200 readings published while the writer is down")  # fmt: skip
+               what="200 readings published while the writer is down")
     spawn(writer_argv, "writer2")
     wait_until(lambda: lost_rows(data), timeout=30, what="the overrun in gaps.csv")
     wait_until(lambda: _reader_seq(sub, status) > top + 400, timeout=30, what="more readings")
@@ -190,7 +190,7 @@ def _overrun(sub: zmq.Socket[bytes], spawn: Callable[..., Proc], writer: Proc, r
     def accounted() -> bool:
         seqs = [seq for _, _, seq in data_keys(data)]
         gone = {s for g in lost_rows(data) for s in range(int(g["first_seq"]),
-                                                            int(g["last_seq"]) + 1)}  # fmt: skip
+                                                            int(g["last_seq"]) + 1)}
         return sorted(seqs + list(gone)) == list(range(_reader_seq(sub, status)))
 
     wait_until(accounted, timeout=30, what="every published seq stored or named as lost")

@@ -68,7 +68,7 @@ def test_tap_sees_what_the_writer_stores(tmp_path: Path, spawn: Callable[..., Pr
         [sys.executable, "-m", "powmon", "tap", "--config", str(settings), "--sensor", "VIC",
          "--count", "20"],
         capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+    )
     tapped = [json.loads(line) for line in tap.stdout.splitlines()]
     assert len(tapped) == 20
     assert {t["sensor_id"] for t in tapped} == {"VIC"}
@@ -92,19 +92,19 @@ def test_a_dead_child_is_restarted_and_a_silent_reader_is_restarted(
         [{"PORT": "sim://OK1?amps=1", "SENSORS_ID": "OK1"},
          {"PORT": "sim://MUTE?silence_every=1", "SENSORS_ID": "MUTE"}],
         POLLING_DELAY=0.05, STALL_TIMEOUT=2,
-    )  # fmt: skip
+    )
     run = _run(spawn, settings)
     data = tmp_path / "data"
     wait_until(lambda: any(r["sensor_id"] == "OK1" for r in data_rows(data)), timeout=20,
-               what="first rows")  # fmt: skip
+               what="first rows")
     (writer,) = pids_running(settings, "powmon.writer")
     os.kill(writer, signal.SIGKILL)
     wait_until(lambda: "writer exited with code -9; restarting in" in run.output(), timeout=10,
-               what="the supervisor reporting the writer's death")  # fmt: skip
+               what="the supervisor reporting the writer's death")
     wait_until(lambda: [p for p in pids_running(settings, "powmon.writer") if p != writer],
-               timeout=20, what="a new writer")  # fmt: skip
+               timeout=20, what="a new writer")
     wait_until(lambda: "reader MUTE stalled: no reading for 2s; restarting" in run.output(),
-               timeout=20, what="the silent reader restarted as stalled")  # fmt: skip
+               timeout=20, what="the silent reader restarted as stalled")
     count = len(data_rows(data))
     wait_until(lambda: len(data_rows(data)) > count, timeout=20, what="rows after the restarts")
     assert run.stop(signal.SIGTERM) == 0

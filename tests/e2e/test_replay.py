@@ -36,15 +36,15 @@ def test_readings_published_before_the_broker_exists_are_replayed(
     settings = write_settings(
         tmp_path / "settings.yaml", [{"PORT": "sim://NB?amps=1", "SENSORS_ID": "NB"}],
         POLLING_DELAY=0.02,
-    )  # fmt: skip
+    )
     writer = spawn(python_module("powmon.writer", "--config", str(settings)), "writer")
     reader = spawn(python_module("powmon.readers", "--config", str(settings), "--sensor-id",
-                                 "NB"), "reader")  # fmt: skip
+                                 "NB"), "reader")
     # The reader publishes seq 0 as it connects to the device: with no broker, into the void.
     wait_until(lambda: "connected firmware" in reader.output(), timeout=30, what="connected")
     broker(settings)
     found = wait_until(lambda: from_zero(tmp_path / "data", "NB", 100), timeout=30,
-                       what="seq 0..99 stored")  # fmt: skip
+                       what="seq 0..99 stored")
     first = next(r for r in found if r["seq"] == "0")
     assert first["flags"] == "replayed"
     assert reader.stop(signal.SIGTERM) == 0
@@ -55,12 +55,12 @@ def test_readings_published_before_the_broker_exists_are_replayed(
 def test_a_reader_that_does_not_wait_for_the_broker_still_delivers_seq_0(
     tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """With the start-up wait for the bus removed, replay alone brings seq 0.. to the writer."""
     settings = write_settings(
         tmp_path / "settings.yaml", [{"PORT": "sim://NW?amps=1", "SENSORS_ID": "NW"}],
         POLLING_DELAY=0.005,
-    )  # fmt: skip
+    )
     broker(settings)
     writer = spawn(python_module("powmon.writer", "--config", str(settings)), "writer")
     wait_until(lambda: "writer up" in writer.output(), timeout=30, what="writer up")
@@ -71,7 +71,7 @@ def test_a_reader_that_does_not_wait_for_the_broker_still_delivers_seq_0(
     thread.start()
     try:
         wait_until(lambda: from_zero(tmp_path / "data", "NW", 200), timeout=30,
-                   what="seq 0..199 stored")  # fmt: skip
+                   what="seq 0..199 stored")
     finally:
         stop.set()
         thread.join(10)

@@ -35,7 +35,7 @@ class SimProcess:
             [sys.executable, "-m", "powmon", "sim", *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             start_new_session=True,
-        )  # fmt: skip
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         assert self.popen.stdout is not None
         self._pump_thread = threading.Thread(

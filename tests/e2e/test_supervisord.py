@@ -22,7 +22,7 @@ def _ctl(conf: Path, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args],
         capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    )
     return done.stdout.strip()
 
 
@@ -57,22 +57,22 @@ def test_kill_9_under_supervisord_is_restarted_and_data_stays_whole(
         [sys.executable, "-m", "powmon", "deploy", "supervisord", "--config", str(settings),
          "--run-dir", str(tmp_path / "run"), "--out", str(conf)],
         check=True, timeout=60,
-    )  # fmt: skip
+    )
     (tmp_path / "run").mkdir()
     daemon = spawn([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)], "sd")
     data = tmp_path / "data"
     wait_until(lambda: {k[0] for k in _seqs(data)} >= {"SVA", "SVB"}, timeout=30,
-               what="rows from both readers under supervisord")  # fmt: skip
+               what="rows from both readers under supervisord")
 
     writer = wait_until(lambda: _pid(conf, "powmon:powmon-writer"), timeout=10, what="writer pid")
     os.kill(writer, signal.SIGKILL)
     wait_until(
         lambda: _pid(conf, "powmon:powmon-writer") not in (0, writer), timeout=30,
         what="supervisord restarted the writer",
-    )  # fmt: skip
+    )
     before = sum(len(v) for v in _seqs(data).values())
     wait_until(lambda: sum(len(v) for v in _seqs(data).values()) > before + 20, timeout=30,
-               what="rows keep coming after the restart")  # fmt: skip
+               what="rows keep coming after the restart")
 
     assert daemon.stop(signal.SIGTERM, timeout=60) == 0
     for (sensor, session), seqs in _seqs(data).items():

@@ -74,7 +74,7 @@ class Pipeline(UplinkRun):
 
 @pytest.fixture
 def pipeline(tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
-             zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Pipeline]:  # fmt: skip
+             zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Pipeline]:
     with RecordingServer() as server:
         yield Pipeline(tmp_path, spawn, broker, zmq_ctx, server)
 
@@ -91,7 +91,7 @@ def test_outage_readings_arrive_exactly_once_after_recovery(pipeline: Pipeline) 
     p.publish("outage", range(200))
     before = p.status()["retries"]
     p.wait_status(lambda c: c["spool_depth"] >= 200 and c["retries"] >= before + 10,
-                  "several seconds of failed retries with everything spooled")  # fmt: skip
+                  "several seconds of failed retries with everything spooled")
     assert not p.delivered("outage")
     p.server.start_listening()
     wait_until(lambda: set(p.delivered("outage")) == keys("outage", 200), 30, what="recovery")
@@ -126,7 +126,7 @@ def test_400_goes_to_dead_letter_and_the_uplink_carries_on(pipeline: Pipeline) -
     dead = {tuple(row) for row in p.spool_rows("dead_letter")}
     assert dead and dead <= keys("refused", 5)
     wait_until(lambda: dead | set(p.delivered("refused")) == keys("refused", 5), 20,
-               what="the rest of the session delivered")  # fmt: skip
+               what="the rest of the session delivered")
     assert not dead & set(p.delivered("refused"))
     p.publish("after", range(5))
     wait_until(lambda: set(p.delivered("after")) == keys("after", 5), 20, what="carried on")

@@ -102,7 +102,7 @@ def reading(seq: int, session: str = "e2e", flags: int = 0) -> list[bytes]:
     raw = 1023 if flags else 512
     amps = 37.7 if flags else 0.037
     return encode_reading(Reading("VIC", session, seq, T0_NS + seq * 1000, raw, 0.0024, amps,
-                                  amps * 5, flags))  # fmt: skip
+                                  amps * 5, flags))
 
 
 def stored(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
@@ -191,7 +191,7 @@ def test_a_restarted_writer_appends_and_sees_what_it_missed(
     stop_ok(writer)
     bus.wait_subscription(b"\x00reading/", "the old writer's unsubscription")
     again = spawn(python_module("powmon.writer", "--config", str(tmp_path / "settings.yaml")),
-                  "writer")  # fmt: skip
+                  "writer")
     bus.wait_subscription(b"\x01reading/", "the restarted writer's subscription")
     for seq in range(12, 15):
         bus.send(reading(seq))

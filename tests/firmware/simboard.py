@@ -151,7 +151,7 @@ class SimBoard:
             self.popen = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         try:
             self.port = self._wait_for_pty()
         except BaseException:

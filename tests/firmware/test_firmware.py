@@ -107,7 +107,7 @@ def test_garbage_and_an_overlong_line_do_not_wedge_it(firmware: Built) -> None:
     "request_line",
     [b"hello\n", b"avg 0\n", b"avg 65\n", b"avg -1\n", b"mode ac 0 5\n", b"mode ac 50\n",
      b"mode ac 50 200\n", b"mode xx\n", b"read 1 2\n", b"r r\n"],
-)  # fmt: skip
+)
 def test_bad_requests_answer_err(firmware: Built, request_line: bytes) -> None:
     """Unknown commands and out-of-range arguments answer `err` and change nothing."""
     with connected(SimBoard(firmware.elf, mv=1000)) as ser:

@@ -29,22 +29,22 @@ TOP_KEYS = [
     "UPLINK_BATCH_SIZE", "UPLINK_BATCH_WAIT", "UPLINK_TIMEOUT", "UPLINK_BACKOFF_MAX",
     "UPLINK_SPOOL", "UPLINK_SPOOL_MAX", "UPLINK_VERIFY_TLS", "UPLINK_TOKEN", "UPLINK_HEADERS",
     "INFLUX_ORG", "INFLUX_BUCKET", "INFLUX_TOKEN", "INFLUX_MEASUREMENT", "SENSORS", "EHOST",
-]  # fmt: skip
+]
 SENSOR_KEYS = [
     "PORT", "SENSORS_ID", "BUDRATE", "TIMEOUT", "POLLING_DELAY", "VPP", "OFFSET", "SNS", "VCC",
     "MAX_AMPS", "CHANNEL", "AVG", "MODE", "MAINS_HZ", "AC_CYCLES",
-]  # fmt: skip
+]
 
 # Strings a YAML file can hold, lone surrogates ("\ud800") and NULs ("\0") included, plus
 # values that are almost right.
 yaml_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=12) | (
     st.sampled_from(["~nosuchuser/x", "~", "COM4", "sim://VIC", "tcp://127.0.0.1:1", "ac", "dc",
                      "json", "http://127.0.0.1/x", "a/b", "VIC", "", " ", "1.5", "true"])
-)  # fmt: skip
+)
 yaml_scalars = (
     st.none() | st.booleans() | st.integers() | st.integers(-(10**400), 10**400) | st.floats()
     | yaml_text
-)  # fmt: skip
+)
 yaml_values = st.recursive(
     yaml_scalars,
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(yaml_text, kids, max_size=3),

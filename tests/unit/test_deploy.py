@@ -33,7 +33,7 @@ def test_supervisord_conf_has_one_program_per_reader(tmp_path: Path) -> None:
     assert programs == [
         "powmon-broker", "powmon-writer", "powmon-uplink", "powmon-reader-VIC",
         "powmon-reader-Lab_3__rack_2",
-    ]  # fmt: skip
+    ]
     argv = shlex.split(parser.get("program:powmon-reader-Lab_3__rack_2", "command"))
     assert argv[argv.index("--sensor-id") + 1] == "Lab 3, rack=2"
     assert "%" not in conf.replace("%%", "")  # supervisord would expand a lone %
@@ -61,7 +61,7 @@ def test_systemd_units_written_by_cli(tmp_path: Path) -> None:
     assert names == [
         "powmon-broker.service", "powmon-reader-Lab_3__rack_2.service",
         "powmon-reader-VIC.service", "powmon-writer.service", "powmon.target",
-    ]  # fmt: skip
+    ]
     target = (out / "powmon.target").read_text(encoding="utf-8")
     assert "powmon-reader-VIC.service" in target
 

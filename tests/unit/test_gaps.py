@@ -7,7 +7,7 @@ from powmon.sink.tracker import GapRange, GapTracker, StreamState, Verdict
 
 def feed(tracker: GapTracker, seqs: list[int], sensor: str = "VIC", session: str = "s1") -> list[
     Verdict
-]:  # fmt: skip
+]:
     return [tracker.observe(sensor, session, seq) for seq in seqs]
 
 
@@ -142,7 +142,7 @@ def test_missing_ranges_are_bounded_per_stream() -> None:
     assert seen(tracker, "VIC", "s1", 95) is False  # still a known missing range
     assert seen(tracker, "VIC", "s1", 90) is True
     assert [(g.first, g.last) for g in tracker.take_evicted()] == [(k * 10 + 1, k * 10 + 9)
-                                                            for k in range(6)]  # fmt: skip
+                                                            for k in range(6)]
 
 
 def test_the_number_of_streams_is_bounded() -> None:

@@ -112,7 +112,7 @@ def test_a_restarted_reader_makes_its_old_session_lost() -> None:
     lost = filler.take_lost()
     assert [(g.first, g.last, g.reason) for g in lost] == [
         (1, 3, REASON_RESTARTED), (5, 8, REASON_RESTARTED),
-    ]  # fmt: skip
+    ]
 
 
 def test_holes_of_a_stream_are_asked_one_after_the_other() -> None:
@@ -190,6 +190,6 @@ def test_memory_stays_bounded_and_what_is_dropped_is_reported() -> None:
     lost = filler.take_lost()
     assert [(g.first, g.last, g.reason) for g in lost] == [
         (1, 1, REASON_BOUND), (3, 3, REASON_BOUND),
-    ]  # fmt: skip
+    ]
     assert filler.recovering == 2
     assert filler.tracker.state("VIC", "s1").missing == ((5, 6), (7, 8))

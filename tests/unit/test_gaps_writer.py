@@ -46,7 +46,7 @@ def rig(tmp_path: Path, zmq_ctx: Ctx) -> Iterator[tuple[Writer, ReplayServer]]:
         data_root=tmp_path, data_file="data.csv", file_size_limit=10_000_000,
         flush_interval=0.1, sync_write=False, backend="tcp://127.0.0.1:1",
         frontend="tcp://127.0.0.1:2", hwm=1000, heartbeat_interval=0.2,
-    )  # fmt: skip
+    )
     client = ReplayClient(zmq_ctx, curve=None)
     writer = make_writer(config, client=client)
     yield writer, server
@@ -97,6 +97,6 @@ def test_a_session_the_reader_no_longer_runs_is_logged_as_lost(
     with (tmp_path / "gaps.csv").open(newline="", encoding="utf-8") as f:
         [gap] = list(csv.DictReader(f))
     assert (gap["sensor_id"], gap["session"], gap["first_seq"], gap["last_seq"], gap["count"],
-            gap["reason"]) == ("VIC", "old", "2", "6", "5", "reader_restarted")  # fmt: skip
+            gap["reason"]) == ("VIC", "old", "2", "6", "5", "reader_restarted")
     assert writer.core.counters()["lost"] == 5
     assert writer.core.counters()["lost_ranges"] == 1

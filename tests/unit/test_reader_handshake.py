@@ -30,7 +30,7 @@ def _wanted(sensor: str, **kw: object) -> Wanted:
     base: dict[str, object] = {
         "sensor_id": sensor, "read_command": read_command(None), "timeout": 0.3, "avg": 1,
         "mode": "dc", "mains_hz": 50.0, "ac_cycles": 5,
-    }  # fmt: skip
+    }
     base.update(kw)
     return Wanted(**base)  # type: ignore[arg-type]
 
@@ -90,7 +90,7 @@ def test_ac_mode_switches_to_rms_conversion() -> None:
     link = _link(f"sim://{name}?amps=3&ac=50")
     try:
         agreed = handshake(link, _wanted(name, mode="ac", mains_hz=50.0, ac_cycles=2),
-                           threading.Event())  # fmt: skip
+                           threading.Event())
         assert agreed is not None
         assert agreed.convert is convert_rms
         assert agreed.first is None
@@ -139,7 +139,7 @@ def test_config_takes_port_override_and_refuses_unknown_sensor(tmp_path: Path) -
         tmp_path / "settings.yaml",
         [{"PORT": "COM4", "SENSORS_ID": "VIC"}, {"PORT": "COM14", "SENSORS_ID": "ATT",
                                                   "CHANNEL": 3}],
-    )  # fmt: skip
+    )
     settings = load_settings(path)
     assert ReaderConfig.from_settings(settings, "VIC").port == "COM4"
     att = ReaderConfig.from_settings(settings, "ATT", "/dev/ttyACM1")

@@ -136,7 +136,7 @@ def test_bad_settings_exit_2_with_one_line(tmp_path: Path, module: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", module, "--config", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1

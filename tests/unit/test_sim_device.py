@@ -109,7 +109,7 @@ def test_mode_dc_returns_to_plain_samples() -> None:
     "bad", [b"mode\n", b"mode ac\n", b"mode ac 0 5\n", b"mode ac 50 0\n", b"mode ac x 5\n",
             b"mode ac 50 256\n", b"mode dc 1\n", b"mode xx\n", b"mode ac 50.5 5\n",
             b"mode ac 1001 5\n", b"mode ac 1 3\n"],
-)  # fmt: skip
+)
 def test_bad_mode_is_error(bad: bytes) -> None:
     """Mode needs `dc` or `ac HZ CYCLES`: integers, as the firmware, and a window <= 2 s."""
     assert SimDevice(SignalSpec()).feed(bad) == b"err\r\n"

@@ -126,7 +126,7 @@ def test_unknown_parameter_is_named(open_sim: Open, name: str) -> None:
     ("query", "culprit"),
     [("amps=x", "amps"), ("noise=-1", "noise"), ("boot=2", "boot"),
      ("garbage_every=0", "garbage_every"), ("ac=-50", "ac"), ("amps=1&amps=2", "twice")],
-)  # fmt: skip
+)
 def test_bad_value_is_named(open_sim: Open, name: str, query: str, culprit: str) -> None:
     """A bad value fails the open with a ValueError naming the parameter."""
     with pytest.raises(ValueError, match=culprit):
@@ -143,7 +143,7 @@ def test_url_needs_a_board_name(open_sim: Open) -> None:
     ("option", "spoiled"),
     [("garbage_every", None), ("nonnumeric_every", b"abc\r\n"),
      ("nonutf8_every", b"\xff512\xfe\r\n")],
-)  # fmt: skip
+)
 def test_periodic_faults(open_sim: Open, name: str, option: str, spoiled: bytes | None) -> None:
     """`<fault>_every=N` spoils every N-th read answer; the others are clean."""
     port = open_sim(f"sim://{name}?boot=0&{option}=2")

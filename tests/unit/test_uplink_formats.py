@@ -39,7 +39,7 @@ def reading(sensor: str = "VIC", seq: int = 0, **kw: object) -> Reading:
     values: dict[str, object] = {
         "session": "sess-1", "ts_ns": TS + seq, "raw": 512.0, "volts": 0.0244140625,
         "amps": 0.36991, "watts": 1.8495, "flags": 0,
-    }  # fmt: skip
+    }
     values.update(kw)
     return Reading(sensor, seq=seq, **values)  # type: ignore[arg-type]
 
@@ -143,7 +143,7 @@ def test_strict_parser_refuses_what_influxdb_refuses() -> None:
             parse_lp(bad)
     assert parse_lp('m\\ x,t\\=k=v\\,w f\\ 1="s\\"q",n=-3i,x=1e-05 -5') == (
         "m x", {"t=k": "v,w"}, {"f 1": 's"q', "n": -3, "x": 1e-05}, -5,
-    )  # fmt: skip
+    )
 
 
 # --- influx ---------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_influx_round_trips_awkward_sensor_ids(sensor: str) -> None:
     assert fields == {
         "raw": 512.0, "volts": 0.0244140625, "amps": 0.36991, "watts": 1.8495, "seq": 7,
         "flags": "over_range|ac_rms",
-    }  # fmt: skip
+    }
     assert ts == TS + 7
 
 
@@ -191,7 +191,7 @@ def test_influx_batch_has_one_line_per_reading_with_its_key() -> None:
     ("sensor", "why"),
     [("new\nline", "control character"), ("tab\there", "control character"),
      ("trailing\\", "ends with a backslash")],
-)  # fmt: skip
+)
 def test_influx_rejects_ids_line_protocol_cannot_carry(sensor: str, why: str) -> None:
     """Newlines/control characters and a trailing backslash go to dead letter, not the wire."""
     batch = rows(reading("OK", seq=0), reading(sensor, seq=1))

@@ -27,7 +27,7 @@ posix_only = pytest.mark.skipif(os.name == "nt", reason="file modes are POSIX")
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"REMOTE_SAVE": True, **overrides}
     path = write_settings(tmp_path / "settings.yaml", [{"PORT": "sim://VIC", "SENSORS_ID": "VIC"}],
-                          **values)  # fmt: skip
+                          **values)
     return load_settings(path)
 
 
@@ -193,7 +193,7 @@ def test_influx_database_selects_the_v1_write_api(tmp_path: Path) -> None:
 def test_bad_influx_measurement_is_a_settings_error(tmp_path: Path) -> None:
     """A measurement line protocol cannot carry is refused before anything starts."""
     s = settings(tmp_path, UPLINK_URL="http://127.0.0.1:8086", UPLINK_FORMAT="influx",
-                 INFLUX_ORG="o", INFLUX_BUCKET="b", INFLUX_MEASUREMENT="power\\")  # fmt: skip
+                 INFLUX_ORG="o", INFLUX_BUCKET="b", INFLUX_MEASUREMENT="power\\")
     with pytest.raises(SettingsError, match=r"INFLUX_MEASUREMENT.*ends with a backslash"):
         UplinkConfig.from_settings(s, environ={})
 

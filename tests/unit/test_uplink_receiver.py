@@ -61,7 +61,7 @@ def test_receiver_spools_counts_bad_messages_and_logs_cap_drops(
 def test_requeue_dead_letters_command(tmp_path: Path) -> None:
     """`powmon-uplink --requeue-dead-letters` puts dead-lettered readings back in the queue."""
     settings = write_settings(tmp_path / "settings.yaml", [{"PORT": "sim://V", "SENSORS_ID": "V"}],
-                              UPLINK_SPOOL="spool.sqlite3")  # fmt: skip
+                              UPLINK_SPOOL="spool.sqlite3")
     spool = Spool(tmp_path / "data" / "spool.sqlite3", 1000)
     try:
         register_outputs(spool, ["http"])

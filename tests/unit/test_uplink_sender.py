@@ -184,7 +184,7 @@ def rows(n: int) -> list[Row]:
      (500, 0, Wait.RETRY), (503, 0, Wait.RETRY), (302, 0, Wait.RETRY), (400, 0, Wait.NONE),
      (401, 0, Wait.REFUSED), (403, 0, Wait.REFUSED), (404, 0, Wait.REFUSED),
      (413, 0, Wait.NONE)],
-)  # fmt: skip
+)
 def test_status_classification(status: int, done: int, wait: Wait) -> None:
     """2xx done; 408/429/5xx (and redirects, never followed) retry; 401/403/404 refuse the
     output; 413 splits; other 4xx dead-letter."""

@@ -16,7 +16,7 @@ from powmon.uplink.spool import Spool
 
 def reading(seq: int, sensor: str = "VIC", session: str = "s1") -> Reading:
     return Reading(sensor, session, seq, 1_700_000_000_000_000_000 + seq, 512.0, 0.02, 0.3,
-                   1.5, 0)  # fmt: skip
+                   1.5, 0)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def config(root: Path, **overrides: Any) -> WriterConfig:
         data_root=root, data_file="data.csv", file_size_limit=10_000_000, flush_interval=0.1,
         sync_write=False, backend="tcp://127.0.0.1:1", frontend="tcp://127.0.0.1:2", hwm=1000,
         heartbeat_interval=1.0,
-    )  # fmt: skip
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -96,7 +96,7 @@ def test_bad_messages_are_counted_and_dropped(
     v2 = msgpack.packb([2, "VIC", "s1", 2, T0_NS, 512, 0.0, 0.0, 0.0, 0])
     with caplog.at_level(logging.WARNING):
         w.core.handle([msg(0), [topic, b"\xc1junk"], [topic, v2], [b"reading/ATT/", payload],
-                  [topic], msg(1)])  # fmt: skip
+                  [topic], msg(1)])
     w.csv.flush(clock.now)
     assert w.core.counters()["bad_messages"] == 4
     assert [r["seq"] for r in stored(tmp_path)] == ["0", "1"]

@@ -20,7 +20,7 @@ T0 = 1_795_628_536  # 2026-11-25T17:42:16Z
 
 def reading(seq: int, sensor_id: str = "VIC", session: str = "s1", flags: int = 0) -> Reading:
     return Reading(sensor_id, session, seq, T0 * 10**9 + seq * 1000, 512, 0.0024, 0.0370,
-                   0.185, flags)  # fmt: skip
+                   0.185, flags)
 
 
 MakeStore = Callable[..., CsvStore]
@@ -65,7 +65,7 @@ def test_counter_is_read_back_and_other_files_are_not_data_files() -> None:
     assert naming.counter_of("data-1234567-20261125T174216Z.csv") == 1234567
     for other in ("data.csv", "data-000001-20261125T174216Z.csv.tmp",
                   "other-000001-20261125T174216Z.csv", "data-01-20261125T174216Z.csv",
-                  "16693001231-data.csv"):  # fmt: skip
+                  "16693001231-data.csv"):
         assert naming.counter_of(other) is None
 
 
