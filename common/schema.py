@@ -5,6 +5,11 @@ that a prefix subscription to `reading/VIC/` never matches `reading/VIC2/`. A re
 a msgpack array (not a map): it is the hot path, and an array is about half the bytes and
 noticeably faster to pack and unpack than a map with repeated key names.
 
+Readings come in two versions on the same topic: version 1 is one reading, version 2 a batch of
+consecutive readings of one session (a streaming reader sends what one wake-up brought, at
+most MAX_BATCH), which can also name device samples that never became readings (`dropped`).
+`decode_batch` / `decode_readings` read both; every subscriber uses them.
+
 `(sensor_id, session, seq)` identifies a reading everywhere: on the bus, in CSV, upstream.
 """
 
@@ -24,7 +29,9 @@ import msgpack
 
 from powmon.common.errors import SchemaError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 1  # single readings, statuses, replay messages
+BATCH_VERSION: Final = 2  # a batch of readings (encode_batch)
+MAX_BATCH: Final = 4096  # readings in one batch message at most
 READING_PREFIX: Final = b"reading/"
 STATUS_PREFIX: Final = b"status/"
 
@@ -196,47 +203,106 @@ def _topic(sensor_id: str) -> bytes:
 
 
 def decode_reading(frames: Sequence[bytes]) -> Reading:
-    """Parse and validate a reading; raise SchemaError for anything else."""
+    """Parse and validate a single reading (version 1); raise SchemaError for anything else,
+    a batch included: subscribers use decode_batch / decode_readings, which read both."""
     body = _checked(frames)
     del body[0]  # the version, checked
     return _new_tuple(Reading, body)
 
 
-def _checked(frames: Sequence[bytes]) -> list[Any]:
-    """The payload's 10 fields after every check; raises SchemaError.
+Row = tuple[int, float, float, float, float, int]  # ts_ns, raw, volts, amps, watts, flags
 
-    This runs once per reading in every subscriber, so the checks use exact `type(x) is`
-    tests (which also rule out bool, a subclass of int) instead of isinstance chains, the
-    finiteness test is inlined, and the expected topic of each sensor is cached.
+
+class ReadingBatch(NamedTuple):
+    """The readings of one reading message, version 1 or 2.
+
+    `readings` have seqs `seq`, `seq + 1`, ... of one (sensor_id, session). `dropped` counts
+    samples the device took but the host never received (a hole in the device's own numbers:
+    lost or damaged frames): they never became readings and took no seq; they lie just before
+    `seq`. A batch may hold no reading and only name dropped samples.
     """
+
+    sensor_id: str
+    session: str
+    seq: int
+    dropped: int
+    readings: list[Reading]
+
+
+def encode_batch(
+    sensor_id: str, session: str, seq: int, rows: Sequence[Row], dropped: int = 0
+) -> list[bytes]:
+    """The two frames of a batch: `[2, sensor_id, session, seq, dropped, [row, ...]]`, each row
+    `[ts_ns, raw, volts, amps, watts, flags]` of the readings seq, seq + 1, ..."""
+    topic = _topics.get(sensor_id) or _topic(sensor_id)
+    return [topic, _packb([BATCH_VERSION, sensor_id, session, seq, dropped, rows])]
+
+
+def encode_readings(
+    sensor_id: str, session: str, seq: int, rows: Sequence[Row], dropped: int = 0
+) -> tuple[list[bytes], list[bytes]]:
+    """One message for consecutive readings (version 1 for a lone one, else a batch) and the
+    payload of each reading on its own, for a replay ring (version 1; the first one a batch
+    of one when it carries `dropped`, so a replayed reading still names its loss)."""
+    if not rows:
+        return encode_batch(sensor_id, session, seq, rows, dropped), []
+    pack = _packb
+    payloads = [
+        pack([SCHEMA_VERSION, sensor_id, session, seq + i, *row]) for i, row in enumerate(rows)
+    ]
+    if dropped:
+        payloads[0] = pack([BATCH_VERSION, sensor_id, session, seq, dropped, [rows[0]]])
+    if len(rows) == 1:
+        return [_topics.get(sensor_id) or _topic(sensor_id), payloads[0]], payloads
+    return encode_batch(sensor_id, session, seq, rows, dropped), payloads
+
+
+def decode_readings(frames: Sequence[bytes]) -> list[Reading]:
+    """The readings of a reading message of either version; SchemaError for anything else."""
+    return decode_batch(frames).readings
+
+
+def decode_batch(frames: Sequence[bytes]) -> ReadingBatch:
+    """Parse and validate a reading message of either version; SchemaError for anything else."""
     if len(frames) != 2:
         raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
-    topic, payload = frames
     try:
-        body = _unpackb(payload)
+        body = _unpackb(frames[1])
     except _UNPACK_ERRORS as err:
         raise SchemaError(f"payload is not msgpack: {err}") from err
-    if type(body) is not list or len(body) != 10:
-        raise SchemaError(f"reading payload: expected a list of 10 fields, got {_SHOW.repr(body)}")
-    version, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = body
-    if type(version) is not int or version != SCHEMA_VERSION:
+    if type(body) is list and len(body) == 10:
+        reading = _new_tuple(Reading, _fields(frames[0], body)[1:])
+        return ReadingBatch(reading[0], reading[1], reading[2], 0, [reading])
+    if type(body) is not list or len(body) != 6 or body[0] != BATCH_VERSION:
         raise SchemaError(
-            f"reading: schema version {_SHOW.repr(version)}, this build speaks {SCHEMA_VERSION}"
+            f"reading payload: expected 10 fields (v1) or a v2 batch, got {_SHOW.repr(body)}"
         )
-    if type(sensor_id) is not str or type(session) is not str or not sensor_id or not session:
-        raise SchemaError(
-            f"reading: bad sensor_id/session {_SHOW.repr(sensor_id)}/{_SHOW.repr(session)}"
-        )
-    expected = _topics.get(sensor_id) or _topic(sensor_id)
-    if topic != expected and bytes(topic) != expected:
-        raise SchemaError(
-            f"reading: topic {_SHOW.repr(topic)} does not match sensor_id {sensor_id!r}"
-        )
+    _, sensor_id, session, seq, dropped, rows = body
+    _ids(frames[0], sensor_id, session)
     if not (
         type(seq) is int
-        and type(ts_ns) is int
+        and type(dropped) is int
+        and type(rows) is list
+        and 0 <= seq <= _I64 - MAX_BATCH
+        and 0 <= dropped <= _I64
+        and len(rows) <= MAX_BATCH
+        and (rows or dropped)
+    ):
+        raise SchemaError(f"reading batch: bad seq, dropped or rows in {_SHOW.repr(body)}")
+    readings = []
+    for row in rows:
+        if type(row) is not list or len(row) != 6 or not _row_ok(*row):
+            raise SchemaError(f"reading batch: bad row {_SHOW.repr(row)}")
+        readings.append(_new_tuple(Reading, (sensor_id, session, seq, *row)))
+        seq += 1
+    return ReadingBatch(sensor_id, session, body[3], dropped, readings)
+
+
+def _row_ok(ts_ns: Any, raw: Any, volts: Any, amps: Any, watts: Any, flags: Any) -> bool:
+    """The checks of a reading's measured fields (one place for both versions)."""
+    return (
+        type(ts_ns) is int
         and type(flags) is int
-        and 0 <= seq <= _I64
         and -_I64 <= ts_ns <= _I64
         and 0 <= flags <= _I64
         and type(raw) in _NUMBER
@@ -247,9 +313,53 @@ def _checked(frames: Sequence[bytes]) -> list[Any]:
         and (type(volts) is int or isfinite(volts))
         and (type(amps) is int or isfinite(amps))
         and (type(watts) is int or isfinite(watts))
-    ):
+    )
+
+
+def _checked(frames: Sequence[bytes]) -> list[Any]:
+    """A single reading's payload, its 10 fields after every check; raises SchemaError."""
+    if len(frames) != 2:
+        raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
+    try:
+        body = _unpackb(frames[1])
+    except _UNPACK_ERRORS as err:
+        raise SchemaError(f"payload is not msgpack: {err}") from err
+    if type(body) is not list or len(body) != 10:
+        raise SchemaError(f"reading payload: expected a list of 10 fields, got {_SHOW.repr(body)}")
+    return _fields(frames[0], body)
+
+
+def _fields(topic: bytes, body: list[Any]) -> list[Any]:
+    """Check a single reading's 10 fields (and its topic); the body itself, or SchemaError.
+
+    This runs once per reading in every subscriber, so the checks use exact `type(x) is`
+    tests (which also rule out bool, a subclass of int) instead of isinstance chains, the
+    finiteness test is inlined, and the expected topic of each sensor is cached.
+    """
+    version, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = body
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"reading: schema version {_SHOW.repr(version)}, this build speaks {SCHEMA_VERSION}"
+            f" (single) and {BATCH_VERSION} (batch)"
+        )
+    _ids(topic, sensor_id, session)
+    measured_ok = _row_ok(ts_ns, raw, volts, amps, watts, flags)
+    if not (type(seq) is int and 0 <= seq <= _I64 and measured_ok):
         raise SchemaError(f"reading: bad field types or ranges in {_SHOW.repr(body)}")
     return body
+
+
+def _ids(topic: bytes, sensor_id: Any, session: Any) -> None:
+    """sensor_id and session are non-empty strings, and the topic is the sensor's."""
+    if type(sensor_id) is not str or type(session) is not str or not sensor_id or not session:
+        raise SchemaError(
+            f"reading: bad sensor_id/session {_SHOW.repr(sensor_id)}/{_SHOW.repr(session)}"
+        )
+    expected = _topics.get(sensor_id) or _topic(sensor_id)
+    if topic != expected and bytes(topic) != expected:
+        raise SchemaError(
+            f"reading: topic {_SHOW.repr(topic)} does not match sensor_id {sensor_id!r}"
+        )
 
 
 _COUNTER_TYPES: Final = (str, int, float, bool, type(None))
@@ -432,6 +542,9 @@ class ReplayRequest:
 class ReplayReply:
     """What a reader still holds of the asked range, and what it holds at all.
 
+    A ring payload may be a batch of one reading that names device samples dropped before it
+    (ReadingBatch.dropped): those come as `dropped`, so a replayed reading brings its loss.
+
     `readings` are the asked readings still in the reader's ring (possibly fewer than asked,
     capped per reply); `available` is (first, last) of the whole ring, (0, -1) when empty or
     when `session` is not the reader's current session, so the asker can tell a range that is
@@ -442,6 +555,7 @@ class ReplayReply:
     session: str
     available: tuple[int, int]
     readings: tuple[Reading, ...]
+    dropped: tuple[tuple[int, int], ...] = ()  # (seq, count): device samples lost before seq
 
 
 def encode_replay_request(req: ReplayRequest) -> bytes:
@@ -490,7 +604,14 @@ def decode_replay_reply(payload: bytes) -> ReplayReply:
     ):
         raise SchemaError(f"replay reply: malformed {_SHOW.repr(body)}")
     topic = reading_topic(body[2])
-    readings = tuple(decode_reading([topic, p]) for p in body[5] if isinstance(p, bytes))
-    if len(readings) != len(body[5]):
-        raise SchemaError("replay reply: a reading payload is not bytes")
-    return ReplayReply(body[2], body[3], (int(body[4][0]), int(body[4][1])), readings)
+    readings: list[Reading] = []
+    dropped: list[tuple[int, int]] = []
+    for item in body[5]:
+        if not isinstance(item, bytes):
+            raise SchemaError("replay reply: a reading payload is not bytes")
+        batch = decode_batch([topic, item])
+        readings += batch.readings
+        if batch.dropped:
+            dropped.append((batch.seq, batch.dropped))
+    available = (int(body[4][0]), int(body[4][1]))
+    return ReplayReply(body[2], body[3], available, tuple(readings), tuple(dropped))

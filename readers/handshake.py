@@ -23,6 +23,7 @@ from powmon.common.logs import RateLimiter
 from powmon.common.schema import Flag
 from powmon.readers.link import IDENT, BadAnswer, Link, parse_answer
 from powmon.readers.session import Converter
+from powmon.readers.stream_commands import Ident, parse_ident
 
 log = logging.getLogger(__name__)
 # A device that refuses a setting refuses it at every reconnect: say so once a minute, with a
@@ -69,6 +70,18 @@ class Agreed:
     convert: Converter
     firmware: str
     first: tuple[float, int] | None  # the sync answer (raw, ts_ns) when it is a plain reading
+    ident: Ident | None = None  # the parsed `id` answer; None for a sketch without one
+
+    @property
+    def streams(self) -> bool:
+        """The device says it can stream (`stream` among its capabilities)."""
+        return self.ident is not None and self.ident.streams
+
+    @property
+    def queues(self) -> bool:
+        """Requests may be sent ahead: PowMon firmware reads them from its buffer one by one.
+        A sketch without `id` (the original protocol) is asked one request at a time."""
+        return self.ident is not None
 
 
 def sync(link: Link, wanted: Wanted, stop: threading.Event) -> tuple[float, int] | None:
@@ -157,4 +170,5 @@ def handshake(link: Link, wanted: Wanted, stop: threading.Event) -> Agreed | Non
     link.drain()  # a late answer to an earlier probe must not pass for the next reading
     firmware = identify(link, wanted)
     flags, converter = configure(link, wanted)
-    return Agreed(flags, converter, firmware, first if wanted.plain else None)
+    ident = parse_ident(firmware) if firmware else None
+    return Agreed(flags, converter, firmware, first if wanted.plain else None, ident)

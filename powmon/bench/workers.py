@@ -31,7 +31,7 @@ from powmon.common.schema import (
     READING_PREFIX,
     SCHEMA_VERSION,
     Reading,
-    decode_reading,
+    decode_readings,
     encode_reading,
 )
 from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
@@ -175,10 +175,10 @@ def latency_tap(endpoint: str, seconds: float, warmup: float) -> dict[str, Any]:
     end = begin + seconds
     while time.monotonic() < end:
         if sock.poll(100):
-            frames = sock.recv_multipart()
-            r = decode_reading(frames)
+            readings = decode_readings(sock.recv_multipart())
             if time.monotonic() >= begin:
-                lat.append((now_ns() - r.ts_ns) / 1e6)
+                now = now_ns()
+                lat += [(now - r.ts_ns) / 1e6 for r in readings]
     sock.close(0)
     ctx.term()
     return {"latencies_ms": lat}

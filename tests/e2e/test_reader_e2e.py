@@ -58,9 +58,10 @@ def rig(
     device = SimDevice(SignalSpec(amps=2.5, noise=0.05, seed=7), "VIC")
     sim = PtySimulator(device, link=tmp_path / "ttyVIC").start()
     # PORT is a board that is not there: --port must win over it.
+    # Request/answer (stream mode on a pty: test_reader_stream_e2e.py).
     settings = write_settings(tmp_path / "settings.yaml",
                               [{"PORT": "/dev/powmon-no-such-port", "SENSORS_ID": "VIC"}],
-                              POLLING_DELAY=0.005, TIMEOUT=0.3)  # fmt: skip
+                              POLLING_DELAY=0.005, TIMEOUT=0.3, STREAM="off")  # fmt: skip
     backend = load_settings(settings).broker_backend
     broker(settings)
     sub = zmq_ctx.socket(zmq.SUB)

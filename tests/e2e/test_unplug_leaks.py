@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zmq
 
-from powmon.common.schema import READING_PREFIX, STATUS_PREFIX, decode_reading, decode_status
+from powmon.common.schema import READING_PREFIX, STATUS_PREFIX, decode_readings, decode_status
 from powmon.common.settings import load_settings
 from powmon.sim.device import SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
@@ -48,8 +48,7 @@ class Bus:
         while self.sock.poll(0):
             frames = self.sock.recv_multipart()
             if frames[0].startswith(READING_PREFIX):
-                decode_reading(frames)
-                self.readings += 1
+                self.readings += len(decode_readings(frames))
                 continue
             status = decode_status(frames)
             self.statuses += 1

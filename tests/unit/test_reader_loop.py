@@ -7,75 +7,16 @@ steer the device precisely (faults, disconnect_after) and stay fast.
 from __future__ import annotations
 
 import logging
-import threading
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import zmq
 
 from powmon.common.logs import PAYLOAD_LOGGER
-from powmon.common.schema import (
-    STATE_STOPPED,
-    Flag,
-)
-from powmon.common.settings import load_settings
-from powmon.readers.reader import MAX_SILENT, ReaderConfig, run
-from powmon.sim import protocol_sim
-from powmon.sim.device import Fault, SimDevice
-from tests.bus import Bus
-from tests.helpers import wait_until, write_settings
-
-
-@dataclass
-class Running:
-    thread: threading.Thread
-    stop: threading.Event
-    bus: Bus
-    name: str
-
-    @property
-    def device(self) -> SimDevice:
-        return protocol_sim.devices[self.name]
-
-    def finish(self) -> None:
-        """Stop the reader, then take everything up to its final 'stopped' heartbeat."""
-        self.stop.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-        wait_until(lambda: any(s.state == STATE_STOPPED for s in self.bus.all_statuses()), 5)
-
-
-@pytest.fixture
-def start_reader(tmp_path: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Any]:
-    started: list[Running] = []
-
-    def start(query: str, sensor: dict[str, Any] | None = None, **settings: Any) -> Running:
-        name = f"L{uuid.uuid4().hex[:8]}"
-        entry = {"PORT": f"sim://{name}?{query}", "SENSORS_ID": name, **(sensor or {})}
-        # A 10 ms period: a reader thread polling flat out would starve the test thread of the
-        # GIL, and nothing here needs speed.
-        settings.setdefault("POLLING_DELAY", 0.01)
-        path = write_settings(tmp_path / f"{name}.yaml", [entry], **settings)
-        config = ReaderConfig.from_settings(load_settings(path), name)
-        sub = zmq_ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.bind(config.frontend)
-        stop = threading.Event()
-        thread = threading.Thread(target=run, args=(config, stop), daemon=True)
-        running = Running(thread, stop, Bus(sub), name)
-        started.append(running)
-        thread.start()
-        return running
-
-    yield start
-    for running in started:
-        running.stop.set()
-        running.thread.join(10)
-        running.bus.sock.close()
+from powmon.common.schema import Flag
+from powmon.readers.reader import MAX_SILENT
+from powmon.sim.device import Fault
+from tests.helpers import wait_until
+from tests.readerrun import ReaderStarter, Running
 
 
 def _assert_matches_device(r: Running, unpublished: int = 0) -> None:
@@ -86,7 +27,7 @@ def _assert_matches_device(r: Running, unpublished: int = 0) -> None:
     assert [x.raw for x in readings] == r.device.sent[unpublished:]
 
 
-def test_faults_are_counted_skipped_and_leave_no_gap(start_reader: Any) -> None:
+def test_faults_are_counted_skipped_and_leave_no_gap(start_reader: ReaderStarter) -> None:
     """Garbage, non-numeric, partial, non-UTF-8 and silence: counted, skipped, seq unbroken."""
     r = start_reader("amps=2.5&noise=0.05&seed=3", TIMEOUT=0.1)
     wait_until(lambda: r.bus.counters().get("readings", 0) >= 20, 10)
@@ -105,7 +46,7 @@ def test_faults_are_counted_skipped_and_leave_no_gap(start_reader: Any) -> None:
     _assert_matches_device(r)
 
 
-def test_vanishing_device_is_reconnected_and_seq_continues(start_reader: Any) -> None:
+def test_vanishing_device_is_reconnected_and_seq_continues(start_reader: ReaderStarter) -> None:
     """A device that disconnects every 30 reads is reopened each time; nothing is lost."""
     r = start_reader("amps=1&disconnect_after=30")
     wait_until(lambda: r.bus.counters().get("reconnects", 0) >= 3, 20)
@@ -118,7 +59,7 @@ def test_vanishing_device_is_reconnected_and_seq_continues(start_reader: Any) ->
     assert len(r.bus.readings) >= 90
 
 
-def test_a_device_that_goes_silent_is_reopened(start_reader: Any) -> None:
+def test_a_device_that_goes_silent_is_reopened(start_reader: ReaderStarter) -> None:
     """MAX_SILENT unanswered requests in a row count as a lost device: the port is reopened."""
     r = start_reader("amps=1", TIMEOUT=0.05)
     wait_until(lambda: r.bus.counters().get("readings", 0) >= 5, 10)
@@ -132,7 +73,7 @@ def test_a_device_that_goes_silent_is_reopened(start_reader: Any) -> None:
     _assert_matches_device(r)
 
 
-def test_averaging_and_channel_reach_the_device_and_the_flags(start_reader: Any) -> None:
+def test_averaging_and_channel_reach_the_device_and_the_flags(start_reader: ReaderStarter) -> None:
     """AVG and CHANNEL settings are applied; every published reading says AVERAGED."""
     r = start_reader("amps=2&noise=0.2&seed=1", sensor={"AVG": 16, "CHANNEL": 2})
     wait_until(lambda: r.bus.counters().get("readings", 0) >= 20, 10)
@@ -144,7 +85,7 @@ def test_averaging_and_channel_reach_the_device_and_the_flags(start_reader: Any)
     _assert_matches_device(r, unpublished=1)
 
 
-def test_ac_readings_are_rms_and_flagged(start_reader: Any) -> None:
+def test_ac_readings_are_rms_and_flagged(start_reader: ReaderStarter) -> None:
     """MODE ac: RMS answers converted with convert_rms; amps match the simulated RMS current."""
     r = start_reader("amps=4&ac=50", sensor={"MODE": "ac", "AC_CYCLES": 2})
     wait_until(lambda: r.bus.counters().get("readings", 0) >= 5, 10)
@@ -154,7 +95,7 @@ def test_ac_readings_are_rms_and_flagged(start_reader: Any) -> None:
     assert all(x.amps == pytest.approx(4.0, rel=0.05) for x in r.bus.readings)
 
 
-def test_over_range_keeps_raw_and_flags_it(start_reader: Any) -> None:
+def test_over_range_keeps_raw_and_flags_it(start_reader: ReaderStarter) -> None:
     """A saturated sensor is reported as it reads (raw kept), flagged OVER_RANGE, never zeroed."""
     r = start_reader("amps=20", sensor={"MAX_AMPS": 5.0})
     wait_until(lambda: r.bus.counters().get("readings", 0) >= 3, 10)
@@ -164,7 +105,9 @@ def test_over_range_keeps_raw_and_flags_it(start_reader: Any) -> None:
     assert all(x.raw > 700 and x.amps > 5.0 for x in r.bus.readings)
 
 
-def test_heartbeats_go_on_while_the_port_is_missing(start_reader: Any, tmp_path: Path) -> None:
+def test_heartbeats_go_on_while_the_port_is_missing(
+    start_reader: ReaderStarter, tmp_path: Path
+) -> None:
     """No device: the reader keeps retrying and heartbeating 'disconnected', and stops promptly."""
     r = start_reader("amps=1", sensor={"PORT": str(tmp_path / "no-such-tty")})
     wait_until(lambda: len(r.bus.all_statuses()) >= 3, 10)
@@ -176,7 +119,7 @@ def test_heartbeats_go_on_while_the_port_is_missing(start_reader: Any, tmp_path:
 
 
 def test_payload_lines_are_logged_only_when_enabled(
-    start_reader: Any, caplog: pytest.LogCaptureFixture
+    start_reader: ReaderStarter, caplog: pytest.LogCaptureFixture
 ) -> None:
     """LOG_LEVEL 2/3: one DEBUG line per reading on powmon.payload; nothing when it is off."""
     caplog.set_level(logging.DEBUG, logger=PAYLOAD_LOGGER)
