@@ -7,15 +7,23 @@ steer the device precisely (faults, disconnect_after) and stay fast.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
 from powmon.common.logs import PAYLOAD_LOGGER
 from powmon.common.schema import Flag
-from powmon.readers.reader import MAX_SILENT
+from powmon.common.settings import load_settings
+from powmon.readers.handshake import handshake
+from powmon.readers.link import Link, open_port
+from powmon.readers.polling import Poller
+from powmon.readers.reader import MAX_SILENT, Reader, ReaderConfig
+from powmon.sim import protocol_sim
 from powmon.sim.device import Fault
-from tests.helpers import wait_until
+from tests.helpers import wait_until, write_settings
 from tests.readerrun import ReaderStarter, Running
 
 
@@ -136,3 +144,67 @@ def test_payload_lines_are_logged_only_when_enabled(
     wait_until(lambda: r2.bus.counters().get("readings", 0) >= 10, 10)
     r2.finish()
     assert not [rec for rec in caplog.records if rec.name == PAYLOAD_LOGGER]
+
+
+PIPELINED: dict[str, Any] = {"POLLING_DELAY": 0.0, "READ_PIPELINE": 4, "BUDRATE": 115200}
+
+
+def test_pipelined_reads_publish_every_answer_in_order(start_reader: ReaderStarter) -> None:
+    """READ_PIPELINE 4 flat out on a paced link: every answer is one reading, in order, seq
+    gapless; at most the 4 in flight at the stop are answered but not published."""
+    r = start_reader("amps=1&noise=0.05&seed=2&pace=1", **PIPELINED)
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 300, 15)
+    r.finish()
+    readings = r.bus.readings
+    assert [x.seq for x in readings] == list(range(len(readings)))
+    assert [x.raw for x in readings] == r.device.sent[: len(readings)]
+    assert len(r.device.sent) - len(readings) <= 4
+    stamps = [x.ts_ns for x in readings]
+    assert stamps == sorted(stamps)
+
+
+def test_a_bad_line_mid_pipeline_drains_and_recovers(start_reader: ReaderStarter) -> None:
+    """Garbage with requests in flight: counted once, the answers in flight are drained (never
+    published), and the pipeline fills again; what is published is the device's, in order."""
+    r = start_reader("amps=1&noise=0.05&seed=8&pace=1", **PIPELINED)
+    wait_until(lambda: r.bus.counters().get("readings", 0) >= 50, 15)
+    r.device.inject(Fault.GARBAGE)
+    wait_until(lambda: r.bus.counters().get("bad_lines", 0) >= 1, 10)
+    seen = r.bus.counters()["readings"]
+    wait_until(lambda: r.bus.counters()["readings"] >= seen + 100, 15)
+    r.finish()
+    readings = r.bus.readings
+    assert [x.seq for x in readings] == list(range(len(readings)))
+    raws = [x.raw for x in readings]
+    it = iter(r.device.sent)
+    assert all(any(raw == sent for sent in it) for raw in raws)  # in order, some skipped
+    assert len(r.device.sent) - len(raws) <= 3 + 4  # drained once, in flight at the stop
+    final = r.bus.statuses[-1].counters
+    assert (final["bad_lines"], final["timeouts"], final["reconnects"]) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(("firmware", "depth"), [("1.1.0", 4), ("1.0.0", 4), ("none", 1)])
+def test_requests_go_ahead_only_to_firmware_that_queues_them(
+    firmware: str, depth: int, tmp_path: Path
+) -> None:
+    """Due at once (POLLING_DELAY 0): PowMon firmware gets READ_PIPELINE requests ahead; a
+    sketch without `id` (the original protocol) one at a time."""
+    entry = {"PORT": f"sim://Q{firmware}?amps=1&firmware={firmware}", "SENSORS_ID": "Q"}
+    path = write_settings(tmp_path / "s.yaml", [entry], STREAM="off", **PIPELINED)
+    config = ReaderConfig.from_settings(load_settings(path), "Q")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    stop = threading.Event()
+    link = Link(open_port(config.port, config.baudrate, config.wanted.timeout), 1.0, stop)
+    try:
+        agreed = handshake(link, config.wanted, stop)
+        assert agreed is not None
+        poller = Poller(Reader(config, sock, stop), link, agreed)
+        reads = protocol_sim.devices[f"Q{firmware}"].reads
+        poller._fill()  # the step under test
+        assert len(poller.in_flight) == depth
+        assert protocol_sim.devices[f"Q{firmware}"].reads == reads + depth
+    finally:
+        link.close()
+        sock.close(0)
+        ctx.term()
