@@ -10,7 +10,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 from hypothesis import example, given
@@ -18,16 +18,19 @@ from hypothesis import strategies as st
 
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
+    BATCH_VERSION,
     SCHEMA_VERSION,
     Reading,
     ReplayReply,
     Status,
     csv_row,
+    decode_batch,
     decode_reading,
     decode_replay_reply,
     decode_replay_request,
     decode_status,
     encode_reading,
+    encode_readings,
     reading_dict,
     reading_topic,
     status_topic,
@@ -102,6 +105,59 @@ def test_decode_reading_raises_only_schema_error(frames: list[bytes]) -> None:
     csv_row(reading)  # the writer
     reading_dict(reading)  # tap and the uplink's json format
     assert decode_reading(encode_reading(reading)).key == reading.key
+
+
+TS: Final = 1_700_000_000 * 10**9
+ROW: Final[list[Any]] = [TS, 512, 0.0, 0.0, 0.0, 0]
+
+
+@st.composite
+def mutated_batch(draw: st.DrawFn) -> list[bytes]:
+    """A valid batch with its header or some rows' fields replaced, dropped or added."""
+    rows: list[Any] = [list(ROW) for _ in range(draw(st.integers(0, 4)))]
+    body: list[Any] = [BATCH_VERSION, "VIC", "s1", draw(st.integers(0, 9)), 0, rows]
+    for _ in range(draw(st.integers(0, 2))):
+        body[draw(st.integers(0, 5))] = draw(msgpack_values)
+    for row in rows:
+        if draw(st.booleans()):
+            row[draw(st.integers(0, 5))] = draw(msgpack_values)
+    if draw(st.booleans()):
+        body = body[: draw(st.integers(0, 7))]
+    return [b"reading/VIC/", pack(body)]
+
+
+@fuzz(300)
+@given(mutated_batch() | reading_frames)
+@example([b"reading/VIC/", pack([BATCH_VERSION, "VIC", "s1", 0, 0, [ROW, ROW[:3]]])])
+@example([b"reading/VIC/", pack([BATCH_VERSION, "VIC", "s1", 2**63, 0, [ROW]])])
+def test_decode_batch_raises_only_schema_error(frames: list[bytes]) -> None:
+    """Any frames: a batch whose readings every receiver can store (consecutive seqs of one
+    session, int64 and finite fields) and that encodes back the same, or SchemaError."""
+    batch = only_schema_errors(decode_batch, frames)
+    if batch is None:
+        return
+    first = batch.seq
+    assert [r.seq for r in batch.readings] == list(range(first, first + len(batch.readings)))
+    assert {(r.sensor_id, r.session) for r in batch.readings} <= {(batch.sensor_id, batch.session)}
+    assert all(_fits_every_store(r) for r in batch.readings)
+    for r in batch.readings:
+        csv_row(r)
+        reading_dict(r)
+    rows = [(r.ts_ns, r.raw, r.volts, r.amps, r.watts, r.flags) for r in batch.readings]
+    again, _ = encode_readings(batch.sensor_id, batch.session, batch.seq, rows, batch.dropped)
+    assert decode_batch(again) == batch
+
+
+@fuzz(100)
+@given(mutated_batch())
+def test_tap_prints_every_reading_of_a_batch(frames: list[bytes]) -> None:
+    """`powmon tap` renders one JSON line per reading of what decode_batch accepts."""
+    records = only_schema_errors(_render, frames)
+    batch = only_schema_errors(decode_batch, frames)
+    assert (records is None) == (batch is None)
+    if records is not None and batch is not None:
+        assert [r["seq"] for r in records] == [r.seq for r in batch.readings]
+        json.dumps(records, ensure_ascii=False)
 
 
 def test_a_deeply_nested_payload_is_a_schema_error() -> None:
@@ -209,7 +265,8 @@ def test_decode_replay_request_raises_only_schema_error(payload: bytes) -> None:
 
 def _reply_payloads(draw: st.DrawFn, n: int) -> Sequence[Any]:
     good = encode_reading(Reading("VIC", "s1", 0, 0, 512, 0.0, 0.0, 0.0))[1]
-    return [draw(st.just(good) | msgpack_values) for _ in range(n)]
+    lossy = encode_readings("VIC", "s1", 1, [(TS, 512, 0.0, 0.0, 0.0, 0)], dropped=3)[1][0]
+    return [draw(st.sampled_from([good, lossy]) | msgpack_values) for _ in range(n)]
 
 
 @st.composite
