@@ -16,7 +16,9 @@ most MAX_BATCH), which can also name device samples that never became readings (
 from __future__ import annotations
 
 import calendar
+import csv
 import enum
+import io
 import re
 import reprlib
 import time
@@ -270,15 +272,21 @@ def decode_batch(frames: Sequence[bytes]) -> ReadingBatch:
         body = _unpackb(frames[1])
     except _UNPACK_ERRORS as err:
         raise SchemaError(f"payload is not msgpack: {err}") from err
-    if type(body) is list and len(body) == 10:
-        reading = _new_tuple(Reading, _fields(frames[0], body)[1:])
-        return ReadingBatch(reading[0], reading[1], reading[2], 0, [reading])
+    if type(body) is list and len(body) == 10:  # the usual message: one reading
+        _fields(frames[0], body)
+        del body[0]  # the version, checked
+        return _new_tuple(ReadingBatch, (body[0], body[1], body[2], 0, [_new_tuple(Reading, body)]))
     if type(body) is not list or len(body) != 6 or body[0] != BATCH_VERSION:
         raise SchemaError(
             f"reading payload: expected 10 fields (v1) or a v2 batch, got {_SHOW.repr(body)}"
         )
+    return _batch(frames[0], body)
+
+
+def _batch(topic: bytes, body: list[Any]) -> ReadingBatch:
+    """A version 2 payload's readings after every check; raises SchemaError."""
     _, sensor_id, session, seq, dropped, rows = body
-    _ids(frames[0], sensor_id, session)
+    _ids(topic, sensor_id, session)
     if not (
         type(seq) is int
         and type(dropped) is int
@@ -290,12 +298,13 @@ def decode_batch(frames: Sequence[bytes]) -> ReadingBatch:
     ):
         raise SchemaError(f"reading batch: bad seq, dropped or rows in {_SHOW.repr(body)}")
     readings = []
+    new, ok = _new_tuple, _row_ok
     for row in rows:
-        if type(row) is not list or len(row) != 6 or not _row_ok(*row):
+        if type(row) is not list or len(row) != 6 or not ok(*row):
             raise SchemaError(f"reading batch: bad row {_SHOW.repr(row)}")
-        readings.append(_new_tuple(Reading, (sensor_id, session, seq, *row)))
+        readings.append(new(Reading, (sensor_id, session, seq, *row)))
         seq += 1
-    return ReadingBatch(sensor_id, session, body[3], dropped, readings)
+    return new(ReadingBatch, (sensor_id, session, body[3], dropped, readings))
 
 
 def _row_ok(ts_ns: Any, raw: Any, volts: Any, amps: Any, watts: Any, flags: Any) -> bool:
@@ -515,6 +524,41 @@ def csv_rows(readings: Iterable[Reading]) -> list[CsvRow]:
 def csv_row(r: Reading) -> CsvRow:
     """The CSV row of one reading (csv_rows of one)."""
     return csv_rows((r,))[0]
+
+
+_csv_ids: dict[str, str] = {}  # sensor_id or session -> its CSV field; bounded by _TOPICS_MAX
+
+
+def _csv_field(text: str) -> str:
+    """A text field as csv.writer writes it among others (quoted or not, as this Python's csv
+    module decides: it is asked), cached: ids repeat on every row."""
+    if len(_csv_ids) >= _TOPICS_MAX:
+        _csv_ids.clear()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow((text, ""))
+    field = _csv_ids[text] = out.getvalue()[:-2]  # without ",\n"
+    return field
+
+
+def csv_lines(readings: Iterable[Reading]) -> list[str]:
+    """The CSV line of each reading, with its line end: exactly what csv.writer (`\n` line
+    ends) makes of csv_rows, in one formatting step per row instead of two (the writer's hot
+    path; tests/fuzz/test_fuzz_schema.py checks the two against each other)."""
+    cache, flag_text, known, ids = _ts_cache, _FLAG_TEXT, len(_FLAG_TEXT), _csv_ids
+    lines: list[str] = []
+    for sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags in readings:
+        secs = ts_ns // 1_000_000_000
+        if secs != cache[0]:
+            cache[0] = secs
+            cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        sid = ids.get(sensor_id) or _csv_field(sensor_id)
+        sess = ids.get(session) or _csv_field(session)
+        flag = flag_text[flags] if 0 <= flags < known else _flag_text(flags)
+        lines.append(
+            f"{cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z,{sid},{sess},{seq},{raw!r},"
+            f"{volts:.5f},{amps:.4f},{watts:.3f},{flag}\n"
+        )
+    return lines
 
 
 def reading_dict(r: Reading) -> dict[str, object]:

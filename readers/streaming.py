@@ -21,13 +21,13 @@ import contextlib
 import logging
 import math
 import os
+import select
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 import serial
 import zmq
-from zmq.backend import zmq_poll
 
 from powmon.common.conversion import convert_rms
 from powmon.common.errors import DeviceError, SettingsError
@@ -48,7 +48,7 @@ ADC_US: Final = 115  # one conversion and its interrupt on an Uno (docs/firmware
 BITS_PER_BYTE: Final = 10  # 8N1
 SILENCE_FRAMES: Final = 3  # frame periods without a byte (and at least TIMEOUT): stream gone
 STOP_TIMEOUT: Final = 0.5  # longest wait for `ok stop` when the reader stops
-IDLE_STEP: Final = 0.05  # longest wait for bytes: stop, chores and replay are seen this often
+IDLE_STEP: Final = 0.2  # longest wait for bytes: a stop is seen at least this often
 SERVE_EVERY: Final = 0.005  # replay checks on ports without a file descriptor (sim://)
 READ_MAX: Final = 65536
 MAX_ASK: Final = 65535  # `stream` at this rate when any will do: the device answers its limit
@@ -108,17 +108,17 @@ class Streamer:
         self._corrupt_base = reader.counters.frames_corrupt
         port = link.port
         fileno = getattr(port, "fileno", None)
-        # A POSIX serial port: wait on its descriptor and the replay socket in one poll, and
-        # read what the driver holds in one os.read (pyserial's read would select again).
+        # A POSIX serial port: wait on its descriptor and the replay socket's in one poll(2)
+        # (zmq_poll makes two system calls per wait), and read what the driver holds in one
+        # os.read (pyserial's read would select again).
         self._fd = fileno() if isinstance(port, serial.Serial) and callable(fileno) else None
         replay = reader.replay.sock if reader.replay is not None else None
         self._replay = replay
-        items: list[tuple[zmq.Socket[bytes] | int, int]] = []
+        self._poller = select.poll()
         if self._fd is not None:
-            items.append((self._fd, _POLLIN))
+            self._poller.register(self._fd, select.POLLIN)
             if replay is not None:
-                items.append((replay, _POLLIN))
-        self._poll = items
+                self._poller.register(int(replay.getsockopt(zmq.FD)), select.POLLIN)
 
     # -- the outer loop: start, stream, restart ---------------------------------------------
     def run(self) -> None:
@@ -229,17 +229,20 @@ class Streamer:
                 raise Resync(f"no byte for {silence:.1f}s")
 
     def _read_fd(self, wait: float) -> bytes:
-        """Wait for bytes (or a replay request) up to `wait` s; what the driver holds."""
+        """Wait for bytes (or a replay request) up to `wait` s; what the driver holds.
+
+        The replay socket's descriptor is ZeroMQ's edge-triggered signal: when it wakes the
+        poll, ZMQ_EVENTS says whether a request is there (and rearms it); serve() takes every
+        request queued, so none is left behind unsignalled.
+        """
         fd = self._fd
-        assert fd is not None  # noqa: S101 -- chosen by _loop
-        ready = zmq_poll(self._poll, max(1, math.ceil(wait * 1000)))
         data = b""
-        for item, _ in ready:
+        for item, _ in self._poller.poll(max(1, math.ceil(wait * 1000))):
             if item == fd:
-                data = os.read(fd, READ_MAX)
+                data = os.read(item, READ_MAX)
                 if not data:
                     raise serial.SerialException("the port reports data but returned none")
-            else:
+            elif self._replay is not None and int(self._replay.get(zmq.EVENTS)) & _POLLIN:
                 self.reader.serve()
         return data
 

@@ -105,6 +105,11 @@ class CsvStore:
         self._csv.writerows(rows)
         self.pending_chars += sum(map(len, self._pending[before:]))
 
+    def add_lines(self, lines: list[str]) -> None:
+        """Rows already formatted as CSV lines (schema.csv_lines), each with its line end."""
+        self._pending += lines
+        self.pending_chars += sum(map(len, lines))
+
     def flush(self) -> int:
         """Write every pending row; return how many. Raises OSError with the rest still pending."""
         if not self._pending:

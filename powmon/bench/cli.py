@@ -11,12 +11,20 @@ from typing import Final
 
 import click
 
-from powmon.bench import bus_bench, live_bench, remote_bench, scale_bench, serial_bench
+from powmon.bench import (
+    bus_bench,
+    live_bench,
+    remote_bench,
+    scale_bench,
+    serial_bench,
+    stream_bench,
+)
 from powmon.bench.results import Row, save, table
 from powmon.bench.runner import Plan
 
 FIGURES: Final[dict[str, Callable[[Plan], list[Row]]]] = {
     "serial": serial_bench.run,
+    "stream": stream_bench.run,
     "bus": bus_bench.run,
     "live": live_bench.run,
     "scale": scale_bench.run,

@@ -6,6 +6,8 @@ else, so any other exception out of a decoder is a message that kills a process.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import sys
@@ -23,7 +25,9 @@ from powmon.common.schema import (
     Reading,
     ReplayReply,
     Status,
+    csv_lines,
     csv_row,
+    csv_rows,
     decode_batch,
     decode_reading,
     decode_replay_reply,
@@ -287,3 +291,22 @@ def test_decode_replay_reply_raises_only_schema_error(payload: bytes) -> None:
     if reply is not None:
         assert isinstance(reply, ReplayReply)
         assert all(type(x) is int for x in reply.available)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+ids = any_text.filter(bool)
+readings = st.builds(
+    Reading, ids, ids, st.integers(0, INT64_MAX), st.integers(-INT64_MAX, INT64_MAX),
+    st.integers(0, 1023) | finite, finite, finite, finite, st.integers(0, INT64_MAX),
+)
+
+
+@fuzz(200)
+@given(st.lists(readings, max_size=5))
+@example([Reading("a,b", 'q"t', 1, 0, 512.25, -0.0, 1e300, 0.0, 99)])
+@example([Reading("c\rr", "x\ny", 0, -1, 7, 0.0, 0.0, 0.0, 0)])
+def test_csv_lines_are_what_csv_writer_makes_of_csv_rows(batch: list[Reading]) -> None:
+    """The writer's one-step formatter writes byte for byte the lines csv.writer writes."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(csv_rows(batch))
+    assert "".join(csv_lines(batch)) == out.getvalue()
