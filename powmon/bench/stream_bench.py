@@ -86,7 +86,7 @@ def wait_for_rows(watch: BusWatch, total: int) -> bool:
 
 def run(plan: Plan) -> list[Row]:
     rows: list[Row] = []
-    for baud in BAUDS:
+    for baud in BAUDS[:1] if plan.quick else BAUDS:
         rates, lost, hz, kept_up = stream_rate(baud, plan)
         rate, capacity = median(rates), wire_capacity(baud)
         rows.append(Row("7", f"stream, {baud:,} baud", "readings/s", rate, capacity,
