@@ -266,12 +266,7 @@ def decode_readings(frames: Sequence[bytes]) -> list[Reading]:
 
 def decode_batch(frames: Sequence[bytes]) -> ReadingBatch:
     """Parse and validate a reading message of either version; SchemaError for anything else."""
-    if len(frames) != 2:
-        raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
-    try:
-        body = _unpackb(frames[1])
-    except _UNPACK_ERRORS as err:
-        raise SchemaError(f"payload is not msgpack: {err}") from err
+    body = _payload(frames)
     if type(body) is list and len(body) == 10:  # the usual message: one reading
         _fields(frames[0], body)
         del body[0]  # the version, checked
@@ -325,14 +320,19 @@ def _row_ok(ts_ns: Any, raw: Any, volts: Any, amps: Any, watts: Any, flags: Any)
     )
 
 
-def _checked(frames: Sequence[bytes]) -> list[Any]:
-    """A single reading's payload, its 10 fields after every check; raises SchemaError."""
+def _payload(frames: Sequence[bytes]) -> Any:
+    """The unpacked payload of a two-frame message; SchemaError for anything else."""
     if len(frames) != 2:
         raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
     try:
-        body = _unpackb(frames[1])
+        return _unpackb(frames[1])
     except _UNPACK_ERRORS as err:
         raise SchemaError(f"payload is not msgpack: {err}") from err
+
+
+def _checked(frames: Sequence[bytes]) -> list[Any]:
+    """A single reading's payload, its 10 fields after every check; raises SchemaError."""
+    body = _payload(frames)
     if type(body) is not list or len(body) != 10:
         raise SchemaError(f"reading payload: expected a list of 10 fields, got {_SHOW.repr(body)}")
     return _fields(frames[0], body)
@@ -500,25 +500,15 @@ CsvRow = tuple[str, str, str, int, float, str, str, str, str]
 
 
 def csv_rows(readings: Iterable[Reading]) -> list[CsvRow]:
-    """The CSV_FIELDS values of each reading, in order, formatted for a csv.writer: the one
-    formatter of readings as text (CSV files, the uplink's csv format).
-
-    A batch at a time, with format_ts and flag_names inlined: this is the writer's hot path,
-    and a call per field per row would cost more than the formatting itself.
-    """
-    cache, flag_text, known = _ts_cache, _FLAG_TEXT, len(_FLAG_TEXT)
-    rows: list[CsvRow] = []
-    for sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags in readings:
-        secs = ts_ns // 1_000_000_000
-        if secs != cache[0]:
-            cache[0] = secs
-            cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-        rows.append((
-            f"{cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z", sensor_id, session, seq, raw,
-            f"{volts:.5f}", f"{amps:.4f}", f"{watts:.3f}",
-            flag_text[flags] if 0 <= flags < known else _flag_text(flags),
-        ))
-    return rows
+    """The CSV_FIELDS values of each reading, in order, formatted for a csv.writer (the
+    uplink's csv format); the writer takes csv_lines, the same text in one step."""
+    return [
+        (
+            format_ts(r.ts_ns), r.sensor_id, r.session, r.seq, r.raw, f"{r.volts:.5f}",
+            f"{r.amps:.4f}", f"{r.watts:.3f}", flag_names(r.flags),
+        )
+        for r in readings
+    ]
 
 
 def csv_row(r: Reading) -> CsvRow:
