@@ -69,7 +69,7 @@ def bench_command(quick: bool, only: tuple[str, ...], out: Path) -> None:
     """Measure PowMon against the physical limits, each next to a reference from the same run.
 
     Starts real PowMon processes on free loopback ports and simulated Arduinos (Linux: uses
-    pseudo-terminals and /proc). A full run takes about 4-5 minutes; --quick about 30 s.
+    pseudo-terminals and /proc). A full run takes about 8-10 minutes; --quick about 60 s.
     """
     rows, path = run_all(quick, only, out)
     click.echo(table(rows))
