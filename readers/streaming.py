@@ -49,7 +49,6 @@ BITS_PER_BYTE: Final = 10  # 8N1
 SILENCE_FRAMES: Final = 3  # frame periods without a byte (and at least TIMEOUT): stream gone
 STOP_TIMEOUT: Final = 0.5  # longest wait for `ok stop` when the reader stops
 IDLE_STEP: Final = 0.2  # longest wait for bytes: a stop is seen at least this often
-SERVE_EVERY: Final = 0.005  # replay checks on ports without a file descriptor (sim://)
 READ_MAX: Final = 65536
 MAX_ASK: Final = 65535  # `stream` at this rate when any will do: the device answers its limit
 _POLLIN: Final = int(zmq.POLLIN)
@@ -248,7 +247,7 @@ class Streamer:
 
     def _read_port(self, wait: float) -> bytes:
         """A port without a descriptor (sim://, socket://): block in its read (its timeout is
-        at most READ_SLICE), looking for replay requests every SERVE_EVERY."""
+        at most READ_SLICE), looking for replay requests at each wake-up (ZMQ_EVENTS)."""
         replay = self._replay
         if replay is not None and int(replay.get(zmq.EVENTS)) & zmq.POLLIN:
             self.reader.serve()
