@@ -114,6 +114,19 @@ def choice(values: tuple[str, ...]) -> Check:
     return check
 
 
+STREAM_MODES: Final = ("auto", "on", "off")
+
+
+def stream_mode(value: Any) -> str:
+    """STREAM: auto, on or off. YAML 1.1 reads a bare `on` / `off` (and yes/no) as a boolean:
+    those mean on and off too, so `STREAM: off` works unquoted."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in STREAM_MODES:
+        raise Bad("one of 'auto', 'on', 'off'")
+    return str(value)
+
+
 def sensor_id(value: Any) -> str:
     # The id goes into ZeroMQ topics ("reading/<id>/"), where '/' ends it; anything else is
     # fine (CSV quoting and the influx escaper handle commas, spaces and '=').

@@ -3,8 +3,9 @@
 Signal handlers only set an Event (gunicorn's arbiter habit): no logging, no I/O inside a
 handler. The process loop sees the event within its poll timeout, flushes what it holds and
 returns; so does the end of the lifeline to `powmon run` (common.lifeline). Exit codes: 0 clean
-stop, 2 bad settings, usage, or something this process must own held by another (a lock, a
-port), 1 a crash (logged with traceback).
+stop, 2 bad settings (also settings the hardware refutes, such as STREAM: on for a board that
+cannot stream), usage, or something this process must own held by another (a lock, a port), 1
+a crash (logged with traceback).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def run_process(
     line = lifeline.attach(stop)  # under `powmon run`: stop when the supervisor is gone
     try:
         run(config, stop)
-    except InUseError as err:
+    except (InUseError, SettingsError) as err:  # SettingsError: settings the device refutes
         print(f"{proc}: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except PowmonError as err:

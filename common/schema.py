@@ -5,13 +5,20 @@ that a prefix subscription to `reading/VIC/` never matches `reading/VIC2/`. A re
 a msgpack array (not a map): it is the hot path, and an array is about half the bytes and
 noticeably faster to pack and unpack than a map with repeated key names.
 
+Readings come in two versions on the same topic: version 1 is one reading, version 2 a batch of
+consecutive readings of one session (a streaming reader sends what one wake-up brought, at
+most MAX_BATCH), which can also name device samples that never became readings (`dropped`).
+`decode_batch` / `decode_readings` read both; every subscriber uses them.
+
 `(sensor_id, session, seq)` identifies a reading everywhere: on the bus, in CSV, upstream.
 """
 
 from __future__ import annotations
 
 import calendar
+import csv
 import enum
+import io
 import re
 import reprlib
 import time
@@ -25,7 +32,9 @@ import msgpack
 from powmon.common.curve import is_z85_key
 from powmon.common.errors import SchemaError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 1  # single readings, statuses, replay messages
+BATCH_VERSION: Final = 2  # a batch of readings (encode_batch)
+MAX_BATCH: Final = 4096  # readings in one batch message at most
 READING_PREFIX: Final = b"reading/"
 STATUS_PREFIX: Final = b"status/"
 
@@ -37,7 +46,7 @@ STATE_STOPPED: Final = "stopped"
 
 CSV_FIELDS: Final = (
     "timestamp", "sensor_id", "session", "seq", "raw", "volts", "amps", "watts", "flags",
-)  # fmt: skip
+)
 
 
 class Flag(enum.IntFlag):
@@ -137,7 +146,7 @@ def encode_reading(r: Reading) -> list[bytes]:
     """The two frames of a reading; the topic bytes are cached per sensor (the hot path)."""
     topic = _topics.get(r.sensor_id) or _topic(r.sensor_id)
     return [topic, _packb([SCHEMA_VERSION, r.sensor_id, r.session, r.seq, r.ts_ns, r.raw,
-                           r.volts, r.amps, r.watts, r.flags])]  # fmt: skip
+                           r.volts, r.amps, r.watts, r.flags])]
 
 
 def encode_status(s: Status) -> list[bytes]:
@@ -161,7 +170,7 @@ def _unpack(payload: bytes) -> Any:
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError) as err:  # fmt: skip
+            msgpack.StackError) as err:
         raise SchemaError(f"payload is not msgpack: {err}") from err
 
 
@@ -174,7 +183,7 @@ _SHOW.maxlevel = 3
 _SHOW.maxstring = _SHOW.maxother = 40
 _SHOW.maxlist = _SHOW.maxdict = 10
 _UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-                         msgpack.StackError)  # fmt: skip
+                         msgpack.StackError)
 _packb: Final = msgpack.Packer().pack  # one Packer reused (benchmarks/README.md: hot path)
 _unpackb: Final = msgpack.unpackb  # defaults are raw=False, strict_map_key=True (msgpack >= 1)
 _topics: dict[str, bytes] = {}  # sensor_id -> b"reading/<id>/"; bounded by _TOPICS_MAX
@@ -201,47 +210,108 @@ def _topic(sensor_id: str) -> bytes:
 
 
 def decode_reading(frames: Sequence[bytes]) -> Reading:
-    """Parse and validate a reading; raise SchemaError for anything else."""
+    """Parse and validate a single reading (version 1); raise SchemaError for anything else,
+    a batch included: subscribers use decode_batch / decode_readings, which read both."""
     body = _checked(frames)
     del body[0]  # the version, checked
     return _new_tuple(Reading, body)
 
 
-def _checked(frames: Sequence[bytes]) -> list[Any]:
-    """The payload's 10 fields after every check; raises SchemaError.
+Row = tuple[int, float, float, float, float, int]  # ts_ns, raw, volts, amps, watts, flags
 
-    This runs once per reading in every subscriber, so the checks use exact `type(x) is`
-    tests (which also rule out bool, a subclass of int) instead of isinstance chains, the
-    finiteness test is inlined, and the expected topic of each sensor is cached.
+
+class ReadingBatch(NamedTuple):
+    """The readings of one reading message, version 1 or 2.
+
+    `readings` have seqs `seq`, `seq + 1`, ... of one (sensor_id, session). `dropped` counts
+    samples the device took but the host never received (a hole in the device's own numbers:
+    lost or damaged frames): they never became readings and took no seq; they lie just before
+    `seq`. A batch may hold no reading and only name dropped samples.
     """
-    if len(frames) != 2:
-        raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
-    topic, payload = frames
-    try:
-        body = _unpackb(payload)
-    except _UNPACK_ERRORS as err:
-        raise SchemaError(f"payload is not msgpack: {err}") from err
-    if type(body) is not list or len(body) != 10:
-        raise SchemaError(f"reading payload: expected a list of 10 fields, got {_SHOW.repr(body)}")
-    version, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = body
-    if type(version) is not int or version != SCHEMA_VERSION:
+
+    sensor_id: str
+    session: str
+    seq: int
+    dropped: int
+    readings: list[Reading]
+
+
+def encode_batch(
+    sensor_id: str, session: str, seq: int, rows: Sequence[Row], dropped: int = 0
+) -> list[bytes]:
+    """The two frames of a batch: `[2, sensor_id, session, seq, dropped, [row, ...]]`, each row
+    `[ts_ns, raw, volts, amps, watts, flags]` of the readings seq, seq + 1, ..."""
+    topic = _topics.get(sensor_id) or _topic(sensor_id)
+    return [topic, _packb([BATCH_VERSION, sensor_id, session, seq, dropped, rows])]
+
+
+def encode_readings(
+    sensor_id: str, session: str, seq: int, rows: Sequence[Row], dropped: int = 0
+) -> tuple[list[bytes], list[bytes]]:
+    """One message for consecutive readings (version 1 for a lone one, else a batch) and the
+    payload of each reading on its own, for a replay ring (version 1; the first one a batch
+    of one when it carries `dropped`, so a replayed reading still names its loss)."""
+    if not rows:
+        return encode_batch(sensor_id, session, seq, rows, dropped), []
+    pack = _packb
+    payloads = [
+        pack([SCHEMA_VERSION, sensor_id, session, seq + i, *row]) for i, row in enumerate(rows)
+    ]
+    if dropped:
+        payloads[0] = pack([BATCH_VERSION, sensor_id, session, seq, dropped, [rows[0]]])
+    if len(rows) == 1:
+        return [_topics.get(sensor_id) or _topic(sensor_id), payloads[0]], payloads
+    return encode_batch(sensor_id, session, seq, rows, dropped), payloads
+
+
+def decode_readings(frames: Sequence[bytes]) -> list[Reading]:
+    """The readings of a reading message of either version; SchemaError for anything else."""
+    return decode_batch(frames).readings
+
+
+def decode_batch(frames: Sequence[bytes]) -> ReadingBatch:
+    """Parse and validate a reading message of either version; SchemaError for anything else."""
+    body = _payload(frames)
+    if type(body) is list and len(body) == 10:  # the usual message: one reading
+        _fields(frames[0], body)
+        del body[0]  # the version, checked
+        return _new_tuple(ReadingBatch, (body[0], body[1], body[2], 0, [_new_tuple(Reading, body)]))
+    if type(body) is not list or len(body) != 6 or body[0] != BATCH_VERSION:
         raise SchemaError(
-            f"reading: schema version {_SHOW.repr(version)}, this build speaks {SCHEMA_VERSION}"
+            f"reading payload: expected 10 fields (v1) or a v2 batch, got {_SHOW.repr(body)}"
         )
-    if type(sensor_id) is not str or type(session) is not str or not sensor_id or not session:
-        raise SchemaError(
-            f"reading: bad sensor_id/session {_SHOW.repr(sensor_id)}/{_SHOW.repr(session)}"
-        )
-    expected = _topics.get(sensor_id) or _topic(sensor_id)
-    if topic != expected and bytes(topic) != expected:
-        raise SchemaError(
-            f"reading: topic {_SHOW.repr(topic)} does not match sensor_id {sensor_id!r}"
-        )
+    return _batch(frames[0], body)
+
+
+def _batch(topic: bytes, body: list[Any]) -> ReadingBatch:
+    """A version 2 payload's readings after every check; raises SchemaError."""
+    _, sensor_id, session, seq, dropped, rows = body
+    _ids(topic, sensor_id, session)
     if not (
         type(seq) is int
-        and type(ts_ns) is int
+        and type(dropped) is int
+        and type(rows) is list
+        and 0 <= seq <= _I64 - MAX_BATCH
+        and 0 <= dropped <= _I64
+        and len(rows) <= MAX_BATCH
+        and (rows or dropped)
+    ):
+        raise SchemaError(f"reading batch: bad seq, dropped or rows in {_SHOW.repr(body)}")
+    readings = []
+    new, ok = _new_tuple, _row_ok
+    for row in rows:
+        if type(row) is not list or len(row) != 6 or not ok(*row):
+            raise SchemaError(f"reading batch: bad row {_SHOW.repr(row)}")
+        readings.append(new(Reading, (sensor_id, session, seq, *row)))
+        seq += 1
+    return new(ReadingBatch, (sensor_id, session, body[3], dropped, readings))
+
+
+def _row_ok(ts_ns: Any, raw: Any, volts: Any, amps: Any, watts: Any, flags: Any) -> bool:
+    """The checks of a reading's measured fields (one place for both versions)."""
+    return (
+        type(ts_ns) is int
         and type(flags) is int
-        and 0 <= seq <= _I64
         and -_I64 <= ts_ns <= _I64
         and 0 <= flags <= _I64
         and type(raw) in _NUMBER
@@ -252,9 +322,58 @@ def _checked(frames: Sequence[bytes]) -> list[Any]:
         and (type(volts) is int or isfinite(volts))
         and (type(amps) is int or isfinite(amps))
         and (type(watts) is int or isfinite(watts))
-    ):
+    )
+
+
+def _payload(frames: Sequence[bytes]) -> Any:
+    """The unpacked payload of a two-frame message; SchemaError for anything else."""
+    if len(frames) != 2:
+        raise SchemaError(f"expected 2 frames [topic, payload], got {len(frames)}")
+    try:
+        return _unpackb(frames[1])
+    except _UNPACK_ERRORS as err:
+        raise SchemaError(f"payload is not msgpack: {err}") from err
+
+
+def _checked(frames: Sequence[bytes]) -> list[Any]:
+    """A single reading's payload, its 10 fields after every check; raises SchemaError."""
+    body = _payload(frames)
+    if type(body) is not list or len(body) != 10:
+        raise SchemaError(f"reading payload: expected a list of 10 fields, got {_SHOW.repr(body)}")
+    return _fields(frames[0], body)
+
+
+def _fields(topic: bytes, body: list[Any]) -> list[Any]:
+    """Check a single reading's 10 fields (and its topic); the body itself, or SchemaError.
+
+    This runs once per reading in every subscriber, so the checks use exact `type(x) is`
+    tests (which also rule out bool, a subclass of int) instead of isinstance chains, the
+    finiteness test is inlined, and the expected topic of each sensor is cached.
+    """
+    version, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags = body
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise SchemaError(
+            f"reading: schema version {_SHOW.repr(version)}, this build speaks {SCHEMA_VERSION}"
+            f" (single) and {BATCH_VERSION} (batch)"
+        )
+    _ids(topic, sensor_id, session)
+    measured_ok = _row_ok(ts_ns, raw, volts, amps, watts, flags)
+    if not (type(seq) is int and 0 <= seq <= _I64 and measured_ok):
         raise SchemaError(f"reading: bad field types or ranges in {_SHOW.repr(body)}")
     return body
+
+
+def _ids(topic: bytes, sensor_id: Any, session: Any) -> None:
+    """sensor_id and session are non-empty strings, and the topic is the sensor's."""
+    if type(sensor_id) is not str or type(session) is not str or not sensor_id or not session:
+        raise SchemaError(
+            f"reading: bad sensor_id/session {_SHOW.repr(sensor_id)}/{_SHOW.repr(session)}"
+        )
+    expected = _topics.get(sensor_id) or _topic(sensor_id)
+    if topic != expected and bytes(topic) != expected:
+        raise SchemaError(
+            f"reading: topic {_SHOW.repr(topic)} does not match sensor_id {sensor_id!r}"
+        )
 
 
 _COUNTER_TYPES: Final = (str, int, float, bool, type(None))
@@ -388,30 +507,55 @@ CsvRow = tuple[str, str, str, int, float, str, str, str, str]
 
 
 def csv_rows(readings: Iterable[Reading]) -> list[CsvRow]:
-    """The CSV_FIELDS values of each reading, in order, formatted for a csv.writer: the one
-    formatter of readings as text (CSV files, the uplink's csv format).
-
-    A batch at a time, with format_ts and flag_names inlined: this is the writer's hot path,
-    and a call per field per row would cost more than the formatting itself.
-    """
-    cache, flag_text, known = _ts_cache, _FLAG_TEXT, len(_FLAG_TEXT)
-    rows: list[CsvRow] = []
-    for sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags in readings:
-        secs = ts_ns // 1_000_000_000
-        if secs != cache[0]:
-            cache[0] = secs
-            cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-        rows.append((
-            f"{cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z", sensor_id, session, seq, raw,
-            f"{volts:.5f}", f"{amps:.4f}", f"{watts:.3f}",
-            flag_text[flags] if 0 <= flags < known else _flag_text(flags),
-        ))
-    return rows
+    """The CSV_FIELDS values of each reading, in order, formatted for a csv.writer (the
+    uplink's csv format); the writer takes csv_lines, the same text in one step."""
+    return [
+        (
+            format_ts(r.ts_ns), r.sensor_id, r.session, r.seq, r.raw, f"{r.volts:.5f}",
+            f"{r.amps:.4f}", f"{r.watts:.3f}", flag_names(r.flags),
+        )
+        for r in readings
+    ]
 
 
 def csv_row(r: Reading) -> CsvRow:
     """The CSV row of one reading (csv_rows of one)."""
     return csv_rows((r,))[0]
+
+
+_csv_ids: dict[str, str] = {}  # sensor_id or session -> its CSV field; bounded by _TOPICS_MAX
+
+
+def _csv_field(text: str) -> str:
+    """A text field as csv.writer writes it among others (quoted or not, as this Python's csv
+    module decides: it is asked), cached: ids repeat on every row."""
+    if len(_csv_ids) >= _TOPICS_MAX:
+        _csv_ids.clear()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow((text, ""))
+    field = _csv_ids[text] = out.getvalue()[:-2]  # without ",\n"
+    return field
+
+
+def csv_lines(readings: Iterable[Reading]) -> list[str]:
+    """The CSV line of each reading, with its line end: exactly what csv.writer (`\n` line
+    ends) makes of csv_rows, in one formatting step per row instead of two (the writer's hot
+    path; tests/fuzz/test_fuzz_schema.py checks the two against each other)."""
+    cache, flag_text, known, ids = _ts_cache, _FLAG_TEXT, len(_FLAG_TEXT), _csv_ids
+    lines: list[str] = []
+    for sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags in readings:
+        secs = ts_ns // 1_000_000_000
+        if secs != cache[0]:
+            cache[0] = secs
+            cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        sid = ids.get(sensor_id) or _csv_field(sensor_id)
+        sess = ids.get(session) or _csv_field(session)
+        flag = flag_text[flags] if 0 <= flags < known else _flag_text(flags)
+        lines.append(
+            f"{cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z,{sid},{sess},{seq},{raw!r},"
+            f"{volts:.5f},{amps:.4f},{watts:.3f},{flag}\n"
+        )
+    return lines
 
 
 def reading_dict(r: Reading) -> dict[str, object]:
@@ -420,7 +564,7 @@ def reading_dict(r: Reading) -> dict[str, object]:
         "timestamp": format_ts(r.ts_ns), "ts_ns": r.ts_ns, "sensor_id": r.sensor_id,
         "session": r.session, "seq": r.seq, "raw": r.raw, "volts": r.volts, "amps": r.amps,
         "watts": r.watts, "flags": flag_names(r.flags),
-    }  # fmt: skip
+    }
 
 
 # ---- replay side channel (reader ROUTER <-> writer/uplink DEALER) ----------------------------
@@ -439,6 +583,9 @@ class ReplayRequest:
 class ReplayReply:
     """What a reader still holds of the asked range, and what it holds at all.
 
+    A ring payload may be a batch of one reading that names device samples dropped before it
+    (ReadingBatch.dropped): those come as `dropped`, so a replayed reading brings its loss.
+
     `readings` are the asked readings still in the reader's ring (possibly fewer than asked,
     capped per reply); `available` is (first, last) of the whole ring, (0, -1) when empty or
     when `session` is not the reader's current session, so the asker can tell a range that is
@@ -449,6 +596,7 @@ class ReplayReply:
     session: str
     available: tuple[int, int]
     readings: tuple[Reading, ...]
+    dropped: tuple[tuple[int, int], ...] = ()  # (seq, count): device samples lost before seq
 
 
 def encode_replay_request(req: ReplayRequest) -> bytes:
@@ -497,7 +645,14 @@ def decode_replay_reply(payload: bytes) -> ReplayReply:
     ):
         raise SchemaError(f"replay reply: malformed {_SHOW.repr(body)}")
     topic = reading_topic(body[2])
-    readings = tuple(decode_reading([topic, p]) for p in body[5] if isinstance(p, bytes))
-    if len(readings) != len(body[5]):
-        raise SchemaError("replay reply: a reading payload is not bytes")
-    return ReplayReply(body[2], body[3], (int(body[4][0]), int(body[4][1])), readings)
+    readings: list[Reading] = []
+    dropped: list[tuple[int, int]] = []
+    for item in body[5]:
+        if not isinstance(item, bytes):
+            raise SchemaError("replay reply: a reading payload is not bytes")
+        batch = decode_batch([topic, item])
+        readings += batch.readings
+        if batch.dropped:
+            dropped.append((batch.seq, batch.dropped))
+    available = (int(body[4][0]), int(body[4][1]))
+    return ReplayReply(body[2], body[3], available, tuple(readings), tuple(dropped))

@@ -25,6 +25,8 @@ ENV_SETTINGS: Final = "POWMON_SETTINGS"
 DEFAULT_SETTINGS: Final = "settings.yaml"
 UPLINK_FORMATS: Final = ("seed", "csv", "json", "influx")
 SENSOR_MODES: Final = ("dc", "ac")
+# `read N\n` is 7 bytes: 8 of them (56 bytes) fit the Arduino's 64-byte receive buffer.
+MAX_PIPELINE: Final = 8
 
 # Keys whose values are secrets (the uplink's credentials): never shown, never logged.
 SECRET_KEYS: Final = frozenset(
@@ -75,6 +77,22 @@ class SensorSettings:
     mode: str
     mains_hz: int
     ac_cycles: int
+    stream: str = "auto"  # auto | on | off (docs/reader.md, "Stream mode")
+    stream_hz: int | None = None  # None: 1 / POLLING_DELAY (readers/modes.py)
+    read_pipeline: int = 4  # requests in flight in request/answer mode
+
+    @property
+    def stream_rate(self) -> int | None:
+        """The `stream HZ` to ask for: STREAM_HZ, else 1 / POLLING_DELAY rounded (at least 1);
+        0 for POLLING_DELAY 0 (the board's highest); None when the period is longer than the
+        slowest stream (1 Hz) and STREAM_HZ does not say otherwise."""
+        if self.stream_hz is not None:
+            return self.stream_hz
+        if self.polling_delay == 0:
+            return 0
+        if self.polling_delay > 1.0:
+            return None
+        return max(1, round(1 / self.polling_delay))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +203,9 @@ _TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "FLUSH_INTERVAL": (c.number(0.01, 1.0), 0.5),
     "REPLAY_BUFFER": (c.integer(0), 60_000),
     "RESTART_BACKOFF_MAX": (c.number(0.1), 30.0),
+    "STREAM": (c.stream_mode, "auto"),
+    "STREAM_HZ": (c.optional(c.integer(1, 65535)), None),
+    "READ_PIPELINE": (c.integer(1, MAX_PIPELINE), 4),
     "UPLINK_URL": (c.optional(c.URL), None),
     "HOST_KEY_ENV": (
         c.text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),
@@ -248,6 +269,9 @@ _SENSOR: Final[dict[str, c.Check]] = {
     "MODE": c.choice(SENSOR_MODES),
     "MAINS_HZ": c.integer(1, 1000),  # the firmware takes whole hertz
     "AC_CYCLES": c.integer(1, 100),
+    "STREAM": _TOP["STREAM"][0],
+    "STREAM_HZ": _TOP["STREAM_HZ"][0],
+    "READ_PIPELINE": _TOP["READ_PIPELINE"][0],
 }
 _SENSOR_DEFAULTS: Final = {
     "CHANNEL": None,
@@ -366,7 +390,8 @@ def _check_sensor(where: Path, i: int, entry: Any, top: dict[str, Any]) -> Senso
         timeout=got["TIMEOUT"], polling_delay=got["POLLING_DELAY"], vpp=got["VPP"],
         offset=got["OFFSET"], sns=got["SNS"], vcc=got["VCC"], max_amps=got["MAX_AMPS"],
         channel=got["CHANNEL"], avg=got["AVG"], mode=got["MODE"], mains_hz=got["MAINS_HZ"],
-        ac_cycles=got["AC_CYCLES"],
+        ac_cycles=got["AC_CYCLES"], stream=got["STREAM"], stream_hz=got["STREAM_HZ"],
+        read_pipeline=got["READ_PIPELINE"],
     )
 
 
@@ -430,7 +455,7 @@ def _build(
         influx_org=v["INFLUX_ORG"], influx_bucket=v["INFLUX_BUCKET"],
         influx_database=v["INFLUX_DATABASE"], influx_token=_secret(v["INFLUX_TOKEN"]),
         influx_measurement=v["INFLUX_MEASUREMENT"],
-    )  # fmt: skip
+    )
     return Settings(
         path=where.resolve(), sensors=sensors, data_root=data_root,
         data_file=v["LOCAL_DATA_FILE"].lstrip("/"), file_size_limit=v["FILE_SIZE_LIMIT"],
@@ -442,7 +467,7 @@ def _build(
         web_listen=v["WEB_LISTEN"], web_token=_secret(v["WEB_TOKEN"]),
         mqtt=_mqtt(where, base, v), curve=_curve(where, base, v),
         replay_ports=v["REPLAY_PORTS"],
-    )  # fmt: skip
+    )
 
 
 def _check_influx(where: Path, v: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ import zmq
 from powmon.common.errors import SchemaError, SettingsError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
-from powmon.common.schema import Flag, decode_reading, reading_topic, status_topic
+from powmon.common.schema import Flag, decode_readings, reading_topic, status_topic
 from powmon.common.settings import SensorSettings, Settings
 from powmon.common.transport import sub_socket
 from powmon.readers.handshake import NoAnswer, handshake
@@ -81,14 +81,15 @@ def from_bus(
                 heard = True
                 continue
             try:
-                reading = decode_reading(frames)
+                readings = decode_readings(frames)
             except SchemaError:
                 continue
             if not heard:
                 deadline = time.monotonic() + listen + count * _period(settings, sensor_id)
             heard = True
-            raws.append(reading.raw)
-            flags |= reading.flags
+            for reading in readings[: count - len(raws)]:
+                raws.append(reading.raw)
+                flags |= reading.flags
     finally:
         sock.close(linger=0)
         ctx.term()

@@ -25,7 +25,7 @@ from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.schema import (
     READING_PREFIX,
     STATUS_PREFIX,
-    decode_reading,
+    decode_readings,
     decode_status,
     reading_dict,
     reading_topic,
@@ -40,14 +40,15 @@ def _topics(sensors: tuple[str, ...], with_status: bool) -> list[bytes]:
     return topics
 
 
-def _render(frames: list[bytes]) -> dict[str, object]:
+def _render(frames: list[bytes]) -> list[dict[str, object]]:
+    """The JSON objects of one message: a status, or each reading (a batch has several)."""
     if frames[0].startswith(STATUS_PREFIX):
         status = decode_status(frames)
-        return {
+        return [{
             "status": status.process, "id": status.ident, "pid": status.pid,
             "ts_ns": status.ts_ns, "state": status.state, "counters": dict(status.counters),
-        }  # fmt: skip
-    return reading_dict(decode_reading(frames))
+        }]
+    return [reading_dict(r) for r in decode_readings(frames)]
 
 
 def tap(
@@ -65,16 +66,18 @@ def tap(
                 continue
             frames = sock.recv_multipart()
             try:
-                record = _render(frames)
+                records = _render(frames)
             except SchemaError as err:
                 bad += 1
                 if limiter.allow("bad")[0]:  # a stream of junk must not flood the terminal
                     print(f"powmon tap: skipped a bad message ({bad} so far): {err}",
-                          file=sys.stderr)  # fmt: skip
+                          file=sys.stderr)
                 continue
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if count:
+                records = records[: count - shown]
+            out.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
             out.flush()
-            shown += "sensor_id" in record
+            shown += sum("sensor_id" in r for r in records)
     except BrokenPipeError:
         pass  # `powmon tap | head` closed the pipe: that is a normal way to stop
     finally:

@@ -23,7 +23,7 @@ from powmon.common.errors import SchemaError
 from powmon.common.schema import (
     READING_PREFIX,
     STATUS_PREFIX,
-    decode_reading,
+    decode_readings,
     decode_status,
     reading_topic,
 )
@@ -74,15 +74,16 @@ class LiveView:
                         self.stored_wh = {k: float(v) for k, v in energy.items()
                                           if type(v) in (int, float)}
                 return
-            r = decode_reading(frames)
+            readings = decode_readings(frames)
         except SchemaError:
             self.bad += 1
             return
-        view = self.sensors.setdefault(r.sensor_id, SensorView())
-        view.amps, view.watts, view.last_ns = r.amps, r.watts, r.ts_ns
-        view.arrivals.append(now)
-        self.meter.add(r.sensor_id, r.session, r.seq, r.ts_ns, r.watts)
-        self.readings += 1
+        for r in readings:
+            view = self.sensors.setdefault(r.sensor_id, SensorView())
+            view.amps, view.watts, view.last_ns = r.amps, r.watts, r.ts_ns
+            view.arrivals.append(now)
+            self.meter.add(r.sensor_id, r.session, r.seq, r.ts_ns, r.watts)
+        self.readings += len(readings)
 
     def table(self, now: float, wall_ns: int) -> Table:
         from rich.table import Table  # noqa: PLC0415 -- only a terminal needs rich

@@ -54,7 +54,8 @@ class DeviceClock:
         self.delay_ns = delay_ns
         self.counters = ClockCounters()
         self.rate = NOMINAL  # UTC ns per device us; kept across a device reset (same crystal)
-        self._rate_known = False  # fitted over RATE_SPAN_US at least        self._base_us = 0
+        self._rate_known = False  # fitted over RATE_SPAN_US at least
+        self._base_us = 0
         self._base_ns = 0
         self._anchored = False
         self._last_out = -1  # never returned again, nor anything below it

@@ -23,6 +23,7 @@ from powmon.common.logs import RateLimiter
 from powmon.common.schema import Flag
 from powmon.readers.link import IDENT, BadAnswer, Link, parse_answer
 from powmon.readers.session import Converter
+from powmon.readers.stream_commands import Ident, parse_ident
 
 log = logging.getLogger(__name__)
 # A device that refuses a setting refuses it at every reconnect: say so once a minute, with a
@@ -69,6 +70,18 @@ class Agreed:
     convert: Converter
     firmware: str
     first: tuple[float, int] | None  # the sync answer (raw, ts_ns) when it is a plain reading
+    ident: Ident | None = None  # the parsed `id` answer; None for a sketch without one
+
+    @property
+    def streams(self) -> bool:
+        """The device says it can stream (`stream` among its capabilities)."""
+        return self.ident is not None and self.ident.streams
+
+    @property
+    def queues(self) -> bool:
+        """Requests may be sent ahead: PowMon firmware reads them from its buffer one by one.
+        A sketch without `id` (the original protocol) is asked one request at a time."""
+        return self.ident is not None
 
 
 def sync(link: Link, wanted: Wanted, stop: threading.Event) -> tuple[float, int] | None:
@@ -113,7 +126,7 @@ def identify(link: Link, wanted: Wanted) -> str:
         log.debug("sensor=%s firmware=%r", wanted.sensor_id, firmware)  # reader logs it at INFO
         return firmware
     log.debug("sensor=%s no firmware id (answer %r); plain `read` device", wanted.sensor_id,
-              answer[:40])  # fmt: skip
+              answer[:40])
     link.drain()
     return ""
 
@@ -136,7 +149,7 @@ def configure(link: Link, wanted: Wanted) -> tuple[int, Converter]:
         else:
             _limiter.log(log, logging.WARNING, "avg",
                          "sensor=%s device did not acknowledge 'avg %d'; readings are single "
-                         "samples", wanted.sensor_id, wanted.avg)  # fmt: skip
+                         "samples", wanted.sensor_id, wanted.avg)
     if wanted.mode == "ac":
         request = b"mode ac %s %d\n" % (f"{wanted.mains_hz:g}".encode(), wanted.ac_cycles)
         if _command(link, request, b"ok ac"):
@@ -145,7 +158,7 @@ def configure(link: Link, wanted: Wanted) -> tuple[int, Converter]:
             _limiter.log(log, logging.ERROR, "mode",
                          "sensor=%s device did not acknowledge %r; readings are instantaneous DC "
                          "samples, not RMS (update the firmware)", wanted.sensor_id,
-                         request.strip())  # fmt: skip
+                         request.strip())
     return flags, converter
 
 
@@ -157,4 +170,5 @@ def handshake(link: Link, wanted: Wanted, stop: threading.Event) -> Agreed | Non
     link.drain()  # a late answer to an earlier probe must not pass for the next reading
     firmware = identify(link, wanted)
     flags, converter = configure(link, wanted)
-    return Agreed(flags, converter, firmware, first if wanted.plain else None)
+    ident = parse_ident(firmware) if firmware else None
+    return Agreed(flags, converter, firmware, first if wanted.plain else None, ident)

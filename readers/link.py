@@ -173,10 +173,18 @@ class Link:
         self._buf.clear()
         return line
 
-    def drain(self) -> None:
-        """Realign after a bad answer: `r` and its one-line answer, then drop what is left."""
+    def drain(self, in_flight: int = 0) -> None:
+        """Realign after a bad answer: `r` and its one-line answer, then drop what is left.
+
+        With `in_flight` requests still unanswered (pipelined reads), their answers come
+        before the `ok` of `r`: lines are read until that `ok` (at most in_flight + 1 of them)
+        or until the device goes quiet, and thrown away.
+        """
         self.port.write(DRAIN)
-        self.read_line()
+        for _ in range(in_flight + 1):
+            line = self.read_line()
+            if not in_flight or not line or line.strip() == b"ok":
+                break
         self._buf.clear()
         self.port.reset_input_buffer()
 

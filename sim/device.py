@@ -86,6 +86,10 @@ class SimDevice:
             "stream": self._start_stream,
             "stop": self._stop,
         }
+        if spec.firmware != VERSION:  # an older sketch: no stream mode (1.0.0), or only
+            del self._handlers["stream"], self._handlers["stop"]  # read and r (none)
+        if spec.firmware == "none":
+            del self._handlers["id"], self._handlers["avg"], self._handlers["mode"]
 
     # -- control, from tests and the CLI ---------------------------------------------------
     def inject(self, fault: Fault, count: int = 1) -> None:
@@ -190,7 +194,8 @@ class SimDevice:
     def _ident(self, args: list[str]) -> bytes:
         if args:
             return ERR
-        return f"POWMON {VERSION} SIM-{self.sensor_id} {CAPABILITIES}".encode() + CRLF
+        words = f" {CAPABILITIES}" if self.spec.firmware == VERSION else ""
+        return f"POWMON {self.spec.firmware} SIM-{self.sensor_id}{words}".encode() + CRLF
 
     def _set_avg(self, args: list[str]) -> bytes:
         count = _int_or_none(args[0]) if len(args) == 1 else None

@@ -62,6 +62,15 @@ def _drift(text: str) -> float:
     return value
 
 
+FIRMWARES: Final = ("1.1.0", "1.0.0", "none")
+
+
+def _firmware(text: str) -> str:
+    if text not in FIRMWARES:
+        raise ValueError(f"expected one of {', '.join(FIRMWARES)}")
+    return text
+
+
 def _flag(text: str) -> bool:
     if text not in {"0", "1"}:
         raise ValueError("expected 0 or 1")
@@ -81,6 +90,7 @@ SIGNAL_OPTIONS: Final[dict[str, tuple[str, Parser]]] = {
     "drift": ("drift_ppm", _drift),
     "micros0": ("micros0", _micros),
     "adc_rate": ("adc_rate", _count),
+    "firmware": ("firmware", _firmware),
 }
 
 # option name -> the fault it repeats, for `<name>_every=N` (read faults count read answers,

@@ -27,7 +27,9 @@ class SignalSpec:
     PowMon's default settings, so an idle sensor reads 512 and converts back to 0 A. The board:
     its clock runs `drift_ppm` fast (negative: slow), micros() starts at `micros0` after each
     boot, and a stream may use `adc_rate` conversions per second (an Uno's budget by default;
-    raise it to let the wire be the only limit).
+    raise it to let the wire be the only limit). `firmware` is the sketch it runs: "1.1.0"
+    (streams), "1.0.0" (an `id` without capabilities, no stream mode) or "none" (the original
+    protocol: only `read` and `r`).
     """
 
     amps: float = 0.0
@@ -41,6 +43,7 @@ class SignalSpec:
     drift_ppm: float = 0.0
     micros0: int = 0
     adc_rate: int = ADC_BUDGET
+    firmware: str = "1.1.0"
 
 
 class Signal:

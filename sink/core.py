@@ -39,12 +39,13 @@ from powmon.common.schema import (
     STATE_STOPPED,
     STATUS_PREFIX,
     Reading,
+    ReadingBatch,
     Status,
-    decode_reading,
+    decode_batch,
     decode_status,
 )
 from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
-from powmon.sink.filler import GapFiller, Lost
+from powmon.sink.filler import GapFiller, Lost, device_dropped
 from powmon.sink.lost import LossLog
 from powmon.sink.tracker import REASON_OVERFLOW, GapRange, GapTracker, StreamState
 
@@ -245,28 +246,45 @@ class SinkCore:
         readings before it, so the readings before a heartbeat are sorted before it is read."""
         keep: list[Reading] = []
         readings: list[Reading] = []
+        losses: list[ReadingBatch] = []  # messages that name device samples lost
         for frames in messages:
             if frames[0].startswith(STATUS_PREFIX):
-                if readings:
-                    keep += self._sort(readings)
-                    readings = []
+                if readings or losses:
+                    keep += self._sort(readings, losses)
+                    readings, losses = [], []
                 self._status(frames)
                 continue
             try:
-                readings.append(decode_reading(frames))
+                batch = decode_batch(frames)
             except SchemaError as err:
                 self._bad(err)
-        if readings:
-            keep += self._sort(readings)
+                continue
+            readings += batch.readings
+            if batch.dropped:
+                losses.append(batch)
+        if readings or losses:
+            keep += self._sort(readings, losses)
         return keep
 
-    def _sort(self, readings: list[Reading]) -> list[Reading]:
+    def _sort(self, readings: list[Reading], losses: list[ReadingBatch]) -> list[Reading]:
         self.received += len(readings)
         keep, opened = self.tracker.admit(readings)
         self.duplicates += len(readings) - len(keep)
         for gap in opened:
             self._gap(gap)
+        if losses:
+            self._device_losses(losses, keep)
         return keep
+
+    def _device_losses(self, losses: list[ReadingBatch], keep: list[Reading]) -> None:
+        """Device samples a message names as lost go to the loss log, once: with the first
+        reading after them when it is new here (not a duplicate), or alone."""
+        kept = {id(r) for r in keep}
+        for batch in losses:
+            if not batch.readings or id(batch.readings[0]) in kept:
+                self.filler.report(
+                    device_dropped(batch.sensor_id, batch.session, batch.seq, batch.dropped)
+                )
 
     def _status(self, frames: Sequence[bytes]) -> None:
         try:

@@ -26,6 +26,7 @@ from powmon.common.schema import (
 from powmon.sink.tracker import (
     KEEP,
     REASON_BOUND,
+    REASON_DEVICE,
     REASON_NO_ENDPOINT,
     REASON_NO_REPLY,
     REASON_OVERRUN,
@@ -40,18 +41,24 @@ MAX_LOST_KEPT: Final = 1024
 
 @dataclass(frozen=True, slots=True)
 class Lost:
-    """Readings first..last of a stream are gone for good, and why (a gaps.csv row)."""
+    """Readings first..last of a stream are gone for good, and why (a gaps.csv row).
+
+    `unnumbered` samples were lost before they became readings (REASON_DEVICE: the device
+    numbered them, the host never got them): they took no seq, so the range is the empty one
+    just before seq `first` (`last` = first - 1) and `count` is theirs.
+    """
 
     sensor_id: str
     session: str
     first: int
     last: int
     reason: str
+    unnumbered: int = 0
     detected_ns: int = field(default_factory=time.time_ns)
 
     @property
     def count(self) -> int:
-        return self.last - self.first + 1
+        return self.unnumbered or self.last - self.first + 1
 
     @property
     def key(self) -> tuple[str, str]:
@@ -156,6 +163,11 @@ class GapFiller:
             if observe(sensor_id, session, r.seq) in KEEP
         ]
         self.replayed += len(keep)
+        if reply.dropped:
+            kept = {r.seq for r in keep}
+            for seq, count in reply.dropped:
+                if seq in kept:  # the loss comes with its reading, once
+                    self.report(device_dropped(sensor_id, session, seq, count))
         first, last = reply.available
         gone = 0
         for lo, hi in self.tracker.missing_of(key):
@@ -231,3 +243,8 @@ class GapFiller:
         out = list(self._lost)
         self._lost.clear()
         return out
+
+
+def device_dropped(sensor_id: str, session: str, seq: int, count: int) -> Lost:
+    """`count` samples the device took just before reading `seq` never reached the host."""
+    return Lost(sensor_id, session, seq, seq - 1, REASON_DEVICE, count)

@@ -10,7 +10,7 @@ from typing import Any
 import zmq
 
 from powmon.common.errors import SchemaError
-from powmon.common.schema import Reading, Status, decode_reading, decode_status
+from powmon.common.schema import Reading, ReadingBatch, Status, decode_batch, decode_status
 from powmon.common.settings import load_settings
 from tests.helpers import wait_until
 
@@ -22,6 +22,7 @@ class Bus:
     sock: zmq.Socket[bytes]
     readings: list[Reading] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
+    batches: list[ReadingBatch] = field(default_factory=list)  # every reading message, decoded
 
     def pump(self) -> None:
         """Take what has arrived (waiting up to 10 ms for the first), then return."""
@@ -33,7 +34,9 @@ class Bus:
             except zmq.Again:
                 return
             if frames[0].startswith(b"reading/"):
-                self.readings.append(decode_reading(frames))
+                batch = decode_batch(frames)
+                self.batches.append(batch)
+                self.readings += batch.readings
             else:
                 self.statuses.append(decode_status(frames))
 
@@ -52,7 +55,7 @@ class Bus:
 
     def wait_counter(self, key: str, at_least: int, timeout: float = 15.0) -> None:
         wait_until(lambda: self.counters().get(key, 0) >= at_least, timeout,
-                   what=f"counter {key} >= {at_least}")  # fmt: skip
+                   what=f"counter {key} >= {at_least}")
 
 
 Ctx = zmq.Context[zmq.Socket[bytes]]

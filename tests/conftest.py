@@ -11,6 +11,7 @@ import zmq
 
 from tests.bus import BusEnd
 from tests.helpers import Proc, python_module
+from tests.readerrun import ReaderStarter
 
 
 def _context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
@@ -69,3 +70,13 @@ def bus_for(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[[Path]
     yield make
     for bus in buses:
         bus.close()
+
+
+@pytest.fixture
+def start_reader(
+    tmp_path: Path, zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> Iterator[ReaderStarter]:
+    """Readers on threads of this process, each on its own sim:// board (tests/readerrun.py)."""
+    starter = ReaderStarter(tmp_path, zmq_ctx)
+    yield starter
+    starter.close()

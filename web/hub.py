@@ -15,7 +15,7 @@ from powmon.common.errors import SchemaError
 from powmon.common.logs import RateLimiter
 from powmon.common.schema import (
     READING_PREFIX,
-    decode_reading,
+    decode_readings,
     decode_status,
     reading_dict,
 )
@@ -47,12 +47,14 @@ class Hub:
     def on_message(self, frames: Sequence[bytes], now: float) -> None:
         try:
             if frames[0].startswith(READING_PREFIX):
-                r = decode_reading(frames)
-                self.readings += 1
-                self.health.feed_reading(r)
-                self.chart.add(r.sensor_id, r.ts_ns, r.watts, now)
-                if any(c.readings for c in self.clients):
-                    self._broadcast(sse("reading", reading_dict(r)), readings_only=True)
+                readings = decode_readings(frames)
+                self.readings += len(readings)
+                listening = any(c.readings for c in self.clients)
+                for r in readings:
+                    self.health.feed_reading(r)
+                    self.chart.add(r.sensor_id, r.ts_ns, r.watts, now)
+                    if listening:
+                        self._broadcast(sse("reading", reading_dict(r)), readings_only=True)
             else:
                 self.health.feed(decode_status(frames), now)
         except (SchemaError, IndexError) as err:

@@ -105,6 +105,11 @@ class CsvStore:
         self._csv.writerows(rows)
         self.pending_chars += sum(map(len, self._pending[before:]))
 
+    def add_lines(self, lines: list[str]) -> None:
+        """Rows already formatted as CSV lines (schema.csv_lines), each with its line end."""
+        self._pending += lines
+        self.pending_chars += sum(map(len, lines))
+
     def flush(self) -> int:
         """Write every pending row; return how many. Raises OSError with the rest still pending."""
         if not self._pending:
@@ -166,7 +171,7 @@ class CsvStore:
             self._file = FileIO(self._path, "ab")
         else:
             log.warning("file %s changed after a failed write; starting a new file",
-                        self._path.name)  # fmt: skip
+                        self._path.name)
             self._new_file()
 
     def _open_from_directory(self) -> None:

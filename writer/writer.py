@@ -24,7 +24,7 @@ from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError
 from powmon.common.lock import writer_lock
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import Reading, csv_rows
+from powmon.common.schema import Reading, csv_lines
 from powmon.common.settings import Settings
 from powmon.sink.core import CoreConfig, Sink, Stored, serve
 from powmon.sink.filler import Lost
@@ -142,7 +142,7 @@ class CsvSink(Sink):
                 "buffer full (%d rows unwritten): dropped %d readings",
                 self.files.pending_rows, len(dropped),
             )
-        self.files.add_rows(csv_rows(readings))
+        self.files.add_lines(csv_lines(readings))
         self.energy.add(readings)
         return Stored(dropped=tuple(dropped))
 

@@ -11,12 +11,20 @@ from typing import Final
 
 import click
 
-from powmon.bench import bus_bench, live_bench, remote_bench, scale_bench, serial_bench
+from powmon.bench import (
+    bus_bench,
+    live_bench,
+    remote_bench,
+    scale_bench,
+    serial_bench,
+    stream_bench,
+)
 from powmon.bench.results import Row, save, table
 from powmon.bench.runner import Plan
 
 FIGURES: Final[dict[str, Callable[[Plan], list[Row]]]] = {
     "serial": serial_bench.run,
+    "stream": stream_bench.run,
     "bus": bus_bench.run,
     "live": live_bench.run,
     "scale": scale_bench.run,
@@ -61,7 +69,7 @@ def bench_command(quick: bool, only: tuple[str, ...], out: Path) -> None:
     """Measure PowMon against the physical limits, each next to a reference from the same run.
 
     Starts real PowMon processes on free loopback ports and simulated Arduinos (Linux: uses
-    pseudo-terminals and /proc). A full run takes about 4-5 minutes; --quick about 30 s.
+    pseudo-terminals and /proc). A full run takes about 8-10 minutes; --quick about 60 s.
     """
     rows, path = run_all(quick, only, out)
     click.echo(table(rows))

@@ -28,7 +28,7 @@ from powmon.common.schema import (
     READING_PREFIX,
     STATUS_PREFIX,
     Status,
-    decode_reading,
+    decode_readings,
     decode_status,
 )
 from powmon.common.settings import load_settings
@@ -175,15 +175,16 @@ class BusWatch:
                 with self._lock:
                     self.status[(status.process, status.ident)] = status
                 return
-            r = decode_reading(frames)
+            readings = decode_readings(frames)
         except SchemaError:
             return
-        key = (r.sensor_id, r.session)
-        last = self._last.get(key)
-        if last is not None and r.seq != last + 1:
-            self.gaps[r.sensor_id] += 1
-        self._last[key] = r.seq
-        self.counts[r.sensor_id] += 1
+        for r in readings:
+            key = (r.sensor_id, r.session)
+            last = self._last.get(key)
+            if last is not None and r.seq != last + 1:
+                self.gaps[r.sensor_id] += 1
+            self._last[key] = r.seq
+            self.counts[r.sensor_id] += 1
 
     def get(self, process: str, ident: str) -> Status | None:
         with self._lock:

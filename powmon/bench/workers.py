@@ -28,17 +28,21 @@ import serial
 import zmq
 
 from powmon.common.schema import (
+    BATCH_VERSION,
     READING_PREFIX,
     SCHEMA_VERSION,
     Reading,
-    decode_reading,
+    decode_readings,
+    encode_batch,
     encode_reading,
 )
 from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
 
 _ANSWER: Final = re.compile(rb"\s*\d{1,9}(?:\.\d{1,9})?\s*")
 READ: Final = b"read \n"
-BODY: Final = [SCHEMA_VERSION, "S01", "0123456789ab", 0, 0, 512, 0.00488, 0.0740, 0.370, 0]
+BODY: Final[list[Any]] = [
+    SCHEMA_VERSION, "S01", "0123456789ab", 0, 0, 512, 0.00488, 0.0740, 0.370, 0,
+]
 
 
 def _stop_on_term() -> threading.Event:
@@ -84,26 +88,47 @@ def serial_loop(port: str, baud: int, depth: int, seconds: float) -> dict[str, A
     return {"answers": answers, "bad": bad}
 
 
-def synthetic_publisher(endpoint: str, sensor: str, count: int, hwm: int) -> dict[str, Any]:
-    """What a reader does per reading (Reading, encode_reading, send), minus the serial port."""
+def synthetic_publisher(
+    endpoint: str, sensor: str, count: int, hwm: int, batch: int = 1
+) -> dict[str, Any]:
+    """What a reader does per reading (Reading, encode_reading, send), minus the serial port;
+    with `batch` > 1 what a streaming reader does per wake-up (rows, encode_batch, send)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = pub_socket(ctx, endpoint, hwm, curve=None)  # the benchmarks' loopback bus
     wait_for_broker(sock, threading.Event(), 5.0)
     session = f"{time.time_ns() & 0xFFFFFFFFFFFF:012x}"
     send, more = sock.send, zmq.SNDMORE
     start = time.time()
-    for seq in range(count):
-        topic, payload = encode_reading(Reading(sensor, session, seq, time.time_ns(), 512,
-                                                0.00488, 0.0740, 0.370, 0))  # fmt: skip
-        send(topic, more)  # two send() calls, as readers.session.Emitter does
-        send(payload)
+    if batch > 1:
+        for seq in range(0, count, batch):
+            now = time.time_ns()
+            rows = [(now + i, 512, 0.00488, 0.0740, 0.370, 0) for i in range(batch)]
+            topic, payload = encode_batch(sensor, session, seq, rows[: count - seq])
+            send(topic, more)
+            send(payload)
+    else:
+        for seq in range(count):
+            topic, payload = encode_reading(Reading(sensor, session, seq, time.time_ns(), 512,
+                                                    0.00488, 0.0740, 0.370, 0))
+            send(topic, more)  # two send() calls, as readers.session.Emitter does
+            send(payload)
     end = time.time()
     sock.close(linger=60_000)  # let everything queued reach the broker
     ctx.term()
     return {"start": start, "end": end, "sent": count}
 
 
-def raw_publisher(endpoint: str, count: int, pack: bool, hwm: int) -> dict[str, Any]:
+def _body(batch: int) -> list[Any]:
+    """The payload of the benchmark's message: one reading (v1), or a batch of `batch`."""
+    if batch <= 1:
+        return list(BODY)
+    rows = [[BODY[4] + i, *BODY[5:]] for i in range(batch)]
+    return [BATCH_VERSION, BODY[1], BODY[2], 0, 0, rows]
+
+
+def raw_publisher(
+    endpoint: str, count: int, pack: bool, hwm: int, batch: int = 1
+) -> dict[str, Any]:
     """XPUB (binds; its first recv is the subscriber arriving), then `count` messages.
 
     Frames go out with two send() calls rather than send_multipart(): the same two-frame message
@@ -116,7 +141,7 @@ def raw_publisher(endpoint: str, count: int, pack: bool, hwm: int) -> dict[str, 
     sock.bind(endpoint)
     sock.recv()  # the subscription: nothing sent from now on is lost to the slow joiner
     topic = READING_PREFIX + b"S01/"
-    body = list(BODY)
+    body = _body(batch)
     payload = msgpack.packb(body)
     send = sock.send
     more = zmq.SNDMORE
@@ -124,7 +149,7 @@ def raw_publisher(endpoint: str, count: int, pack: bool, hwm: int) -> dict[str, 
     if pack:
         packb = msgpack.packb
         for seq in range(count):
-            body[3] = seq
+            body[3] = seq  # the seq of a single reading, the first seq of a batch
             send(topic, more)
             send(packb(body))
     else:
@@ -175,10 +200,10 @@ def latency_tap(endpoint: str, seconds: float, warmup: float) -> dict[str, Any]:
     end = begin + seconds
     while time.monotonic() < end:
         if sock.poll(100):
-            frames = sock.recv_multipart()
-            r = decode_reading(frames)
+            readings = decode_readings(sock.recv_multipart())
             if time.monotonic() >= begin:
-                lat.append((now_ns() - r.ts_ns) / 1e6)
+                now = now_ns()
+                lat += [(now - r.ts_ns) / 1e6 for r in readings]
     sock.close(0)
     ctx.term()
     return {"latencies_ms": lat}
@@ -197,12 +222,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sensor", required=True)
     s.add_argument("--count", type=int, required=True)
     s.add_argument("--hwm", type=int, default=1_000_000)
+    s.add_argument("--batch", type=int, default=1, help="readings per message")
     for name in ("rawpub", "rawsub"):
         s = sub.add_parser(name)
         s.add_argument("--endpoint", required=True)
-        s.add_argument("--count", type=int, required=True)
+        s.add_argument("--count", type=int, required=True, help="messages")
         s.add_argument("--codec", action="store_true", help="pack (pub) / unpack (sub) each")
         s.add_argument("--hwm", type=int, default=1_000_000)
+        s.add_argument("--batch", type=int, default=1, help="readings per message")
     s = sub.add_parser("latency")
     s.add_argument("--endpoint", required=True)
     s.add_argument("--seconds", type=float, required=True)
@@ -214,8 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     a = _parser().parse_args(argv)
     jobs: dict[str, Callable[[], dict[str, Any]]] = {
         "serial": lambda: serial_loop(a.port, a.baud, a.depth, a.seconds),
-        "synpub": lambda: synthetic_publisher(a.endpoint, a.sensor, a.count, a.hwm),
-        "rawpub": lambda: raw_publisher(a.endpoint, a.count, a.codec, a.hwm),
+        "synpub": lambda: synthetic_publisher(a.endpoint, a.sensor, a.count, a.hwm, a.batch),
+        "rawpub": lambda: raw_publisher(a.endpoint, a.count, a.codec, a.hwm, a.batch),
         "rawsub": lambda: raw_subscriber(a.endpoint, a.count, a.codec, a.hwm),
         "latency": lambda: latency_tap(a.endpoint, a.seconds, a.warmup),
     }

@@ -95,7 +95,7 @@ def test_junk_on_the_bus_is_counted_and_dropped_by_every_subscriber(
             tmp_path / "settings.yaml", [{"PORT": "sim://VIC", "SENSORS_ID": "VIC"}],
             REMOTE_SAVE=True, UPLINK_URL=server.url, UPLINK_FORMAT="json",
             UPLINK_BATCH_SIZE=50, UPLINK_BATCH_WAIT=0.05, UPLINK_SPOOL="spool.sqlite3",
-        )  # fmt: skip
+        )
         broker(settings)
         bus = bus_for(settings)
         config = ["--config", str(settings)]
@@ -170,17 +170,18 @@ def test_non_utf8_and_garbage_from_serial_are_counted_skipped_and_rate_limited(
     """Every 2nd answer not UTF-8, every 3rd garbage: bad_lines rises, readings go on, and
     the log holds a handful of warnings, then one that counts the lines it held back."""
     port = "sim://HOSTILE1?nonutf8_every=2&garbage_every=3&seed=5"
+    # Request/answer: these faults spoil answers to `read` (a stream's are frame faults).
     settings = write_settings(tmp_path / "settings.yaml", [{"PORT": port, "SENSORS_ID": "H1"}],
-                              LOG_LEVEL=0)  # fmt: skip
+                              LOG_LEVEL=0, STREAM="off")
     broker(settings)
     bus = bus_for(settings)
     reader = spawn(python_module("powmon.readers", "--sensor-id", "H1", "--config",
-                                 str(settings)), "reader")  # fmt: skip
+                                 str(settings)), "reader")
     bus.wait("reader", "bad lines and readings", lambda c: c["bad_lines"] > 100
-             and c["readings"] > 100)  # fmt: skip
+             and c["readings"] > 100)
     # The reader logs each kind of bad answer at most once per 10 s: wait for the second one.
     match = wait_until(lambda: SUPPRESSED.search(reader.output()), 30, interval=0.2,
-                       what="a warning that reports the suppressed count")  # fmt: skip
+                       what="a warning that reports the suppressed count")
     assert match is not None
     counters = bus.counters("reader")
     stop_ok(reader)
@@ -233,11 +234,11 @@ def test_writer_over_its_file_size_limit_keeps_rows_and_stores_all_once_lifted(
     """EFBIG mid-write: the file is cut back to whole rows, rows wait in memory, errors are
     logged; once the limit is lifted every reading is stored exactly once, in order."""
     settings = write_settings(tmp_path / "settings.yaml", [{"PORT": "sim://VIC",
-                              "SENSORS_ID": "VIC"}], LOG_LEVEL=0)  # fmt: skip
+                              "SENSORS_ID": "VIC"}], LOG_LEVEL=0)
     broker(settings)
     bus = bus_for(settings)
     writer = spawn([sys.executable, "-c", LIMITED, str(FSIZE), "powmon.writer", "--config",
-                    str(settings)], "writer")  # fmt: skip
+                    str(settings)], "writer")
     _wait_writer_subscribed(bus)
     for seq in range(2000):  # about 150 KB of rows: more than twice the limit
         bus.pub.send_multipart(reading("VIC", "big", seq))
@@ -246,9 +247,9 @@ def test_writer_over_its_file_size_limit_keeps_rows_and_stores_all_once_lifted(
     assert path.stat().st_size <= FSIZE
     assert path.read_bytes().endswith(b"\n")  # never half a row
     resource.prlimit(writer.pid, resource.RLIMIT_FSIZE,
-                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # fmt: skip
+                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     wait_until(lambda: _stored(tmp_path, "big") == list(range(2000)), 30,
-               what="every reading stored once the limit is gone")  # fmt: skip
+               what="every reading stored once the limit is gone")
     bus.wait("writer", "nothing pending", lambda c: c["pending"] == 0 and c["dropped"] == 0)
     stop_ok(writer)
     log = writer.output()
@@ -274,7 +275,7 @@ def test_writer_on_a_full_disk_keeps_rows_and_stores_all_once_there_is_room(
     """ENOSPC: the data file is /dev/full (bind-mounted, in the writer's own mount namespace
     only); rows wait in memory, errors are logged; unmounted, everything is stored once."""
     settings = write_settings(tmp_path / "settings.yaml", [{"PORT": "sim://VIC",
-                              "SENSORS_ID": "VIC"}], LOG_LEVEL=0)  # fmt: skip
+                              "SENSORS_ID": "VIC"}], LOG_LEVEL=0)
     data = tmp_path / "data"
     data.mkdir()
     current = data / "data-000001-20260101T000000Z.csv"
@@ -284,7 +285,7 @@ def test_writer_on_a_full_disk_keeps_rows_and_stores_all_once_there_is_room(
     # A private mount namespace: the bind mount exists for the writer alone and vanishes
     # with it, whatever happens to the test.
     writer = spawn(["unshare", "--mount", "--propagation", "private", *python_module(
-        "powmon.writer", "--config", str(settings))], "writer")  # fmt: skip
+        "powmon.writer", "--config", str(settings))], "writer")
     bus.wait("writer", "up (its start-up read of the data files is done)", lambda c: True)
     nsenter = ["nsenter", "--target", str(writer.pid), "--mount"]
     subprocess.run([*nsenter, "mount", "--bind", "/dev/full", str(current)], check=True)
@@ -294,7 +295,7 @@ def test_writer_on_a_full_disk_keeps_rows_and_stores_all_once_there_is_room(
     bus.wait("writer", "refused writes", lambda c: c["write_errors"] >= 2 and c["pending"] >= 300)
     subprocess.run([*nsenter, "umount", str(current)], check=True)
     wait_until(lambda: _stored(tmp_path, "full") == list(range(300)), 30,
-               what="every reading stored once the disk has room")  # fmt: skip
+               what="every reading stored once the disk has room")
     bus.wait("writer", "nothing pending", lambda c: c["pending"] == 0 and c["dropped"] == 0)
     stop_ok(writer)
     assert sorted(data.glob("data-*.csv")) == [current]  # appended to, under its one header

@@ -56,9 +56,11 @@ QUICK = 0.001  # 1,000 readings/s per sensor: a rate the writer keeps up with, l
 def behind_settings(tmp_path: Path, **overrides: object) -> Path:
     """HWM 1000 and the broker's backend on a Unix socket, whose kernel buffers are small:
     a writer frozen for a few seconds falls behind the high-water mark and the broker drops
-    for it (on loopback TCP the kernel would buffer tens of megabytes first)."""
+    for it (on loopback TCP the kernel would buffer tens of megabytes first). Request/answer:
+    one message per reading; a stream's batches would take minutes to fill the pipes."""
     return write_settings(tmp_path / "settings.yaml", FAST, POLLING_DELAY=QUICK, HWM=1000,
-                          BROKER_BACKEND=f"ipc://{tmp_path}/backend.sock", **overrides)
+                          BROKER_BACKEND=f"ipc://{tmp_path}/backend.sock", STREAM="off",
+                          **overrides)
 
 
 def lost_keys(data: Path) -> set[Key]:

@@ -81,6 +81,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
                 "SNS": 0.0625,
                 "VCC": 12.0,
                 "POLLING_DELAY": 0.02,
+                # The hole is made by pausing the reader: that stops readings only when it
+                # polls (a streaming board goes on sampling; its frames come after the pause).
+                "STREAM": "off",
             },
             {
                 "PORT": f"sim://CAL?offset={OFFSET_V}&noise=0.1&seed=5",

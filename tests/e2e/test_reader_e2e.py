@@ -33,7 +33,7 @@ class Rig:
         """SIGTERM the reader; then collect up to its last heartbeat ('stopped')."""
         code = self.reader.stop()
         wait_until(lambda: any(s.state == STATE_STOPPED for s in self.bus.reader_statuses()), 10,
-                   what="the reader's final heartbeat")  # fmt: skip
+                   what="the reader's final heartbeat")
         return code
 
 
@@ -58,9 +58,10 @@ def rig(
     device = SimDevice(SignalSpec(amps=2.5, noise=0.05, seed=7), "VIC")
     sim = PtySimulator(device, link=tmp_path / "ttyVIC").start()
     # PORT is a board that is not there: --port must win over it.
+    # Request/answer (stream mode on a pty: test_reader_stream_e2e.py).
     settings = write_settings(tmp_path / "settings.yaml",
                               [{"PORT": "/dev/powmon-no-such-port", "SENSORS_ID": "VIC"}],
-                              POLLING_DELAY=0.005, TIMEOUT=0.3)  # fmt: skip
+                              POLLING_DELAY=0.005, TIMEOUT=0.3, STREAM="off")
     backend = load_settings(settings).broker_backend
     broker(settings)
     sub = zmq_ctx.socket(zmq.SUB)
@@ -70,7 +71,7 @@ def rig(
     # The broker's own heartbeat coming through proves the subscription has propagated.
     wait_until(bus.all_statuses, 15, what="the broker's heartbeat")
     reader = spawn(python_module("powmon.readers", "--port", sim.path, "--sensor-id", "VIC",
-                                 "--config", str(settings)), "reader")  # fmt: skip
+                                 "--config", str(settings)), "reader")
     try:
         yield Rig(device, sim, settings, bus, reader)
     finally:
@@ -143,11 +144,11 @@ def test_unknown_sensor_id_is_refused_with_exit_code_2(tmp_path: Path) -> None:
     """A --sensor-id not in SENSORS: one line naming the settings file and the known ids, exit 2."""
     settings = write_settings(tmp_path / "settings.yaml",
                               [{"PORT": "COM4", "SENSORS_ID": "VIC"},
-                               {"PORT": "COM14", "SENSORS_ID": "ATT"}])  # fmt: skip
+                               {"PORT": "COM14", "SENSORS_ID": "ATT"}])
     done = subprocess.run(
         [sys.executable, "-m", "powmon.readers", "--sensor-id", "NOPE", "--config",
          str(settings)], capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 2
     assert "settings.yaml" in done.stderr
     assert "'NOPE'" in done.stderr
@@ -159,10 +160,10 @@ def test_unknown_sensor_id_is_refused_with_exit_code_2(tmp_path: Path) -> None:
 def test_sim_url_port_works_in_a_real_process(
     tmp_path: Path, broker: Callable[[Path], Proc], spawn: Callable[..., Proc],
     zmq_ctx: zmq.Context[zmq.Socket[bytes]],
-) -> None:  # fmt: skip
+) -> None:
     """--port sim://VIC?... resolves through pyserial's URL handlers, with no device node."""
     settings = write_settings(tmp_path / "settings.yaml", [{"PORT": "COM4", "SENSORS_ID": "VIC"}],
-                              POLLING_DELAY=0.01)  # fmt: skip
+                              POLLING_DELAY=0.01)
     broker(settings)
     sub = zmq_ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")

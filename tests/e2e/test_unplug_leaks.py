@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zmq
 
-from powmon.common.schema import READING_PREFIX, STATUS_PREFIX, decode_reading, decode_status
+from powmon.common.schema import READING_PREFIX, STATUS_PREFIX, decode_readings, decode_status
 from powmon.common.settings import load_settings
 from powmon.sim.device import SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
@@ -48,8 +48,7 @@ class Bus:
         while self.sock.poll(0):
             frames = self.sock.recv_multipart()
             if frames[0].startswith(READING_PREFIX):
-                decode_reading(frames)
-                self.readings += 1
+                self.readings += len(decode_readings(frames))
                 continue
             status = decode_status(frames)
             self.statuses += 1
@@ -91,13 +90,13 @@ def test_twenty_replugs_reconnect_every_time_without_leaking(
         settings = write_settings(tmp_path / "settings.yaml",
                                   [{"PORT": sim.path, "SENSORS_ID": "PLUG"}],
                                   POLLING_DELAY=0.005, TIMEOUT=0.3,
-                                  HEARTBEAT_INTERVAL=0.05)  # fmt: skip
+                                  HEARTBEAT_INTERVAL=0.05)
         broker(settings)
         bus = Bus(zmq_ctx, load_settings(settings).broker_backend)
         try:
             bus.wait("the broker's heartbeat", lambda: bus.statuses > 0)
             reader = spawn(python_module("powmon.readers", "--sensor-id", "PLUG", "--config",
-                                         str(settings)), "reader")  # fmt: skip
+                                         str(settings)), "reader")
             bus.wait("first readings", lambda: bus.readings >= 20)
             fds, threads = _fds(reader.pid), _threads(reader.pid)
             for outage in range(1, OUTAGES + 1):

@@ -6,11 +6,13 @@ else, so any other exception out of a decoder is a message that kills a process.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 from hypothesis import example, given
@@ -18,16 +20,21 @@ from hypothesis import strategies as st
 
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
+    BATCH_VERSION,
     SCHEMA_VERSION,
     Reading,
     ReplayReply,
     Status,
+    csv_lines,
     csv_row,
+    csv_rows,
+    decode_batch,
     decode_reading,
     decode_replay_reply,
     decode_replay_request,
     decode_status,
     encode_reading,
+    encode_readings,
     reading_dict,
     reading_topic,
     status_topic,
@@ -53,7 +60,7 @@ def mutated_reading(draw: st.DrawFn) -> list[bytes]:
     """A valid reading with some fields replaced, dropped or added: reaches the deep checks."""
     sensor = draw(st.sampled_from(["VIC", "a/b", "x" * 100]) | any_text)
     body: list[Any] = [SCHEMA_VERSION, sensor, "s1", 7, 1_700_000_000 * 10**9, 512, 0.0, 0.0,
-                       0.0, 0]  # fmt: skip
+                       0.0, 0]
     for _ in range(draw(st.integers(1, 3))):
         body[draw(st.integers(0, 9))] = draw(msgpack_values)
     if draw(st.booleans()):
@@ -104,6 +111,59 @@ def test_decode_reading_raises_only_schema_error(frames: list[bytes]) -> None:
     assert decode_reading(encode_reading(reading)).key == reading.key
 
 
+TS: Final = 1_700_000_000 * 10**9
+ROW: Final[list[Any]] = [TS, 512, 0.0, 0.0, 0.0, 0]
+
+
+@st.composite
+def mutated_batch(draw: st.DrawFn) -> list[bytes]:
+    """A valid batch with its header or some rows' fields replaced, dropped or added."""
+    rows: list[Any] = [list(ROW) for _ in range(draw(st.integers(0, 4)))]
+    body: list[Any] = [BATCH_VERSION, "VIC", "s1", draw(st.integers(0, 9)), 0, rows]
+    for _ in range(draw(st.integers(0, 2))):
+        body[draw(st.integers(0, 5))] = draw(msgpack_values)
+    for row in rows:
+        if draw(st.booleans()):
+            row[draw(st.integers(0, 5))] = draw(msgpack_values)
+    if draw(st.booleans()):
+        body = body[: draw(st.integers(0, 7))]
+    return [b"reading/VIC/", pack(body)]
+
+
+@fuzz(300)
+@given(mutated_batch() | reading_frames)
+@example([b"reading/VIC/", pack([BATCH_VERSION, "VIC", "s1", 0, 0, [ROW, ROW[:3]]])])
+@example([b"reading/VIC/", pack([BATCH_VERSION, "VIC", "s1", 2**63, 0, [ROW]])])
+def test_decode_batch_raises_only_schema_error(frames: list[bytes]) -> None:
+    """Any frames: a batch whose readings every receiver can store (consecutive seqs of one
+    session, int64 and finite fields) and that encodes back the same, or SchemaError."""
+    batch = only_schema_errors(decode_batch, frames)
+    if batch is None:
+        return
+    first = batch.seq
+    assert [r.seq for r in batch.readings] == list(range(first, first + len(batch.readings)))
+    assert {(r.sensor_id, r.session) for r in batch.readings} <= {(batch.sensor_id, batch.session)}
+    assert all(_fits_every_store(r) for r in batch.readings)
+    for r in batch.readings:
+        csv_row(r)
+        reading_dict(r)
+    rows = [(r.ts_ns, r.raw, r.volts, r.amps, r.watts, r.flags) for r in batch.readings]
+    again, _ = encode_readings(batch.sensor_id, batch.session, batch.seq, rows, batch.dropped)
+    assert decode_batch(again) == batch
+
+
+@fuzz(100)
+@given(mutated_batch())
+def test_tap_prints_every_reading_of_a_batch(frames: list[bytes]) -> None:
+    """`powmon tap` renders one JSON line per reading of what decode_batch accepts."""
+    records = only_schema_errors(_render, frames)
+    batch = only_schema_errors(decode_batch, frames)
+    assert (records is None) == (batch is None)
+    if records is not None and batch is not None:
+        assert [r["seq"] for r in records] == [r.seq for r in batch.readings]
+        json.dumps(records, ensure_ascii=False)
+
+
 def test_a_deeply_nested_payload_is_a_schema_error() -> None:
     """1 KB of nested arrays (within msgpack's own limit) is refused, not a crash."""
     old = sys.getrecursionlimit()
@@ -116,7 +176,7 @@ def test_a_deeply_nested_payload_is_a_schema_error() -> None:
 
 def _decode_deep() -> None:
     for decode, frames in ((decode_reading, [b"reading/VIC/", DEEP]),
-                           (decode_status, [b"status/x/y/", DEEP])):  # fmt: skip
+                           (decode_status, [b"status/x/y/", DEEP])):
         assert only_schema_errors(decode, frames) is None
 
 
@@ -144,7 +204,7 @@ status_bodies = st.fixed_dictionaries(
      "id": st.just("VIC") | msgpack_values, "pid": st.integers(0, 99999) | msgpack_values,
      "ts": st.integers(0, 2**62) | msgpack_values, "state": msgpack_values,
      "counters": st.dictionaries(any_text, msgpack_values, max_size=4) | msgpack_values},
-)  # fmt: skip
+)
 
 
 @st.composite
@@ -163,7 +223,7 @@ def status_frames(draw: st.DrawFn) -> list[bytes]:
 @given(status_frames() | any_frames | packed_frames)
 @example([b"status/reader/VIC/", pack({"v": 1, "process": "reader", "id": "VIC",
                                        "pid": float("inf"), "ts": 0, "state": "x",
-                                       "counters": {}})])  # fmt: skip
+                                       "counters": {}})])
 def test_decode_status_raises_only_schema_error(frames: list[bytes]) -> None:
     """Any frames: a Status, or SchemaError."""
     status = only_schema_errors(decode_status, frames)
@@ -198,7 +258,7 @@ def test_tap_prints_every_message_the_decoder_accepts(frames: list[bytes]) -> No
 @fuzz(150)
 @given(st.binary(max_size=60) | msgpack_values.map(pack)
        | st.tuples(msgpack_values, msgpack_values, msgpack_values).map(
-           lambda t: pack([SCHEMA_VERSION, "replay", *t])))  # fmt: skip
+           lambda t: pack([SCHEMA_VERSION, "replay", *t])))
 def test_decode_replay_request_raises_only_schema_error(payload: bytes) -> None:
     """Any payload: a ReplayRequest with integer bounds, or SchemaError."""
     req = only_schema_errors(decode_replay_request, payload)
@@ -209,16 +269,17 @@ def test_decode_replay_request_raises_only_schema_error(payload: bytes) -> None:
 
 def _reply_payloads(draw: st.DrawFn, n: int) -> Sequence[Any]:
     good = encode_reading(Reading("VIC", "s1", 0, 0, 512, 0.0, 0.0, 0.0))[1]
-    return [draw(st.just(good) | msgpack_values) for _ in range(n)]
+    lossy = encode_readings("VIC", "s1", 1, [(TS, 512, 0.0, 0.0, 0.0, 0)], dropped=3)[1][0]
+    return [draw(st.sampled_from([good, lossy]) | msgpack_values) for _ in range(n)]
 
 
 @st.composite
 def replay_replies(draw: st.DrawFn) -> bytes:
     available = draw(st.lists(st.integers(-5, 5) | msgpack_values, min_size=2, max_size=2)
-                     | msgpack_values)  # fmt: skip
+                     | msgpack_values)
     payloads = _reply_payloads(draw, draw(st.integers(0, 3)))
     return pack([SCHEMA_VERSION, "replayed", draw(st.just("VIC") | msgpack_values), "s1",
-                 available, payloads])  # fmt: skip
+                 available, payloads])
 
 
 @fuzz(150)
@@ -230,3 +291,22 @@ def test_decode_replay_reply_raises_only_schema_error(payload: bytes) -> None:
     if reply is not None:
         assert isinstance(reply, ReplayReply)
         assert all(type(x) is int for x in reply.available)
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+ids = any_text.filter(bool)
+readings = st.builds(
+    Reading, ids, ids, st.integers(0, INT64_MAX), st.integers(-INT64_MAX, INT64_MAX),
+    st.integers(0, 1023) | finite, finite, finite, finite, st.integers(0, INT64_MAX),
+)
+
+
+@fuzz(200)
+@given(st.lists(readings, max_size=5))
+@example([Reading("a,b", 'q"t', 1, 0, 512.25, -0.0, 1e300, 0.0, 99)])
+@example([Reading("c\rr", "x\ny", 0, -1, 7, 0.0, 0.0, 0.0, 0)])
+def test_csv_lines_are_what_csv_writer_makes_of_csv_rows(batch: list[Reading]) -> None:
+    """The writer's one-step formatter writes byte for byte the lines csv.writer writes."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(csv_rows(batch))
+    assert "".join(csv_lines(batch)) == out.getvalue()

@@ -7,14 +7,23 @@ import pytest
 
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
+    BATCH_VERSION,
+    MAX_BATCH,
     SCHEMA_VERSION,
     Flag,
     Reading,
+    ReadingBatch,
     Status,
     csv_row,
+    decode_batch,
     decode_reading,
+    decode_readings,
+    decode_replay_reply,
     decode_status,
+    encode_batch,
     encode_reading,
+    encode_readings,
+    encode_replay_reply,
     encode_status,
     flag_names,
     format_ts,
@@ -55,7 +64,7 @@ def test_status_round_trip() -> None:
     ],
     ids=["one-frame", "not-msgpack", "map", "version", "topic-mismatch", "negative-seq",
          "string-raw", "bool-seq"],
-)  # fmt: skip
+)
 def test_invalid_messages_raise_schema_error(frames: list[bytes]) -> None:
     """Every kind of malformed message is a SchemaError, never another exception."""
     with pytest.raises(SchemaError):
@@ -79,3 +88,91 @@ def test_format_ts_is_utc_with_microseconds() -> None:
     assert format_ts(0) == "1970-01-01T00:00:00.000000Z"
 
 
+
+
+ROWS = [(1_795_628_538_799_919_130 + 10_000_000 * i, 512 + i, 0.0, 0.0, 0.0, 0) for i in range(3)]
+
+
+def test_a_batch_decodes_to_consecutive_readings_of_one_session() -> None:
+    """Version 2: rows become Readings with seq, seq + 1, ... and the sensor and session."""
+    frames = encode_batch("VIC", "s1", 40, ROWS, dropped=5)
+    assert frames[0] == reading_topic("VIC")
+    batch = decode_batch(frames)
+    assert (batch.sensor_id, batch.session, batch.seq, batch.dropped) == ("VIC", "s1", 40, 5)
+    assert batch.readings == [Reading("VIC", "s1", 40 + i, *row) for i, row in enumerate(ROWS)]
+    assert decode_readings(frames) == batch.readings
+
+
+def test_a_single_reading_decodes_as_a_batch_of_one() -> None:
+    """decode_batch / decode_readings read version 1 too: every consumer reads both."""
+    assert decode_readings(encode_reading(R)) == [R]
+    assert decode_batch(encode_reading(R)) == ReadingBatch("VIC", "a1b2c3", 7, 0, [R])
+
+
+def test_encode_readings_sends_one_alone_and_keeps_each_payload_for_replay() -> None:
+    """One reading goes as version 1, several as a batch; the replay payloads are one per
+    reading, the first a batch of one when it names a loss (so a replay brings it along)."""
+    one, payloads = encode_readings("VIC", "s1", 3, ROWS[:1])
+    assert one == [reading_topic("VIC"), payloads[0]]
+    assert decode_reading(one).seq == 3
+    frames, payloads = encode_readings("VIC", "s1", 3, ROWS, dropped=2)
+    assert decode_batch(frames).dropped == 2
+    assert decode_batch([frames[0], payloads[0]]) == ReadingBatch(
+        "VIC", "s1", 3, 2, [Reading("VIC", "s1", 3, *ROWS[0])]
+    )
+    assert [decode_reading([frames[0], p]).seq for p in payloads[1:]] == [4, 5]
+    loss, none = encode_readings("VIC", "s1", 9, [], dropped=7)
+    assert none == [] and decode_batch(loss) == ReadingBatch("VIC", "s1", 9, 7, [])
+
+
+def test_a_replay_reply_brings_the_loss_named_by_a_payload() -> None:
+    """A ring payload that names device samples lost before it: they come as `dropped`."""
+    _, payloads = encode_readings("VIC", "s1", 3, ROWS, dropped=2)
+    reply = decode_replay_reply(encode_replay_reply("VIC", "s1", (3, 5), payloads))
+    assert [r.seq for r in reply.readings] == [3, 4, 5]
+    assert reply.dropped == ((3, 2),)
+
+
+def test_decode_reading_refuses_a_batch() -> None:
+    """decode_reading is for one reading; a batch needs decode_batch (no silent truncation)."""
+    with pytest.raises(SchemaError, match="10 fields"):
+        decode_reading(encode_batch("VIC", "s1", 0, ROWS))
+
+
+def _batch(*fields: object) -> list[bytes]:
+    return [b"reading/VIC/", msgpack.packb([BATCH_VERSION, *fields])]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        _batch("VIC", "s1", 0, 0, []),  # nothing in it at all
+        _batch("VIC", "s1", -1, 0, [list(ROWS[0])]),
+        _batch("VIC", "s1", 0, -3, [list(ROWS[0])]),
+        _batch("VIC", "s1", 0, 0, [list(ROWS[0])[:5]]),
+        _batch("VIC", "s1", 0, 0, [[0, "512", 0.0, 0.0, 0.0, 0]]),
+        _batch("VIC", "s1", 0, 0, [[0, 512, float("nan"), 0.0, 0.0, 0]]),
+        _batch("VIC", "s1", 0, 0, [list(ROWS[0])] * (MAX_BATCH + 1)),
+        _batch("VIC", "s1", 2**63 - 2, 0, [list(ROWS[0])]),
+        _batch("VIC", "", 0, 0, [list(ROWS[0])]),
+        [b"reading/ATT/", encode_batch("VIC", "s1", 0, ROWS)[1]],
+        [b"reading/VIC/", msgpack.packb([BATCH_VERSION + 1, "VIC", "s1", 0, 0, []])],
+    ],
+    ids=[
+        "empty",
+        "negative-seq",
+        "negative-dropped",
+        "short-row",
+        "string-raw",
+        "nan",
+        "too-many",
+        "seq-overflow",
+        "no-session",
+        "topic-mismatch",
+        "version",
+    ],
+)
+def test_invalid_batches_raise_schema_error(frames: list[bytes]) -> None:
+    """Every kind of malformed batch is a SchemaError, never another exception."""
+    with pytest.raises(SchemaError):
+        decode_batch(frames)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,44 @@ def test_per_sensor_overrides_and_defaults(tmp_path: Path) -> None:
     vic, att = settings.sensors
     assert (vic.sns, vic.offset, vic.vcc, vic.polling_delay) == (0.185, 2.4, 12.0, 0.0)
     assert (att.sns, att.offset, att.vcc, att.polling_delay) == (0.1, 2.5, 5.0, 2.0)
+
+
+def test_stream_keys_per_sensor_with_their_defaults(tmp_path: Path) -> None:
+    """STREAM (auto/on/off; YAML's bare on and off are booleans and mean the same), STREAM_HZ
+    and READ_PIPELINE: top level, overridden per sensor. The stream rate defaults to
+    1 / POLLING_DELAY rounded, 0 (the board's highest) for POLLING_DELAY 0, none beyond 1 s."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "SENSORS:\n"
+        "  - {PORT: COM4, SENSORS_ID: A}\n"
+        "  - {PORT: COM5, SENSORS_ID: B, STREAM: off, READ_PIPELINE: 1, POLLING_DELAY: 0}\n"
+        "  - {PORT: COM6, SENSORS_ID: C, STREAM: 'auto', STREAM_HZ: 250, POLLING_DELAY: 5}\n"
+        "  - {PORT: COM7, SENSORS_ID: D, POLLING_DELAY: 3}\n"
+        "STREAM: on\nPOLLING_DELAY: 0.3\n",
+        encoding="utf-8",
+    )
+    a, b, c, d = load_settings(path).sensors
+    assert (a.stream, a.stream_hz, a.read_pipeline, a.stream_rate) == ("on", None, 4, 3)
+    assert (b.stream, b.read_pipeline, b.stream_rate) == ("off", 1, 0)
+    assert (c.stream, c.stream_hz, c.stream_rate) == ("auto", 250, 250)
+    assert d.stream_rate is None
+    assert load_settings(REPO / "deploy" / "settings.example.yaml").sensors[0].stream == "auto"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("STREAM: sometimes", "STREAM: expected one of 'auto', 'on', 'off', got 'sometimes'"),
+        ("STREAM_HZ: 0", "STREAM_HZ: expected an integer from 1 to 65535, got 0"),
+        ("READ_PIPELINE: 9", "READ_PIPELINE: expected an integer from 1 to 8, got 9"),
+    ],
+)
+def test_bad_stream_keys_are_named(tmp_path: Path, line: str, message: str) -> None:
+    """A wrong stream setting stops the load with the key, what it takes and what it got."""
+    path = tmp_path / "s.yaml"
+    path.write_text(f"SENSORS:\n  - {{PORT: COM4, SENSORS_ID: A}}\n{line}\n", encoding="utf-8")
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(path)
 
 
 def test_relative_paths_resolve_against_the_settings_folder(

@@ -22,8 +22,11 @@ from powmon.common.schema import (
     ReaderEnd,
     ReaderProgress,
     Reading,
+    Row,
     Status,
+    encode_batch,
     encode_reading,
+    encode_readings,
     encode_status,
 )
 from powmon.common.transport import Heartbeat
@@ -182,6 +185,70 @@ def test_readings_the_sink_cannot_keep_are_named_as_lost(tmp_path: Path) -> None
     core.recover()
     assert sink.seqs() == [0, 1, 2, 3]
     assert gaps(tmp_path) == [("s1", "4", "6", "buffer_full")]
+
+
+def rows(first: int, n: int) -> list[Row]:
+    return [(10**18 + seq, 512, 0.0, 0.0, 0.0, 0) for seq in range(first, first + n)]
+
+
+def loss_rows(tmp_path: Path) -> list[dict[str, str]]:
+    with (tmp_path / "gaps.csv").open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_batches_are_stored_like_single_readings(tmp_path: Path) -> None:
+    """Version 2 messages (a streaming reader's batches) between single readings: every
+    reading stored once, a batch repeated is all duplicates, nothing lost."""
+    sink = ListSink()
+    core = SinkCore(config(tmp_path), sink)
+    batch = encode_batch("VIC", "s1", 1, rows(1, 9))
+    core.handle([msg(0), batch, msg(10), batch])
+    core.recover()
+    assert sink.seqs() == list(range(11))
+    assert (core.counters()["received"], core.counters()["duplicates"]) == (20, 9)
+    assert gaps(tmp_path) == []
+
+
+def test_device_samples_a_batch_names_lost_go_to_the_loss_log_once(tmp_path: Path) -> None:
+    """A batch saying 7 device samples were lost before seq 5: one device_dropped row (empty
+    seq range before 5, count 7); the same message again (a duplicate) adds none; a message
+    with no reading that names 2 more after seq 9 adds one."""
+    sink = ListSink()
+    core = SinkCore(config(tmp_path), sink)
+    lossy = encode_batch("VIC", "s1", 5, rows(5, 5), dropped=7)
+    core.handle([encode_batch("VIC", "s1", 0, rows(0, 5)), lossy, lossy])
+    core.handle([encode_batch("VIC", "s1", 10, [], dropped=2)])
+    core.recover()
+    assert sink.seqs() == list(range(10))
+    got = [(g["first_seq"], g["last_seq"], g["count"], g["reason"]) for g in loss_rows(tmp_path)]
+    assert got == [("5", "4", "7", "device_dropped"), ("10", "9", "2", "device_dropped")]
+    assert core.counters()["lost"] == 9
+
+
+def test_a_replayed_reading_brings_the_device_loss_named_with_it(
+    tmp_path: Path, zmq_ctx: Ctx
+) -> None:
+    """The live batch that named a device loss was missed; replaying its first reading (a
+    ring payload that names the loss too) logs the loss, once."""
+    ring = ReplayRing(100)
+    for seq, payload in enumerate(
+        encode_readings("VIC", "s1", 0, rows(0, 5))[1]
+        + encode_readings("VIC", "s1", 5, rows(5, 5), dropped=3)[1]
+    ):
+        ring.append(seq, payload)
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
+    sink = ListSink()
+    client = ReplayClient(zmq_ctx, curve=None)
+    core = SinkCore(config(tmp_path), sink, client)
+    try:
+        core.handle([beat("s1", 0, server.endpoint), msg(0), msg(9)])
+        settle(core, server)
+    finally:
+        client.close()
+        server.close()
+    assert sink.seqs() == list(range(10))
+    got = [(g["first_seq"], g["count"], g["reason"]) for g in loss_rows(tmp_path)]
+    assert got == [("5", "3", "device_dropped")]
 
 
 def test_a_stopped_readers_last_heartbeat_settles_its_session(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from powmon.common.curve import is_loopback
 from powmon.common.errors import SettingsError
-from powmon.common.schema import Reading, Status, encode_reading, encode_status
+from powmon.common.schema import Reading, Status, encode_batch, encode_reading, encode_status
 from powmon.common.settings import load_settings
 from powmon.health import Expected
 from powmon.web.config import WebConfig
@@ -101,6 +101,19 @@ def test_hub_sends_history_first_then_points_and_status(tmp_path: Path) -> None:
     assert [name for name, _ in _events(plain)] == ["points", "status"]
     assert [name for name, _ in _events(raw)][2:] == ["reading", "points", "status"]
     assert hub.report(2.0)["processes"]["writer"]["up"]
+
+
+def test_hub_takes_every_reading_of_a_batch(tmp_path: Path) -> None:
+    """A streaming reader's batch message: each reading counted, charted and sent to a client
+    that asked for readings, in order."""
+    hub = _hub(tmp_path)
+    raw = hub.connect("p", readings=True, now=0.0)
+    assert raw is not None
+    rows = [(T0 + i * 10 * MS, 600 + i, 0.4, 6.0, 30.0 + i, 0) for i in range(3)]
+    hub.on_message(encode_batch("A", "s", 0, rows), 0.0)
+    assert hub.readings == 3
+    sent = [event for name, event in _events(raw) if name == "reading"]
+    assert [event["seq"] for event in sent] == [0, 1, 2]  # type: ignore[index]
 
 
 def test_hub_counts_bad_messages_and_bounds_clients(tmp_path: Path) -> None:
