@@ -92,11 +92,11 @@ def lost_in_csv(pipe: Pipeline, expected: dict[str, int]) -> int:
 
 
 def run(plan: Plan) -> list[Row]:
-    count = 50_000 if plan.quick else 400_000
+    count = 20_000 if plan.quick else 400_000
     repeat = 1 if plan.quick else 3
     once = [raw_rate(count, codec=False) for _ in range(repeat)]
     codec = [raw_rate(count // 2, codec=True) for _ in range(repeat)]
-    per_pub = 25_000 if plan.quick else 200_000
+    per_pub = 10_000 if plan.quick else 200_000
     rates, cpu, readings, lost = pipeline_runs(plan, per_pub, repeat)
     rate = median(rates)
     ceiling = median(codec)

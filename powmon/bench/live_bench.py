@@ -145,7 +145,7 @@ def _reading(watch: BusWatch, sensor: str) -> bool:
 def run_mode(plan: Plan, mode: str, stream: str, period: float) -> list[Row]:
     """The pipeline's cost first, with no subscriber but the writer (a tap or the benchmark's
     own watcher would cost the broker a copy of every message); then the tap's latency."""
-    seconds = 1.5 if plan.quick else 6.0
+    seconds = 0.8 if plan.quick else 6.0
     work = plan.sub(f"live-{mode.replace(' ', '-')}")
     links = work / "tty"
     sensors = _sensors(links, period)

@@ -49,7 +49,7 @@ def _state(watch: BusWatch, sensor: str) -> str:
 
 def run(plan: Plan) -> list[Row]:
     steps = [4, 8] if plan.quick else [32, 64, 128, 256]
-    seconds = 2.0 if plan.quick else 5.0
+    seconds = 1.0 if plan.quick else 5.0
     sensors = [_sensor(n) for n in range(steps[-1])]
     pipe = Pipeline(plan.sub("scale"), sensors, POLLING_DELAY=1 / RATE, HEARTBEAT_INTERVAL=1.0)
     held, worst, started = 0, 0.0, 0
