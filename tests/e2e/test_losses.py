@@ -125,7 +125,7 @@ def test_a_reader_killed_while_the_writer_was_behind_is_named_as_reader_restarte
     try:
         time.sleep(2.0)  # the writer falls behind the high-water mark
         os.kill(victim, signal.SIGKILL)
-        time.sleep(1.0)
+        time.sleep(1.0)  # still frozen while the supervisor restarts the killed reader
     finally:
         os.kill(writer, signal.SIGCONT)
     wait_until(lambda: any(g["reason"] == "reader_restarted" for g in lost_rows(data)), timeout=30,
