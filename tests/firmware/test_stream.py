@@ -71,7 +71,11 @@ def test_every_value_is_the_adc_conversion_and_the_timing_is_the_timer(
     samples = client.samples
     check_timing(samples, params)
     assert [s.raw for s in samples] == counts[: len(samples)]
-    assert len(set(counts)) >= 15  # 20 phases of the sine per cycle: real values compared
+    # Real values compared, not a constant: 20 samples per cycle of the sine give at least
+    # 10 distinct counts whatever the phase (sin(a) == sin(180 - a) pairs them), and they
+    # span nearly its whole swing (+-205 counts: cos(9 degrees) of it at the worst phase).
+    assert len(set(counts)) >= 10
+    assert max(counts) - min(counts) >= 380
     assert all(s.flags == 0 for s in samples)
     c = client.decoder.counters
     assert (c.corrupt, c.skipped, c.holes, c.stops) == (0, 0, 0, 1)
