@@ -16,6 +16,7 @@ wrong server key) are seen by the sockets' monitors, logged and counted too (`cu
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
@@ -172,13 +173,12 @@ def run(config: BrokerConfig, stop: threading.Event) -> None:
     control.setsockopt(zmq.LINGER, 0)
     control.connect(_CONTROL)
     try:
-        while not stop.wait(min(0.2, config.heartbeat_interval)):
-            if handshakes is not None:
-                handshakes.take()
-            beat.beat()
+        _watch(thread, failed, handshakes, beat, stop, min(0.2, config.heartbeat_interval))
     finally:
         beat.beat(STATE_STOPPED, force=True)
-        control.send(b"TERMINATE")
+        if thread.is_alive():  # PAIR blocks without its peer: never wait on a dead one
+            with contextlib.suppress(zmq.Again):
+                control.send(b"TERMINATE", zmq.NOBLOCK)
         thread.join(timeout=5)
         close_all(control, status)
         if handshakes is not None:
@@ -187,3 +187,17 @@ def run(config: BrokerConfig, stop: threading.Event) -> None:
             gate.close()
         ctx.term()
         log.info("broker stopped")
+
+
+def _watch(thread: threading.Thread, failed: list[tuple[str, zmq.ZMQError]],
+           handshakes: Handshakes | None, beat: Heartbeat, stop: threading.Event,
+           step: float) -> None:
+    """Beat until stopped; a proxy thread that died is an error (exit 1, restarted by the
+    supervisor): a dead bus must not keep looking healthy."""
+    while not stop.wait(step):
+        if not thread.is_alive():
+            where, err = failed[0] if failed else ("proxy", None)
+            raise PowmonError(f"the proxy thread stopped ({where}: {err})")
+        if handshakes is not None:
+            handshakes.take()
+        beat.beat()

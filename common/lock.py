@@ -29,17 +29,28 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise InUseError naming the holder's pid and what it guards."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
+        """Take the lock or raise InUseError naming the holder's pid and what it guards; a
+        lock the OS cannot take at all (a read-only folder, NFS without locks) is exit 2 as
+        well, naming the file, since restarting would meet it again."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise InUseError(f"cannot lock {self.path} ({self.what}): {err}") from err
+        try:
+            taken = _try_lock(fd)
+            if taken:
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as err:
+            os.close(fd)
+            raise InUseError(f"cannot lock {self.path} ({self.what}): {err}") from err
+        if not taken:
             pid = _read_pid(fd)
             os.close(fd)
             who = f"pid {pid}" if pid else "another process"
             raise InUseError(f"already running: {who}, {self.what} (lock {self.path})")
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:

@@ -651,6 +651,10 @@ def decode_replay_reply(payload: bytes) -> ReplayReply:
         if not isinstance(item, bytes):
             raise SchemaError("replay reply: a reading payload is not bytes")
         batch = decode_batch([topic, item])
+        if batch.session != body[3]:  # it would fill the reply's hole with another's reading
+            raise SchemaError(
+                f"replay reply for session {body[3]!r} holds one of {batch.session!r}"
+            )
         readings += batch.readings
         if batch.dropped:
             dropped.append((batch.seq, batch.dropped))

@@ -63,12 +63,13 @@ class Child:
 
     @property
     def refused(self) -> bool:
-        """It exited 2 (misconfiguration, or something it must own is taken) before ever
-        reporting progress: restarting it would only fail again."""
+        """It exited 2 (misconfiguration, or something it must own is taken) before it made
+        any progress (a reader's first beat says 0 readings; it may refuse its port after
+        it): restarting it would only fail again."""
         return (
             self.popen is not None
             and self.popen.poll() == EXIT_USAGE
-            and self.progress < 0
+            and self.progress <= 0
         )
 
     def start(self, now: float, line: tuple[str, str]) -> None:

@@ -47,6 +47,12 @@ class ProcessSpec:
     required: bool = True
 
     @property
+    def core(self) -> bool:
+        """The pipeline cannot run without it (broker, writer, uplink): when it refuses to
+        start, `powmon run` stops. A reader or the web page that refuses is left stopped."""
+        return self.required and self.order < READERS
+
+    @property
     def unit(self) -> str:
         """A program/unit-safe name: 'powmon-reader-Lab_3__rack_2' for 'reader Lab 3, rack=2'."""
         return "powmon-" + re.sub(r"[^A-Za-z0-9_.-]", "_", self.key.replace(" ", "-", 1))

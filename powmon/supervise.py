@@ -39,6 +39,7 @@ from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_opt
 from powmon.common.schema import MAX_GONE, ReaderEnd, decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
+from powmon.probes import endpoint_state
 from powmon.processes import ProcessSpec, groups, pipeline
 from powmon.readers.reader import ReaderConfig
 from powmon.uplink.config import UplinkConfig
@@ -114,6 +115,8 @@ class Supervisor:
                          gone=self._gone)
         try:
             for group in self.groups:
+                if stop.is_set():
+                    break  # Ctrl-C while an earlier group got ready: start nothing more
                 for child in group:
                     self._start(child, time.monotonic())
                 if any(c.spec.ready for c in group):
@@ -220,9 +223,9 @@ class Supervisor:
         if not child.refused:
             child.schedule_restart(now, f"exited with code {code}")
             return
-        if child.spec.order < max(c.spec.order for c in self.children):
+        if child.spec.core:
             raise Refused(f"{child.key} refused to start (exit {code}; its message is above)")
-        child.restart_at = float("inf")  # a reader that cannot start: the others go on
+        child.restart_at = float("inf")  # a reader or the web page: the others go on
         log.error("%s refused to start (exit %d; its message is above); not restarting it",
                   child.key, code)
 
@@ -245,9 +248,9 @@ def _precheck(settings: Settings) -> None:
     if "broker" not in running:
         return  # a host whose broker runs elsewhere: its endpoints are not ours to bind
     for endpoint in (settings.broker_frontend, settings.broker_backend):
-        why = _bind_problem(endpoint)
-        if why is not None:
-            _refuse(f"bus endpoint {endpoint} is not free ({why}): is another pipeline running?")
+        state = endpoint_state(endpoint)  # the same probe as check-config's
+        if state != "free":
+            _refuse(f"bus endpoint {endpoint} is not free ({state}): is another pipeline running?")
 
 
 def _check_configs(settings: Settings, running: set[str]) -> None:
@@ -260,21 +263,6 @@ def _check_configs(settings: Settings, running: set[str]) -> None:
             WebConfig.from_settings(settings)
     except SettingsError as err:
         _refuse(str(err))
-
-
-def _bind_problem(endpoint: str) -> str | None:
-    """Why the broker could not bind `endpoint` right now, or None when it could."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = ctx.socket(zmq.XPUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as err:
-        return err.strerror
-    finally:
-        sock.close()
-        ctx.term()
-    return None
 
 
 def _refuse(message: str) -> None:

@@ -26,7 +26,7 @@ import zmq
 from powmon.common.backoff import backoff
 from powmon.common.conversion import Calibration
 from powmon.common.curve import Curve
-from powmon.common.errors import DeviceError
+from powmon.common.errors import DeviceError, SettingsError
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayServer, replay_bind_endpoint
 from powmon.common.schema import STATE_DISCONNECTED, STATE_RUNNING, STATE_STOPPED
@@ -229,8 +229,9 @@ class Reader:
         try:
             port = open_port(cfg.port, cfg.baudrate, cfg.wanted.timeout)
         except (ValueError, TypeError) as err:
-            raise DeviceError(  # a wrong name or option: retrying will not fix it
-                f"cannot open serial port {cfg.port!r} for sensor {cfg.sensor_id!r}: {err}"
+            raise SettingsError(  # a wrong name or option: exit 2, retrying will not fix it
+                f"{cfg.settings_path}: SENSORS[{cfg.sensor_id}].PORT (or --port): cannot open "
+                f"serial port {cfg.port!r}: {err}"
             ) from err
         link = Link(port, cfg.wanted.timeout, self.stop)
         agreed = None

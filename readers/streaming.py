@@ -110,11 +110,14 @@ class Streamer:
         # A POSIX serial port: wait on its descriptor and the replay socket's in one poll(2)
         # (zmq_poll makes two system calls per wait), and read what the driver holds in one
         # os.read (pyserial's read would select again).
-        self._fd = fileno() if isinstance(port, serial.Serial) and callable(fileno) else None
+        # Windows has no select.poll (and a COM port no descriptor): it reads through pyserial.
+        posix = isinstance(port, serial.Serial) and callable(fileno) and hasattr(select, "poll")
+        self._fd = fileno() if posix and callable(fileno) else None
         replay = reader.replay.sock if reader.replay is not None else None
         self._replay = replay
-        self._poller = select.poll()
+        self._poller: select.poll | None = None
         if self._fd is not None:
+            self._poller = select.poll()
             self._poller.register(self._fd, select.POLLIN)
             if replay is not None:
                 self._poller.register(int(replay.getsockopt(zmq.FD)), select.POLLIN)
@@ -126,8 +129,8 @@ class Streamer:
         reader = self.reader
         try:
             while not reader.stop.is_set():
-                self._start()
                 try:
+                    self._start()  # the bytes after the ack may already end the stream
                     self._loop()
                 except Resync as why:
                     self._restart(str(why))
@@ -234,9 +237,10 @@ class Streamer:
         poll, ZMQ_EVENTS says whether a request is there (and rearms it); serve() takes every
         request queued, so none is left behind unsignalled.
         """
-        fd = self._fd
+        fd, poller = self._fd, self._poller
+        assert poller is not None  # noqa: S101 -- read_fd is chosen only with a poller
         data = b""
-        for item, _ in self._poller.poll(max(1, math.ceil(wait * 1000))):
+        for item, _ in poller.poll(max(1, math.ceil(wait * 1000))):
             if item == fd:
                 data = os.read(item, READ_MAX)
                 if not data:

@@ -46,7 +46,7 @@ from powmon.common.schema import (
 )
 from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
 from powmon.sink.filler import GapFiller, Lost, device_dropped
-from powmon.sink.lost import LossLog
+from powmon.sink.lost import LossLog, without
 from powmon.sink.tracker import REASON_OVERFLOW, GapRange, GapTracker, StreamState
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,11 @@ class SinkCore:
     def resume(self) -> None:
         """Continue every stream the sink holds; ask again for holes still open."""
         count = 0
+        logged = self.losses.logged()  # holes already given up stay holes: not asked again
         for s in self.sink.stored():
-            self.tracker.resume(s.sensor_id, s.session, s.last_seq, s.missing, s.floor)
-            if s.missing:
+            missing = without(s.missing, logged.get((s.sensor_id, s.session), ()))
+            self.tracker.resume(s.sensor_id, s.session, s.last_seq, missing, s.floor)
+            if missing:
                 self.filler.opened((s.sensor_id, s.session))
             count += 1
         if count:

@@ -10,10 +10,8 @@ and a clock that tests can drive.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
 
 from powmon.common.schema import (
     STATE_STOPPED,
@@ -35,8 +33,6 @@ from powmon.sink.tracker import (
     GapTracker,
     Key,
 )
-
-MAX_LOST_KEPT: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +92,9 @@ class GapFiller:
         self._grace = grace
         self._clock = clock
         self._want: dict[Key, _Want] = {}
-        self._lost: deque[Lost] = deque(maxlen=MAX_LOST_KEPT)
+        # Unbounded on purpose: every loss must reach gaps.csv, and the owner drains it each
+        # step (take_lost), so it holds at most one step's losses.
+        self._lost: list[Lost] = []
         self.changed: set[Key] = set()  # streams whose holes changed; the owner may clear it
         self.lost = 0
         self.lost_ranges = 0
@@ -240,8 +238,7 @@ class GapFiller:
         self.lost_ranges += 1
 
     def take_lost(self) -> list[Lost]:
-        out = list(self._lost)
-        self._lost.clear()
+        out, self._lost = self._lost, []
         return out
 
 

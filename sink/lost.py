@@ -25,6 +25,9 @@ GAP_FIELDS: Final = (
     "detected_at", "sensor_id", "session", "first_seq", "last_seq", "count", "reason",
 )
 MAX_UNLOGGED: Final = 10_000  # lost ranges kept while the log cannot be written
+TAIL_BYTES: Final = 4 << 20  # how much of the log a resuming sink reads back (~50,000 rows)
+
+Range = tuple[int, int]  # [lo, hi)
 
 
 class LossLog:
@@ -52,6 +55,35 @@ class LossLog:
         else:
             self._unlogged = []
 
+    def logged(self, limit: int = TAIL_BYTES) -> dict[tuple[str, str], list[Range]]:
+        """The [lo, hi) ranges the newest `limit` bytes of the log name, per stream.
+
+        A sink that resumes finds the holes in what it stored; those already given up stay
+        holes for ever, and asking for them again would log them twice (or store a reading the
+        log says is gone). Unreadable rows are left out: at worst a range is asked for again.
+        """
+        found: dict[tuple[str, str], list[Range]] = {}
+        try:
+            with self.path.open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - limit))
+                data = f.read(limit)
+        except FileNotFoundError:
+            return found
+        except OSError as err:
+            log.warning("cannot read %s back: %s", self.path, err)
+            return found
+        if size > limit:
+            data = data[data.find(b"\n") + 1 :]  # the first line is cut
+        text = data.decode("utf-8", errors="replace")
+        for row in csv.reader(text.splitlines()):
+            if len(row) != len(GAP_FIELDS) or not (row[3].isdigit() and row[4].isdigit()):
+                continue  # the header, or a torn row
+            lo, hi = int(row[3]), int(row[4]) + 1
+            if lo < hi:  # device_dropped rows name samples that took no seq
+                found.setdefault((row[1], row[2]), []).append((lo, hi))
+        return found
+
     def _write(self, lost: Sequence[Lost]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", newline="", encoding="utf-8") as f:
@@ -66,3 +98,16 @@ class LossLog:
             f.flush()
             if self._fsync:
                 os.fsync(f.fileno())
+
+
+def without(missing: Sequence[Range], gone: Sequence[Range]) -> tuple[Range, ...]:
+    """`missing` less every part of it inside one of the `gone` ranges (all [lo, hi))."""
+    out = list(missing)
+    for g_lo, g_hi in gone:
+        out = [
+            part
+            for lo, hi in out
+            for part in ((lo, min(hi, g_lo)), (max(lo, g_hi), hi))
+            if part[0] < part[1]
+        ]
+    return tuple(out)

@@ -22,7 +22,6 @@ MAX_STREAMS: Final = 4096
 MAX_RANGES: Final = 64
 WINDOW: Final = 1_000_000
 RECENT_GAPS: Final = 32
-MAX_LOST_KEPT: Final = 1024
 
 # Why a range was given up; these words go into gaps.csv and the logs.
 REASON_RESTARTED: Final = "reader_restarted"  # the reader answers for a newer session only
@@ -241,11 +240,27 @@ class GapTracker:
         self._streams.pop(key, None)
         self._streams[key] = stream
         if len(self._streams) > self._max_streams:
-            # Forget a finished stream (no holes) first; only if none, the oldest one.
-            others = [(k, s) for k, s in self._streams.items() if k != key]
-            victim = next((k for k, s in others if not s.missing), others[0][0])
+            victim = self._victim(key)
             for lo, hi in self._streams.pop(victim).missing:
                 self._evicted.append(GapRange(victim[0], victim[1], lo, hi - 1))
+
+    def _victim(self, added: Key) -> Key:
+        """The stream to forget when the table is full: a finished one (no holes) whose
+        sensor has a newer session, since a sensor's live session is its newest; else any
+        finished one; only if none, the oldest. Forgetting a live stream would make its next
+        reading look like a gap from 0 and ask for readings already stored."""
+        newest = {k[0]: k for k in self._streams}  # insertion order: the last key per sensor
+        finished: Key | None = None
+        for k, stream in self._streams.items():
+            if k == added or stream.missing:
+                continue
+            if newest[k[0]] != k:
+                return k
+            if finished is None:
+                finished = k
+        if finished is not None:
+            return finished
+        return next(k for k in self._streams if k != added)
 
     def _gap(self, sensor_id: str, session: str, stream: _Stream, seq: int) -> None:
         gap = GapRange(sensor_id, session, stream.next_seq, seq - 1)

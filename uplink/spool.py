@@ -53,11 +53,6 @@ _PEEK: Final = (
     "SELECT id, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, received_ns "
     "FROM readings ORDER BY id LIMIT ?"
 )
-_BURY: Final = (
-    "INSERT INTO dead_letter (sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, "
-    "received_ns, status, reason, dead_ns) SELECT sensor_id, session, seq, ts_ns, raw, volts, "
-    "amps, watts, flags, received_ns, ?, ?, ? FROM readings WHERE id = ?"
-)
 _UNSPOOL_DEAD: Final = (
     "DELETE FROM readings WHERE (sensor_id, session, seq) IN "
     "(SELECT sensor_id, session, seq FROM dead_letter)"

@@ -9,6 +9,7 @@ it gracefully (event streams end, the bus tasks send a last `stopped` heartbeat)
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.util
 import logging
 import socket
@@ -20,7 +21,7 @@ from typing import Final
 import click
 
 from powmon.common import checks
-from powmon.common.errors import PowmonError
+from powmon.common.errors import InUseError, PowmonError
 from powmon.common.lifecycle import EXIT_USAGE, run_process
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.web.config import WebConfig
@@ -45,6 +46,8 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=128)
     except OSError as err:
+        if err.errno == errno.EADDRINUSE:  # exit 2: taken, as a bus endpoint or a lock is
+            raise InUseError(f"web cannot listen on {host}:{port}: {err}") from err
         raise PowmonError(f"web cannot listen on {host}:{port}: {err}") from err
 
 

@@ -56,14 +56,17 @@ def snapshot(path: Path) -> Iterator[bytes]:
     """
     with path.open("rb") as handle:
         left = os.fstat(handle.fileno()).st_size
+        held = b""  # the bytes after a chunk's last newline: sent only once their row ends
         while left > 0:
             chunk = handle.read(min(CHUNK, left))
             if not chunk:
                 return
             left -= len(chunk)
-            if left <= 0:
-                chunk = chunk[: chunk.rfind(b"\n") + 1]
-            yield chunk
+            chunk = held + chunk
+            end = chunk.rfind(b"\n") + 1
+            held = chunk[end:]
+            if end:
+                yield chunk[:end]
 
 
 def find_file(root: Path, name: str) -> Path | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -161,3 +162,34 @@ def test_a_taken_bus_endpoint_is_refused_once_by_the_broker_and_by_powmon_run(
     assert f"bus endpoint {frontend} is not free" in run.stderr
     assert "started" not in run.stderr
     assert first.popen.poll() is None, "the first broker runs on"
+
+
+def test_a_reader_or_the_web_page_refusing_to_start_is_left_stopped_and_the_rest_runs(
+    tmp_path: Path, spawn: Callable[..., Proc]
+) -> None:
+    """A reader whose PORT has an unknown sim option and a web page on a taken port both
+    exit 2 at start: each is named, left stopped (not restarted in a loop, not stopping the
+    pipeline), and the other reader's readings keep landing; Ctrl-C then exits 0."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = write_settings(
+            tmp_path / "settings.yaml",
+            [SENSORS[0], {"PORT": "sim://BAD?bogus=1", "SENSORS_ID": "BAD"}],
+            POLLING_DELAY=0.02, WEB_LISTEN=f"127.0.0.1:{port}",
+        )
+        data = tmp_path / "data"
+        run = start_run(spawn, settings)
+        refusals = ("reader BAD refused to start", "web refused to start")
+        wait_until(lambda: all(r in run.output() for r in refusals), timeout=30,
+                   what="both refusals named")
+        count = len(data_keys(data))
+        wait_until(lambda: len(data_keys(data)) > count + 20, timeout=30,
+                   what="the other reader's readings going on")
+        assert run.stop(signal.SIGTERM) == 0
+    out = run.output()
+    assert "SENSORS[BAD].PORT (or --port): cannot open serial port 'sim://BAD?bogus=1'" in out
+    assert f"web cannot listen on 127.0.0.1:{port}" in out
+    assert all(out.count(r) == 1 for r in refusals), "refused once, never restarted"
+    assert {sensor for sensor, _ in data_streams(data)} == {"SA"}

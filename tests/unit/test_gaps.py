@@ -162,6 +162,20 @@ def test_the_number_of_streams_is_bounded() -> None:
     assert tracker.take_evicted() == [GapRange("VIC", "holes", 1, 4)]
 
 
+def test_a_full_table_forgets_a_superseded_session_before_a_live_one() -> None:
+    """ATT's live session was added first, VIC's sessions later: when the table is full, the
+    first finished stream of a sensor that has a newer session goes, never ATT's live one
+    (forgetting it would make its next reading a gap from 0 and ask for what is stored)."""
+    tracker = GapTracker(max_streams=3)
+    feed(tracker, [0, 1], sensor="ATT", session="live")
+    feed(tracker, [0, 1], session="old")
+    feed(tracker, [0, 1], session="new")
+    feed(tracker, [0, 1], sensor="ELK", session="e1")
+    assert tracker.knows("ATT", "live")
+    assert not tracker.knows("VIC", "old")
+    assert tracker.observe("ATT", "live", 2) is Verdict.NEXT
+
+
 def test_resume_continues_a_stream_stored_before_a_restart() -> None:
     """After a restart, readings lost while the writer was down show up as a gap."""
     tracker = GapTracker()

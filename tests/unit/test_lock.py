@@ -48,3 +48,12 @@ def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
     assert holder(tmp_path / "writer.lock") is None
     with writer_lock(tmp_path):
         assert holder(tmp_path / "writer.lock") == os.getpid()
+
+
+def test_a_lock_that_cannot_be_made_is_an_in_use_error_naming_the_file(tmp_path: Path) -> None:
+    """LOCAL_DATA_ROOT under a plain file: not a traceback (exit 1, restarted for ever) but
+    InUseError (exit 2) naming the lock file and the folder it guards."""
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    root = tmp_path / "file" / "data"
+    with pytest.raises(InUseError, match=rf"cannot lock {root / 'writer.lock'} \(data in {root}\)"):
+        writer_lock(root).acquire()

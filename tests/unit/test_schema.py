@@ -133,6 +133,14 @@ def test_a_replay_reply_brings_the_loss_named_by_a_payload() -> None:
     assert reply.dropped == ((3, 2),)
 
 
+def test_a_replay_reply_holding_another_sessions_reading_is_refused() -> None:
+    """A reply for s1 carrying a reading of s2 (a buggy or hostile reader) would mark s1's
+    hole filled with a reading that is not s1's: a SchemaError, counted and dropped."""
+    _, payloads = encode_readings("VIC", "s2", 3, ROWS)
+    with pytest.raises(SchemaError, match="replay reply for session 's1' holds one of 's2'"):
+        decode_replay_reply(encode_replay_reply("VIC", "s1", (3, 5), payloads))
+
+
 def test_decode_reading_refuses_a_batch() -> None:
     """decode_reading is for one reading; a batch needs decode_batch (no silent truncation)."""
     with pytest.raises(SchemaError, match="10 fields"):

@@ -31,6 +31,8 @@ from powmon.common.schema import (
 )
 from powmon.common.transport import Heartbeat
 from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored, lost_ranges
+from powmon.sink.filler import Lost
+from powmon.sink.lost import without
 from powmon.sink.tracker import StreamState
 from tests.helpers import wait_until
 
@@ -137,6 +139,46 @@ def test_resume_drops_what_the_sink_holds_and_asks_for_its_holes(tmp_path: Path)
     assert sink.seqs() == [6, 20]
     assert core.counters()["duplicates"] == 2
     assert sink.progress[-1] == StreamState("VIC", "s1", 20, 0, ((5, 6), (7, 8)))
+
+
+def test_resume_does_not_ask_again_for_holes_the_loss_log_names(tmp_path: Path) -> None:
+    """The sink holds 0..29 minus 10..19 and 22..23, and gaps.csv already gave up 10..19 (an
+    earlier run): only 22..23 are wanted, and after the grace only they are logged, once."""
+    clock = [100.0]
+    sink = ListSink(held=[StreamState("VIC", "s1", 29, 0, ((10, 20), (22, 24)))])
+    core = SinkCore(config(tmp_path), sink, clock=lambda: clock[0])
+    core.losses.add([Lost("VIC", "s1", 10, 19, "overrun"), Lost("VIC", "s0", 22, 23, "x")])
+    core.resume()
+    assert core.filler.recovering == 2
+    clock[0] += 10
+    core.recover()
+    assert gaps(tmp_path) == [
+        ("s1", "10", "19", "overrun"), ("s0", "22", "23", "x"), ("s1", "22", "23", "no_endpoint"),
+    ]
+
+
+def test_without_cuts_the_given_up_parts_out_of_the_holes() -> None:
+    """[lo, hi) arithmetic: inside, across either end, covering, and apart."""
+    assert without([(0, 10)], [(3, 5)]) == ((0, 3), (5, 10))
+    assert without([(0, 10), (20, 30)], [(5, 25)]) == ((0, 5), (25, 30))
+    assert without([(0, 10)], [(0, 10)]) == ()
+    assert without([(0, 10)], [(10, 20), (30, 40)]) == ((0, 10),)
+
+
+def test_a_torn_or_foreign_loss_log_row_is_left_out_of_what_is_given_up(tmp_path: Path) -> None:
+    """logged() reads whole rows of seqs only: the header, a device_dropped row (samples that
+    took no seq), a cut last row and, reading a tail, a cut first row are no range."""
+    tail = (
+        "2026-01-01T00:00:00Z,VIC,s1,6,5,3,device_dropped\n"
+        "2026-01-01T00:00:00Z,VIC,s1,9,1"
+    )
+    (tmp_path / "gaps.csv").write_text(
+        "detected_at,sensor_id,session,first_seq,last_seq,count,reason\n"
+        "2026-01-01T00:00:00Z,VIC,s1,3,4,2,overrun\n" + tail, encoding="utf-8",
+    )
+    core = SinkCore(config(tmp_path), ListSink())
+    assert core.losses.logged() == {("VIC", "s1"): [(3, 5)]}
+    assert core.losses.logged(limit=len(tail) + 12) == {}  # starts inside the overrun row
 
 
 def test_a_gap_is_replayed_from_the_reader_and_flagged(
