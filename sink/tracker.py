@@ -32,6 +32,7 @@ REASON_BOUND: Final = "memory_bound"  # too many holes (or too old) to keep trac
 REASON_STOPPED: Final = "reader_stopped"  # the reader stopped (its last heartbeat) first
 REASON_OVERFLOW: Final = "buffer_full"  # the sink could not hold it (a full disk for too long)
 REASON_DEVICE: Final = "device_dropped"  # the device's samples that never reached the reader
+REASON_SPOOL_FULL: Final = "spool_full"  # the uplink's spool cap dropped it before it was sent
 
 Key = tuple[str, str]
 Lookup = Callable[[str, str], "tuple[int, int] | None"]

@@ -53,6 +53,13 @@ _PEEK: Final = (
     "SELECT id, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, received_ns "
     "FROM readings ORDER BY id LIMIT ?"
 )
+# Rows up to an id that at least one output has neither passed (acked) nor acked out of order.
+_UNSENT_UP_TO: Final = (
+    "SELECT sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags FROM readings r "
+    "WHERE r.id <= ? AND r.sensor_id != '' AND EXISTS (SELECT 1 FROM outputs o "
+    "WHERE o.acked < r.id AND NOT EXISTS (SELECT 1 FROM output_acks a "
+    "WHERE a.output = o.name AND a.id = r.id))"
+)
 _UNSPOOL_DEAD: Final = (
     "DELETE FROM readings WHERE (sensor_id, session, seq) IN "
     "(SELECT sensor_id, session, seq FROM dead_letter)"
@@ -120,6 +127,7 @@ class AddResult:
     inserted: int
     duplicates: int
     dropped: int
+    lost: tuple[Reading, ...] = ()  # dropped rows some output had not sent: named in its log
 
 
 class Spool:
@@ -162,13 +170,13 @@ class Spool:
             self.db.executemany(_INSERT, rows)
             inserted = self.db.total_changes - before
             self._drop_placeholder(placeholder)
-            dropped = self._enforce_cap()
+            dropped, lost = self._enforce_cap()
             self.db.executemany(
                 _SAVE_PROGRESS,
                 ((p.sensor_id, p.session, p.last_seq, p.floor, json.dumps(p.missing), received)
                  for p in progress),
             )
-        return AddResult(inserted, len(rows) - inserted, dropped)
+        return AddResult(inserted, len(rows) - inserted, dropped, lost)
 
     def progress(self) -> list[StreamState]:
         """Every remembered stream, after forgetting all but the MAX_PROGRESS newest."""
@@ -197,12 +205,14 @@ class Spool:
         if placeholder is not None:
             self.db.execute("DELETE FROM readings WHERE id = ?", (placeholder,))
 
-    def _enforce_cap(self) -> int:
-        """Drop the oldest rows past max_rows; count, per output, the rows it had not sent."""
+    def _enforce_cap(self) -> tuple[int, tuple[Reading, ...]]:
+        """Drop the oldest rows past max_rows; count, per output, the rows it had not sent.
+        Returns how many rows went, and those of them some output had not sent (lost)."""
         lo, top = self.db.execute("SELECT min(id), max(id) FROM readings").fetchone()
         if top is None or top - self.max_rows < lo:
-            return 0
+            return 0, ()
         cut = top - self.max_rows
+        unsent = tuple(Reading(*row) for row in self.db.execute(_UNSENT_UP_TO, (cut,)))
         behind = self.db.execute("SELECT name, acked FROM outputs WHERE acked < ?", (cut,))
         for name, acked in behind.fetchall():
             (early,) = self.db.execute(
@@ -213,7 +223,7 @@ class Spool:
                             (cut, lost, name))
             self.db.execute("DELETE FROM output_acks WHERE output = ? AND id <= ?", (name, cut))
         cur = self.db.execute("DELETE FROM readings WHERE id <= ?", (cut,))
-        return cur.rowcount
+        return cur.rowcount, unsent
 
     def peek(self, limit: int) -> list[Row]:
         """The oldest `limit` rows, oldest first (not removed), whatever the outputs did."""

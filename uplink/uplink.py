@@ -26,7 +26,7 @@ import urllib3
 from powmon.common.lock import spool_lock
 from powmon.common.schema import Reading, Status
 from powmon.sink.core import Sink, Stored, serve
-from powmon.sink.tracker import StreamState
+from powmon.sink.tracker import REASON_SPOOL_FULL, StreamState
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.outputs import Outputs
 from powmon.uplink.sender import Stats
@@ -58,7 +58,7 @@ class SpoolSink(Sink):
             self.outputs.poke()
         if readings:
             self.outputs.on_readings(readings)
-        return Stored(duplicates=result.duplicates)
+        return Stored(duplicates=result.duplicates, dropped=result.lost, reason=REASON_SPOOL_FULL)
 
     def on_status(self, status: Status) -> None:
         self.outputs.on_status(status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,10 +39,12 @@ def reading(seq: int) -> Reading:
 def test_receiver_spools_counts_bad_messages_and_logs_cap_drops(
     tmp_path: Path, bus: tuple[zmq.Socket[bytes], ...], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Bad frames are counted and skipped; past the cap, drops are counted and logged at ERROR."""
+    """Bad frames are counted and skipped; past the cap, drops are counted, logged at ERROR and
+    named in uplink-gaps.csv as spool_full."""
     pub, sub = bus
     spool = Spool(tmp_path / "spool.sqlite3", max_rows=10)
     core, _, stats = make_uplink(spool)
+    register_outputs(spool, ["http"])  # what Outputs.start does: an output that sends nothing
     try:
         for seq in range(15):
             pub.send_multipart(encode_reading(reading(seq)))
@@ -52,6 +55,10 @@ def test_receiver_spools_counts_bad_messages_and_logs_cap_drops(
         assert core.bad_messages == 1
         assert stats.dropped_over_cap == 5
         assert [row.reading.seq for row in spool.peek(100)] == list(range(5, 15))
+        core.recover()  # the loss log is written from the core's loop turn
+        with core.config.gap_log.open(newline="", encoding="utf-8") as f:
+            named = [(g["first_seq"], g["last_seq"], g["reason"]) for g in csv.DictReader(f)]
+        assert named == [("0", "4", "spool_full")]
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert any("dropped the 5 oldest readings" in m for m in errors)
     finally:

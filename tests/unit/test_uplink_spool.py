@@ -172,14 +172,17 @@ def test_cap_counts_drops_per_output_that_had_not_sent_them(
     tmp_path: Path, open_spool: Callable[[Path, int], Spool]
 ) -> None:
     """Past UPLINK_SPOOL_MAX the oldest rows go; an output that had delivered them loses
-    nothing, one that had not counts each drop, and its position moves past them."""
+    nothing, one that had not counts each drop, and its position moves past them; the rows
+    some output had not sent come back as lost (the core names them in uplink-gaps.csv)."""
     small = open_spool(tmp_path / "small.sqlite3", 10)
     register_outputs(small, ["http", "mqtt"])
     http, mqtt = Position(small, "http"), Position(small, "mqtt")
     small.add([reading(i) for i in range(8)])
     http.ack(row.id for row in http.pending(8))
     mqtt.ack([row.id for row in mqtt.pending(8)][1:2])  # seq 1 delivered out of order
-    assert small.add([reading(i) for i in range(8, 15)]).dropped == 5
+    result = small.add([reading(i) for i in range(8, 15)])
+    assert result.dropped == 5
+    assert [r.seq for r in result.lost] == [0, 2, 3, 4]  # what mqtt never sent, to be named
     assert (http.dropped(), mqtt.dropped()) == (0, 4)
     assert [row.reading.seq for row in mqtt.pending(100)] == list(range(5, 15))
     assert [row.reading.seq for row in http.pending(100)] == list(range(8, 15))
