@@ -122,6 +122,11 @@ class Link:
         self._stop = stop
         self._buf = bytearray()
 
+    @property
+    def stopping(self) -> bool:
+        """The process is stopping: a wait for an answer ends early (read_line returns)."""
+        return self._stop.is_set()
+
     def ask(self, request: bytes) -> bytes:
         self.port.write(request)
         return self.read_line()

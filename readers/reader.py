@@ -173,6 +173,9 @@ class Reader:
             c.mode, c.stream_hz = "poll", 0
             Poller(self, link, agreed).run()
         except (serial.SerialException, OSError, DeviceError) as err:
+            if self.stop.is_set():  # an answer cut short by the stop itself: no device lost
+                log.debug("sensor=%s stopped while waiting: %s", self.config.sensor_id, err)
+                return
             c.disconnects += 1
             self.warn(
                 "lost", "sensor=%s port=%s device lost: %s; reconnecting",

@@ -80,7 +80,7 @@ def start_stream(
     """
     link.send(stream_command(hz, channel))
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not link.stopping:
         line = link.read_line()
         params = parse_stream_ack(line)
         if params is not None:

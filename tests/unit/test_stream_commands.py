@@ -97,6 +97,20 @@ def test_an_old_sketch_refuses_without_a_limit() -> None:
         link.close()
 
 
+def test_a_stop_ends_the_wait_for_a_stream_answer() -> None:
+    """Stopping while a silent device is asked to stream: the wait ends at once instead of
+    at the hour-long deadline given here (the suite's timeout would fail a wait that long)."""
+    stop = threading.Event()
+    link = Link(serial.serial_for_url("loop://", timeout=0.1), 3600.0, stop)
+    stop.set()
+    try:
+        assert link.stopping
+        with pytest.raises(NoStreamAnswer):
+            start_stream(link, 100, None, 3600.0)
+    finally:
+        link.close()
+
+
 def test_no_answer_is_a_clear_error_and_a_stop_without_answer_says_so() -> None:
     """Silence: start_stream raises NoStreamAnswer; stop_stream reports it unacknowledged."""
     link = _loop()
