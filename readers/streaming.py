@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import select
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -110,8 +111,10 @@ class Streamer:
         # A POSIX serial port: wait on its descriptor and the replay socket's in one poll(2)
         # (zmq_poll makes two system calls per wait), and read what the driver holds in one
         # os.read (pyserial's read would select again).
-        # Windows has no select.poll (and a COM port no descriptor): it reads through pyserial.
-        posix = isinstance(port, serial.Serial) and callable(fileno) and hasattr(select, "poll")
+        # Windows has no select.poll (and a COM port no descriptor), and macOS's poll(2) does
+        # not take terminal devices: both read through pyserial.
+        posix = (isinstance(port, serial.Serial) and callable(fileno)
+                 and hasattr(select, "poll") and sys.platform != "darwin")
         self._fd = fileno() if posix and callable(fileno) else None
         replay = reader.replay.sock if reader.replay is not None else None
         self._replay = replay
