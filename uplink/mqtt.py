@@ -163,6 +163,7 @@ class MqttOutput(Output[Batch]):
         if conn is None:  # _connect() returned None, so this cannot be; typing says otherwise
             return Answer.retry(rows, "not connected")
         mids: dict[int, Row] = {}
+        conn.forget_acks()
         for topic, payload, row in request.messages:
             mid = conn.publish(topic, payload, QOS, False)
             if mid is None:

@@ -113,6 +113,13 @@ class Connection:
             return Answer.refused((), f"{where} refused the connection: {reason}")
         return Answer.retry((), f"{where} refused the connection: {reason}")
 
+    def forget_acks(self) -> None:
+        """Before a batch: drop the acks of earlier messages. paho numbers messages 1..65535
+        and starts again, so an old ack (a QoS 0 state, a batch that ended early) must not
+        stand for a new message that got the same number; the set also stays batch-sized."""
+        with self.cond:
+            self.acked.clear()
+
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> int | None:
         """Queue one message; its mid, or None if the connection is gone."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain)

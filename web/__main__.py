@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import click
 
@@ -26,9 +26,13 @@ from powmon.common.lifecycle import EXIT_USAGE, run_process
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.web.config import WebConfig
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = logging.getLogger(__name__)
 
 GRACEFUL_S: Final = 3
+STOP_POLL_S: Final = 0.2
 EXTRA: Final = ("uvicorn", "starlette", "sse_starlette", "prometheus_client")
 
 
@@ -52,7 +56,7 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def serve(config: WebConfig, stop: threading.Event) -> None:
-    """Serve until SIGTERM/SIGINT (uvicorn's handlers, which then call ours in `stop`)."""
+    """Serve until SIGTERM/SIGINT (uvicorn's handlers) or `stop`."""
     import uvicorn  # noqa: PLC0415 (the optional extra, checked by _check_extra)
 
     from powmon.web.app import build_app  # noqa: PLC0415 (likewise: starlette)
@@ -66,10 +70,27 @@ def serve(config: WebConfig, stop: threading.Event) -> None:
         timeout_graceful_shutdown=GRACEFUL_S,
     ))
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(_serve_until(server, sock, stop))
     finally:
         sock.close()
     log.info("web stopped")
+
+
+async def _serve_until(server: uvicorn.Server, sock: socket.socket,
+                       stop: threading.Event) -> None:
+    """Serve; `stop` set by anyone else (the lifeline, when `powmon run` is gone) ends the
+    server as a signal does, so the web page dies with its supervisor like every child."""
+
+    async def watch() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(STOP_POLL_S)
+        server.should_exit = True
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
 
 
 def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> object:
