@@ -115,6 +115,7 @@ def choice(values: tuple[str, ...]) -> Check:
 
 
 STREAM_MODES: Final = ("auto", "on", "off")
+_STREAM_MODE: Final = choice(STREAM_MODES)
 
 
 def stream_mode(value: Any) -> str:
@@ -122,9 +123,7 @@ def stream_mode(value: Any) -> str:
     those mean on and off too, so `STREAM: off` works unquoted."""
     if isinstance(value, bool):
         return "on" if value else "off"
-    if value not in STREAM_MODES:
-        raise Bad("one of 'auto', 'on', 'off'")
-    return str(value)
+    return str(_STREAM_MODE(value))
 
 
 def sensor_id(value: Any) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import statistics
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -98,6 +99,9 @@ class _Run:
     tseq: int = -1
     tts: int = 0
     tw: float = 0.0
+
+
+_LO: Final = operator.attrgetter("lo")  # runs are sorted by lo: bisect on it in place
 
 
 @dataclass(slots=True)
@@ -177,7 +181,7 @@ class EnergyMeter:
             return
         lo = first
         while lo <= last:
-            i = bisect.bisect_right([r.lo for r in runs], lo) - 1
+            i = bisect.bisect_right(runs, lo, key=_LO) - 1
             if i >= 0 and runs[i].hi >= lo:  # lo already accounted for: skip past that run
                 lo = runs[i].hi + 1
                 continue
@@ -248,7 +252,7 @@ class EnergyMeter:
     def _insert(self, sensor_id: str, sensor: _Sensor, runs: list[_Run], run: _Run) -> bool:
         """Put a run into the sorted list, merging with neighbours it touches; False for a
         reading whose seq is already accounted for."""
-        i = bisect.bisect_right([r.lo for r in runs], run.lo)
+        i = bisect.bisect_right(runs, run.lo, key=_LO)
         if i > 0 and runs[i - 1].hi >= run.lo:
             return False
         runs.insert(i, run)
@@ -335,18 +339,8 @@ class EnergyMeter:
         meter = cls(periods, on_segment=on_segment, max_holes=max_holes)
         sensors, retired, ignored = load_sensors(state, STATE_VERSION)
         for sid, fields in sensors.items():
-            sensor = meter._sensors[sid] = _Sensor(fields["bridge_s"])
-            for name in (
-                "energy_wh",
-                "returned_wh",
-                "covered_s",
-                "readings",
-                "first_ns",
-                "last_ns",
-            ):
-                setattr(sensor, name, fields[name])
-            sensor.learning = fields["learning"]
-            sensor.streams = {k: [_Run(*r) for r in runs] for k, runs in fields["streams"].items()}
+            streams = {k: [_Run(*r) for r in runs] for k, runs in fields["streams"].items()}
+            meter._sensors[sid] = _Sensor(**{**fields, "streams": streams})
         meter._retired.extend(retired)
         meter.ignored = ignored
         return meter

@@ -32,19 +32,18 @@ class InstanceLock:
         """Take the lock or raise InUseError naming the holder's pid and what it guards; a
         lock the OS cannot take at all (a read-only folder, NFS without locks) is exit 2 as
         well, naming the file, since restarting would meet it again."""
+        fd = -1
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise InUseError(f"cannot lock {self.path} ({self.what}): {err}") from err
-        try:
             taken = _try_lock(fd)
             if taken:
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
                 os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as err:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise InUseError(f"cannot lock {self.path} ({self.what}): {err}") from err
         if not taken:
             pid = _read_pid(fd)

@@ -297,13 +297,13 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     return _build(where, base, values, sensors)
 
 
-def effective_values(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def effective_values(settings: Settings) -> dict[str, Any]:
     """Every key with the value in force, defaults filled in, SENSORS entries with what they
     inherit: what `powmon check-config` shows. Secrets are in SECRET_KEYS (mask them).
 
-    Raises SettingsError as load_settings does (it runs the same checks).
+    Takes settings load_settings already validated (the file is not checked twice); raises
+    SettingsError only if the file changed meanwhile.
     """
-    settings = load_settings(path)
     raw = _read_yaml(settings.path)
     values = _check_top(settings.path, raw)
     values["SENSORS"] = [

@@ -125,7 +125,7 @@ def check_config_command(config_path: Path | None) -> None:
     Exit codes: 0 all good, 1 a problem found, 2 bad settings.
     """
     settings = load_or_exit(config_path)
-    values = effective_values(settings.path)
+    values = effective_values(settings)
     shown, host_problem = masked(values, settings)
     click.echo(f"{settings.path}: valid. Effective configuration (secrets masked):\n")
     click.echo(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).rstrip())

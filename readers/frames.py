@@ -41,6 +41,7 @@ __all__ = [
     "Hole",
     "Sample",
     "StreamParams",
+    "is_answer",
     "parse_stop",
     "parse_stream_ack",
 ]
@@ -75,14 +76,15 @@ def parse_stop(line: bytes) -> int | None:
     return None if match is None else int(match.group(1))
 
 
-def _is_answer(line: bytes) -> bool:
+def is_answer(line: bytes) -> bool:
+    """Whether a text line is an answer to a stream command (`ok stream ...`, `ok stop ...`)."""
     return parse_stream_ack(line) is not None or parse_stop(line) is not None
 
 
 def _answer_follows(buf: bytearray, i: int) -> bool:
     """Whether a stream answer ends after i: then the frame at i will not get longer."""
     nl = buf.find(b"\n", i + 1)
-    return nl >= 0 and _is_answer(bytes(buf[max(i + 1, nl + 1 - MAX_TEXT) : nl + 1]))
+    return nl >= 0 and is_answer(bytes(buf[max(i + 1, nl + 1 - MAX_TEXT) : nl + 1]))
 
 
 def _head_invalid(head: int) -> bool:
@@ -278,7 +280,7 @@ class FrameDecoder:
             # A line ending inside a damaged frame is part of it, unless it is a stream answer
             # (the frame claimed to be longer than it was); the answers are found at the end.
             text = _TEXT_TAIL.search(segment)
-            if text is not None and nl < junk_until and not _is_answer(text.group()):
+            if text is not None and nl < junk_until and not is_answer(text.group()):
                 text = None
             if text is not None and (line := text.group().rstrip(b"\r\n")):
                 c.skipped += text.start()

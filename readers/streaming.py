@@ -34,8 +34,7 @@ from powmon.common.conversion import convert_rms
 from powmon.common.errors import DeviceError, SettingsError
 from powmon.common.schema import Flag
 from powmon.readers.clock import DeviceClock
-from powmon.readers.frames import FrameDecoder, Hole, Sample, StreamParams, parse_stop
-from powmon.readers.frames import parse_stream_ack as _is_ack
+from powmon.readers.frames import FrameDecoder, Hole, Sample, StreamParams, is_answer
 from powmon.readers.handshake import Agreed, NoAnswer, handshake
 from powmon.readers.link import Link
 from powmon.readers.stream_commands import StreamRefused, start_stream, stop_stream
@@ -282,7 +281,7 @@ class Streamer:
     def _check_lines(self, lines: list[bytes]) -> None:
         """Text while streaming: nothing was asked, so it is boot chatter (a reset)."""
         for line in lines:
-            if _is_ack(line) is None and parse_stop(line) is None:
+            if not is_answer(line):
                 raise Resync(f"the device said {line[:40]!r}")
 
     def _publish(self, samples: Sequence[Sample], holes: list[Hole], host_ns: int) -> None:

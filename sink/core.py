@@ -46,7 +46,7 @@ from powmon.common.schema import (
 )
 from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
 from powmon.sink.filler import GapFiller, Lost, device_dropped
-from powmon.sink.lost import LossLog, without
+from powmon.sink.lost import LossLog
 from powmon.sink.tracker import REASON_OVERFLOW, GapRange, GapTracker, StreamState
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,14 @@ class SinkCore:
         """Continue every stream the sink holds; ask again for holes still open."""
         count = 0
         logged = self.losses.logged()  # holes already given up stay holes: not asked again
+        tracker = self.tracker
         for s in self.sink.stored():
-            missing = without(s.missing, logged.get((s.sensor_id, s.session), ()))
-            self.tracker.resume(s.sensor_id, s.session, s.last_seq, missing, s.floor)
-            if missing:
-                self.filler.opened((s.sensor_id, s.session))
+            key = (s.sensor_id, s.session)
+            tracker.resume(s.sensor_id, s.session, s.last_seq, s.missing, s.floor)
+            for lo, hi in logged.get(key, ()):
+                tracker.give_up(key, lo, hi)
+            if tracker.missing_of(key):
+                self.filler.opened(key)
             count += 1
         if count:
             log.info("resuming %d streams", count)

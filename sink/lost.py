@@ -99,15 +99,3 @@ class LossLog:
             if self._fsync:
                 os.fsync(f.fileno())
 
-
-def without(missing: Sequence[Range], gone: Sequence[Range]) -> tuple[Range, ...]:
-    """`missing` less every part of it inside one of the `gone` ranges (all [lo, hi))."""
-    out = list(missing)
-    for g_lo, g_hi in gone:
-        out = [
-            part
-            for lo, hi in out
-            for part in ((lo, min(hi, g_lo)), (max(lo, g_hi), hi))
-            if part[0] < part[1]
-        ]
-    return tuple(out)

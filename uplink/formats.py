@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from powmon.common.schema import CSV_FIELDS, Reading, csv_row, flag_names, reading_dict
+from powmon.common.schema import CSV_FIELDS, Reading, csv_rows, flag_names, reading_dict
 from powmon.uplink.contract import Encoded
 from powmon.uplink.spool import Row
 
@@ -91,11 +91,12 @@ def _csv(rows: Sequence[Row]) -> Encoded[Request]:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
     writer.writerow(CSV_FIELDS)
-    writer.writerows(csv_row(row.reading) for row in rows)
+    writer.writerows(csv_rows([row.reading for row in rows]))
     return Encoded([Request(tuple(rows), out.getvalue().encode(), CSV_TYPE)])
 
 
-def _non_finite(r: Reading) -> str | None:
+def non_finite(r: Reading) -> str | None:
+    """Why a reading cannot be encoded (NaN or infinity in a value), else None."""
     for name in ("raw", "volts", "amps", "watts"):
         if not math.isfinite(getattr(r, name)):
             return f"{name} is {getattr(r, name)!r}, which this format cannot carry"
@@ -103,7 +104,7 @@ def _non_finite(r: Reading) -> str | None:
 
 
 def _json(rows: Sequence[Row]) -> Encoded[Request]:
-    good, rejected = _split(rows, _non_finite)
+    good, rejected = _split(rows, non_finite)
     if not good:
         return Encoded([], rejected)
     body = json.dumps(
@@ -170,7 +171,7 @@ def _influx_problem(r: Reading) -> str | None:
         why = lp_unrepresentable(getattr(r, name))
         if why is not None:
             return f"line protocol: tag {name} {getattr(r, name)!r} {why}"
-    return _non_finite(r)
+    return non_finite(r)
 
 
 def _influx(rows: Sequence[Row], measurement: str) -> Encoded[Request]:

@@ -123,6 +123,8 @@ class Presence:
         self._stale = max(STALE_MIN_S, STALE_BEATS * cfg.heartbeat_interval)
 
     def on_readings(self, readings: Sequence[Reading]) -> None:
+        if self._cfg.discovery is None:  # no state is published without discovery
+            return
         with self._lock:
             for r in readings:
                 sensor = self._sensor(r.sensor_id)

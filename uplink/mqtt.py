@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -33,6 +32,7 @@ from typing import Final
 from powmon.common.backoff import backoff
 from powmon.common.schema import Reading, Status, reading_dict
 from powmon.uplink.contract import Answer, Encoded, Output, Wait, ids
+from powmon.uplink.formats import non_finite
 from powmon.uplink.homeassistant import Presence
 from powmon.uplink.mqtt_config import BATCH_SIZE, BATCH_WAIT, MqttConfig
 from powmon.uplink.mqtt_connection import QOS, Connection
@@ -58,10 +58,7 @@ def topic_for(template: str, r: Reading) -> str:
 def _problem(topic: str, r: Reading) -> str | None:
     if "+" in topic or "#" in topic or "\x00" in topic:
         return f"MQTT topic {topic!r} would contain a wildcard or NUL (from {r.sensor_id!r})"
-    for name in ("raw", "volts", "amps", "watts"):
-        if not math.isfinite(getattr(r, name)):
-            return f"{name} is {getattr(r, name)!r}, which JSON cannot carry"
-    return None
+    return non_finite(r)
 
 
 class MqttOutput(Output[Batch]):

@@ -42,7 +42,6 @@ class SpoolSink(Sink):
         self.spool = spool
         self.outputs = outputs
         self.stats = stats
-        stats.spool_depth = spool.depth()
 
     def stored(self) -> Iterable[StreamState]:
         return self.spool.progress()
@@ -65,9 +64,10 @@ class SpoolSink(Sink):
 
     def tick(self, now: float) -> None:
         self.outputs.check()
-        self.stats.spool_depth = self.spool.depth()
 
     def counters(self) -> dict[str, object]:
+        # Two queries: made when a heartbeat is due, not at every loop turn.
+        self.stats.spool_depth = self.spool.depth()
         return {
             "spool_depth": self.stats.spool_depth, "dropped_over_cap": self.stats.dropped_over_cap,
             **self.outputs.counters(),

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final
@@ -153,9 +153,14 @@ def tail_streams(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> lis
     tail can vouch for the stream (its floor); replayed rows (flag `replayed`) below it were
     filling older holes.
     """
+    return streams_of(tail_rows(root, naming, limit))
+
+
+def streams_of(rows: Iterable[list[str]]) -> list[StreamState]:
+    """tail_streams of rows already read (the writer reads its tail once, for energy too)."""
     live: dict[tuple[str, str], set[int]] = {}
     replayed: dict[tuple[str, str], set[int]] = {}
-    for row in tail_rows(root, naming, limit):
+    for row in rows:
         into = replayed if "replayed" in row[_FLAGS_COL] else live
         into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[_SEQ_COL]))
     return [

@@ -34,8 +34,8 @@ from powmon.writer.rotation import (
     FileNaming,
     cut_torn_row,
     scan_session,
+    streams_of,
     tail_rows,
-    tail_streams,
 )
 from powmon.writer.store import CsvStore
 
@@ -114,8 +114,9 @@ class CsvSink(Sink):
     def stored(self) -> Iterable[StreamState]:
         root = self.config.data_root
         cut_torn_row(root, self.naming)
-        self.energy.load(tail_rows(root, self.naming))
-        return tail_streams(root, self.naming)
+        rows = list(tail_rows(root, self.naming))  # read and parsed once, for both
+        self.energy.load(rows)
+        return streams_of(rows)
 
     def find(self, sensor_id: str, session: str) -> int | None:
         return scan_session(self.config.data_root, self.naming, sensor_id, session)

@@ -32,7 +32,6 @@ from powmon.common.schema import (
 from powmon.common.transport import Heartbeat
 from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored, lost_ranges
 from powmon.sink.filler import Lost
-from powmon.sink.lost import without
 from powmon.sink.tracker import StreamState
 from tests.helpers import wait_until
 
@@ -155,14 +154,6 @@ def test_resume_does_not_ask_again_for_holes_the_loss_log_names(tmp_path: Path) 
     assert gaps(tmp_path) == [
         ("s1", "10", "19", "overrun"), ("s0", "22", "23", "x"), ("s1", "22", "23", "no_endpoint"),
     ]
-
-
-def test_without_cuts_the_given_up_parts_out_of_the_holes() -> None:
-    """[lo, hi) arithmetic: inside, across either end, covering, and apart."""
-    assert without([(0, 10)], [(3, 5)]) == ((0, 3), (5, 10))
-    assert without([(0, 10), (20, 30)], [(5, 25)]) == ((0, 5), (25, 30))
-    assert without([(0, 10)], [(0, 10)]) == ()
-    assert without([(0, 10)], [(10, 20), (30, 40)]) == ((0, 10),)
 
 
 def test_a_torn_or_foreign_loss_log_row_is_left_out_of_what_is_given_up(tmp_path: Path) -> None:
