@@ -67,8 +67,7 @@ class Poller:
                 reader.chores(now)
             if replay is not None and now >= next_serve:
                 next_serve = now + SERVE_EVERY
-                if int(replay.get(zmq.EVENTS)) & zmq.POLLIN:
-                    reader.serve()
+                reader.serve()
             if not in_flight:
                 if schedule.period:
                     wait = schedule.delay(now)

@@ -51,7 +51,6 @@ STOP_TIMEOUT: Final = 0.5  # longest wait for `ok stop` when the reader stops
 IDLE_STEP: Final = 0.2  # longest wait for bytes: a stop is seen at least this often
 READ_MAX: Final = 65536
 MAX_ASK: Final = 65535  # `stream` at this rate when any will do: the device answers its limit
-_POLLIN: Final = int(zmq.POLLIN)
 
 
 class Resync(DeviceError):
@@ -116,7 +115,6 @@ class Streamer:
                  and hasattr(select, "poll") and sys.platform != "darwin")
         self._fd = fileno() if posix and callable(fileno) else None
         replay = reader.replay.sock if reader.replay is not None else None
-        self._replay = replay
         self._poller: select.poll | None = None
         if self._fd is not None:
             self._poller = select.poll()
@@ -247,16 +245,14 @@ class Streamer:
                 data = os.read(item, READ_MAX)
                 if not data:
                     raise serial.SerialException("the port reports data but returned none")
-            elif self._replay is not None and int(self._replay.get(zmq.EVENTS)) & _POLLIN:
-                self.reader.serve()
+            else:
+                self.reader.serve()  # the replay socket woke the poll
         return data
 
     def _read_port(self, wait: float) -> bytes:
         """A port without a descriptor (sim://, socket://): block in its read (its timeout is
         at most READ_SLICE), looking for replay requests at each wake-up (ZMQ_EVENTS)."""
-        replay = self._replay
-        if replay is not None and int(replay.get(zmq.EVENTS)) & zmq.POLLIN:
-            self.reader.serve()
+        self.reader.serve()
         port = self.link.port
         data = port.read(port.in_waiting or 1)
         if data:

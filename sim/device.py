@@ -19,11 +19,10 @@ from typing import Final
 
 from powmon.sim import stream
 from powmon.sim.faults import FRAME_FAULTS, READ_FAULTS, Fault, FaultPlan, spoil_answer, spoil_frame
-from powmon.sim.signal import Signal, SignalSpec
+from powmon.sim.signal import VERSION, Signal, SignalSpec
 
 __all__ = ["BOOT_CHATTER", "Fault", "SignalSpec", "SimDevice"]
 
-VERSION: Final = "1.1.0"
 CAPABILITIES: Final = "stream"  # words after the board id in the `id` answer, as the firmware
 RX_BUFFER: Final = 64  # the Arduino core's serial receive buffer, in bytes
 CHANNELS: Final = 6  # analog inputs A0..A5 of an Uno

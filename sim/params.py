@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from powmon.sim.device import Fault, SignalSpec
+from powmon.sim.signal import VERSION
 
 Parser = Callable[[str], Any]
 
@@ -62,7 +63,7 @@ def _drift(text: str) -> float:
     return value
 
 
-FIRMWARES: Final = ("1.1.0", "1.0.0", "none")
+FIRMWARES: Final = (VERSION, "1.0.0", "none")
 
 
 def _firmware(text: str) -> str:

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Final
 
+VERSION: Final = "1.1.0"  # the sketch this simulator is: the newest, with stream mode
 ADC_MAX: Final = 1023
 ADC_RATE: Final = 9615.0  # samples/s of an AVR ADC at 16 MHz with the default /128 prescaler
 ADC_BUDGET: Final = 7000  # conversions/s a stream may use on an Uno (firmware STREAM_ADC_BUDGET)
@@ -43,7 +44,7 @@ class SignalSpec:
     drift_ppm: float = 0.0
     micros0: int = 0
     adc_rate: int = ADC_BUDGET
-    firmware: str = "1.1.0"
+    firmware: str = VERSION
 
 
 class Signal:
