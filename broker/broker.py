@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ class Handshakes:
                 event = recv_monitor_message(sock)
                 self.failed += 1
                 where = event["endpoint"].decode(errors="replace")
-                why = _why(event["value"])
+                why = _why(event["event"], event["value"])
                 self._limiter.log(
                     log, logging.WARNING, f"curve-failed/{why}",
                     "the bus: a client failed the CURVE handshake on %s (%s); failed so far: %d",
@@ -98,7 +99,12 @@ class Handshakes:
         close_all(*self.socks)
 
 
-def _why(value: int) -> str:
+def _why(event: int, value: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        # `value` is an errno: the client went away mid-handshake. A client without CURVE
+        # often does, when it sees the mismatch first (which side does is libzmq's race).
+        return (f"it hung up during the handshake ({os.strerror(value)}): "
+                "no CURVE keys, or another broker's public key?")
     if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
         return "it has no CURVE keys"
     if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:

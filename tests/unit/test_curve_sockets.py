@@ -232,4 +232,6 @@ def test_the_broker_counts_clients_that_fail_the_handshake(
             thread.join(10)
     text = caplog.text
     assert "failed the CURVE handshake" in text
-    assert "it has no CURVE keys" in text
+    # The client without CURVE: named, or (when it saw the mismatch first and hung up, a race
+    # inside libzmq) said to have hung up mid-handshake; never a bare error number.
+    assert "it has no CURVE keys" in text or "it hung up during the handshake" in text
