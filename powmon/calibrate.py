@@ -25,7 +25,7 @@ import zmq
 from powmon.common.errors import SchemaError, SettingsError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
-from powmon.common.schema import Flag, decode_readings, reading_topic, status_topic
+from powmon.common.schema import STATUS_PREFIX, Flag, decode_readings, reading_topic, status_topic
 from powmon.common.settings import SensorSettings, Settings
 from powmon.common.transport import sub_socket
 from powmon.readers.handshake import NoAnswer, handshake
@@ -75,18 +75,13 @@ def from_bus(
             if not sock.poll(100):
                 continue
             frames = sock.recv_multipart()
-            if frames[0].startswith(b"status/"):
-                if not heard:  # a live reader: give it time for the readings asked for
-                    deadline = time.monotonic() + listen + count * _period(settings, sensor_id)
-                heard = True
-                continue
-            try:
-                readings = decode_readings(frames)
+            try:  # its heartbeat says it runs, but brings no readings
+                readings = [] if frames[0].startswith(STATUS_PREFIX) else decode_readings(frames)
             except SchemaError:
                 continue
-            if not heard:
+            if not heard:  # a live reader: give it time for the readings asked for
                 deadline = time.monotonic() + listen + count * _period(settings, sensor_id)
-            heard = True
+                heard = True
             for reading in readings[: count - len(raws)]:
                 raws.append(reading.raw)
                 flags |= reading.flags

@@ -211,7 +211,8 @@ class Health:
             "restarts": n if type(n) is int else None,
         }
 
-    def _sensor_json(self, sensor: str, now: float, writer: _Proc | None) -> Json:
+    def _sensor_json(self, sensor: str, now: float, writer: _Proc | None,
+                     per: Mapping[str, Mapping[str, Any]]) -> Json:
         proc = self._procs.get(("reader", sensor))
         hb = None if proc is None else proc.last
         up = proc is not None and self._down_reason(proc, now) is None
@@ -228,8 +229,8 @@ class Health:
             "bad_lines": None if hb is None else _int(hb, "bad_lines"),
             "timeouts": None if hb is None else _int(hb, "timeouts"),
             "reconnects": None if hb is None else _int(hb, "reconnects"),
-            "gaps": _per_sensor(wlast, "gaps")[1].get(sensor),
-            "lost": _per_sensor(wlast, "lost")[1].get(sensor),
+            "gaps": per["gaps"].get(sensor),
+            "lost": per["lost"].get(sensor),
             "energy_wh": energy.get(sensor) if isinstance(energy, Mapping) else None,
             "amps": None if last is None else last.amps,
             "watts": None if last is None else last.watts,
@@ -270,7 +271,9 @@ class Health:
             for p in self._procs.values()
         }
         writer = self._procs.get(("writer", "writer"))
-        sensors = {s: self._sensor_json(s, now, writer) for s in self.expected.sensors}
+        wlast = None if writer is None else writer.last
+        per = {name: _per_sensor(wlast, name)[1] for name in ("gaps", "lost")}  # not per sensor
+        sensors = {s: self._sensor_json(s, now, writer, per) for s in self.expected.sensors}
         problems = [
             f"{name} down: {p['why_down']}" for name, p in procs.items()
             if p["required"] and not p["up"]

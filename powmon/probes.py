@@ -15,6 +15,7 @@ import errno
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -23,7 +24,7 @@ import zmq
 
 from powmon.common.curve import Curve
 from powmon.common.errors import SchemaError
-from powmon.common.schema import STATUS_PREFIX, decode_status
+from powmon.common.schema import STATUS_PREFIX, Status, decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import (
     handshake_outcome,
@@ -52,25 +53,35 @@ class Heard:
 
 def listen(settings: Settings) -> Heard:
     """Heartbeats on the backend for ~2.5 heartbeat intervals (at least LISTEN_MIN_S)."""
+    heard = Heard()
+    for status in heartbeats(settings, max(LISTEN_MIN_S, 2.5 * settings.heartbeat_interval)):
+        heard.states[(status.process, status.ident)] = status.state
+    return heard
+
+
+def heartbeats(
+    settings: Settings, seconds: float, clock: Callable[[], float] = time.monotonic,
+    done: Callable[[], bool] = lambda: False,
+) -> Iterator[Status]:
+    """The heartbeats heard on the backend for `seconds`, or until `done()`; junk on the bus
+    is skipped (it says nothing about this pipeline)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     sock = sub_socket(
         ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm, curve=settings.curve
     )
-    heard = Heard()
-    deadline = time.monotonic() + max(LISTEN_MIN_S, 2.5 * settings.heartbeat_interval)
+    deadline = clock() + seconds
     try:
-        while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
+        while (now := clock()) < deadline and not done():
+            if not sock.poll(int((deadline - now) * 1000) + 1):
                 continue
             try:
                 status = decode_status(sock.recv_multipart())
             except SchemaError:
                 continue
-            heard.states[(status.process, status.ident)] = status.state
+            yield status
     finally:
         sock.close(linger=0)
         ctx.term()
-    return heard
 
 
 def endpoint_state(endpoint: str) -> str:

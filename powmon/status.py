@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import click
-import zmq
 
-from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
-from powmon.common.schema import STATUS_PREFIX, decode_status
 from powmon.common.settings import Settings
-from powmon.common.transport import sub_socket
 from powmon.health import Expected, Health
+from powmon.probes import heartbeats
 
 LISTEN_BEATS: Final = 3.0  # listen this many heartbeat intervals at most ...
 LISTEN_MIN_S: Final = 1.5  # ... and at least this long, when something is missing
@@ -43,23 +40,9 @@ def _complete(health: Health) -> bool:
 def collect(settings: Settings, clock: Callable[[], float] = time.monotonic) -> Health:
     """Listen to heartbeats for a bounded time and return the model fed with them."""
     health = Health(Expected.from_settings(settings))
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = sub_socket(
-        ctx, settings.broker_backend, [STATUS_PREFIX], settings.hwm, curve=settings.curve
-    )
-    deadline = clock() + max(LISTEN_BEATS * settings.heartbeat_interval, LISTEN_MIN_S)
-    try:
-        while (now := clock()) < deadline and not _complete(health):
-            if not sock.poll(int((deadline - now) * 1000) + 1):
-                continue
-            frames = sock.recv_multipart()
-            try:
-                health.feed(decode_status(frames), clock())
-            except SchemaError:
-                continue  # junk on the bus says nothing about this pipeline's health
-    finally:
-        sock.close(linger=0)
-        ctx.term()
+    seconds = max(LISTEN_BEATS * settings.heartbeat_interval, LISTEN_MIN_S)
+    for status in heartbeats(settings, seconds, clock, done=lambda: _complete(health)):
+        health.feed(status, clock())
     return health
 
 

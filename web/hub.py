@@ -8,7 +8,7 @@ client's bounded queue. No sockets and no clock of its own, so it is tested with
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 from powmon.common.errors import SchemaError
@@ -49,12 +49,13 @@ class Hub:
             if frames[0].startswith(READING_PREFIX):
                 readings = decode_readings(frames)
                 self.readings += len(readings)
-                listening = any(c.readings for c in self.clients)
+                if readings:  # one sensor's, in seq order: the last is its latest
+                    self.health.feed_reading(readings[-1])
+                listeners = [c for c in self.clients if c.readings]
                 for r in readings:
-                    self.health.feed_reading(r)
                     self.chart.add(r.sensor_id, r.ts_ns, r.watts, now)
-                    if listening:
-                        self._broadcast(sse("reading", reading_dict(r)), readings_only=True)
+                    if listeners:
+                        self._send(listeners, sse("reading", reading_dict(r)))
             else:
                 self.health.feed(decode_status(frames), now)
         except (SchemaError, IndexError) as err:
@@ -107,7 +108,10 @@ class Hub:
     def disconnect(self, client: Client) -> None:
         self.clients.discard(client)
 
-    def _broadcast(self, event: bytes, readings_only: bool = False) -> None:
-        for client in self.clients:
-            if (not readings_only or client.readings) and not client.put(event):
+    def _broadcast(self, event: bytes) -> None:
+        self._send(self.clients, event)
+
+    def _send(self, clients: Iterable[Client], event: bytes) -> None:
+        for client in clients:
+            if not client.put(event):
                 self.dropped_total += 1

@@ -73,13 +73,14 @@ class Pipeline:
         settings.update(overrides)
         self.settings = workdir / "settings.yaml"
         self.settings.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+        # The file is never rewritten: its process table is read once (256 readers start).
+        self._specs = {s.key: s for s in pipeline(load_settings(self.settings))}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, key: str) -> subprocess.Popen[bytes]:
         """Start one process of the pipeline's process table (powmon/processes.py) by key."""
-        specs = {s.key: s for s in pipeline(load_settings(self.settings))}
         log = (self.workdir / f"{key.replace(' ', '-')}.log").open("ab")
-        argv = specs[key].argv(str(self.settings))
+        argv = self._specs[key].argv(str(self.settings))
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.procs[key] = proc
