@@ -108,8 +108,8 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 
 def report_body(report: dict[str, Any], history: dict[str, list[tuple[Any, ...]]]) -> str:
     """A per-sensor summary from the live data: the last minutes of the chart's buckets and
-    the heartbeats' counters. (The full report from the CSV files is `powmon report`, being
-    written on another branch; this page is to link to it once it lands.)"""
+    the heartbeats' counters. The full report from the CSV files is `powmon report`; the
+    page does not run it (it reads every file: too slow for a request)."""
     rows = []
     for sensor, s in report["sensors"].items():
         points = history.get(sensor, [])
