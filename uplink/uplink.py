@@ -64,10 +64,10 @@ class SpoolSink(Sink):
 
     def tick(self, now: float) -> None:
         self.outputs.check()
+        self.stats.spool_depth = self.spool.depth()
 
     def counters(self) -> dict[str, object]:
-        # Two queries: made when a heartbeat is due, not at every loop turn.
-        self.stats.spool_depth = self.spool.depth()
+        # Not spool.depth() here: the last (stopped) heartbeat comes after close().
         return {
             "spool_depth": self.stats.spool_depth, "dropped_over_cap": self.stats.dropped_over_cap,
             **self.outputs.counters(),
