@@ -12,9 +12,10 @@ the typical one. After a new start (a device reset, a jump) a rate already known
 pairs is kept, and only the offset is fitted until there are 10 s of new pairs.
 
 Output is strictly increasing: a correction never sends a timestamp back (it holds the
-timestamps 1 ns apart until the estimate catches up). A jump of the host clock (or a device
-reset the decoder could not see) shows as pairs far off the line: far below at once, far
-above for two seconds, and the estimate starts again from the new pairs.
+timestamps HOLD_NS apart until the estimate catches up: 1 us, the resolution of the CSV
+timestamps, so that stored rows stay distinct and in order too). A jump of the host clock
+(or a device reset the decoder could not see) shows as pairs far off the line: far below at
+once, far above for two seconds, and the estimate starts again from the new pairs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ STEP_NS: Final = 50_000_000  # pairs this far off the line mean a jump, not a de
 STEP_BUCKETS: Final = 2  # buckets all above the line by STEP_NS before it counts as a jump
 MAX_DRIFT: Final = 0.02  # a fitted rate further than 2% from nominal is not believed
 RATE_SPAN_US: Final = 10_000_000  # a rate fitted over this long is kept through a new start
+HOLD_NS: Final = 1_000  # least step between two timestamps: the CSV's microsecond
 
 
 @dataclass(slots=True)
@@ -104,8 +106,7 @@ class DeviceClock:
     def to_utc_ns(self, device_us: int) -> int:
         """UTC ns of device time `device_us`: the estimate, kept strictly increasing."""
         utc = self._base_ns + int((device_us - self._base_us) * self.rate)
-        if utc <= self._last_out:
-            utc = self._last_out + 1
+        utc = max(utc, self._last_out + HOLD_NS)
         self._last_out = utc
         return utc
 

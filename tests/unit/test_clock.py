@@ -109,6 +109,14 @@ def test_timestamps_are_strictly_increasing_through_a_host_clock_step_back() -> 
     assert run.clock.counters.steps == 1
 
 
+def test_held_timestamps_stay_distinct_at_the_csvs_microsecond() -> None:
+    """While a correction holds the output back (the host clock stepped back 1 s), stamps
+    still differ by at least 1 us: stored rows, written to the microsecond, stay strictly
+    increasing too, not equal."""
+    run = stream(100.0, seconds=25.0, host_step=(20.0, -1_000_000_000))
+    assert all(b // 1000 > a // 1000 for a, b in pairwise(run.stamps))
+
+
 def test_a_host_clock_step_forward_is_followed() -> None:
     """The host clock jumps 1 s ahead: after a few seconds (not a burst of delay) the
     mapping follows it."""

@@ -150,7 +150,9 @@ def test_429_waits_for_retry_after(server: RecordingServer, start: Callable[...,
     run = start()
     run.add(mixed(5, set()))
     wait_until(lambda: influx.seqs() == set(range(5)), what="stored after the wait")
-    first, second = server.snapshot()[:2]
+    # The server records a reply's status once it went out, just after the points were
+    # stored: wait for that too.
+    first, second = server.wait_for(lambda r: len(r) >= 2 and r[1].status is not None)[:2]
     assert (first.status, second.status) == (429, 204)
     assert second.at - first.at >= 1.0 and second.body == first.body
     assert run.stats.retries == 1
