@@ -6,6 +6,7 @@ Kept apart from the loader so that the table of keys in settings.py reads as a t
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import string
@@ -200,8 +201,95 @@ def port_range(value: Any) -> tuple[int, int]:
     return lo, hi
 
 
-ENDPOINT = text("a ZeroMQ endpoint like 'tcp://127.0.0.1:5555'", r"(tcp|ipc|inproc)://\S+")
-URL = text("an http(s) URL like 'https://example.org/api'", r"https?://\S+")
+_ENDPOINT_TEXT: Final = (
+    "a ZeroMQ endpoint like 'tcp://127.0.0.1:5555' (tcp://HOST:PORT with PORT from 1 to 65535, "
+    "or ipc://PATH)"
+)
+# tcp://[source;]host:port, as libzmq reads it; the host as an IPv4 address, [IPv6] in
+# brackets, a name (or interface), or '*' (every interface).
+_TCP_ENDPOINT: Final = re.compile(
+    r"tcp://(?:[^;\s]+;)?"
+    r"(\*|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+    r":([0-9]{1,5}|\*)"
+)
+WILDCARD_HOSTS: Final = frozenset({"*", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
+
+
+def _host_ok(host: str) -> bool:
+    """An address that parses (999.1.1.1 does not), or a name: libzmq would otherwise fail
+    only when the broker binds, after everything else has started."""
+    if host.startswith("["):
+        inner = host[1:-1]
+    elif re.fullmatch(r"[0-9.]+", host):
+        inner = host
+    else:
+        return True
+    try:
+        ipaddress.ip_address(inner)
+    except ValueError:
+        return False
+    return True
+
+
+def tcp_address(endpoint: str) -> tuple[str, int] | None:
+    """(host, port) of a checked tcp:// endpoint (IPv6 without brackets); None for ipc://."""
+    match = _TCP_ENDPOINT.fullmatch(endpoint)
+    if match is None or match[2] == "*":
+        return None
+    return match[1].strip("[]"), int(match[2])
+
+
+def endpoint(value: Any) -> str:
+    """A bus endpoint every process can find: tcp://HOST:PORT with a real port, or ipc://PATH.
+
+    Port 0 or '*' lets the OS pick the port when the broker binds, which no other process can
+    know; a port beyond 65535 was silently taken modulo 65536 by libzmq. inproc:// reaches
+    only its own process, and the bus joins separate processes.
+    """
+    if not _clean(value):
+        raise Bad(_ENDPOINT_TEXT)
+    if value.startswith("ipc://"):
+        if not value[len("ipc://") :].strip() or re.search(r"\s", value):
+            raise Bad(_ENDPOINT_TEXT)
+        return value
+    if value.startswith("inproc://"):
+        raise Bad(
+            "an endpoint between processes, tcp://HOST:PORT or ipc://PATH (inproc:// reaches "
+            "only its own process)"
+        )
+    match = _TCP_ENDPOINT.fullmatch(value)
+    if match is None or not _host_ok(match[1]):
+        raise Bad(_ENDPOINT_TEXT)
+    if match[2] == "*" or int(match[2]) == 0:
+        raise Bad(
+            "a fixed port from 1 to 65535, as in 'tcp://127.0.0.1:5555' (with 0 or '*' the OS "
+            "picks one, which no other process can find)"
+        )
+    if int(match[2]) > 65535:
+        raise Bad("a port from 1 to 65535, as in 'tcp://127.0.0.1:5555'")
+    return value
+
+
+ENDPOINT: Final = endpoint
+_URL_TEXT: Final = "an http(s) URL like 'https://example.org/api' (a port from 1 to 65535)"
+_URL_SHAPE: Final = text(_URL_TEXT, r"https?://\S+")
+
+
+def url(value: Any) -> str:
+    """An http(s) URL with a host and, if it gives one, a port the uplink can connect to (a
+    port beyond 65535 would only fail at the first upload, long after start-up)."""
+    checked: str = _URL_SHAPE(value)
+    try:
+        parts = urlsplit(checked)
+        port = parts.port  # ValueError beyond 65535
+    except ValueError:
+        raise Bad(_URL_TEXT) from None
+    if not parts.hostname or port == 0:
+        raise Bad(_URL_TEXT)
+    return checked
+
+
+URL: Final = url
 
 
 MQTT_SCHEMES: Final = {"mqtt": 1883, "mqtts": 8883}

@@ -25,7 +25,7 @@ import itertools
 import operator
 import statistics
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, field
 from typing import Any, Final
 
@@ -171,6 +171,43 @@ class EnergyMeter:
         sensor.first_ns = min(sensor.first_ns, ts_ns)
         sensor.last_ns = max(sensor.last_ns, ts_ns)
 
+    def add_run(self, sensor_id: str, session: str, run: Sequence[Sequence[Any]]) -> None:
+        """Consecutive readings of one stream, as add() would take each of them, in one pass
+        when they continue it (the writer's batches: energy is per batch work, not a method
+        call and two attribute writes per reading). Each item indexes as a Reading does
+        (seq at 2, ts_ns at 3, watts at 7)."""
+        sensor = self._sensors.get(sensor_id)
+        runs = sensor.streams.get(session) if sensor is not None else None
+        last = runs[-1] if runs else None
+        if (sensor is None or last is None or sensor.bridge_s is None or self._sink is not None
+                or last.tseq < 0 or run[0][2] != last.hi + 1):
+            for r in run:
+                self.add(sensor_id, session, r[2], r[3], r[7])
+            return
+        bridge = sensor.bridge_s
+        t0, w0 = last.tts, last.tw
+        energy = covered = 0.0
+        lo, hi = sensor.first_ns, sensor.last_ns
+        for r in run:
+            t1, w1 = r[3], r[7]
+            dt = (t1 - t0) / NS
+            if 0 <= dt <= bridge:
+                if w0 >= 0 and w1 >= 0:
+                    energy += (w0 + w1) * dt / 7200
+                else:
+                    consumed, returned = trapezoid_wh(t0, w0, t1, w1)
+                    energy += consumed
+                    sensor.returned_wh += returned
+                covered += dt
+            lo, hi = min(lo, t1), max(hi, t1)
+            t0, w0 = t1, w1
+        sensor.energy_wh += energy
+        sensor.covered_s += covered
+        sensor.readings += len(run)
+        sensor.first_ns, sensor.last_ns = lo, hi
+        last.hi = last.tseq = run[-1][2]
+        last.tts, last.tw = t0, w0
+
     def give_up(self, sensor_id: str, session: str, first: int, last: int) -> None:
         """Seqs first..last of a stream will never come (gaps.csv): their neighbours may meet."""
         sensor = self._sensor(sensor_id)
@@ -200,6 +237,26 @@ class EnergyMeter:
             for runs in sensor.streams.values():
                 while len(runs) > 1:
                     self._merge(sid, sensor, runs, 0)
+
+    def fold(self, open_streams: Collection[tuple[str, str]] = ()) -> int:
+        """Forget the ended sessions of every sensor: all but its current one (the session of
+        its newest reading) and those in `open_streams` (holes a sink is still filling).
+
+        The totals keep what they counted, so nothing a report of the same rows would count
+        changes; what goes is the per-session bookkeeping, which otherwise grows with every
+        reader restart (in memory and in a saved state) until MAX_STREAMS. Returns how many
+        sessions were folded.
+        """
+        folded = 0
+        for sid, sensor in self._sensors.items():
+            if len(sensor.streams) < 2:
+                continue
+            current = max(sensor.streams, key=lambda k: _newest_ns(sensor.streams[k]))
+            for session in [k for k in sensor.streams if k != current]:
+                if (sid, session) not in open_streams:
+                    self._retire(sid, sensor, session)
+                    folded += 1
+        return folded
 
     # -- reading out -----------------------------------------------------------------------
     def sensors(self) -> list[str]:
@@ -242,12 +299,17 @@ class EnergyMeter:
             return None
         if len(sensor.streams) >= MAX_STREAMS:  # forget the session that ended longest ago
             oldest = min(sensor.streams, key=lambda k: sensor.streams[k][-1].tts)
-            runs = sensor.streams.pop(oldest)
-            while len(runs) > 1:
-                self._merge(sensor_id, sensor, runs, 0)
-            self._retired.append((sensor_id, oldest))
+            self._retire(sensor_id, sensor, oldest)
         runs = sensor.streams[session] = []
         return runs
+
+    def _retire(self, sensor_id: str, sensor: _Sensor, session: str) -> None:
+        """Close a session's holes (as close() would) and keep only its name, so that its rows
+        met again (a restart's tail) are not counted twice: its energy stays in the totals."""
+        runs = sensor.streams.pop(session)
+        while len(runs) > 1:
+            self._merge(sensor_id, sensor, runs, 0)
+        self._retired.append((sensor_id, session))
 
     def _insert(self, sensor_id: str, sensor: _Sensor, runs: list[_Run], run: _Run) -> bool:
         """Put a run into the sorted list, merging with neighbours it touches; False for a
@@ -344,6 +406,11 @@ class EnergyMeter:
         meter._retired.extend(retired)
         meter.ignored = ignored
         return meter
+
+
+def _newest_ns(runs: list[_Run]) -> int:
+    """The time of a stream's newest present reading (runs with none count as the oldest)."""
+    return max((r.tts for r in runs if r.tseq >= 0), default=-1)
 
 
 def learned_limit(readings: list[tuple[str, int, int, float]]) -> float:

@@ -10,8 +10,10 @@ a crash (logged with traceback).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -31,6 +33,34 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_CRASH = 1
 EXIT_USAGE = 2
+
+
+class Stop(threading.Event):
+    """A stop request that also wakes a sleeping loop: `fileno()` turns readable when it is
+    set, so a loop can sleep in one poll(2) on its sockets, its deadline and this, instead of
+    waking every so often to look (a process at rest costs nothing). Set from a signal
+    handler (which runs in the main thread between bytecodes, not in C's signal context) or
+    from the lifeline's thread alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._recv, self._send = socket.socketpair()
+        self._recv.setblocking(False)
+        self._send.setblocking(False)
+
+    def set(self) -> None:
+        super().set()
+        with contextlib.suppress(OSError):  # full (already woken) or closed: either is fine
+            self._send.send(b"x")
+
+    def fileno(self) -> int:
+        return self._recv.fileno()
+
+
+def wake_fd(stop: threading.Event) -> int | None:
+    """The descriptor that turns readable when `stop` is set (None for a plain Event: loops
+    then wake at their own deadlines, as tests that pass one expect)."""
+    return stop.fileno() if isinstance(stop, Stop) else None
 
 
 def install_stop_handlers(stop: threading.Event) -> None:
@@ -67,7 +97,7 @@ def run_process(
     except SettingsError as err:
         print(f"powmon: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
-    stop = threading.Event()
+    stop = Stop()
     install_stop_handlers(stop)
     line = lifeline.attach(stop)  # under `powmon run`: stop when the supervisor is gone
     try:

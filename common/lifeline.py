@@ -6,14 +6,19 @@ The supervisor listens on a loopback TCP port and gives each child
 from then on:
 
 - when the connection ends (EOF or an error), the supervisor is gone, however it died (kill -9,
-  an OOM kill, a closed terminal): the child stops as on SIGTERM, flushing what it holds, after
-  `grace` seconds. The graces keep the supervisor's stop order without it: readers stop at
-  once, the writer and uplink a second later (having taken the readers' last readings), the
-  broker last (having carried them);
-- its heartbeat also reports its progress here (`beat <n> [<session> <seq>]`, n = readings
-  taken for a reader), so the supervisor judges a reader silent by the reader's own word and
-  never by the bus: a frozen broker makes every heartbeat late, but not a single lifeline beat;
-  and when a reader dies, the supervisor knows how far its session got (schema.ReaderEnd).
+  an OOM kill, a closed terminal): the kernel closes the supervisor's end, so a thread blocked
+  on this one wakes at once, and the child stops as on SIGTERM, flushing what it holds, after
+  `grace` seconds (ORPHAN_STEP_S per later group: powmon.supervise). The graces keep the
+  supervisor's stop order without it: readers stop at once (grace 0, within a fraction of a
+  second), then each group a second after the one before: the web page (if any), the writer
+  and uplink (having taken the readers' last readings), the broker last (having carried them),
+  2 s after the death (3 s with the web page);
+- its heartbeat also reports its progress here (`beat <n> [<session> <seq> [waiting]]`, n =
+  readings taken for a reader), so the supervisor judges a reader silent by the reader's own
+  word and never by the bus: a frozen broker makes every heartbeat late, but not a single
+  lifeline beat; and when a reader dies, the supervisor knows how far its session got
+  (schema.ReaderEnd). `waiting` says the reader is retrying a port that cannot be opened
+  (ReaderProgress.waiting_for_port): it takes no readings, yet it is not stalled.
 
 Why a loopback socket and not an inherited pipe: it is the same code on Windows (no handle
 inheritance), it carries both directions, and the kernel closes it on any death of either end.
@@ -27,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import socket
 import threading
 from typing import Final, NamedTuple
@@ -35,6 +39,7 @@ from typing import Final, NamedTuple
 log = logging.getLogger(__name__)
 
 ENV: Final = "POWMON_LIFELINE"
+WAITING: Final = "waiting"  # the last word of a beat while a reader retries its port
 CONNECT_TIMEOUT_S: Final = 5.0
 
 _current: Lifeline | None = None  # the one lifeline of this process, set by `attach()`
@@ -52,10 +57,14 @@ class Lifeline:
         self._thread = threading.Thread(target=self._watch, name="lifeline", daemon=True)
         self._thread.start()
 
-    def report(self, progress: int, session: str = "", seq: int = 0) -> None:
+    def report(
+        self, progress: int, session: str = "", seq: int = 0, *, waiting: bool = False
+    ) -> None:
         """Tell the supervisor how far this process got (a reader: its session and next seq
-        too); never blocks (a frozen supervisor just misses beats)."""
-        line = (f"beat {progress} {session} {seq}\n" if session else f"beat {progress}\n").encode()
+        too, and `waiting` while it retries a port that cannot be opened: alive, not stalled);
+        never blocks (a frozen supervisor just misses beats)."""
+        tail = f" {session} {seq}" + (f" {WAITING}" if waiting else "") if session else ""
+        line = f"beat {progress}{tail}\n".encode()
         with self._lock, contextlib.suppress(OSError):
             self._sock.send(line, socket.MSG_DONTWAIT if hasattr(socket, "MSG_DONTWAIT") else 0)
 
@@ -110,6 +119,7 @@ class Beat(NamedTuple):
     progress: int
     session: str = ""
     seq: int = 0
+    waiting: bool = False  # a reader retrying a port that cannot be opened
 
 
 class LifelineServer:
@@ -134,7 +144,7 @@ class LifelineServer:
     def issue(self, grace: float = 0.0) -> tuple[str, str]:
         """(environment value, token) for one child start; `grace`: how long the child goes on
         once the supervisor is gone."""
-        token = secrets.token_hex(8)
+        token = os.urandom(8).hex()  # not `secrets`: it loads OpenSSL (~3 MiB per reader)
         self._tokens.add(token)
         return f"{self.port}:{token}:{grace:g}", token
 
@@ -193,8 +203,9 @@ class LifelineServer:
                     self._drop(sock)
                     return beats
             elif word == "beat" and token and args and all(a.isdigit() for a in args[::2]):
-                if len(args) == 3:
-                    beats.append(Beat(token, int(args[0]), args[1], int(args[2])))
+                if len(args) == 3 or (len(args) == 4 and args[3] == WAITING):
+                    beats.append(Beat(token, int(args[0]), args[1], int(args[2]),
+                                      waiting=len(args) == 4))
                 elif len(args) == 1:
                     beats.append(Beat(token, int(args[0])))
         self._conns[sock] = (token, rest)

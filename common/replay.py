@@ -19,7 +19,7 @@ import errno
 import logging
 import socket
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Final
 
 import zmq
@@ -27,9 +27,11 @@ import zmq
 from powmon.common.curve import Curve, endpoint_host, is_loopback
 from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.schema import (
+    MAX_BATCH,
     ReplayReply,
     ReplayRequest,
     Status,
+    batch_payload,
     decode_replay_reply,
     decode_replay_request,
     encode_replay_reply,
@@ -44,32 +46,65 @@ MAX_PER_REPLY: Final = 5000
 
 
 class ReplayRing:
-    """The last `size` reading payloads of one session; seq are contiguous, so index math works."""
+    """The last `size` readings of one session as their packed rows (schema.pack_row, the bytes
+    the message carried), and the device samples named lost before some of them; seqs are
+    contiguous, so index math works."""
 
-    __slots__ = ("_first", "_items")
+    __slots__ = ("_dropped", "_first", "_items")
 
     def __init__(self, size: int) -> None:
         self._items: deque[bytes] = deque(maxlen=max(size, 1))
         self._first = 0  # seq of _items[0]
+        self._dropped: dict[int, int] = {}  # seq -> device samples lost just before it
 
-    def append(self, seq: int, payload: bytes) -> None:
-        if not self._items:
+    def append(self, seq: int, row: bytes, dropped: int = 0) -> None:
+        self.extend(seq, (row,), dropped)
+
+    def extend(self, seq: int, rows: Sequence[bytes], dropped: int = 0) -> None:
+        """Rows of seq, seq + 1, ... (what one message carried); `dropped` lie before `seq`."""
+        items = self._items
+        if not items:
             self._first = seq
-        elif len(self._items) == self._items.maxlen:
-            self._first += 1
-        self._items.append(payload)
+        over = len(items) + len(rows) - (items.maxlen or 0)
+        items.extend(rows)
+        if over > 0:
+            self._first += over
+            if self._dropped:
+                self._dropped = {k: v for k, v in self._dropped.items() if k >= self._first}
+        if dropped and rows:
+            self._dropped[seq] = dropped
 
     @property
     def available(self) -> tuple[int, int]:
         return (self._first, self._first + len(self._items) - 1) if self._items else (0, -1)
 
-    def range(self, first: int, last: int, limit: int = MAX_PER_REPLY) -> list[bytes]:
+    def range(self, first: int, last: int, limit: int = MAX_PER_REPLY) -> tuple[int, list[bytes]]:
+        """(seq of the first, rows) of first..last that the ring holds, at most `limit`."""
         lo = max(first, self._first) - self._first
         hi = min(last, self._first + len(self._items) - 1) - self._first
         if hi < lo:
-            return []
+            return (0, [])
         hi = min(hi, lo + limit - 1)
-        return [self._items[i] for i in range(lo, hi + 1)]
+        items = self._items
+        return (self._first + lo, [items[i] for i in range(lo, hi + 1)])
+
+    def payloads(self, sensor_id: str, session: str, first: int, last: int,
+                 limit: int = MAX_PER_REPLY) -> tuple[list[bytes], int]:
+        """first..last as batch payloads (at most MAX_BATCH rows each, a new one where the
+        device lost samples, so a replayed reading brings its loss) and how many readings
+        they hold, from the rows as they were packed: nothing is packed again."""
+        seq, rows = self.range(first, last, limit)
+        dropped = self._dropped
+        losses = sorted(k - seq for k in dropped if seq < k < seq + len(rows))
+        payloads: list[bytes] = []
+        start = 0
+        while start < len(rows):
+            end = min(start + MAX_BATCH, len(rows))
+            end = next((i for i in losses if start < i < end), end)
+            payloads.append(batch_payload(sensor_id, session, seq + start, rows[start:end],
+                                          dropped.get(seq + start, 0)))
+            start = end
+        return payloads, len(rows)
 
 
 def replay_bind_endpoint(frontend: str) -> str:
@@ -180,8 +215,8 @@ class ReplayServer:
     def _answer(self, req: ReplayRequest) -> bytes:
         if req.session != self.session:
             return encode_replay_reply(self.sensor_id, req.session, (0, -1), [])
-        payloads = self.ring.range(req.first, req.last)
-        self.served += len(payloads)
+        payloads, count = self.ring.payloads(self.sensor_id, self.session, req.first, req.last)
+        self.served += count
         return encode_replay_reply(self.sensor_id, self.session, self.ring.available, payloads)
 
     def close(self) -> None:
@@ -243,6 +278,10 @@ class ReplayClient:
             sock.connect(endpoint)
             self._socks[endpoint] = sock
         return sock
+
+    def sockets(self) -> list[zmq.Socket[bytes]]:
+        """The sockets replies come on (one per reader asked), for a loop's poller."""
+        return list(self._socks.values())
 
     def replies(self) -> Iterator[ReplayReply]:
         """Every reply already received, without blocking."""

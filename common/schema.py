@@ -6,9 +6,11 @@ a msgpack array (not a map): it is the hot path, and an array is about half the 
 noticeably faster to pack and unpack than a map with repeated key names.
 
 Readings come in two versions on the same topic: version 1 is one reading, version 2 a batch of
-consecutive readings of one session (a streaming reader sends what one wake-up brought, at
-most MAX_BATCH), which can also name device samples that never became readings (`dropped`).
-`decode_batch` / `decode_readings` read both; every subscriber uses them.
+consecutive readings of one session (what a reader held for one PUBLISH_INTERVAL, at most
+MAX_BATCH), which can also name device samples that never became readings (`dropped`).
+Readers send version 2 only, built from rows packed once (`pack_row`, `batch_payload`), which
+the replay ring keeps and replay answers splice in again; `decode_batch` / `decode_readings`
+read both versions; every subscriber uses them.
 
 `(sensor_id, session, seq)` identifies a reading everywhere: on the bus, in CSV, upstream.
 """
@@ -89,6 +91,11 @@ class ReaderProgress:
     `replay_key` (the replay socket's CURVE public key, Z85; empty without CURVE); supervisors
     and health checks read `readings` and `last_reading_ns`. On the wire these are keys of the
     heartbeat's counters map, so that taps and older tools see them as before.
+
+    `problem` says in one line why the reader has no device right now ("port not found:
+    ...", "cannot open port ...: ...", "cannot connect: ..."; empty when connected), for
+    people; `waiting_for_port` is true while the port itself cannot be opened and the reader
+    retries it by itself: a supervisor leaves such a reader alone instead of restarting it.
     """
 
     session: str
@@ -97,6 +104,8 @@ class ReaderProgress:
     replay: str = ""
     last_reading_ns: int = 0
     replay_key: str = ""
+    problem: str = ""
+    waiting_for_port: bool = False
 
 
 _PROGRESS_KEYS: Final = ("session", "seq", "readings", "replay", "last_reading_ns", "replay_key")
@@ -157,6 +166,7 @@ def encode_status(s: Status) -> list[bytes]:
                         last_reading_ns=r.last_reading_ns)
         if r.replay_key:
             counters["replay_key"] = r.replay_key
+        counters.update(problem=r.problem, waiting_for_port=r.waiting_for_port)
     body = {"v": SCHEMA_VERSION, "process": s.process, "id": s.ident, "pid": s.pid,
             "ts": s.ts_ns, "state": s.state, "counters": counters}
     if s.started_ns:
@@ -184,7 +194,10 @@ _SHOW.maxstring = _SHOW.maxother = 40
 _SHOW.maxlist = _SHOW.maxdict = 10
 _UNPACK_ERRORS: Final = (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
                          msgpack.StackError)
-_packb: Final = msgpack.Packer().pack  # one Packer reused (benchmarks/README.md: hot path)
+_packer: Final = msgpack.Packer()
+_packb: Final = _packer.pack  # one Packer reused (benchmarks/README.md: hot path)
+_array_header: Final = _packer.pack_array_header
+_heads: dict[tuple[str, str], bytes] = {}  # (sensor_id, session) -> a batch's packed start
 _unpackb: Final = msgpack.unpackb  # defaults are raw=False, strict_map_key=True (msgpack >= 1)
 _topics: dict[str, bytes] = {}  # sensor_id -> b"reading/<id>/"; bounded by _TOPICS_MAX
 _TOPICS_MAX: Final = 4096
@@ -241,27 +254,42 @@ def encode_batch(
 ) -> list[bytes]:
     """The two frames of a batch: `[2, sensor_id, session, seq, dropped, [row, ...]]`, each row
     `[ts_ns, raw, volts, amps, watts, flags]` of the readings seq, seq + 1, ..."""
-    topic = _topics.get(sensor_id) or _topic(sensor_id)
-    return [topic, _packb([BATCH_VERSION, sensor_id, session, seq, dropped, rows])]
+    return batch_frames(sensor_id, session, seq, pack_rows(rows), dropped)
 
 
-def encode_readings(
-    sensor_id: str, session: str, seq: int, rows: Sequence[Row], dropped: int = 0
-) -> tuple[list[bytes], list[bytes]]:
-    """One message for consecutive readings (version 1 for a lone one, else a batch) and the
-    payload of each reading on its own, for a replay ring (version 1; the first one a batch
-    of one when it carries `dropped`, so a replayed reading still names its loss)."""
-    if not rows:
-        return encode_batch(sensor_id, session, seq, rows, dropped), []
+def pack_row(row: Row) -> bytes:
+    """A reading's measured fields, packed once: the message, the replay ring and replay
+    answers all reuse these bytes (batch_payload splices them in)."""
+    return _packb(row)
+
+
+def pack_rows(rows: Iterable[Row]) -> list[bytes]:
     pack = _packb
-    payloads = [
-        pack([SCHEMA_VERSION, sensor_id, session, seq + i, *row]) for i, row in enumerate(rows)
-    ]
-    if dropped:
-        payloads[0] = pack([BATCH_VERSION, sensor_id, session, seq, dropped, [rows[0]]])
-    if len(rows) == 1:
-        return [_topics.get(sensor_id) or _topic(sensor_id), payloads[0]], payloads
-    return encode_batch(sensor_id, session, seq, rows, dropped), payloads
+    return [pack(row) for row in rows]
+
+
+def batch_payload(
+    sensor_id: str, session: str, seq: int, packed: Sequence[bytes], dropped: int = 0
+) -> bytes:
+    """The payload of a batch whose rows are already packed (pack_row): msgpack of
+    `[2, sensor_id, session, seq, dropped, [row, ...]]`, byte for byte, made by splicing the
+    rows' bytes behind a header instead of packing them again."""
+    head = _heads.get((sensor_id, session))
+    if head is None:
+        if len(_heads) >= _TOPICS_MAX:
+            _heads.clear()
+        head = _heads[(sensor_id, session)] = (
+            b"\x96" + _packb(BATCH_VERSION) + _packb(sensor_id) + _packb(session)
+        )
+    return b"".join((head, _packb(seq), _packb(dropped), _array_header(len(packed)), *packed))
+
+
+def batch_frames(
+    sensor_id: str, session: str, seq: int, packed: Sequence[bytes], dropped: int = 0
+) -> list[bytes]:
+    """The two frames of a batch of rows already packed (batch_payload)."""
+    topic = _topics.get(sensor_id) or _topic(sensor_id)
+    return [topic, batch_payload(sensor_id, session, seq, packed, dropped)]
 
 
 def decode_readings(frames: Sequence[bytes]) -> list[Reading]:
@@ -436,7 +464,13 @@ def _progress(counters: dict[str, Any]) -> ReaderProgress | None:
             f"readings={_SHOW.repr(readings)} replay={_SHOW.repr(replay)} "
             f"replay_key={_SHOW.repr(key)}"
         )
-    return ReaderProgress(session, seq, readings, replay, last, key)
+    problem, waiting = counters.get("problem", ""), counters.get("waiting_for_port", False)
+    if type(problem) is not str or type(waiting) is not bool:
+        raise SchemaError(
+            f"status: bad reader problem={_SHOW.repr(problem)} "
+            f"waiting_for_port={_SHOW.repr(waiting)}"
+        )
+    return ReaderProgress(session, seq, readings, replay, last, key, problem, waiting)
 
 
 def _gone(items: Any) -> tuple[ReaderEnd, ...]:

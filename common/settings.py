@@ -1,25 +1,30 @@
 """settings.yaml, loaded once, validated completely, and frozen.
 
 Every check happens here, before any process opens a port or a socket, so that a typo stops the
-program with one line naming the file, the key, what was expected and what was found, instead of
-a traceback minutes later. The original script's keys load unchanged (misspelled BUDRATE
-included); new keys sit beside them. Nothing in PowMon ever writes this file.
+program with a line naming the file, the key, what was expected and what was found, instead of
+a traceback minutes later. Every mistake of a file is found in one pass (SettingsProblems, with
+the line of each), so that `powmon check-config` can list them all at once. The original
+script's keys load unchanged (misspelled BUDRATE included); new keys sit beside them. Nothing in
+PowMon ever writes this file.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import yaml
 
 from powmon.common import checks as c
 from powmon.common.curve import Curve, check_folder, is_local_endpoint, load_pair, load_public
 from powmon.common.errors import SettingsError
+
+T = TypeVar("T")
 
 ENV_SETTINGS: Final = "POWMON_SETTINGS"
 DEFAULT_SETTINGS: Final = "settings.yaml"
@@ -80,6 +85,7 @@ class SensorSettings:
     stream: str = "auto"  # auto | on | off (docs/reader.md, "Stream mode")
     stream_hz: int | None = None  # None: 1 / POLLING_DELAY (readers/modes.py)
     read_pipeline: int = 4  # requests in flight in request/answer mode
+    publish_interval: float = 0.1  # PUBLISH_INTERVAL: longest a reading waits to be published
 
     @property
     def stream_rate(self) -> int | None:
@@ -206,6 +212,7 @@ _TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "STREAM": (c.stream_mode, "auto"),
     "STREAM_HZ": (c.optional(c.integer(1, 65535)), None),
     "READ_PIPELINE": (c.integer(1, MAX_PIPELINE), 4),
+    "PUBLISH_INTERVAL": (c.number(0, 5), 0.1),
     "UPLINK_URL": (c.optional(c.URL), None),
     "HOST_KEY_ENV": (
         c.text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),
@@ -272,6 +279,7 @@ _SENSOR: Final[dict[str, c.Check]] = {
     "STREAM": _TOP["STREAM"][0],
     "STREAM_HZ": _TOP["STREAM_HZ"][0],
     "READ_PIPELINE": _TOP["READ_PIPELINE"][0],
+    "PUBLISH_INTERVAL": _TOP["PUBLISH_INTERVAL"][0],
 }
 _SENSOR_DEFAULTS: Final = {
     "CHANNEL": None,
@@ -283,18 +291,97 @@ _SENSOR_DEFAULTS: Final = {
 _SENSOR_REQUIRED: Final = ("PORT", "SENSORS_ID")
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a settings file, worded as the loader has always worded it ("KEY:
+    expected ..., got ..."), with the line YAML puts it on, so `powmon check-config` can point
+    at it (None: a key YAML gives no line for, or a mistake of the file as a whole)."""
+
+    where: Path
+    line: int | None
+    text: str
+    named: bool = False  # the text starts with a file of its own (a key file), not `where`
+
+    def __str__(self) -> str:
+        return self.text if self.named else f"{self.where}: {self.text}"
+
+    def located(self) -> str:
+        """'settings.yaml:12: KEY: ...', the form editors and compilers use."""
+        return str(self) if self.line is None else f"{self.where}:{self.line}: {self.text}"
+
+
+class SettingsProblems(SettingsError):
+    """Every mistake of one settings file, so that a file with five needs one fix, not five
+    runs. Its message stays one line, as every entry point prints it: the first mistake (by
+    line), and how many more there are; `problems` holds them all, for check-config."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = tuple(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
+        first, more = str(self.problems[0]), len(self.problems) - 1
+        if more:
+            first += f" (and {more} more problem(s): 'powmon check-config' lists them all)"
+        super().__init__(first)
+
+
+class _Found:
+    """The problems found so far, and the keys that failed their own check (whose values the
+    checks of several keys together must not trust)."""
+
+    def __init__(self, where: Path, lines: Mapping[str, int]) -> None:
+        self.where = where
+        self.lines = lines
+        self.problems: list[Problem] = []
+        self.bad: set[str] = set()
+
+    def add(self, key: str, text: str) -> None:
+        self.bad.add(key)
+        self.problems.append(Problem(self.where, self._line(key), f"{key}: {text}"))
+
+    def fail(self, key: str, expected: str, value: Any) -> None:
+        self.add(key, f"expected {expected}, got {_SHOW.repr(value)}")
+
+    def error(self, err: SettingsError) -> None:
+        """A cross-key check's SettingsError, kept as one problem among the others."""
+        message, prefix = str(err), f"{self.where}: "
+        text = message.removeprefix(prefix)
+        key = next((part for part in text.split(": ") if part in _TOP), text.split(":")[0])
+        line = self._line(key)
+        self.problems.append(Problem(self.where, line, text, named=text == message))
+
+    def trusts(self, *keys: str) -> bool:
+        return not self.bad.intersection(keys)
+
+    def _line(self, key: str) -> int | None:
+        while key:  # SENSORS[1].PORT, else SENSORS[1], else SENSORS
+            if key in self.lines:
+                return self.lines[key]
+            key = key.rpartition(".")[0] if "." in key else key.rpartition("[")[0]
+        return None
+
+    def raise_any(self) -> None:
+        if self.problems:
+            raise SettingsProblems(self.problems)
+
+
 def default_settings_path() -> Path:
     return Path(os.environ.get(ENV_SETTINGS, DEFAULT_SETTINGS))
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
-    """Read, validate and freeze settings; raise SettingsError naming file, key and value."""
+    """Read, validate and freeze settings. Every mistake of the file is found before any is
+    reported (SettingsProblems); an unreadable or non-YAML file is one SettingsError."""
     where = Path(path) if path is not None else default_settings_path()
-    raw = _read_yaml(where)
-    values = _check_top(where, raw)
+    raw, lines = _read_yaml(where)
+    found = _Found(where, lines)
+    values = _check_top(found, raw)
     base = where.resolve().parent
-    sensors = _check_sensors(where, values)
-    return _build(where, base, values, sensors)
+    sensors = _check_sensors(found, values) if found.trusts("SENSORS") else ()
+    _check_together(found, values, sensors)
+    curve = _run(
+        found, ("BROKER_FRONTEND", "BROKER_BACKEND", *_CURVE_KEYS), _curve, where, base, values
+    )
+    found.raise_any()
+    return _build(where, base, values, sensors, curve)
 
 
 def effective_values(settings: Settings) -> dict[str, Any]:
@@ -304,15 +391,18 @@ def effective_values(settings: Settings) -> dict[str, Any]:
     Takes settings load_settings already validated (the file is not checked twice); raises
     SettingsError only if the file changed meanwhile.
     """
-    raw = _read_yaml(settings.path)
-    values = _check_top(settings.path, raw)
-    values["SENSORS"] = [
-        _sensor_values(settings.path, i, entry, values) for i, entry in enumerate(raw["SENSORS"])
-    ]
+    raw, lines = _read_yaml(settings.path)
+    found = _Found(settings.path, lines)
+    values = _check_top(found, raw)
+    found.raise_any()
+    entries = [_sensor_values(found, i, e, values) for i, e in enumerate(raw["SENSORS"])]
+    found.raise_any()
+    values["SENSORS"] = entries
     return values
 
 
-def _read_yaml(where: Path) -> dict[str, Any]:
+def _read_yaml(where: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The parsed file, and the line of each top-level key and SENSORS entry."""
     try:
         text = where.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
@@ -321,6 +411,11 @@ def _read_yaml(where: Path) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except RecursionError:  # PyYAML composes nested nodes recursively; found by fuzzing
         raise SettingsError(f"{where}: not valid YAML: nested too deeply") from None
+    except yaml.reader.ReaderError as err:  # a character YAML forbids; its str() is two lines
+        line = text.count("\n", 0, err.position) + 1
+        raise SettingsError(
+            f"{where}: line {line}: not valid YAML: character #x{err.character:04x}: {err.reason}"
+        ) from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -330,7 +425,33 @@ def _read_yaml(where: Path) -> dict[str, Any]:
         raise SettingsError(
             f"{where}: expected a mapping of settings at the top level, got {type(data).__name__}"
         )
-    return data
+    return data, _lines(text)
+
+
+def _lines(text: str) -> dict[str, int]:
+    """1-based lines of the top-level keys ('BUDRATE'), the SENSORS entries ('SENSORS[1]')
+    and their keys ('SENSORS[1].PORT'), from the marks of YAML's nodes (safe_load drops
+    them). Keys YAML does not read as plain strings get none."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):  # safe_load read it; be safe all the same
+        return {}
+    lines: dict[str, int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        if not isinstance(key, yaml.ScalarNode):
+            continue
+        lines[key.value] = key.start_mark.line + 1
+        if key.value != "SENSORS" or not isinstance(value, yaml.SequenceNode):
+            continue
+        for i, entry in enumerate(value.value):
+            lines[f"SENSORS[{i}]"] = entry.start_mark.line + 1
+            if isinstance(entry, yaml.MappingNode):
+                for sub, _ in entry.value:
+                    if isinstance(sub, yaml.ScalarNode):
+                        lines[f"SENSORS[{i}].{sub.value}"] = sub.start_mark.line + 1
+    return lines
 
 
 # What a message shows of a bad value: enough to recognise it, never the whole of a huge or
@@ -341,84 +462,196 @@ _SHOW.maxlist = _SHOW.maxdict = 6
 _SHOW.maxlevel = 2
 
 
-def _fail(where: Path, key: str, expected: str, value: Any) -> SettingsError:
-    return SettingsError(f"{where}: {key}: expected {expected}, got {_SHOW.repr(value)}")
+def _key(key: Any) -> str:
+    """A key as a message shows it: as written, or its repr if that would break the line."""
+    return key if isinstance(key, str) and key.isprintable() else _SHOW.repr(key)
 
 
-def _check_top(where: Path, raw: dict[str, Any]) -> dict[str, Any]:
+def _unknown(key: Any) -> str:
+    """What to say of a top-level key PowMon does not know: the nearest known key, if one is
+    close (a misspelling, or lower case), since the key table is long to read through."""
+    near = difflib.get_close_matches(key.upper(), _TOP, n=1) if isinstance(key, str) else []
+    hint = f"did you mean {near[0]}?" if near else "typo?"
+    return f"not a PowMon setting; {hint} (see deploy/settings.example.yaml)"
+
+
+def _check_top(found: _Found, raw: dict[str, Any]) -> dict[str, Any]:
+    """Each top-level key against its check. A key that fails keeps its default in the
+    result, so that sensors can still inherit from it and be checked themselves."""
     values: dict[str, Any] = {}
     for key in raw:
         if key not in _TOP and key not in LEGACY_IGNORED:
-            raise SettingsError(
-                f"{where}: {key}: not a PowMon setting; typo? (see deploy/settings.example.yaml)"
-            )
+            found.add(_key(key), _unknown(key))
     for key, (check, default) in _TOP.items():
-        if key not in raw:
-            if default is c.REQUIRED:
-                raise SettingsError(f"{where}: {key}: required key is missing")
+        if key in raw:
+            try:
+                values[key] = check(raw[key])
+                continue
+            except c.Bad as bad:
+                found.fail(key, bad.expected, raw[key])
+        elif default is c.REQUIRED:
+            found.add(key, "required key is missing")
+        if default is not c.REQUIRED:
             values[key] = default
-            continue
-        try:
-            values[key] = check(raw[key])
-        except c.Bad as bad:
-            raise _fail(where, key, bad.expected, raw[key]) from None
     return values
 
 
-def _check_sensors(where: Path, values: dict[str, Any]) -> tuple[SensorSettings, ...]:
+def _check_sensors(found: _Found, values: dict[str, Any]) -> tuple[SensorSettings, ...]:
     entries = values["SENSORS"]
     if not isinstance(entries, list) or not entries:
-        raise _fail(where, "SENSORS", "a non-empty list of {PORT, SENSORS_ID} entries", entries)
-    sensors = [_check_sensor(where, i, entry, values) for i, entry in enumerate(entries)]
+        found.fail("SENSORS", "a non-empty list of {PORT, SENSORS_ID} entries", entries)
+        return ()
+    checked = [(i, _sensor_values(found, i, entry, values)) for i, entry in enumerate(entries)]
+    sensors = [(i, _sensor(got)) for i, got in checked if got is not None]
     for kind, attr in (("SENSORS_ID", "sensor_id"), ("PORT", "port")):
         seen: dict[str, int] = {}
-        for i, sensor in enumerate(sensors):
+        for i, sensor in sensors:
             key = getattr(sensor, attr)
             if key in seen:
-                raise SettingsError(
-                    f"{where}: SENSORS[{i}].{kind}: expected a unique value, "
-                    f"got {key!r} again (first at SENSORS[{seen[key]}])"
+                found.add(
+                    f"SENSORS[{i}].{kind}",
+                    f"expected a unique value, got {key!r} again (first at SENSORS[{seen[key]}])",
                 )
-            seen[key] = i
-    return tuple(sensors)
+            seen.setdefault(key, i)
+    return tuple(sensor for _, sensor in sensors)
 
 
-def _check_sensor(where: Path, i: int, entry: Any, top: dict[str, Any]) -> SensorSettings:
-    got = _sensor_values(where, i, entry, top)
+def _sensor(got: dict[str, Any]) -> SensorSettings:
     return SensorSettings(
         sensor_id=got["SENSORS_ID"], port=got["PORT"], baudrate=got["BUDRATE"],
         timeout=got["TIMEOUT"], polling_delay=got["POLLING_DELAY"], vpp=got["VPP"],
         offset=got["OFFSET"], sns=got["SNS"], vcc=got["VCC"], max_amps=got["MAX_AMPS"],
         channel=got["CHANNEL"], avg=got["AVG"], mode=got["MODE"], mains_hz=got["MAINS_HZ"],
         ac_cycles=got["AC_CYCLES"], stream=got["STREAM"], stream_hz=got["STREAM_HZ"],
-        read_pipeline=got["READ_PIPELINE"],
+        read_pipeline=got["READ_PIPELINE"], publish_interval=got["PUBLISH_INTERVAL"],
     )
 
 
-def _sensor_values(where: Path, i: int, entry: Any, top: dict[str, Any]) -> dict[str, Any]:
-    """One SENSORS entry checked, with every key it does not set inherited or defaulted."""
+def _sensor_values(
+    found: _Found, i: int, entry: Any, top: dict[str, Any]
+) -> dict[str, Any] | None:
+    """One SENSORS entry checked, with every key it does not set inherited or defaulted;
+    None (its problems added) if any of its keys is wrong."""
     at = f"SENSORS[{i}]"
     if not isinstance(entry, dict):
-        raise _fail(where, at, "a mapping with PORT and SENSORS_ID", entry)
+        found.fail(at, "a mapping with PORT and SENSORS_ID", entry)
+        return None
+    before = len(found.problems)
     for key in entry:
         if key not in _SENSOR:
             known = ", ".join(_SENSOR)
-            raise SettingsError(
-                f"{where}: {at}.{key}: not a sensor setting (known: {known}); typo?"
-            )
+            found.add(f"{at}.{_key(key)}", f"not a sensor setting (known: {known}); typo?")
     for key in _SENSOR_REQUIRED:
         if key not in entry:
-            raise SettingsError(f"{where}: {at}.{key}: required key is missing")
+            found.add(f"{at}.{key}", "required key is missing")
     got: dict[str, Any] = {}
     for key, check in _SENSOR.items():
         if key in entry:
             try:
                 got[key] = check(entry[key])
             except c.Bad as bad:
-                raise _fail(where, f"{at}.{key}", bad.expected, entry[key]) from None
+                found.fail(f"{at}.{key}", bad.expected, entry[key])
         else:
-            got[key] = _SENSOR_DEFAULTS[key] if key in _SENSOR_DEFAULTS else top[key]
-    return got
+            got[key] = _SENSOR_DEFAULTS[key] if key in _SENSOR_DEFAULTS else top.get(key)
+    return got if len(found.problems) == before else None
+
+
+def _run(found: _Found, keys: tuple[str, ...], check: Callable[..., T], *args: Any) -> T | None:
+    """A check of several keys together, only when each of them passed its own check (one
+    wrong value should not also be reported as a clash); its SettingsError is kept."""
+    if not found.trusts(*keys):
+        return None
+    try:
+        return check(*args)
+    except SettingsError as err:
+        found.error(err)
+        return None
+
+
+def _check_together(
+    found: _Found, v: dict[str, Any], sensors: tuple[SensorSettings, ...]
+) -> None:
+    """The checks that involve more than one key, each given every key it needs valid."""
+    where = found.where
+    if found.trusts("STALL_TIMEOUT"):
+        for i, sensor in enumerate(sensors):
+            if sensor.publish_interval * 2 > v["STALL_TIMEOUT"]:  # readings count when published
+                found.add(
+                    f"SENSORS[{i}].PUBLISH_INTERVAL",
+                    f"expected at most half of STALL_TIMEOUT ({v['STALL_TIMEOUT']:g} s), got "
+                    f"{sensor.publish_interval:g}: a reader holding readings that long would "
+                    "look stalled",
+                )
+    if found.trusts("REMOTE_SAVE", "UPLINK_URL", "HOST") and (
+        v["REMOTE_SAVE"] and not (v["UPLINK_URL"] or v["HOST"])
+    ):
+        found.add(
+            "REMOTE_SAVE",
+            "is true, but neither UPLINK_URL nor HOST says where to send readings",
+        )
+    if v["REMOTE_SAVE"] and v["UPLINK_FORMAT"] == "influx":
+        _run(found, ("REMOTE_SAVE", "UPLINK_FORMAT", *_INFLUX_KEYS), _check_influx, where, v)
+    _run(found, _MQTT_KEYS, _check_mqtt, where, v)
+    _check_ports(found, v)
+
+
+_BUS_KEYS: Final = ("BROKER_FRONTEND", "BROKER_BACKEND")
+
+
+_Taken = list[tuple[str, str, "tuple[str, int] | str"]]  # key, as written, address
+
+
+def _check_ports(found: _Found, v: dict[str, Any]) -> None:
+    """No two of the bus endpoints and the web page's address may take the same port on the
+    same host (the second bind would fail, the broker's own other socket taken for a foreign
+    program), nor may REPLAY_PORTS include one of their ports (a reader would take it first)."""
+    taken: _Taken = []
+    for key in _BUS_KEYS:
+        if found.trusts(key):
+            taken.append((key, v[key], c.tcp_address(v[key]) or v[key]))
+    if found.trusts("WEB_LISTEN") and v["WEB_LISTEN"] is not None:
+        host, port = v["WEB_LISTEN"]
+        taken.append(("WEB_LISTEN", f"{host}:{port}", (host, port)))
+    _check_distinct(found, taken)
+    if found.trusts("REPLAY_PORTS") and v["REPLAY_PORTS"] is not None:
+        lo, hi = v["REPLAY_PORTS"]
+        for key, shown, address in taken:
+            if isinstance(address, tuple) and lo <= address[1] <= hi:
+                found.add(
+                    "REPLAY_PORTS",
+                    f"expected ports apart from the bus and the web page's, got '{lo}-{hi}', "
+                    f"which holds {key}'s port {address[1]} ({_as_set(found, key, shown)})",
+                )
+
+
+def _check_distinct(found: _Found, taken: _Taken) -> None:
+    for n, (key, shown, address) in enumerate(taken):
+        for other, other_shown, other_address in taken[:n]:
+            if not _clash(address, other_address):
+                continue
+            pair = [(key, shown), (other, other_shown)]
+            if key not in found.lines:  # name the key the file sets, not a default
+                pair.reverse()
+            (blame, said), (by, by_shown) = pair
+            found.add(
+                blame,
+                f"expected a port of its own, got {said!r}, the same port on the same host as "
+                f"{by} ({_as_set(found, by, by_shown)})",
+            )
+
+
+def _as_set(found: _Found, key: str, shown: str) -> str:
+    """A value as a message recalls it, saying when it is a default the file does not set."""
+    return repr(shown) if key in found.lines else f"{shown!r}, its default"
+
+
+def _clash(a: tuple[str, int] | str, b: tuple[str, int] | str) -> bool:
+    """Whether two addresses would be the same socket: the same ipc path, or the same port on
+    the same host (a wildcard host is every host; localhost is 127.0.0.1)."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    hosts = {h.replace("localhost", "127.0.0.1") for h in (a[0], b[0])}
+    return a[1] == b[1] and (len(hosts) == 1 or bool(hosts & c.WILDCARD_HOSTS))
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -431,16 +664,14 @@ def _secret(value: str | None) -> Secret | None:
 
 
 def _build(
-    where: Path, base: Path, v: dict[str, Any], sensors: tuple[SensorSettings, ...]
+    where: Path,
+    base: Path,
+    v: dict[str, Any],
+    sensors: tuple[SensorSettings, ...],
+    curve: Curve | None,
 ) -> Settings:
+    """The frozen Settings, from values every check has passed."""
     data_root = _resolve(base, v["LOCAL_DATA_ROOT"])
-    if v["REMOTE_SAVE"] and not (v["UPLINK_URL"] or v["HOST"]):
-        raise SettingsError(
-            f"{where}: REMOTE_SAVE: is true, but neither UPLINK_URL nor HOST says where to send "
-            "readings"
-        )
-    if v["REMOTE_SAVE"] and v["UPLINK_FORMAT"] == "influx":
-        _check_influx(where, v)
     verify = v["UPLINK_VERIFY_TLS"]
     uplink = UplinkSettings(
         url=v["UPLINK_URL"], host_token=v["HOST"], legacy_key=_secret(v["LOCAL_DATA_PATH"]),
@@ -465,7 +696,7 @@ def _build(
         flush_interval=v["FLUSH_INTERVAL"], replay_buffer=v["REPLAY_BUFFER"],
         restart_backoff_max=v["RESTART_BACKOFF_MAX"], uplink=uplink,
         web_listen=v["WEB_LISTEN"], web_token=_secret(v["WEB_TOKEN"]),
-        mqtt=_mqtt(where, base, v), curve=_curve(where, base, v),
+        mqtt=_mqtt(base, v), curve=curve,
         replay_ports=v["REPLAY_PORTS"],
     )
 
@@ -487,7 +718,14 @@ def _check_influx(where: Path, v: dict[str, Any]) -> None:
                 )
 
 
-def _mqtt(where: Path, base: Path, v: dict[str, Any]) -> MqttSettings:
+_INFLUX_KEYS: Final = ("INFLUX_ORG", "INFLUX_BUCKET", "INFLUX_DATABASE")
+_MQTT_KEYS: Final = (
+    "MQTT_URL", "MQTT_USERNAME", "MQTT_CA_CERTS", "MQTT_CERTFILE", "MQTT_KEYFILE",
+    "MQTT_TLS_INSECURE",
+)
+
+
+def _check_mqtt(where: Path, v: dict[str, Any]) -> None:
     url = v["MQTT_URL"]
     tls_keys = [k for k in ("MQTT_CA_CERTS", "MQTT_CERTFILE", "MQTT_KEYFILE") if v[k]]
     if v["MQTT_TLS_INSECURE"]:
@@ -500,6 +738,10 @@ def _mqtt(where: Path, base: Path, v: dict[str, Any]) -> MqttSettings:
         )
     if v["MQTT_KEYFILE"] and not v["MQTT_CERTFILE"]:
         raise SettingsError(f"{where}: MQTT_KEYFILE: needs MQTT_CERTFILE (the client certificate)")
+
+
+def _mqtt(base: Path, v: dict[str, Any]) -> MqttSettings:
+    url = v["MQTT_URL"]
 
     def path(key: str) -> Path | None:
         return _resolve(base, v[key]) if v[key] else None
@@ -514,6 +756,9 @@ def _mqtt(where: Path, base: Path, v: dict[str, Any]) -> MqttSettings:
     )
 
 
+_CURVE_KEYS: Final = (
+    "CURVE_SERVER_KEY", "CURVE_AUTHORIZED", "CURVE_CLIENT_KEY", "CURVE_SERVER_PUBLIC",
+)
 _CURVE_HOW: Final = (
     "set CURVE_SERVER_KEY and CURVE_AUTHORIZED on the broker's host, CURVE_CLIENT_KEY and "
     "CURVE_SERVER_PUBLIC on the other hosts (docs/hosts.md)"

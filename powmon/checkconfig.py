@@ -1,6 +1,7 @@
 """`powmon check-config`: is this settings.yaml good, and is the machine ready for it?
 
-In order: the settings are validated (a bad file: one line, exit 2), the effective
+In order: the settings are validated (a bad file: every mistake in it, one line each with
+the file and line, exit 2: a file with five mistakes needs one run, not five), the effective
 configuration is printed with every secret masked (tokens, keys, header values, the decrypted
 HOST shown only as scheme://host:port), then each serial port is opened and asked for a
 reading, and each bus endpoint is said to be free, in use by PowMon, or in use by something
@@ -21,9 +22,15 @@ import yaml
 import zmq
 
 from powmon.common.errors import SettingsError
-from powmon.common.lifecycle import load_or_exit
+from powmon.common.lifecycle import EXIT_USAGE
 from powmon.common.options import CONTEXT_SETTINGS, config_option
-from powmon.common.settings import SECRET_KEYS, Settings, effective_values
+from powmon.common.settings import (
+    SECRET_KEYS,
+    Settings,
+    SettingsProblems,
+    effective_values,
+    load_settings,
+)
 from powmon.probes import Heard, endpoint_state, listen, port_answer, reach
 from powmon.processes import broker_here
 from powmon.uplink.keys import decrypt_url, find_key, redact_url
@@ -108,6 +115,21 @@ def _endpoints(settings: Settings, heard: Heard) -> list[tuple[str, bool, str]]:
     return results
 
 
+def _load(config_path: Path | None) -> Settings:
+    """The settings, or every mistake of the file on stderr (one line each, 'file:line: KEY:
+    ...' where YAML gives the line) and exit 2."""
+    try:
+        return load_settings(config_path)
+    except SettingsProblems as err:
+        for problem in err.problems:
+            click.echo(f"powmon: error: {problem.located()}", err=True)
+        if len(err.problems) > 1:
+            click.echo(f"powmon: {len(err.problems)} problems in {err.problems[0].where}", err=True)
+    except SettingsError as err:  # unreadable, or not YAML: nothing more can be checked
+        click.echo(f"powmon: error: {err}", err=True)
+    raise SystemExit(EXIT_USAGE)
+
+
 def _section(title: str, rows: list[tuple[str, bool, str]]) -> int:
     click.echo(f"\n{title}:")
     width = max(len(name) for name, _, _ in rows)
@@ -119,12 +141,17 @@ def _section(title: str, rows: list[tuple[str, bool, str]]) -> int:
 @click.command("check-config", context_settings=CONTEXT_SETTINGS)
 @config_option
 def check_config_command(config_path: Path | None) -> None:
-    """Validate settings.yaml, show the effective configuration (secrets masked), and check
-    that each serial port opens and answers and whether the bus endpoints are free.
+    """Validate settings and test the ports and bus endpoints.
+
+    Checks every key of settings.yaml and lists every mistake at once, one line each as
+    FILE:LINE: KEY: what was expected, got what (exit 2). A valid file is shown as the
+    processes will use it (defaults filled in, secrets masked); then each serial port is
+    opened and asked for a reading, and each bus endpoint is said to be free, in use by
+    PowMon, or in use by something else. Nothing is started and nothing is written.
 
     Exit codes: 0 all good, 1 a problem found, 2 bad settings.
     """
-    settings = load_or_exit(config_path)
+    settings = _load(config_path)
     values = effective_values(settings)
     shown, host_problem = masked(values, settings)
     click.echo(f"{settings.path}: valid. Effective configuration (secrets masked):\n")

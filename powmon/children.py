@@ -17,8 +17,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from powmon.common import lifeline
+from powmon.common import lifeline, publishmark
 from powmon.common.backoff import backoff
 from powmon.common.lifecycle import EXIT_USAGE
 from powmon.common.lifeline import Beat
@@ -40,6 +41,7 @@ class Child:
     backoff_max: float
     popen: subprocess.Popen[bytes] | None = None
     token: str = ""  # of its current lifeline
+    mark: Path | None = None  # a reader's publish mark (common.publishmark)
     started_at: float = 0.0
     restart_at: float | None = 0.0
     restarts: int = 0
@@ -48,6 +50,8 @@ class Child:
     session: str = ""  # a reader's session and next seq, as its lifeline last said
     seq: int = 0
     ready: bool = False  # its heartbeat was seen on the bus since (re)start
+    recovering: int = 0  # a sink's readings still being asked for, as its last heartbeat said
+    waiting: bool = False  # a reader retrying a port that cannot be opened, as its lifeline said
     _delays: Iterator[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,10 +76,15 @@ class Child:
             and self.progress <= 0
         )
 
-    def start(self, now: float, line: tuple[str, str]) -> None:
-        """Start the process with its lifeline `line` (environment value, token)."""
+    def start(self, now: float, line: tuple[str, str], mark: Path | None = None) -> None:
+        """Start the process with its lifeline `line` (environment value, token) and, for a
+        reader, a fresh publish mark (common.publishmark)."""
         env = dict(os.environ)
         env[lifeline.ENV], self.token = line
+        self.mark = mark
+        if mark is not None:
+            publishmark.create(mark)
+            env[publishmark.ENV] = str(mark)
         kwargs: dict[str, object] = {"env": env}
         if IS_WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined,unused-ignore]
@@ -87,6 +96,8 @@ class Child:
         self.progress = -1
         self.session, self.seq = "", 0
         self.ready = False
+        self.recovering = 0
+        self.waiting = False
         self.restart_at = None
         log.info("started %s pid=%d", self.key, self.popen.pid)
 
@@ -101,10 +112,23 @@ class Child:
                     self.restarts)
 
     def note_progress(self, beat: Beat, now: float) -> None:
-        """Record a lifeline beat; progress is a change of the count (readings, for a reader)."""
+        """Record a lifeline beat; progress is a change of the count (readings, for a reader).
+
+        A reader whose port cannot be opened takes no readings, yet it is doing its job: it
+        retries the port with its own backoff, and a restart would only make a new empty
+        session. Each of its beats counts as progress, so it is left alone while it beats,
+        and judged stalled again once its beats stop or once the port opened and no reading
+        follows for STALL_TIMEOUT."""
         if beat.session:
             self.session, self.seq = beat.session, beat.seq
-        if beat.progress != self.progress:
+        if beat.waiting != self.waiting:
+            self.waiting = beat.waiting
+            if beat.waiting:
+                log.warning("%s cannot open its port; it retries by itself and is left "
+                            "running (powmon status says why)", self.key)
+            else:
+                log.info("%s opened its port", self.key)
+        if beat.progress != self.progress or beat.waiting:
             self.progress = beat.progress
             self.last_progress = now
 

@@ -4,6 +4,11 @@
 these files give the same pipeline (one program per reader, plus broker, writer and uplink),
 with the service manager doing the restarting. They are generated rather than hand-written so
 that the list of readers always matches SENSORS, and paths are absolute.
+
+Exit 2 means "this cannot run as configured" (bad settings, a lock or port held by another):
+restarting would only fail again, so neither manager restarts it, as `powmon run` does not;
+any other exit (a crash, a kill) is restarted. supervisord retries a program that exits within
+`startsecs` whatever its exit code, so `startsecs=0` lets `exitcodes=2` apply from the start.
 """
 
 from __future__ import annotations
@@ -65,8 +70,9 @@ def supervisord_conf(settings: Settings, run_dir: Path, python: str = sys.execut
             f"directory={settings.path.parent}",
             f"priority={priority}",
             "autostart=true",
-            "autorestart=true",
-            "startsecs=1",
+            "autorestart=unexpected",  # exit 2 stays stopped (EXITED); anything else restarts
+            "exitcodes=2",
+            "startsecs=0",  # else an exit 2 at start is a failed start, retried startretries times
             "startretries=1000",
             "stopsignal=TERM",
             "stopwaitsecs=15",
@@ -92,7 +98,8 @@ def systemd_units(settings: Settings, python: str = sys.executable) -> dict[str,
             f"PartOf=powmon.target\n{after}\n"
             f"[Service]\nExecStart={shlex.join(argv).replace('%', '%%')}\n"
             f"WorkingDirectory={settings.path.parent}\n"
-            "Restart=always\nRestartSec=1\nKillSignal=SIGTERM\nTimeoutStopSec=15\n\n"
+            "Restart=always\nRestartPreventExitStatus=2\nRestartSec=1\n"
+            "KillSignal=SIGTERM\nTimeoutStopSec=15\n\n"
             "[Install]\nWantedBy=powmon.target\n"
         )
         wants.append(f"{name}.service")

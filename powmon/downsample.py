@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Final
 
 from powmon.common.energy import LEARN_MAX, learned_limit
+from powmon.common.schema import Flag, flag_names
 from powmon.datafiles import BadRows, rows
 
 POINTS_PER_COLUMN: Final = 4
+AC_FLAG: Final = flag_names(Flag.AC_RMS)  # "ac_rms": RMS current, so power is apparent
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ class Span:
     start: int
     end: int
     bridge_s: dict[str, float]
+    ac: frozenset[str] = frozenset()  # sensors whose rows are flagged ac_rms (power is VA)
 
 
 def scan(
@@ -79,17 +82,20 @@ def scan(
     wanted = frozenset(sensors)
     start, end = math.inf, -math.inf
     learning: dict[str, list[tuple[str, int, int, float]]] = {}
-    for ts, sensor_id, session, seq, _a, watts, _f in rows(files, bad):
+    ac: set[str] = set()
+    for ts, sensor_id, session, seq, _a, watts, flags in rows(files, bad):
         if (wanted and sensor_id not in wanted) or not _inside(ts, since, until):
             continue
         start, end = min(start, ts), max(end, ts)
+        if flags and AC_FLAG in flags:
+            ac.add(sensor_id)
         held = learning.setdefault(sensor_id, [])
         if len(held) < LEARN_MAX:
             held.append((session, seq, ts, watts))
     if not learning:
         return None
     limits = {s: learned_limit(held) for s, held in learning.items()}
-    return Span(int(start), int(end), limits)
+    return Span(int(start), int(end), limits, frozenset(ac))
 
 
 def _inside(ts: int, since: int | None, until: int | None) -> bool:

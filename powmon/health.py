@@ -60,7 +60,8 @@ class Expected:
         )
 
 
-_PROGRESS: Final = frozenset({"session", "seq", "readings", "replay", "last_reading_ns"})
+_PROGRESS: Final = frozenset({"session", "seq", "readings", "replay", "last_reading_ns",
+                              "problem", "waiting_for_port"})
 
 
 def _field(status: Status, name: str) -> Any:
@@ -86,6 +87,15 @@ def _num(status: Status, name: str) -> float | None:
 def _str(status: Status, name: str) -> str | None:
     value = _field(status, name)
     return value if isinstance(value, str) else None
+
+
+def _by_sensor(status: Status | None, name: str) -> Mapping[str, Any] | None:
+    """A sink's per-sensor counter (`gaps_by_sensor`: {sensor: n}, every sensor it has seen);
+    None when its heartbeat has none (an older build): then the sensors' numbers are null."""
+    value = None if status is None else _field(status, f"{name}_by_sensor")
+    if not isinstance(value, Mapping):
+        return None
+    return {k: v for k, v in value.items() if type(v) is int}
 
 
 def _per_sensor(status: Status | None, name: str) -> tuple[int | float | None, Mapping[str, Any]]:
@@ -231,11 +241,22 @@ class Health:
             "reconnects": None if hb is None else _int(hb, "reconnects"),
             "gaps": per["gaps"].get(sensor),
             "lost": per["lost"].get(sensor),
+            "problem": None if hb is None else _str(hb, "problem") or None,
+            "waiting_for_port": None if hb is None else _field(hb, "waiting_for_port") is True,
             "energy_wh": energy.get(sensor) if isinstance(energy, Mapping) else None,
             "amps": None if last is None else last.amps,
             "watts": None if last is None else last.watts,
             "reading_ts_ns": None if last is None else last.ts_ns,
         }
+
+    def _per_sensor_counts(self, wlast: Status | None, name: str) -> Mapping[str, Any]:
+        """{sensor: n} of the writer's gaps or lost: 0 for every expected sensor once the
+        writer publishes them per sensor (none seen is none lost); else what a total-as-map
+        counter says, else nothing (null)."""
+        by = _by_sensor(wlast, name)
+        if by is None:
+            return _per_sensor(wlast, name)[1]
+        return {**dict.fromkeys(self.expected.sensors, 0), **by}
 
     def _writer_json(self, proc: _Proc | None) -> Json | None:
         if proc is None or proc.last is None:
@@ -272,7 +293,7 @@ class Health:
         }
         writer = self._procs.get(("writer", "writer"))
         wlast = None if writer is None else writer.last
-        per = {name: _per_sensor(wlast, name)[1] for name in ("gaps", "lost")}  # not per sensor
+        per = {name: self._per_sensor_counts(wlast, name) for name in ("gaps", "lost")}
         sensors = {s: self._sensor_json(s, now, writer, per) for s in self.expected.sensors}
         problems = [
             f"{name} down: {p['why_down']}" for name, p in procs.items()
@@ -280,10 +301,11 @@ class Health:
         ]
         for sensor, s in sensors.items():
             if s["up"] and not s["fresh"]:
+                why = f": {s['problem']}" if s["problem"] else ""
                 problems.append(
-                    f"sensor {sensor}: no reading yet" if s["age_s"] is None else
+                    f"sensor {sensor}: no reading yet{why}" if s["age_s"] is None else
                     f"sensor {sensor}: no reading for {s['age_s']:.1f}s "
-                    f"(STALL_TIMEOUT {self.expected.stall_timeout:g}s)"
+                    f"(STALL_TIMEOUT {self.expected.stall_timeout:g}s){why}"
                 )
         return {
             "ok": not problems, "problems": problems, "processes": procs, "sensors": sensors,

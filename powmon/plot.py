@@ -8,7 +8,9 @@ first: a few points per pixel column whatever the number of rows, peaks kept, ga
 from __future__ import annotations
 
 import re
+import statistics
 import time
+from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -20,10 +22,11 @@ from powmon.downsample import Series, Span, downsample, scan
 from powmon.timespec import since_option, until_option
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 DPI: Final = 100
-LEFT, RIGHT = 0.08, 0.98  # the axes' share of the figure width
+LEFT, RIGHT = 0.08, 0.93  # the axes' share of the figure width (the right: amps)
 MISSING: Final = "matplotlib is not installed; plots need it: pip install 'powmon[plot]'"
 
 
@@ -50,34 +53,75 @@ def _span_text(span: Span) -> str:
     return f"{first} to {last} UTC ({length})"
 
 
+def unit_of(sensor_id: str, span: Span) -> str:
+    """W for a DC sensor; VA for an AC one (rows flagged `ac_rms`): RMS current times VCC is
+    apparent power, not real power, so calling it watts would overstate a reactive load."""
+    return "VA" if sensor_id in span.ac else "W"
+
+
 def draw(series: dict[str, Series], span: Span, size: tuple[int, int]) -> Figure:
-    """The figure: power on top, current below, one line per sensor, x in UTC."""
+    """The figure: one panel per sensor, sharing the time axis (a 30 W load next to a 920 VA
+    one would be a flat line on a common axis), power on the left (W, or VA for AC sensors)
+    and the same readings as current on the right (A), x in UTC, 24-hour."""
     try:
         import matplotlib as mpl  # noqa: PLC0415 -- an optional extra, loaded only to draw
 
         mpl.use("Agg")
-        from matplotlib import dates  # noqa: PLC0415
         from matplotlib.figure import Figure  # noqa: PLC0415
     except ImportError:
         raise click.ClickException(MISSING) from None
     width, height = size
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    fig.subplots_adjust(left=LEFT, right=RIGHT, top=0.9, bottom=0.12, hspace=0.15)
-    power, current = fig.subplots(2, 1, sharex=True)
-    for sensor_id, s in series.items():
-        power.plot([_days(t) for t in s.ts], s.watts, label=sensor_id, linewidth=0.8)
-        current.plot([_days(t) for t in s.amps_ts], s.amps, label=sensor_id, linewidth=0.8)
-    power.set_ylabel("power (W)")
-    current.set_ylabel("current (A)")
-    current.set_xlabel("time (UTC)")
-    locator = dates.AutoDateLocator()  # type: ignore[no-untyped-call]
-    current.xaxis.set_major_locator(locator)
-    current.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
-    power.legend(loc="upper right", fontsize="small")
-    for ax in (power, current):
+    fig.subplots_adjust(left=LEFT, right=RIGHT, top=0.9, bottom=0.12, hspace=0.12)
+    panels = fig.subplots(max(1, len(series)), 1, sharex=True, squeeze=False)[:, 0]
+    for i, (ax, (sensor_id, s)) in enumerate(zip(panels, series.items(), strict=False)):
+        unit = unit_of(sensor_id, span)
+        ax.plot([_days(t) for t in s.ts], s.watts, color=f"C{i}", label=sensor_id, linewidth=0.8)
+        ax.set_ylabel(f"{sensor_id} ({unit})")
         ax.grid(True, linewidth=0.3)
-    fig.suptitle(f"PowMon: {', '.join(series)}, {_span_text(span)}")
+        ratio = _volts(s)
+        if ratio is not None:  # the right scale is the same line read as amps
+            right = ax.secondary_yaxis(
+                "right", functions=(lambda w, k=ratio: w / k, lambda a, k=ratio: a * k)
+            )
+            right.set_ylabel("A")
+    bottom = panels[-1]
+    bottom.set_xlabel("time (UTC)")
+    _time_axis(bottom, span, width)
+    kinds = {unit_of(sid, span) for sid in series}
+    what = "apparent power (VA) and power (W)" if kinds == {"W", "VA"} else (
+        "apparent power (VA)" if kinds == {"VA"} else "power (W)")
+    fig.suptitle(f"PowMon {what}: {_span_text(span)}")
     return fig
+
+
+def _time_axis(ax: Axes, span: Span, width_px: int) -> None:
+    """UTC ticks in 24-hour time, like every other PowMon tool; dense enough to read a
+    13-minute plot (at least five: matplotlib's default steps jump from 5 minutes to 1), as
+    many as the width has room for, and the day too when the span is longer than one."""
+    from matplotlib import dates  # noqa: PLC0415 -- loaded with matplotlib, by draw()
+
+    most = max(4, width_px // 100)  # a label needs about 100 px
+    locator = dates.AutoDateLocator(tz=timezone.utc, minticks=min(5, most), maxticks=most)  # type: ignore[no-untyped-call]
+    locator.intervald[dates.MINUTELY] = [1, 2, 5, 10, 15, 30]  # 2 min: 7 ticks in 13 min
+    long = span.end - span.start > 86_400e9
+    formatter = dates.DateFormatter("%m-%d %H:%M" if long else "%H:%M:%S", tz=timezone.utc)  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(formatter)
+
+
+def _volts(s: Series) -> float | None:
+    """The factor from amps to the power column (VCC), when one factor fits every point drawn
+    (a change of VCC within the data would make a single right-hand scale a lie: none then)."""
+    if s.ts != s.amps_ts:
+        return None
+    ratios = [w / a for w, a in zip(s.watts, s.amps, strict=True) if abs(a) >= 1e-3]
+    if not ratios:
+        return None
+    k = statistics.median(ratios)
+    if k <= 0 or any(abs(r - k) > 0.01 * k + 0.01 for r in ratios):
+        return None
+    return k
 
 
 def _days(ts_ns: float) -> float:
@@ -143,7 +187,7 @@ def plot_command(
     until: int | None,
     size: tuple[int, int],
 ) -> None:
-    """Plot power and current over time from data files or folders, one line per sensor.
+    """Plot power and current over time from data files or folders, one panel per sensor.
 
     Example: powmon plot data/ -o power.png --since -1h
     """

@@ -85,10 +85,14 @@ def render(report: dict[str, Any]) -> str:
             _num(s["reconnects"]), _num(s["gaps"]), _num(s["lost"]),
             _num(s["energy_wh"], "{:.3f}"),
         ])
-    lines += [*_table(procs), "", *_table(sensors), ""]
+    lines += [*_table(procs), "", *_table(sensors)]
+    lines += [f"  {sid}: {s['problem']}" + ("; retrying" if s["waiting_for_port"] else "")
+              for sid, s in report["sensors"].items() if s.get("problem")]
+    lines.append("")
     if (w := report["writer"]) is not None:
         lines.append(f"writer: file {w['current_file'] or '-'} ({_num(w['bytes_in_file'])} bytes)"
-                     f", rows {_num(w['rows'])}, gaps {_num(w['gaps'])}, lost {_num(w['lost'])}")
+                     f", rows {_num(w['rows'])} since writer start, gaps {_num(w['gaps'])}, "
+                     f"lost {_num(w['lost'])}")
     if (u := report["uplink"]) is not None:
         lines.append(f"uplink: spool {_num(u['spool_depth'])}, last success "
                      f"{_age(u['last_success_age_s'])}, last error {u['last_error'] or '-'}")

@@ -5,29 +5,24 @@ and the age of the last reading; reader heartbeats give bad lines and reconnects
 integrated from the readings seen since the tap started, with common.energy, the same
 integrator as `powmon report` (a reading this tap missed leaves a hole, counted as missing
 coverage, never bridged beyond the sensor's limit).
+
+With --status the table has one row per process instead (kind, id, pid, state, the age of
+its last heartbeat and its plain counters), each heartbeat replacing the process's row.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
-import zmq
-
-from powmon.common.curve import Curve
 from powmon.common.energy import EnergyMeter
 from powmon.common.errors import SchemaError
-from powmon.common.schema import (
-    READING_PREFIX,
-    STATUS_PREFIX,
-    decode_readings,
-    decode_status,
-    reading_topic,
-)
-from powmon.common.transport import sub_socket
+from powmon.common.schema import STATUS_PREFIX, Status, decode_readings, decode_status
+from powmon.tapwatch import Listening
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -57,6 +52,11 @@ class LiveView:
         self.stored_wh: dict[str, float] = {}  # the writer's totals, kept across restarts
         self.readings = 0
         self.bad = 0
+
+    @property
+    def shown(self) -> int:
+        """What --count counts: readings."""
+        return self.readings
 
     def feed(self, frames: list[bytes], now: float) -> None:
         """One message off the bus; a bad one is only counted."""
@@ -143,43 +143,102 @@ def _text(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+class StatusView:
+    """--status on a terminal: one row per process (kind and id), its last heartbeat."""
+
+    def __init__(self, only: frozenset[str] = frozenset()) -> None:
+        self.only = only  # --sensor: heartbeats of other readers are not shown
+        self.beats: dict[tuple[str, str], tuple[Status, float]] = {}
+        self.shown = 0
+        self.bad = 0
+
+    def feed(self, frames: list[bytes], now: float) -> None:
+        try:
+            status = decode_status(frames)
+        except SchemaError:
+            self.bad += 1
+            return
+        if status.process == "reader" and self.only and status.ident not in self.only:
+            return
+        self.beats[(status.process, status.ident)] = (status, now)
+        self.shown += 1
+
+    def table(self, now: float, wall_ns: int) -> Table:
+        from rich.table import Table  # noqa: PLC0415 -- only a terminal needs rich
+
+        bad = f"{self.bad} bad message(s) skipped; " if self.bad else ""
+        table = Table(title="PowMon heartbeats (Ctrl-C to stop)",
+                      caption=f"{bad}{self.shown} heartbeat(s) heard")
+        rows = [
+            (process, ident, str(status.pid), status.state, f"{now - at:.1f} s ago",
+             " ".join(f"{k}={v}" for k, v in sorted(status.counters.items())
+                      if isinstance(v, str | int | float)))
+            for (process, ident), (status, at) in sorted(self.beats.items())
+        ]
+        names = ("process", "id", "pid", "state", "last heartbeat")
+        widths = [max([len(name), *(len(r[i]) for r in rows)]) for i, name in enumerate(names)]
+        for name, width in zip(names, widths, strict=True):
+            table.add_column(name, justify="right" if name == "pid" else "left",
+                             no_wrap=True, min_width=width)
+        # The counters get what the terminal has left (rich would squeeze the other columns).
+        room = max(10, shutil.get_terminal_size().columns - sum(widths) - 3 * len(names) - 4)
+        table.add_column("counters", no_wrap=True, overflow="ellipsis")
+        for row in rows:
+            counters = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+            table.add_row(*row[:-1], counters)
+        return table
+
+
+class _View(Protocol):
+    @property
+    def shown(self) -> int: ...
+
+    def feed(self, frames: list[bytes], now: float) -> None: ...
+
+    def table(self, now: float, wall_ns: int) -> Table: ...
+
+
 def run_live(
-    backend: str,
-    sensors: tuple[str, ...],
-    hwm: int,
+    listening: Listening,
+    sensors: frozenset[str],
     periods: dict[str, float],
     stop: threading.Event,
     count: int,
-    curve: Curve | None,
 ) -> int:
-    """Show the table until stopped or `count` readings were seen; return how many were."""
+    """Show the sensors' table until stopped or `count` readings were seen; return how many
+    were."""
+    return _show(listening, LiveView(periods, sensors), stop, count)
+
+
+def run_status(
+    listening: Listening, sensors: frozenset[str], stop: threading.Event, count: int
+) -> int:
+    """Show the heartbeats' table until stopped or `count` heartbeats were seen."""
+    return _show(listening, StatusView(sensors), stop, count)
+
+
+def _show(listening: Listening, view: _View, stop: threading.Event, count: int) -> int:
+    """Feed the view and redraw it in place; say a long silence (tapwatch) above it."""
     from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 
-    view = LiveView(periods, frozenset(sensors))
-    topics = [reading_topic(s) for s in sensors] if sensors else [READING_PREFIX]
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    status = [STATUS_PREFIX + b"reader/", STATUS_PREFIX + b"writer/"]
-    sock = sub_socket(ctx, backend, [*topics, *status], hwm, curve=curve)
-    console = Console()
-    try:
-        with Live(
-            view.table(time.monotonic(), time.time_ns()),
-            console=console,
-            auto_refresh=False,
-            transient=False,
-        ) as live:
-            next_draw = 0.0
-            while not stop.is_set() and (count == 0 or view.readings < count):
-                if sock.poll(int(REFRESH_S * 1000)):
-                    while sock.poll(0) and (count == 0 or view.readings < count):
-                        view.feed(sock.recv_multipart(), time.monotonic())
-                now = time.monotonic()
-                if now >= next_draw:
-                    next_draw = now + REFRESH_S
-                    live.update(view.table(now, time.time_ns()), refresh=True)
-            live.update(view.table(time.monotonic(), time.time_ns()), refresh=True)
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-    return view.readings
+    sock = listening.sock
+    with Live(
+        view.table(time.monotonic(), time.time_ns()),
+        console=Console(),
+        auto_refresh=False,
+        transient=False,
+    ) as live:
+        next_draw = 0.0
+        while not stop.is_set() and (count == 0 or view.shown < count):
+            listening.check()
+            if sock.poll(int(REFRESH_S * 1000)):
+                listening.heard()
+                while sock.poll(0) and (count == 0 or view.shown < count):
+                    view.feed(sock.recv_multipart(), time.monotonic())
+            now = time.monotonic()
+            if now >= next_draw:
+                next_draw = now + REFRESH_S
+                live.update(view.table(now, time.time_ns()), refresh=True)
+        live.update(view.table(time.monotonic(), time.time_ns()), refresh=True)
+    return view.shown

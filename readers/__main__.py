@@ -26,7 +26,15 @@ from powmon.readers.reader import ReaderConfig, run
 @config_option
 @log_level_option
 def main(sensor_id: str, port: str | None, config_path: Path | None, log_level: int | None) -> None:
-    """Read one Arduino's current sensor and publish each reading to the PowMon broker."""
+    """Read one Arduino's current sensor and publish each reading to the PowMon broker.
+
+    Needs a settings.yaml whose SENSORS has an entry with this SENSORS_ID, and the broker
+    running (powmon-broker). `powmon run` starts one reader per sensor itself; start one by
+    hand only to run the pipeline piece by piece (supervisord, systemd: `powmon deploy`).
+
+    Stop with Ctrl-C or SIGTERM. Exit codes: 0 stopped, 1 crashed, 2 bad settings,
+    or a board that refutes them (STREAM: on without streaming).
+    """
 
     def build(settings: Settings) -> ReaderConfig:
         return ReaderConfig.from_settings(settings, sensor_id, port)

@@ -8,13 +8,28 @@ buffered. This module knows the bytes; reader.py decides what to do with them.
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
+import os
 import re
+import select
+import sys
 import threading
 import time
 from typing import Final, Protocol, cast
 
 import serial
+
+from powmon.common.errors import DeviceError
+from powmon.common.lifecycle import wake_fd
+
+try:
+    import termios
+
+    _TERMIOS_ERRORS: tuple[type[Exception], ...] = (termios.error,)
+except ImportError:  # Windows
+    _TERMIOS_ERRORS = ()
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +37,7 @@ SIM_HANDLERS: Final = "powmon.sim"
 ADC_MAX: Final = 1023
 MAX_LINE: Final = 64  # longest answer we wait for; a line with no '\n' by then is garbage
 READ_SLICE: Final = 0.2  # longest blocking read, so that a stop request is seen in time
+READ_CHUNK: Final = 4096  # one os.read takes what a tty's input buffer can hold
 
 READ: Final = b"read \n"
 DRAIN: Final = b"r \n"
@@ -89,6 +105,18 @@ def _why_bad(line: bytes) -> str:
     return "non_numeric"
 
 
+class PortUnavailable(DeviceError):
+    """The port itself cannot be opened (not there, taken, no permission): retried with
+    backoff, and said in the heartbeat (`problem`, `waiting_for_port`)."""
+
+
+def open_problem(url: str, err: Exception) -> str:
+    """One line for the heartbeat and the log: why `url` cannot be opened."""
+    if getattr(err, "errno", None) == errno.ENOENT:
+        return f"port not found: {url!r}: {os.strerror(errno.ENOENT)}"
+    return f"cannot open port {url!r}: {err}"
+
+
 def open_port(url: str, baudrate: int, timeout: float) -> Port:
     """Open a serial port by name or URL (COM4, /dev/ttyACM0, a pty, sim://VIC?amps=2).
 
@@ -112,8 +140,34 @@ def open_port(url: str, baudrate: int, timeout: float) -> Port:
     return cast(Port, port)
 
 
+def port_fd(port: Port) -> int | None:
+    """The descriptor of a POSIX serial port (a tty, a pty), for os.read/os.write and poll(2)
+    beside the replay socket; None for sim:// and socket:// ports, Windows COM ports (no
+    descriptor, no select.poll) and macOS (its poll(2) does not take terminal devices)."""
+    fileno = getattr(port, "fileno", None)
+    if not (isinstance(port, serial.Serial) and callable(fileno) and hasattr(select, "poll")
+            and sys.platform != "darwin"):
+        return None
+    return int(fileno())
+
+
+def read_available(fd: int, size: int = READ_CHUNK) -> bytes:
+    """What a POSIX port's driver holds, without waiting: b"" when nothing (pyserial leaves
+    the descriptor O_NONBLOCK with VMIN 0, so an empty tty reads as 0 bytes or EAGAIN)."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return b""
+
+
 class Link:
-    """One open port: write a request, read exactly one answer line within TIMEOUT."""
+    """One open port: write a request, read exactly one answer line within TIMEOUT.
+
+    On a POSIX port a request is one os.write and an answer one poll(2) and as few os.read
+    calls as its length allows (usually one): pyserial's write and read add a select and
+    timeout objects per call and an ioctl per in_waiting. pyserial still opens and configures
+    the port (and drains it); on ports without a descriptor its read and write stay.
+    """
 
     def __init__(self, port: Port, timeout: float, stop: threading.Event) -> None:
         self.port = port
@@ -121,6 +175,17 @@ class Link:
         self._slice = min(timeout, READ_SLICE)
         self._stop = stop
         self._buf = bytearray()
+        self.fd = port_fd(port)
+        self._wait: select.poll | None = None  # the port and the stop request
+        self._patient: select.poll | None = None  # the port alone (stopping, yet waiting)
+        if self.fd is not None:
+            self._wait = select.poll()
+            self._wait.register(self.fd, select.POLLIN)
+            self._patient = select.poll()
+            self._patient.register(self.fd, select.POLLIN)
+            stop_fd = wake_fd(stop)
+            if stop_fd is not None:
+                self._wait.register(stop_fd, select.POLLIN)
 
     @property
     def stopping(self) -> bool:
@@ -128,20 +193,74 @@ class Link:
         return self._stop.is_set()
 
     def ask(self, request: bytes) -> bytes:
-        self.port.write(request)
+        self.send(request)
         return self.read_line()
 
     def send(self, request: bytes) -> None:
         """Write a request whose answer is read later with read_line (one in flight)."""
-        self.port.write(request)
+        if self.fd is None:
+            self.port.write(request)
+            return
+        view = memoryview(request)
+        deadline = 0.0
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+                continue
+            except BlockingIOError:
+                pass
+            now = time.monotonic()  # the driver's output buffer is full: wait (bounded)
+            deadline = deadline or now + self._timeout
+            if now >= deadline:
+                raise serial.SerialTimeoutException("write timeout")
+            out = select.poll()
+            out.register(self.fd, select.POLLOUT)
+            out.poll(max(1, math.ceil((deadline - now) * 1000)))
 
-    def read_line(self) -> bytes:
+    def read_line(self, *, patient: bool = False) -> bytes:
         """One line with its b'\\n'; what came before the deadline if none (b'' for silence).
+        A stop request ends the wait early, unless `patient` (the answer to a request already
+        written, read on the way out)."""
+        if self._wait is None:
+            return self._read_line_port(patient)
+        return self._read_line_fd(patient)
 
-        The first read waits for one byte (the answer is rarely there yet); then one read takes
-        all the driver holds. A typical answer costs two reads, where pyserial's readline makes
-        one read per character.
-        """
+    def _read_line_fd(self, patient: bool) -> bytes:
+        """First a read of what is there (in a polled reader's steady state the answer came
+        while it slept), then poll(2) until the rest comes or TIMEOUT passes."""
+        buf, fd = self._buf, self.fd
+        wait = self._patient if patient else self._wait
+        assert fd is not None and wait is not None  # noqa: S101 -- chosen by read_line
+        deadline = 0.0
+        ready = False  # poll(2) said the port is readable (or hung up)
+        while True:
+            end = buf.find(b"\n")
+            if end >= 0:
+                line = bytes(buf[: end + 1])
+                del buf[: end + 1]
+                return line
+            if len(buf) > MAX_LINE:
+                return self._take()
+            chunk = read_available(fd)
+            if chunk:
+                buf += chunk
+                ready = False
+                continue
+            if ready:  # pyserial's rule: readable, yet nothing to read
+                raise serial.SerialException(
+                    "device reports readiness to read but returned no data (device "
+                    "disconnected or multiple access on port?)")
+            now = time.monotonic()
+            deadline = deadline or now + self._timeout
+            if now >= deadline or (self._stop.is_set() and not patient):
+                return self._take()
+            events = wait.poll(max(1, math.ceil(min(deadline - now, self._slice) * 1000)))
+            ready = any(item == fd for item, _ in events)
+
+    def _read_line_port(self, patient: bool) -> bytes:
+        """pyserial's way: the first read waits for one byte (the answer is rarely there yet);
+        then one read takes all the driver holds. A typical answer costs two reads, where
+        pyserial's readline makes one read per character."""
         buf = self._buf
         port = self.port
         deadline = 0.0
@@ -162,7 +281,7 @@ class Link:
             now = time.monotonic()
             if not deadline:
                 deadline = now + self._timeout - self._slice
-            if now >= deadline or self._stop.is_set():
+            if now >= deadline or (self._stop.is_set() and not patient):
                 return self._take()
 
     def unread(self, data: bytes) -> None:
@@ -190,12 +309,14 @@ class Link:
             line = self.read_line()
             if not in_flight or not line or line.strip() == b"ok":
                 break
-        self._buf.clear()
-        self.port.reset_input_buffer()
+        self.discard_input()
 
     def discard_input(self) -> None:
         self._buf.clear()
-        self.port.reset_input_buffer()
+        try:
+            self.port.reset_input_buffer()
+        except _TERMIOS_ERRORS as err:  # not an OSError: a port gone away, said as pyserial's
+            raise serial.SerialException(f"cannot flush the port: {err}") from err
 
     def close(self) -> None:
         self.port.close()

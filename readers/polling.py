@@ -8,31 +8,26 @@ without `id` (the original protocol) gets one request at a time. A reading's tim
 the moment its request was written. A bad answer or a timeout drains what is in flight (the
 answers before the `ok` of `r` are thrown away: they take no seq) and the pipeline fills
 again from the next good answer, one request at first.
+
+A wake-up is the cost, not the work (benchmarks/README.md): when the period is shorter than
+PUBLISH_INTERVAL (the answer may wait that long anyway), the answer to a request is read at
+the next slot, just before the next request goes out, so a reader wakes once per reading
+instead of twice (at the slot, and when the answer came). Between slots it sleeps on the
+replay socket and the stop request alone (readers.sleeper), until the next slot, heartbeat or
+publish deadline.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final
-
-import zmq
-from zmq.backend import zmq_poll
+from typing import TYPE_CHECKING
 
 from powmon.readers.handshake import Agreed
 from powmon.readers.link import BadAnswer, Link, parse_answer
 
 if TYPE_CHECKING:
     from powmon.readers.reader import Reader
-
-SERVE_EVERY: Final = 0.005  # how often the hot loop looks for replay requests
-IDLE_STEP: Final = 0.05  # longest wait between replay checks (slow polling, reconnecting)
-# Below this period the schedule waits on the stop event (microsecond timeouts); at or above it
-# on the replay socket (millisecond timeouts, rounded up: a request goes out < 1 ms late).
-POLL_WAIT_MIN: Final = 0.002
-_POLLIN: Final = int(zmq.POLLIN)
-_Poll = list[tuple[zmq.Socket[bytes], int]]
 
 
 class Poller:
@@ -45,10 +40,9 @@ class Poller:
         self.request = reader.config.wanted.read_command
         self.depth = reader.config.read_pipeline if agreed.queues else 1
         self.in_flight: deque[int] = deque()  # time_ns of each request written, oldest first
-        replay = reader.replay.sock if reader.replay is not None else None
-        self.replay = replay
         period = reader.schedule.period
-        self.poll = [(replay, _POLLIN)] if replay is not None and period >= POLL_WAIT_MIN else None
+        interval = reader.emitter.interval
+        self.defer = 0 < period < interval and period < reader.config.wanted.timeout
 
     def run(self) -> None:
         """Poll until stopped; DeviceLost (and serial errors) propagate to the reader."""
@@ -56,28 +50,28 @@ class Poller:
         stop, emitter, request = reader.stop, reader.emitter, self.request
         flags, convert = self.agreed.flags, self.agreed.convert
         chores_every = reader.config.heartbeat_interval
-        schedule = reader.schedule
+        schedule, defer = reader.schedule, self.defer
         schedule.restart(time.monotonic())
-        next_chores = next_serve = 0.0
-        replay = self.replay
+        next_chores = 0.0
+        sleep = reader.sleeper.sleep
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_chores:
                 next_chores = now + chores_every
                 reader.chores(now)
-            if replay is not None and now >= next_serve:
-                next_serve = now + SERVE_EVERY
-                reader.serve()
+            emitter.publish_due(now)
+            # Sleep until the next slot: with nothing in flight, or with an answer to be read
+            # then (defer); an answer wanted now is waited for in read_line.
+            wait = schedule.delay(now) if defer or not in_flight else 0.0
+            if wait > 0:
+                sleep(min(wait, next_chores - now, emitter.deadline - now))
+                continue
             if not in_flight:
-                if schedule.period:
-                    wait = schedule.delay(now)
-                    if wait > 0:
-                        wait = min(wait, chores_every, IDLE_STEP)
-                        next_serve = self._idle(wait, now, next_serve)
-                        continue
-                    schedule.advance(now)
+                schedule.advance(now)
                 in_flight.append(time.time_ns())
                 link.send(request)
+                if defer:
+                    continue
             line = link.read_line()
             ts_ns = in_flight.popleft()
             try:
@@ -87,7 +81,23 @@ class Poller:
                 in_flight.clear()
                 continue
             reader.answered()
-            self._fill()
+            try:
+                self._fill()  # may find the device gone: the answer in hand is still a reading
+            finally:
+                emitter.emit(raw, ts_ns, flags, convert)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Stopped with requests written: their answers are readings (and the device counts
+        them as sent), so they are read on the way out, as far as they come within TIMEOUT."""
+        emitter, flags, convert = self.reader.emitter, self.agreed.flags, self.agreed.convert
+        while self.in_flight:
+            ts_ns = self.in_flight.popleft()
+            try:
+                raw = parse_answer(self.link.read_line(patient=True))
+            except BadAnswer:
+                self.in_flight.clear()
+                return
             emitter.emit(raw, ts_ns, flags, convert)
 
     def _fill(self) -> None:
@@ -108,16 +118,3 @@ class Poller:
                 return
             in_flight.append(time.time_ns())
             link.send(request)
-
-    def _idle(self, wait: float, now: float, next_serve: float) -> float:
-        """Wait for the next slot; returns when the replay socket is next due for a look.
-
-        Waiting on the replay socket makes one wake-up both end the wait and see (and answer at
-        once) a replay request, instead of a stop.wait plus a ZMQ_EVENTS check per reading.
-        """
-        if self.poll is None:
-            self.reader.stop.wait(wait)
-            return next_serve
-        if zmq_poll(self.poll, math.ceil(wait * 1000)):
-            self.reader.serve()
-        return now + wait + SERVE_EVERY

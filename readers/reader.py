@@ -23,6 +23,7 @@ from typing import Final
 import serial
 import zmq
 
+from powmon.common import publishmark
 from powmon.common.backoff import backoff
 from powmon.common.conversion import Calibration
 from powmon.common.curve import Curve
@@ -35,10 +36,18 @@ from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.common.zap import Gate
 from powmon.readers.clock import DeviceClock
 from powmon.readers.handshake import Agreed, NoAnswer, Wanted, handshake
-from powmon.readers.link import BadAnswer, Link, open_port, read_command
-from powmon.readers.polling import IDLE_STEP, Poller
+from powmon.readers.link import (
+    BadAnswer,
+    Link,
+    PortUnavailable,
+    open_port,
+    open_problem,
+    read_command,
+)
+from powmon.readers.polling import Poller
 from powmon.readers.schedule import Schedule
 from powmon.readers.session import Counters, Emitter, new_session_id
+from powmon.readers.sleeper import Sleeper
 from powmon.readers.streaming import NoStream, Streamer, wants_stream
 
 log = logging.getLogger(__name__)
@@ -74,6 +83,7 @@ class ReaderConfig:
     stream: str = "off"  # STREAM: auto | on | off
     stream_rate: int | None = None  # `stream HZ` wanted; 0: the device's highest (SensorSettings)
     read_pipeline: int = 1  # READ_PIPELINE: requests in flight in request/answer mode
+    publish_interval: float = 0.0  # PUBLISH_INTERVAL: longest a reading is held (0: none)
     settings_path: Path = Path("settings.yaml")  # for messages naming a setting
 
     @property
@@ -100,7 +110,7 @@ class ReaderConfig:
             replay_ports=settings.replay_ports,
             channel=s.channel, stream=s.stream,
             stream_rate=s.stream_rate, read_pipeline=s.read_pipeline,
-            settings_path=settings.path,
+            publish_interval=s.publish_interval, settings_path=settings.path,
         )
 
 
@@ -118,8 +128,10 @@ class Reader:
         self.config = config
         self.stop = stop
         self.counters = Counters(session=new_session_id(), port=config.port)
+        self.mark = publishmark.attach()
         self.emitter = Emitter(
-            sock, config.sensor_id, config.calibration, self.counters, config.replay_buffer
+            sock, config.sensor_id, config.calibration, self.counters, config.replay_buffer,
+            config.publish_interval, mark=self.mark.write if self.mark is not None else None,
         )
         self.replay: ReplayServer | None = None
         if ctx is not None and config.replay_buffer > 0:
@@ -129,6 +141,7 @@ class Reader:
             )
             self.counters.replay = self.replay.endpoint
             self.counters.replay_key = self.replay.key
+        self.sleeper = Sleeper(self.replay, stop)
         self.heartbeat = Heartbeat(
             sock, "reader", config.sensor_id, config.heartbeat_interval, self.counters.snapshot,
             progress=self.counters.progress,
@@ -155,6 +168,7 @@ class Reader:
                 self._session(*connected)
         finally:
             self.counters.connected = False
+            self.emitter.publish()  # what is held goes before the last heartbeat
             self.serve()  # requests already queued get their answer
             self.heartbeat.beat(STATE_STOPPED, force=True)
             if self.replay is not None:
@@ -177,12 +191,14 @@ class Reader:
                 log.debug("sensor=%s stopped while waiting: %s", self.config.sensor_id, err)
                 return
             c.disconnects += 1
+            c.problem = f"device lost: {err}"
             self.warn(
                 "lost", "sensor=%s port=%s device lost: %s; reconnecting",
                 self.config.sensor_id, self.config.port, err,
             )
         finally:
             c.connected = False
+            self.emitter.publish()  # readings taken before the device went are readings
             with contextlib.suppress(serial.SerialException, OSError):
                 link.close()
 
@@ -207,11 +223,8 @@ class Reader:
                 return None
             try:
                 connected = self._open()
-            except (serial.SerialException, OSError, NoAnswer) as err:
-                self.warn(
-                    "connect", "sensor=%s port=%s cannot connect: %s; retrying",
-                    cfg.sensor_id, cfg.port, err,
-                )
+            except (serial.SerialException, OSError, NoAnswer, PortUnavailable) as err:
+                self._not_connected(err)
             else:
                 if connected is None:
                     return None
@@ -227,6 +240,18 @@ class Reader:
                 return None
         return None  # backoff() without attempts never ends; this satisfies the type checker
 
+    def _not_connected(self, err: Exception) -> None:
+        """A failed connect: said in the heartbeat (why, and whether the port itself is what
+        is missing: then a supervisor lets the reader retry instead of restarting it) and in
+        the log, rate-limited."""
+        c = self.counters
+        c.waiting_for_port = isinstance(err, PortUnavailable)
+        c.problem = str(err) if c.waiting_for_port else f"cannot connect: {err}"
+        self.warn(
+            "connect", "sensor=%s port=%s cannot connect: %s; retrying",
+            self.config.sensor_id, self.config.port, err,
+        )
+
     def _open(self) -> tuple[Link, Agreed] | None:
         cfg = self.config
         try:
@@ -236,6 +261,8 @@ class Reader:
                 f"{cfg.settings_path}: SENSORS[{cfg.sensor_id}].PORT (or --port): cannot open "
                 f"serial port {cfg.port!r}: {err}"
             ) from err
+        except (serial.SerialException, OSError) as err:
+            raise PortUnavailable(open_problem(cfg.port, err)) from err
         link = Link(port, cfg.wanted.timeout, self.stop)
         agreed = None
         try:
@@ -252,6 +279,7 @@ class Reader:
             c.reconnects += 1
         self._connected_once = True
         c.connected = True
+        c.problem, c.waiting_for_port = "", False
         c.firmware = agreed.firmware
         c.mode = "stream" if stream else "poll"
         self._silent = 0
@@ -301,21 +329,22 @@ class Reader:
                      c.timeouts, c.reconnects, c.connected)
 
     def _wait(self, seconds: float) -> bool:
-        """Wait, heartbeating; True as soon as stop is set."""
+        """Wait (reconnecting), heartbeating and answering replay requests; True as soon as
+        stop is set."""
         deadline = time.monotonic() + seconds
-        while True:
+        every = self.config.heartbeat_interval
+        while not self.stop.is_set():
             now = time.monotonic()
             self.chores(now)
             left = deadline - now
             if left <= 0:
-                return self.stop.is_set()
-            if self.stop.wait(min(left, IDLE_STEP)):
-                return True
+                break
+            self.sleeper.sleep(min(left, every))
+        return self.stop.is_set()
 
     def serve(self) -> None:
         """Answer queued replay requests; they never block, and a bad one is only counted."""
-        if self.replay is not None:
-            self.replay.serve_pending()
+        self.sleeper.serve()
 
     def warn(self, key: str, msg: str, *args: object) -> None:
         self.log_limited(logging.WARNING, key, msg, *args)

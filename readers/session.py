@@ -2,49 +2,47 @@
 
 A session starts with the process; `(sensor_id, session, seq)` names each reading everywhere
 downstream, so seq only moves when a reading is actually published: a skipped bad line leaves
-no gap. Everything here runs once per reading, so it does the minimum: convert, encode, send,
-keep the payload in the replay ring, bump counters. No log formatting unless payload logging is on.
+no gap. What runs per reading does the minimum (convert, pack, hold); what runs per message
+(send, keep the rows in the replay ring, bump counters) runs once per PUBLISH_INTERVAL. No log
+formatting unless payload logging is on.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+import msgpack
 import zmq
 
 from powmon.common.conversion import Calibration
 from powmon.common.logs import PAYLOAD_LOGGER
 from powmon.common.replay import ReplayRing
-from powmon.common.schema import (
-    MAX_BATCH,
-    ReaderProgress,
-    Reading,
-    Row,
-    encode_reading,
-    encode_readings,
-)
+from powmon.common.schema import MAX_BATCH, ReaderProgress, batch_frames, pack_row
 from powmon.readers.numbering import Sample
 
 payload_log = logging.getLogger(PAYLOAD_LOGGER)
+_pack: Final = pack_row
 
 Converter = Callable[[float, Calibration, int], tuple[float, float, float, int]]
 
 
 def new_session_id() -> str:
     """12 hex digits: unique per process start, short enough for CSV rows."""
-    return secrets.token_hex(6)
+    return os.urandom(6).hex()  # what secrets.token_hex does, without loading OpenSSL
 
 
 @dataclass(slots=True)
 class Counters:
     """What the heartbeat reports; field names are the documented counter keys.
 
-    session, seq, readings, replay, replay_key and last_reading_ns are the reader's progress,
-    the part of its heartbeat other processes rely on: they travel as schema.ReaderProgress.
+    session, seq, readings, replay, replay_key, last_reading_ns, problem and waiting_for_port
+    are the reader's progress, the part of its heartbeat other processes rely on: they travel
+    as schema.ReaderProgress.
     """
 
     session: str
@@ -67,6 +65,8 @@ class Counters:
     device_holes: int = 0  # holes in the device's sample numbers (frames lost or corrupt) ...
     device_lost: int = 0  # ... and the samples in them, named to the sinks (device_dropped)
     resets: int = 0  # streams restarted after the device reset, stopped or went silent
+    problem: str = ""  # why there is no device right now, one line ("" when connected)
+    waiting_for_port: bool = False  # the port itself cannot be opened: retrying it
 
     def snapshot(self) -> dict[str, Any]:
         """The counters that are not progress (those go as `progress()`)."""
@@ -82,12 +82,23 @@ class Counters:
     def progress(self) -> ReaderProgress:
         return ReaderProgress(
             self.session, self.seq, self.readings, self.replay, self.last_reading_ns,
-            self.replay_key,
+            self.replay_key, self.problem, self.waiting_for_port,
         )
 
 
 class Emitter:
-    """Builds, publishes and remembers readings for one sensor, numbering them without gaps."""
+    """Builds, holds, publishes and remembers readings for one sensor, numbering them without
+    gaps.
+
+    Readings wait here at most `interval` (PUBLISH_INTERVAL) and go out together, as one batch
+    message: the cost of the bus is per message (a send wakes ZeroMQ's I/O thread, the broker
+    and every subscriber), and nobody reads a power value faster than a screen refreshes. A
+    reading that arrives when the last publish is at least `interval` old goes at once, so at
+    rates below one reading per interval every reading is its own message, as with interval 0.
+    Each reading is packed once (schema.pack_row); the message, the replay ring and replay
+    answers reuse those bytes. Seq, `readings` and the ring move when a batch is published:
+    a heartbeat's seq never names a reading still held here.
+    """
 
     def __init__(
         self,
@@ -96,80 +107,111 @@ class Emitter:
         cal: Calibration,
         counters: Counters,
         replay: int,
+        interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        mark: Callable[[str, int], None] | None = None,
     ) -> None:
         self._sock = sock
+        self._mark = mark  # common.publishmark: how far the session got, kill -9 or not
         self._sensor_id = sensor_id
         self._cal = cal
         self.counters = counters
-        # The last readings' payloads, for subscribers that missed some (common.replay);
+        self.interval = interval
+        self._clock = clock
+        # The last readings' packed rows, for subscribers that missed some (common.replay);
         # appending to a bounded deque costs next to nothing and never grows.
         self.ring = ReplayRing(replay)
+        self._rows: list[bytes] = []  # packed, not published yet
+        self._last_ns = 0  # ts_ns of the last row held
+        self._dropped = 0  # device samples lost just before the first row held
+        self._published = -float("inf")  # monotonic time of the last publish
+        self._arrived = -float("inf")  # monotonic time readings last arrived
+        self.messages = 0
 
-    def emit(self, raw: float, ts_ns: int, flags: int, convert: Converter) -> Reading:
-        c = self.counters
+    @property
+    def deadline(self) -> float:
+        """When what is held must go (monotonic); inf when nothing is held."""
+        return self._published + self.interval if self._rows else float("inf")
+
+    @property
+    def held(self) -> int:
+        return len(self._rows)
+
+    def emit(self, raw: float, ts_ns: int, flags: int, convert: Converter) -> None:
+        """One reading (request/answer mode): converted, packed, held or published."""
         volts, amps, watts, flags = convert(raw, self._cal, flags)
-        reading = Reading(self._sensor_id, c.session, c.seq, ts_ns, raw, volts, amps, watts, flags)
-        frames = encode_reading(reading)
-        # Two send() calls put the same two frames on the wire as send_multipart, cheaper
-        # (pyzmq builds no Frame list; benchmarks/README.md); PUB never blocks, at HWM it drops.
-        sock = self._sock
-        sock.send(frames[0], zmq.SNDMORE)
-        sock.send(frames[1])
-        self.ring.append(c.seq, frames[1])
-        c.seq += 1
-        c.readings += 1
-        c.last_reading_ns = ts_ns
-        if payload_log.isEnabledFor(logging.DEBUG):
-            payload_log.debug(
-                "sensor=%s session=%s seq=%d raw=%s volts=%.5f amps=%.4f watts=%.3f flags=%d",
-                self._sensor_id, c.session, reading.seq, raw, volts, amps, watts, flags,
-            )
-        return reading
+        self._rows.append(_pack((ts_ns, raw, volts, amps, watts, flags)))
+        self._last_ns = ts_ns
+        self._due()
 
     def emit_samples(
         self, samples: Sequence[Sample], stamps: Sequence[int], convert: Converter,
         dropped: int = 0,
     ) -> None:
-        """Convert and publish consecutive stream samples timed at `stamps` (UTC ns); the
-        flags are what the device reported. More than MAX_BATCH go in several messages."""
-        cal = self._cal
-        rows: list[Row] = []
+        """Consecutive stream samples timed at `stamps` (UTC ns), with the flags the device
+        reported; `dropped` device samples were lost just before the first (they take no seq:
+        the message that carries the first names them)."""
+        if dropped:
+            self.publish()  # what is held came before the hole: its message must not name it
+            self._dropped = dropped
+        if not samples:
+            if dropped:
+                self.publish()  # a loss with no reading after it (yet): said at once
+            return
+        cal, rows = self._cal, self._rows
         for sample, ts_ns in zip(samples, stamps, strict=True):
             raw = sample.raw
             volts, amps, watts, flags = convert(raw, cal, sample.flags)
-            rows.append((ts_ns, raw, volts, amps, watts, flags))
-        for start in range(0, len(rows), MAX_BATCH):
-            self.emit_rows(rows[start : start + MAX_BATCH], dropped)
-            dropped = 0
+            rows.append(_pack((ts_ns, raw, volts, amps, watts, flags)))
+        self._last_ns = stamps[-1]
+        self._due()
 
-    def emit_rows(self, rows: Sequence[Row], dropped: int = 0) -> None:
-        """Publish consecutive readings (ts_ns, raw, volts, amps, watts, flags) in one message:
-        a batch when there are several. `dropped` device samples were lost just before the
-        first (a hole in the device's numbers): the message names them to the sinks, which
-        log them as lost; they take no seq. Rows may be empty when only a loss is to be said.
-        """
+    def _due(self) -> None:
+        """Publish when the interval is over, or when the next reading, expected one gap
+        (the time since the last arrival) from now, would come after it: waiting for it would
+        only make the held ones late (a 10 Hz sensor at PUBLISH_INTERVAL 0.1 publishes every
+        reading at once, whatever its jitter)."""
+        now = self._clock()
+        gap, self._arrived = now - self._arrived, now
+        if len(self._rows) >= MAX_BATCH or now + gap >= self._published + self.interval:
+            self.publish()
+
+    def publish_due(self, now: float) -> None:
+        """Publish what is held if its interval is over (the reader's loops call this at
+        `deadline`)."""
+        if self._rows and now >= self._published + self.interval:
+            self.publish()
+
+    def publish(self) -> None:
+        """Send what is held now, as one message (a stop, a hole, a lost device, the deadline).
+        Two send() calls put the same two frames on the wire as send_multipart, cheaper (pyzmq
+        builds no Frame list); PUB never blocks, at HWM it drops (and replay fills it)."""
+        rows, dropped = self._rows, self._dropped
+        if not rows and not dropped:
+            return
         c = self.counters
-        frames, payloads = encode_readings(self._sensor_id, c.session, c.seq, rows, dropped)
-        sock = self._sock
-        sock.send(frames[0], zmq.SNDMORE)
-        sock.send(frames[1])
-        ring = self.ring
         seq = c.seq
-        for payload in payloads:
-            ring.append(seq, payload)
-            seq += 1
+        topic, payload = batch_frames(self._sensor_id, c.session, seq, rows, dropped)
+        if rows and self._mark is not None:  # before the send: never behind what went out
+            self._mark(c.session, seq + len(rows))
+        sock = self._sock
+        sock.send(topic, zmq.SNDMORE)
+        sock.send(payload)
+        self.messages += 1
+        self._published = self._clock()
+        self._rows, self._dropped = [], 0
         if rows:
-            c.seq = seq
+            self.ring.extend(seq, rows, dropped)
+            c.seq = seq + len(rows)
             c.readings += len(rows)
-            c.last_reading_ns = rows[-1][0]
+            c.last_reading_ns = self._last_ns
             if payload_log.isEnabledFor(logging.DEBUG):
-                self._log_rows(rows)
+                self._log_rows(seq, rows)
 
-    def _log_rows(self, rows: Sequence[Row]) -> None:
-        c = self.counters
-        first = c.seq - len(rows)
-        for i, (_ts, raw, volts, amps, watts, flags) in enumerate(rows):
+    def _log_rows(self, first: int, rows: Sequence[bytes]) -> None:
+        for i, row in enumerate(rows):
+            _ts, raw, volts, amps, watts, flags = msgpack.unpackb(row)
             payload_log.debug(
                 "sensor=%s session=%s seq=%d raw=%s volts=%.5f amps=%.4f watts=%.3f flags=%d",
-                self._sensor_id, c.session, first + i, raw, volts, amps, watts, flags,
+                self._sensor_id, self.counters.session, first + i, raw, volts, amps, watts, flags,
             )

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import select
-import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
@@ -36,7 +35,7 @@ from powmon.common.schema import Flag
 from powmon.readers.clock import DeviceClock
 from powmon.readers.frames import FrameDecoder, Hole, Sample, StreamParams, is_answer
 from powmon.readers.handshake import Agreed, NoAnswer, handshake
-from powmon.readers.link import Link
+from powmon.readers.link import Link, read_available
 from powmon.readers.stream_commands import StreamRefused, start_stream, stop_stream
 
 if TYPE_CHECKING:
@@ -50,6 +49,7 @@ SILENCE_FRAMES: Final = 3  # frame periods without a byte (and at least TIMEOUT)
 STOP_TIMEOUT: Final = 0.5  # longest wait for `ok stop` when the reader stops
 IDLE_STEP: Final = 0.2  # longest wait for bytes: a stop is seen at least this often
 READ_MAX: Final = 65536
+TTY_SAFE_BYTES: Final = 2048  # half of Linux's 4 KiB tty input buffer: take before it fills
 MAX_ASK: Final = 65535  # `stream` at this rate when any will do: the device answers its limit
 
 
@@ -104,19 +104,16 @@ class Streamer:
         self._dropped = 0  # device samples lost that no published message has named yet
         self._lines = 0  # text lines the decoder has seen and this loop has looked at
         self._corrupt_base = reader.counters.frames_corrupt
-        port = link.port
-        fileno = getattr(port, "fileno", None)
-        # A POSIX serial port: wait on its descriptor and the replay socket's in one poll(2)
-        # (zmq_poll makes two system calls per wait), and read what the driver holds in one
-        # os.read (pyserial's read would select again).
-        # Windows has no select.poll (and a COM port no descriptor), and macOS's poll(2) does
-        # not take terminal devices: both read through pyserial.
-        posix = (isinstance(port, serial.Serial) and callable(fileno)
-                 and hasattr(select, "poll") and sys.platform != "darwin")
-        self._fd = fileno() if posix and callable(fileno) else None
+        # A POSIX serial port (link.port_fd): wait on its descriptor and the replay socket's
+        # in one poll(2) (zmq_poll makes two system calls per wait), and read what the driver
+        # holds in one os.read (pyserial's read would select again). Other ports read through
+        # pyserial.
+        self._fd = link.fd
         replay = reader.replay.sock if reader.replay is not None else None
-        self._poller: select.poll | None = None
+        self._poller: select.poll | None = None  # the port and the replay socket
+        self._hup = select.poll()  # the port alone: readable with nothing to read is a hang-up
         if self._fd is not None:
+            self._hup.register(self._fd, select.POLLIN)
             self._poller = select.poll()
             self._poller.register(self._fd, select.POLLIN)
             if replay is not None:
@@ -213,8 +210,11 @@ class Streamer:
         chores_every = reader.config.heartbeat_interval
         frame_s = params.per_frame * params.period_us / 1e6
         silence = max(reader.config.wanted.timeout, SILENCE_FRAMES * frame_s)
+        every = self._take_every(params)
         read = self._read_fd if self._fd is not None else self._read_port
-        next_chores = 0.0
+        if every:
+            read = self._take_fd
+        next_chores = next_take = 0.0
         last_data = time.monotonic()
         while not stop.is_set():
             now = time.monotonic()
@@ -222,13 +222,48 @@ class Streamer:
                 next_chores = now + chores_every
                 self._sync_counters()
                 reader.chores(now)
+            if every:  # sleep to the next take; the port's driver holds the frames meanwhile
+                if now < next_take:  # on the replay socket and the stop request only
+                    reader.sleeper.sleep(min(next_take, next_chores) - now)
+                    continue
+                next_take = now + every
             data = read(min(next_chores - now, IDLE_STEP))
             if data:
                 self._feed(data, time.time_ns())
                 last_data = time.monotonic()
+                if every:
+                    reader.emitter.publish()  # the takes are the publish cadence
             elif time.monotonic() - last_data > silence:
                 self._publish(decoder.flush(), decoder.take_holes(), time.time_ns())
                 raise Resync(f"no byte for {silence:.1f}s")
+            reader.emitter.publish_due(time.monotonic())
+
+    def _take_every(self, params: StreamParams) -> float:
+        """How often to take what the port holds: every PUBLISH_INTERVAL, so a wake-up brings
+        a whole interval of frames (at 100 Hz ten of them), or sooner when the driver's input
+        buffer would be half full by then; 0 (a wake-up per frame, as they come) without a
+        descriptor to sleep beside or with no interval."""
+        interval = self.reader.emitter.interval
+        if self._fd is None or not interval:
+            return 0.0
+        bytes_per_s = params.frame_len * params.hz / max(params.per_frame, 1)
+        return min(interval, TTY_SAFE_BYTES / max(bytes_per_s, 1.0))
+
+    def _take_fd(self, wait: float) -> bytes:
+        """Everything the driver holds now (the descriptor is non-blocking: pyserial opens
+        POSIX ports O_NONBLOCK); b"" when nothing came."""
+        assert self._fd is not None  # noqa: S101 -- chosen only with a descriptor
+        chunks = []
+        while True:
+            data = read_available(self._fd, READ_MAX)
+            chunks.append(data)
+            if len(data) < READ_MAX:
+                break
+        if not chunks[0] and self._hup.poll(0):  # readable, yet nothing: pyserial's rule
+            raise serial.SerialException(
+                "device reports readiness to read but returned no data (device disconnected "
+                "or multiple access on port?)")
+        return b"".join(chunks)
 
     def _read_fd(self, wait: float) -> bytes:
         """Wait for bytes (or a replay request) up to `wait` s; what the driver holds.
@@ -316,7 +351,7 @@ class Streamer:
     def _name_dropped(self) -> None:
         """Holes no sample followed (the end of a stream): named in a message of their own."""
         if self._dropped:
-            self.reader.emitter.emit_rows((), self._dropped)
+            self.reader.emitter.emit_samples((), (), self.agreed.convert, self._dropped)
             self._dropped = 0
 
     def _sync_counters(self) -> None:

@@ -10,10 +10,11 @@ what it already holds (`stored`, `find`); the core does the rest for every sink 
 - asks the readers' replay buffers for every hole (common.replay, sink.filler), and stores
   what they send back flagged `replayed`;
 - names every range that can no longer be had in the sink's loss log (sink.lost);
-- runs the loop: wake on the first message after a quiet spell, let readings gather for
-  BATCH_WAIT after a partial batch (one wake-up per ~20 ms for all readers together instead of
-  one per reading), never wait past the sink's own deadline (the writer's next flush), and
-  drain what already arrived before stopping;
+- runs the loop: sleep until a message, a replay reply, a deadline it computed or a stop (no
+  fixed tick: a sink at rest wakes once per heartbeat), let readings gather for GATHER after a
+  partial batch (one wake-up per 100 ms for all readers together instead of one per message),
+  never wait past the sink's own deadline (the writer's next flush), and drain what already
+  arrived before stopping;
 - publishes the heartbeat: the core's counters and the sink's.
 """
 
@@ -32,6 +33,7 @@ import zmq
 
 from powmon.common.curve import Curve
 from powmon.common.errors import SchemaError
+from powmon.common.lifecycle import wake_fd
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayClient
 from powmon.common.schema import (
@@ -47,15 +49,15 @@ from powmon.common.schema import (
 from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
 from powmon.sink.filler import GapFiller, Lost, device_dropped
 from powmon.sink.lost import LossLog
+from powmon.sink.progress import union
 from powmon.sink.tracker import REASON_OVERFLOW, GapRange, GapTracker, StreamState
 
 log = logging.getLogger(__name__)
 
 READER_STATUS: Final = STATUS_PREFIX + b"reader/"
 SUPERVISOR_STATUS: Final = STATUS_PREFIX + b"supervisor/"  # which readers ended (ReaderEnd)
-POLL_MAX: Final = 0.2
-POLL_RECOVERING: Final = 0.01  # replies come on other sockets: look often while waiting
-BATCH_WAIT: Final = 0.02  # after a partial batch, let readings gather this long (at most)
+POLL_MAX: Final = 0.2  # the longest sleep when the stop request cannot wake the poll
+GATHER: Final = 0.1  # after a partial batch, let readings gather this long (at most)
 STOP_DRAIN_SECONDS: Final = 5.0  # below powmon run's stop grace (10 s), which then kills
 DRAIN_QUIET_MS: Final = 50
 MAX_LOOKUPS: Final = 64  # searches of the store for sessions `stored()` did not show, per start
@@ -78,7 +80,11 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def stored(self) -> Iterable[StreamState]:
-        """Every stream the sink holds readings of, and how far: read once, at start."""
+        """Every stream the sink holds readings of, and how far: read once, at start.
+
+        The `progress` last handed to `store()` and persisted, less what the sink finds it
+        stored after it (sink.progress.ProgressLedger.resume does this for file sinks): its
+        data alone cannot tell a session's start from a hole still being filled."""
 
     def find(self, sensor_id: str, session: str) -> int | None:
         """The last stored seq of a session `stored()` did not show, or None if not held.
@@ -90,16 +96,19 @@ class Sink(abc.ABC):
     @abc.abstractmethod
     def store(self, readings: Sequence[Reading], progress: Sequence[StreamState]) -> Stored:
         """Take a batch (live and replayed readings, none already stored) and the new state of
-        the streams it touched, for a sink that persists it. Raise PowmonError when storing
-        is impossible."""
+        the streams it touched. The promise every sink keeps: that state is durable no later
+        than the readings that follow it (the spool commits both in one transaction; the
+        writer saves it before each write of rows, sink.progress), and `stored()` gives it
+        back. Raise PowmonError when storing is impossible."""
 
     def tick(self, now: float) -> None:
         """Called once per loop turn: flush when due, check helper threads."""
         return None  # nothing to do unless the sink says otherwise
 
     def due_in(self, now: float) -> float:
-        """Seconds until the sink next needs a tick (the loop never sleeps past it)."""
-        return POLL_MAX
+        """Seconds until the sink next needs a tick (the loop never sleeps past it); inf: only
+        when messages come (and at each heartbeat)."""
+        return float("inf")
 
     def on_lost(self, lost: Sequence[Lost]) -> None:
         """Ranges just given up for good (also written to the loss log)."""
@@ -129,6 +138,7 @@ class CoreConfig:
     gap_log: Path
     fsync: bool
     batch: int = 1000
+    gather: float = GATHER
     status_topics: tuple[bytes, ...] = ()  # beyond reader heartbeats, e.g. b"status/"
     replay_retries: int = 3
     summary_interval: float = 10.0
@@ -178,7 +188,11 @@ class SinkCore:
             "duplicates": self.duplicates, "gaps": t.gaps, "missing": t.missing,
             "late": t.late, "replayed": f.replayed, "replay_requests": f.requests,
             "recovering": f.recovering, "lost": f.lost, "lost_ranges": f.lost_ranges,
-            "streams": t.streams, **self.sink.counters(),
+            "streams": t.streams,
+            # Per sensor, every sensor seen (0 until its first): `powmon status` shows these.
+            "gaps_by_sensor": dict(t.gaps_by_sensor),
+            "lost_by_sensor": {**dict.fromkeys(t.gaps_by_sensor, 0), **f.lost_by_sensor},
+            **self.sink.counters(),
         }
 
     def resume(self) -> None:
@@ -188,8 +202,14 @@ class SinkCore:
         tracker = self.tracker
         for s in self.sink.stored():
             key = (s.sensor_id, s.session)
-            tracker.resume(s.sensor_id, s.session, s.last_seq, s.missing, s.floor)
-            for lo, hi in logged.get(key, ()):
+            given_up = logged.get(key, ())
+            # A range given up past the last stored row (a reader gone with the session's
+            # tail) moves the stream on: else the supervisor's list of ended readers would
+            # open that range again after the restart and it would be named twice.
+            last = max([s.last_seq, *(hi - 1 for _, hi in given_up)])
+            above = ((s.last_seq + 1, last + 1),) if last > s.last_seq else ()
+            tracker.resume(s.sensor_id, s.session, last, union(s.missing, above), s.floor)
+            for lo, hi in given_up:
                 tracker.give_up(key, lo, hi)
             if tracker.missing_of(key):
                 self.filler.opened(key)
@@ -358,19 +378,34 @@ class SinkCore:
     # ---- the loop ---------------------------------------------------------------------------
 
     def loop(self, sub: zmq.Socket[bytes], beat: Heartbeat, stop: threading.Event) -> None:
-        """Wake on the first message after a quiet spell, then take the bus in batches."""
-        batch = self.config.batch
-        idle = min(POLL_MAX, self.config.heartbeat_interval)
+        """Sleep until a message, a reply, a deadline or a stop; then take the bus in batches.
+
+        The deadlines are computed, never a fixed tick: the sink's own (the writer's next
+        flush, only while rows are pending), the heartbeat, the gap filler's (a request's
+        timeout, a stopped reader's grace) and the summary line. Replay replies and the stop
+        request (common.lifecycle.Stop) are in the same poll as the bus, so a sink at rest
+        wakes once per heartbeat. After a partial batch it lets readings gather for
+        `CoreConfig.gather` (readers publish every PUBLISH_INTERVAL: a message per reader per
+        wake-up instead of one per arrival); after a full batch it goes on at once.
+        """
+        batch, gather = self.config.batch, self.config.gather
+        waker = _Waker(sub, stop, self.client)
         got = 0
         while not stop.is_set():
-            wait = self.sink.due_in(self._clock())
+            wait = self._due(beat)
             if 0 < got < batch:
-                stop.wait(min(BATCH_WAIT, wait))
+                stop.wait(min(gather, wait))
             elif got < batch:  # a full batch means more is queued: skip the wait
-                busy = POLL_RECOVERING if self.filler.recovering else idle
-                sub.poll(int(1000 * min(busy, wait)), zmq.POLLIN)
+                waker.wait(wait)
             got = self.step(sub)
             beat.beat()
+
+    def _due(self, beat: Heartbeat) -> float:
+        """Seconds until the soonest deadline of the sink, the heartbeat, the filler and the
+        summary."""
+        now = self._clock()
+        return max(0.0, min(self.sink.due_in(now), beat.due_in(now), self.filler.due_in(now),
+                            self._next_summary - now))
 
     def drain(self, sub: zmq.Socket[bytes]) -> None:
         """Take what already arrived before stopping, until the bus goes quiet (the readers,
@@ -384,6 +419,32 @@ class SinkCore:
         self.recover()
         for key, count in self._limiter.held().items():
             log.warning("%d more %s warnings were suppressed since the last one", count, key)
+
+
+class _Waker:
+    """The core's one poll: the bus, the replay replies, and the stop request."""
+
+    def __init__(self, sub: zmq.Socket[bytes], stop: threading.Event,
+                 client: ReplayClient | None) -> None:
+        self._poller = zmq.Poller()
+        self._poller.register(sub, zmq.POLLIN)
+        self._stop_fd = wake_fd(stop)
+        if self._stop_fd is not None:
+            self._poller.register(self._stop_fd, zmq.POLLIN)
+        self._client = client
+        self._replies: set[zmq.Socket[bytes]] = set()
+
+    def wait(self, seconds: float) -> None:
+        if self._client is not None:
+            socks = set(self._client.sockets())
+            for sock in self._replies - socks:
+                self._poller.unregister(sock)
+            for sock in socks - self._replies:
+                self._poller.register(sock, zmq.POLLIN)
+            self._replies = socks
+        if self._stop_fd is None:  # a plain Event cannot wake the poll: look often enough
+            seconds = min(seconds, POLL_MAX)
+        self._poller.poll(int(1000 * seconds) if seconds > 0 else 0)
 
 
 def lost_ranges(readings: Iterable[Reading], reason: str) -> list[Lost]:

@@ -23,6 +23,7 @@ from powmon.common.schema import (
 )
 from powmon.sink.tracker import (
     KEEP,
+    MAX_SENSORS,
     REASON_BOUND,
     REASON_DEVICE,
     REASON_NO_ENDPOINT,
@@ -97,6 +98,7 @@ class GapFiller:
         self._lost: list[Lost] = []
         self.changed: set[Key] = set()  # streams whose holes changed; the owner may clear it
         self.lost = 0
+        self.lost_by_sensor: dict[str, int] = {}  # bounded like the tracker's gaps_by_sensor
         self.lost_ranges = 0
         self.replayed = 0
         self.requests = 0
@@ -106,6 +108,15 @@ class GapFiller:
         """Readings still missing in the streams being recovered."""
         count = self.tracker.missing_count
         return sum(count(key) for key in self._want)
+
+    def due_in(self, now: float) -> float:
+        """Seconds until a request times out, a stopped reader's stream is given up, or a
+        stream still waiting for a reader's address reaches its grace (its heartbeat, which
+        says where to ask, is a message and wakes the loop by itself); inf when none."""
+        best = float("inf")
+        for want in self._want.values():
+            best = min(best, want.final_at or want.deadline or want.since + self._grace)
+        return max(0.0, best - now)
 
     def opened(self, key: Key) -> None:
         if key not in self._want:
@@ -235,6 +246,9 @@ class GapFiller:
         """Count a loss and keep it for `take_lost()`: the one way every loss is accounted."""
         self._lost.append(lost)
         self.lost += lost.count
+        by = self.lost_by_sensor
+        if lost.sensor_id in by or len(by) < MAX_SENSORS:
+            by[lost.sensor_id] = by.get(lost.sensor_id, 0) + lost.count
         self.lost_ranges += 1
 
     def take_lost(self) -> list[Lost]:

@@ -22,6 +22,7 @@ MAX_STREAMS: Final = 4096
 MAX_RANGES: Final = 64
 WINDOW: Final = 1_000_000
 RECENT_GAPS: Final = 32
+MAX_SENSORS: Final = 256  # per-sensor counters kept for at most this many sensor ids
 
 # Why a range was given up; these words go into gaps.csv and the logs.
 REASON_RESTARTED: Final = "reader_restarted"  # the reader answers for a newer session only
@@ -105,6 +106,7 @@ class GapTracker:
         self._recent: deque[GapRange] = deque(maxlen=recent)
         self._evicted: list[GapRange] = []
         self.gaps = 0
+        self.gaps_by_sensor: dict[str, int] = {}  # every sensor seen, 0 until its first gap
         self.missing = 0
         self.late = 0
         self.filled = 0
@@ -238,6 +240,8 @@ class GapTracker:
         return self._streams[(sensor_id, session)]
 
     def _add(self, key: Key, stream: _Stream) -> None:
+        if key[0] not in self.gaps_by_sensor and len(self.gaps_by_sensor) < MAX_SENSORS:
+            self.gaps_by_sensor[key[0]] = 0  # seen: its count is a number from now on
         self._streams.pop(key, None)
         self._streams[key] = stream
         if len(self._streams) > self._max_streams:
@@ -266,6 +270,8 @@ class GapTracker:
     def _gap(self, sensor_id: str, session: str, stream: _Stream, seq: int) -> None:
         gap = GapRange(sensor_id, session, stream.next_seq, seq - 1)
         self.gaps += 1
+        if sensor_id in self.gaps_by_sensor:
+            self.gaps_by_sensor[sensor_id] += 1
         self.missing += gap.count
         self._recent.append(gap)
         stream.missing.append([stream.next_seq, seq])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ class Bus:
     readings: list[Reading] = field(default_factory=list)
     statuses: list[Status] = field(default_factory=list)
     batches: list[ReadingBatch] = field(default_factory=list)  # every reading message, decoded
+    arrived: list[int] = field(default_factory=list)  # time.time_ns() each batch was taken
 
     def pump(self) -> None:
         """Take what has arrived (waiting up to 10 ms for the first), then return."""
@@ -36,6 +38,7 @@ class Bus:
             if frames[0].startswith(b"reading/"):
                 batch = decode_batch(frames)
                 self.batches.append(batch)
+                self.arrived.append(time.time_ns())
                 self.readings += batch.readings
             else:
                 self.statuses.append(decode_status(frames))

@@ -39,7 +39,15 @@ def _requeue(config_path: Path | None) -> None:
 )
 def main(config_path: Path | None, log_level: int | None, requeue_dead_letters: bool) -> None:
     """Send readings from the bus to UPLINK_URL (or the encrypted HOST), in batches, from a
-    durable spool, with retries."""
+    durable spool, with retries; and to MQTT_URL when it is set.
+
+    Needs a settings.yaml with REMOTE_SAVE: true and UPLINK_URL or HOST (HOST also needs its
+    key: HOST_KEY_ENV or HOST_KEY_FILE), or MQTT_URL; and the broker running. `powmon run`
+    starts it itself when one of those outputs is configured.
+
+    Stop with Ctrl-C or SIGTERM. Exit codes: 0 stopped, 1 crashed, 2 bad settings,
+    or its spool taken by another uplink.
+    """
     if requeue_dead_letters:
         _requeue(config_path)
         sys.exit(EXIT_OK)

@@ -34,7 +34,12 @@ SUMMARY_INTERVAL: Final = 10.0
 HTTP: Final = "http"
 MQTT: Final = "mqtt"
 UPLINK_GAP_LOG: Final = "uplink-gaps.csv"
-DRAIN_MAX: Final = 5000  # readings per spool transaction
+DRAIN_MAX: Final = 1000  # bus messages per spool transaction (a message holds 1-4096 readings)
+# What the uplink's own SUB socket may queue, in messages (at most HWM). ZeroMQ holds about
+# 650 bytes per queued message here: a burst the uplink takes in more slowly than it comes
+# would otherwise sit in this process, up to HWM (200,000 messages: ~130 MB). Past this the
+# broker keeps the rest in its queue for this subscriber (HWM there), as before.
+RECEIVE_HWM: Final = 10_000
 WRITER_STATUS: Final = b"status/writer/"  # energy totals and health for the MQTT output
 
 
@@ -131,7 +136,7 @@ class UplinkConfig:
         heartbeats come too (the MQTT output publishes its energy totals and health)."""
         return CoreConfig(
             process="uplink", backend=self.broker_backend, frontend=self.broker_frontend,
-            hwm=self.hwm, heartbeat_interval=self.heartbeat_interval,
+            hwm=min(self.hwm, RECEIVE_HWM), heartbeat_interval=self.heartbeat_interval,
             gap_log=self.spool_path.parent / UPLINK_GAP_LOG, fsync=True, batch=DRAIN_MAX,
             status_topics=(WRITER_STATUS,) if self.mqtt is not None else (),
             summary_interval=self.summary_interval, curve=self.curve,

@@ -107,9 +107,12 @@ class Output(Generic[R]):
     def close(self) -> None:
         """Called once on the output's thread at the end."""
 
-    def idle(self) -> None:
+    def idle(self) -> Answer | None:
         """Called on the output's thread a few times a second while nothing is pending
-        (MQTT keeps its connection and Home Assistant's state up)."""
+        (MQTT keeps its connection and Home Assistant's state up). None: nothing to report;
+        an Answer without rows: a refusal (Wait.REFUSED, reported and waited out like one
+        from send), or Wait.NONE when the receiver took the output back."""
+        return None
 
     def encode(self, rows: Sequence[Row]) -> Encoded[R]:
         raise NotImplementedError

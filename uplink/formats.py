@@ -17,11 +17,12 @@ import csv
 import io
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from powmon.common.schema import CSV_FIELDS, Reading, csv_rows, flag_names, reading_dict
+from powmon.common.schema import CSV_FIELDS, Reading, csv_rows, flag_names
 from powmon.uplink.contract import Encoded
 from powmon.uplink.spool import Row
 
@@ -63,18 +64,33 @@ def _seed_raw(raw: float) -> str:
     return str(int(raw)) if float(raw).is_integer() else repr(float(raw))
 
 
+_IDS_MAX: Final = 4096  # text fields remembered per cache (sensor ids, sessions)
+_csv_ids: dict[str, str] = {}  # sensor_id -> its field as csv.writer writes it
+
+
+def _csv_field(text: str) -> str:
+    """`text` as csv.writer writes it among other fields (quoted or not, as this Python's csv
+    module decides: it is asked, once per id)."""
+    if len(_csv_ids) >= _IDS_MAX:
+        _csv_ids.clear()
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow((text, ""))
+    field = _csv_ids[text] = out.getvalue()[:-2]  # without ",\n"
+    return field
+
+
 def seed_line(r: Reading) -> str:
     """`unix_ts,sensor_id,raw,volts(.2f),amps(.4f),watts(str(float))` + '\\n'.
 
     Over-range readings keep their values (the original zeroed them). A sensor id needing CSV
     quoting (a comma, a quote) is quoted; ordinary ids come out byte for byte as the original.
+    Exactly what csv.writer makes of these six fields (tests/unit/test_uplink_formats.py checks
+    it), in one f-string: the numbers never need quoting, and the id's field is csv.writer's
+    own, remembered.
     """
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow(
-        (seed_timestamp(r.ts_ns), r.sensor_id, _seed_raw(r.raw), f"{r.volts:.2f}",
-         f"{r.amps:.4f}", str(float(r.watts)))
-    )
-    return out.getvalue()
+    sid = _csv_ids.get(r.sensor_id) or _csv_field(r.sensor_id)
+    return (f"{seed_timestamp(r.ts_ns)},{sid},{_seed_raw(r.raw)},{r.volts:.2f},"
+            f"{r.amps:.4f},{float(r.watts)!s}\n")
 
 
 def _seed(rows: Sequence[Row]) -> Encoded[Request]:
@@ -97,20 +113,65 @@ def _csv(rows: Sequence[Row]) -> Encoded[Request]:
 
 def non_finite(r: Reading) -> str | None:
     """Why a reading cannot be encoded (NaN or infinity in a value), else None."""
+    isfinite = math.isfinite
+    if isfinite(r.raw) and isfinite(r.volts) and isfinite(r.amps) and isfinite(r.watts):
+        return None  # every reading but a broken one: no loop over the names
     for name in ("raw", "volts", "amps", "watts"):
         if not math.isfinite(getattr(r, name)):
             return f"{name} is {getattr(r, name)!r}, which this format cannot carry"
     return None
 
 
+_json_texts: dict[str, str] = {}  # sensor_id, session, flag text -> its JSON string
+_json_flags: dict[int, str] = {}  # flags -> the JSON string of their names
+
+
+def _json_text(text: str) -> str:
+    if len(_json_texts) >= _IDS_MAX:
+        _json_texts.clear()
+    field = _json_texts[text] = json.dumps(text, ensure_ascii=False)
+    return field
+
+
+def _json_flag(flags: int) -> str:
+    if len(_json_flags) >= _IDS_MAX:
+        _json_flags.clear()
+    field = _json_flags[flags] = json.dumps(flag_names(flags), ensure_ascii=False)
+    return field
+
+
+def json_objects(readings: Sequence[Reading]) -> str:
+    """`json.dumps([reading_dict(r) for r in readings], ensure_ascii=False, allow_nan=False,
+    separators=(",", ":"))`, byte for byte (tests/unit/test_uplink_formats.py), without a dict
+    per reading; the readings must be finite (non_finite). A number is its repr, which is
+    what json writes for an int or a float (the spool gives nothing else). Timestamps are
+    formatted through a cache of this call's own (the seconds part repeats): schema.format_ts's
+    shared cache is not safe with two output threads formatting at once."""
+    texts, text = _json_texts, _json_text
+    seconds: dict[int, str] = {}
+    parts: list[str] = []
+    for r in readings:
+        ts_ns = r.ts_ns
+        secs = ts_ns // 1_000_000_000
+        head = seconds.get(secs)
+        if head is None:
+            head = seconds[secs] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        flags = _json_flags.get(r.flags) or _json_flag(r.flags)
+        parts.append(
+            f'{{"timestamp":"{head}.{ts_ns // 1000 % 1_000_000:06d}Z","ts_ns":{ts_ns:d},'
+            f'"sensor_id":{texts.get(r.sensor_id) or text(r.sensor_id)},'
+            f'"session":{texts.get(r.session) or text(r.session)},"seq":{r.seq:d},'
+            f'"raw":{r.raw!r},"volts":{r.volts!r},"amps":{r.amps!r},'
+            f'"watts":{r.watts!r},"flags":{flags}}}'
+        )
+    return "[" + ",".join(parts) + "]"
+
+
 def _json(rows: Sequence[Row]) -> Encoded[Request]:
     good, rejected = _split(rows, non_finite)
     if not good:
         return Encoded([], rejected)
-    body = json.dumps(
-        [reading_dict(row.reading) for row in good],
-        ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-    )
+    body = json_objects([row.reading for row in good])
     return Encoded([Request(tuple(good), body.encode(), JSON_TYPE)], rejected)
 
 

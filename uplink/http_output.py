@@ -92,7 +92,8 @@ def describe(err: requests.RequestException) -> str:
 
 
 class HttpOutput(Output[formats.Request]):
-    """POSTs each request with one blocking `requests` call on the output's thread."""
+    """POSTs each request with one blocking `requests` call on the output's thread, over the
+    Session's kept-alive connection."""
 
     name = "http"
 
@@ -110,12 +111,22 @@ class HttpOutput(Output[formats.Request]):
             )
 
     def open(self) -> None:
+        """A Session that read the environment once, here: proxies, the CA bundle and .netrc
+        as requests itself finds them (merge_environment_settings, get_netrc_auth), then
+        `trust_env` off, so no POST reads them again (that was ~0.3 ms of CPU per POST, paid
+        once per reading by the seed format)."""
         session = requests.Session()
         session.headers["User-Agent"] = f"powmon-uplink/{__version__}"
         session.headers.update(self._cfg.headers)
+        url = self._cfg.url.reveal()
         if self._cfg.authorization is not None:
             session.headers["Authorization"] = self._cfg.authorization.reveal()
-        session.verify = self._cfg.verify_tls
+        elif not any(k.lower() == "authorization" for k in self._cfg.headers):
+            session.auth = requests.utils.get_netrc_auth(url)
+        found = session.merge_environment_settings(url, {}, None, self._cfg.verify_tls, None)
+        session.proxies = found["proxies"]
+        session.verify = found["verify"]
+        session.trust_env = False
         self._session = session
 
     def close(self) -> None:

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from cryptography.fernet import Fernet, InvalidToken
-
 from powmon.common.errors import SettingsError
 from powmon.common.keyfile import check_private
 from powmon.common.settings import Secret, UplinkSettings
@@ -84,6 +82,9 @@ def find_key(where: Path, cfg: UplinkSettings, environ: Mapping[str, str]) -> tu
 
 def decrypt_url(token: str, key: str, source: str, where: Path) -> Secret:
     """Decrypt HOST; errors name the key's source, never the key or the URL."""
+    # Imported here: only an encrypted HOST needs it, and it costs the uplink ~6 MB of memory.
+    from cryptography.fernet import Fernet, InvalidToken  # noqa: PLC0415
+
     try:
         fernet = Fernet(key.encode())
     except ValueError as err:

@@ -99,14 +99,22 @@ class MqttOutput(Output[Batch]):
             self._conn.close(graceful=True)
             self._conn = None
 
-    def idle(self) -> None:
-        """Nothing to send: keep the connection (and Home Assistant) up all the same."""
+    def idle(self) -> Answer | None:
+        """Nothing to send: keep the connection (and Home Assistant) up all the same; a
+        broker that refuses the login or the client id is reported (the core's `refused`),
+        and so is being let in again."""
         conn = self._conn
         if conn is not None and not conn.up:
             self._drop(conn, conn.lost or "connection down")
+        answer = None
         if self._conn is None and time.monotonic() >= self._next_connect:
-            self._connect()
+            failed = self._connect()
+            if failed is None:
+                answer = Answer()
+            elif failed.wait is Wait.REFUSED:
+                answer = failed
         self._tick()
+        return answer
 
     def _connect(self) -> Answer | None:
         if self._conn is not None and self._conn.up:

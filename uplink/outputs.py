@@ -58,9 +58,10 @@ class Outputs:
     def describe(self) -> str:
         return " ".join(f"{o.name}={o.where}" for o in self.outputs)
 
-    def poke(self) -> None:
+    def poke(self, added: int | None = None) -> None:
+        """`added` readings were just committed (None: an unknown number)."""
         for worker in self.workers:
-            worker.poke()
+            worker.poke(added)
 
     def check(self) -> None:
         for worker in self.workers:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final
 
 from powmon.common.schema import Reading
-from powmon.uplink.spool import Row, Spool
+from powmon.uplink.spool import ID_RANGE, Row, Spool
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def register_outputs(spool: Spool, names: Sequence[str]) -> None:
     db = spool.db
     with spool.transaction():
         known = {name for (name,) in db.execute("SELECT name FROM outputs")}
-        lo, hi = db.execute("SELECT min(id), max(id) FROM readings").fetchone()
+        lo, hi = db.execute(ID_RANGE).fetchone()
         start = (hi or 0) if known else (lo or 1) - 1
         for name in names:
             if name not in known:

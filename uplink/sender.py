@@ -30,6 +30,8 @@ from powmon.uplink.spool import Row, Spool
 log = logging.getLogger(__name__)
 
 POLL_S: Final = 0.2
+ACK_EVERY_S: Final = 0.5  # delivered rows are acked in the spool at least this often
+REFRESH_S: Final = 0.5  # the output's depth and drops in its counters: at most this stale
 REFUSED_BACKOFF_FACTOR: Final = 10.0  # refused outputs retry from backoff_max up to 10x it
 
 
@@ -81,6 +83,16 @@ class Worker:
         self._delays = self._retry_delays()
         self._refused_delays = self._long_delays()
         self.failed: UplinkError | None = None
+        # The receive loop's pokes count the rows it committed; the thread is woken only once
+        # `_need` of them came (a batch is full), or its own deadline (the batch wait) passes.
+        self._poke_lock = threading.Lock()
+        self._added = 0
+        self._need = 1
+        # Rows delivered but not acked in the spool yet (acked per batch, at most ACK_EVERY_S
+        # late: a crash meanwhile sends them again, which at-least-once allows).
+        self._unacked: list[int] = []
+        self._unacked_since = 0.0
+        self._refreshed = -REFRESH_S
 
     # --- lifecycle (called from the uplink's main thread) --------------------------------
 
@@ -90,9 +102,13 @@ class Worker:
         )
         self._thread.start()
 
-    def poke(self) -> None:
-        """New readings are in the spool."""
-        self._wake.set()
+    def poke(self, added: int | None = None) -> None:
+        """`added` new readings are in the spool (committed); None: some, wake up and look."""
+        with self._poke_lock:
+            self._added += self._need if added is None else added
+            wake = self._added >= self._need
+        if wake and not self._wake.is_set():
+            self._wake.set()
 
     def check(self) -> None:
         """Raise UplinkError if the thread ended on its own (the process should exit 1)."""
@@ -135,18 +151,29 @@ class Worker:
         except UplinkError as err:
             self.failed = err
         finally:
-            self.output.close()
-            spool.close()
+            try:
+                if self._unacked and self.failed is None:
+                    self._flush(position)
+            except UplinkError as err:
+                self.failed = err
+            finally:
+                self.output.close()
+                spool.close()
 
-    def _refresh(self, position: Position) -> None:
-        self.stats.spool_depth = position.depth()
-        self.stats.dropped_over_cap = position.dropped()
+    def _refresh(self, position: Position, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._refreshed >= REFRESH_S:
+            self._refreshed = now
+            self.stats.spool_depth = position.depth()
+            self.stats.dropped_over_cap = position.dropped()
 
     def _next_batch(self, position: Position) -> list[Row]:
         """Wait until a full batch is ready or the oldest reading waited the output's batch
         wait; then the batch (empty if stopped)."""
         size, wait = self.output.batch_size, self.output.batch_wait
         while not self._stop.is_set():
+            with self._poke_lock:  # count the pokes from here: the query below sees the rest
+                self._added, self._need = 0, 1
             self._wake.clear()
             count, oldest_ns = position.oldest(size)
             timeout = POLL_S
@@ -155,11 +182,30 @@ class Worker:
                 # A negative wait means the wall clock went back: send rather than stall.
                 if count >= size or waited >= wait or waited < 0:
                     return position.pending(size)
-                timeout = min(timeout, wait - waited)
+                # Sleep until the batch wait is over or the batch is full, not at every
+                # commit of the receive loop (that would be a spool query per commit).
+                timeout = wait - waited
+                with self._poke_lock:
+                    self._need = size - count
+                    if self._added >= self._need:
+                        continue
             else:
-                self.output.idle()
+                self._idle(position)
+            self._refresh(position)
             self._wake.wait(timeout)
         return []
+
+    def _idle(self, position: Position) -> None:
+        """Nothing pending: let the output keep its connection, and report a refusal (or the
+        end of one) it met doing so; passing failures stay the output's own business."""
+        answer = self.output.idle()
+        if answer is None:
+            return
+        if answer.wait is Wait.REFUSED:
+            self._apply(position, answer)
+            self._pause(position, answer)
+        elif answer.wait is Wait.NONE and self.stats.state in ("refused", "retrying"):
+            self._set_state("running", "")
 
     def _deliver(self, position: Position, rows: Sequence[Row]) -> None:
         """Deliver `rows` until each is done or dead, or the Worker is stopped."""
@@ -167,9 +213,17 @@ class Worker:
         while queue and not self._stop.is_set():
             answer = self.output.send(queue.popleft())
             self._apply(position, answer)
-            again = [req for group in answer.again for req in self._encode(position, group)]
-            queue.extendleft(reversed(again))
+            if answer.again:
+                again = [req for group in answer.again for req in self._encode(position, group)]
+                queue.extendleft(reversed(again))
             self._pause(position, answer)
+        self._flush(position)  # before the next batch is read: acked rows are not pending
+
+    def _flush(self, position: Position) -> None:
+        """Ack the rows delivered since the last flush, in one transaction."""
+        if self._unacked:
+            done, self._unacked = self._unacked, []
+            position.ack(done)
 
     def _encode(self, position: Position, rows: Sequence[Row]) -> list[Any]:
         encoded = self.output.encode(rows)
@@ -183,7 +237,11 @@ class Worker:
     def _apply(self, position: Position, answer: Answer) -> None:
         name = self.output.name
         if answer.done:
-            position.ack(answer.done)
+            if not self._unacked:
+                self._unacked_since = time.monotonic()
+            self._unacked += answer.done
+            if time.monotonic() - self._unacked_since >= ACK_EVERY_S:
+                self._flush(position)
             self.stats.sent += len(answer.done)
             self.stats.batches_ok += 1
             self.stats.last_success_ns = time.time_ns()
@@ -215,7 +273,7 @@ class Worker:
                       self.output.backoff_max * REFUSED_BACKOFF_FACTOR)
         elif state == "running" and before in ("refused", "retrying"):
             log.info("output %s: delivering to %s again", name, where)
-        if state == "running":
+        if state == "running" and before != "running":  # not once per request
             self._delays = self._retry_delays()
             self._refused_delays = self._long_delays()
 
@@ -232,7 +290,8 @@ class Worker:
                             self.output.name, self.output.where, answer.detail,
                             self.stats.retries, delay,
                             f" ({held} similar suppressed)" if held else "")
-        self._refresh(position)
+        self._flush(position)  # what was delivered is not held back by the wait
+        self._refresh(position, force=True)
         self._stop.wait(delay)
 
     def _retry_delays(self) -> Iterator[float]:

@@ -20,6 +20,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import urllib3
 
@@ -34,6 +35,8 @@ from powmon.uplink.spool import Spool
 
 log = logging.getLogger(__name__)
 
+DEPTH_EVERY_S: Final = 0.25  # the spool's depth in the heartbeat is at most this stale
+
 
 class SpoolSink(Sink):
     """The uplink's store: the spool, and a poke to the outputs for each committed batch."""
@@ -42,6 +45,7 @@ class SpoolSink(Sink):
         self.spool = spool
         self.outputs = outputs
         self.stats = stats
+        self._next_depth = 0.0
 
     def stored(self) -> Iterable[StreamState]:
         return self.spool.progress()
@@ -54,7 +58,7 @@ class SpoolSink(Sink):
                       "%d in all", self.spool.max_rows, result.dropped,
                       self.stats.dropped_over_cap)
         if result.inserted:
-            self.outputs.poke()
+            self.outputs.poke(result.inserted)
         if readings:
             self.outputs.on_readings(readings)
         return Stored(duplicates=result.duplicates, dropped=result.lost, reason=REASON_SPOOL_FULL)
@@ -64,7 +68,9 @@ class SpoolSink(Sink):
 
     def tick(self, now: float) -> None:
         self.outputs.check()
-        self.stats.spool_depth = self.spool.depth()
+        if now >= self._next_depth:  # two queries; the heartbeat shows it, not every turn
+            self._next_depth = now + DEPTH_EVERY_S
+            self.stats.spool_depth = self.spool.depth()
 
     def counters(self) -> dict[str, object]:
         # Not spool.depth() here: the last (stopped) heartbeat comes after close().

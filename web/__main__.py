@@ -109,7 +109,15 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> ob
 @log_level_option
 def web_command(config_path: Path | None, listen: tuple[str, int] | None,
                 log_level: int | None) -> None:
-    """Serve a live page, an event stream and Prometheus metrics of the running pipeline."""
+    """Serve a live page, an event stream and Prometheus metrics of the running pipeline.
+
+    Needs the `web` extra (pip install 'powmon[web]'), a settings.yaml and the pipeline
+    running. Listens on --listen, else WEB_LISTEN, else 127.0.0.1:8080; any address other
+    than loopback needs WEB_TOKEN. `powmon run` starts it itself when WEB_LISTEN is set.
+
+    Stop with Ctrl-C or SIGTERM. Exit codes: 0 stopped, 1 crashed, 2 bad settings,
+    or a non-loopback address without WEB_TOKEN.
+    """
     _check_extra()
     run_process("powmon-web", config_path, lambda s: WebConfig.from_settings(s, listen), serve,
                 log_level)

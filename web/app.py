@@ -130,7 +130,7 @@ async def _stream(hub: Hub, client: Client, shutdown: anyio.Event) -> AsyncItera
 
 
 def build_app(config: WebConfig, hub: Hub | None = None) -> Starlette:
-    hub = hub if hub is not None else Hub(config.expected)
+    hub = hub if hub is not None else Hub(config.expected, config.units)
     v = Views(config, hub)
 
     @contextlib.asynccontextmanager

@@ -3,8 +3,8 @@
 Runs as two asyncio tasks inside the web server's event loop: the receive loop waits for the
 SUB socket to be readable and then takes what is queued without waiting (bounded batches, so
 HTTP requests get their turn), and the ticker sends the chart's points a few times a second
-and the heartbeat. At the high-water mark the broker drops for this subscriber only: the page
-can never slow the writer or the uplink.
+(while there is a chart to draw) and the heartbeat. At the high-water mark the broker drops
+for this subscriber only: the page can never slow the writer or the uplink.
 """
 
 from __future__ import annotations
@@ -47,8 +47,12 @@ async def _receive(hub: Hub, sub: zmq.asyncio.Socket) -> None:
 
 
 async def _tick(hub: Hub, beat: Heartbeat) -> None:
+    """A tick per bucket while there is a chart to draw (open buckets, or clients waiting for
+    their status); with neither, only at the next heartbeat: a page nobody watches, on a bus
+    at rest, costs nothing."""
     while True:
-        await asyncio.sleep(BUCKET_S)
+        busy = hub.clients or hub.chart.open
+        await asyncio.sleep(BUCKET_S if busy else max(beat.due_in(time.monotonic()), BUCKET_S))
         hub.tick(time.monotonic())
         beat.beat()
 

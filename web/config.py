@@ -6,7 +6,8 @@ WEB_TOKEN: the page shows process ids, file names and the data files themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -30,6 +31,7 @@ class WebConfig:
     data_root: Path
     expected: Expected
     curve: Curve | None
+    units: Mapping[str, str] = field(default_factory=dict)  # sensor: "W", or "VA" (MODE ac)
 
     @classmethod
     def from_settings(cls, settings: Settings, listen: tuple[str, int] | None = None) -> WebConfig:
@@ -46,4 +48,10 @@ class WebConfig:
             frontend=settings.broker_frontend, hwm=settings.hwm,
             heartbeat_interval=settings.heartbeat_interval, data_root=settings.data_root,
             expected=Expected.from_settings(settings), curve=settings.curve,
+            units={s.sensor_id: power_unit(s.mode) for s in settings.sensors},
         )
+
+
+def power_unit(mode: str) -> str:
+    """An AC sensor's power is RMS current times VCC: apparent power, in VA, not watts."""
+    return "VA" if mode == "ac" else "W"

@@ -8,7 +8,7 @@ client's bounded queue. No sockets and no clock of its own, so it is tested with
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from powmon.common.errors import SchemaError
@@ -32,8 +32,9 @@ MAX_CLIENTS: Final = 256
 class Hub:
     """Bus messages in; the health report, chart points and per-client queues out."""
 
-    def __init__(self, expected: Expected) -> None:
+    def __init__(self, expected: Expected, units: Mapping[str, str] | None = None) -> None:
         self.health = Health(expected)
+        self.units = dict(units or {})  # sensor: "W" or "VA" (the chart's axis per sensor)
         self.chart = Downsampler()
         self.clients: set[Client] = set()
         self.readings = 0
@@ -98,6 +99,7 @@ class Hub:
         hello = {
             "v": EVENTS_VERSION, "bucket_ms": int(BUCKET_S * 1000), "history_s": HISTORY_S,
             "sensors": list(self.health.expected.sensors), "history": self.chart.snapshot(),
+            "units": {s: self.units.get(s, "W") for s in self.health.expected.sensors},
         }
         client.put(sse("hello", hello))
         client.put(sse("status", self.report(now)))

@@ -63,6 +63,11 @@ class Downsampler:
         self.history: dict[str, deque[Point]] = {}
         self.late = 0
 
+    @property
+    def open(self) -> int:
+        """Buckets still open (a tick will close them)."""
+        return len(self._open)
+
     def add(self, sensor: str, ts_ns: int, watts: float, now: float) -> None:
         slot = ts_ns // self._slot_ns
         b = self._open.get(sensor)

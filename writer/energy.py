@@ -18,7 +18,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from math import isfinite
 from pathlib import Path
 from typing import Final
@@ -60,14 +60,25 @@ class EnergyBook:
             if isfinite(watts):
                 self.meter.add(row[_SENSOR], row[_SESSION], int(row[_SEQ]), ts_ns, watts)
 
-    def add(self, readings: Iterable[Reading]) -> None:
-        add = self.meter.add
-        for r in readings:
-            add(r.sensor_id, r.session, r.seq, r.ts_ns, r.watts)
+    def add(self, readings: Sequence[Reading]) -> None:
+        """A batch, as runs of consecutive readings of one stream (how they come off the
+        bus: a reader's message is one), each counted in one pass (EnergyMeter.add_run)."""
+        add_run = self.meter.add_run
+        start = 0
+        for i in range(1, len(readings) + 1):
+            if i == len(readings) or not _continues(readings[i - 1], readings[i]):
+                r = readings[start]
+                add_run(r[0], r[1], readings[start:i])
+                start = i
 
     def lost(self, lost: Iterable[Lost]) -> None:
         for gap in lost:
             self.meter.give_up(gap.sensor_id, gap.session, gap.first, gap.last)
+
+    def fold(self, open_streams: Collection[tuple[str, str]]) -> None:
+        """Keep only the current session of each sensor and those with holes still open
+        (EnergyMeter.fold): energy.json stays the size of what is live, not of the history."""
+        self.meter.fold(open_streams)
 
     def save(self) -> None:
         """Write the state next to the data; a failure is logged and tried at the next flush."""
@@ -87,3 +98,7 @@ class EnergyBook:
     def counters(self) -> dict[str, object]:
         totals = self.meter.snapshot()
         return {"energy_wh": {s: round(t.energy_wh, 6) for s, t in totals.items()}}
+
+
+def _continues(a: Reading, b: Reading) -> bool:
+    return b[2] == a[2] + 1 and b[1] == a[1] and b[0] == a[0]

@@ -9,6 +9,7 @@ rotation, which lost the setting (and the secret in it) whenever it crashed mid-
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import itertools
@@ -21,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final
 
-from powmon.common.schema import CSV_FIELDS
-from powmon.sink.tracker import StreamState
+from powmon.common.schema import CSV_FIELDS, parse_ts
+from powmon.sink.progress import Mark
+from powmon.sink.tracker import Key, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,16 @@ LINE_TERMINATOR: Final = "\n"
 TAIL_BYTES: Final = 4 * 1024 * 1024
 # How much data to search, newest first, for a session the tail did not show.
 SCAN_BYTES: Final = 32 * 1024 * 1024
+# An ended session is resumed this long after its last stored row (on the sensor's newest row's
+# clock): `powmon run` lists ended readers for 10 minutes (supervise.GONE_KEEP_S), and a writer
+# that was down learns a session's missing tail from that list only for a session it knows.
+ENDED_KEPT_S: Final = 600.0
 
 _SENSOR_COL: Final = CSV_FIELDS.index("sensor_id")
 _SESSION_COL: Final = CSV_FIELDS.index("session")
-_SEQ_COL: Final = CSV_FIELDS.index("seq")
+SEQ_COL: Final = CSV_FIELDS.index("seq")
 _FLAGS_COL: Final = CSV_FIELDS.index("flags")
+_TS_COL: Final = CSV_FIELDS.index("timestamp")
 
 
 def header_line() -> str:
@@ -162,11 +169,53 @@ def streams_of(rows: Iterable[list[str]]) -> list[StreamState]:
     replayed: dict[tuple[str, str], set[int]] = {}
     for row in rows:
         into = replayed if "replayed" in row[_FLAGS_COL] else live
-        into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[_SEQ_COL]))
+        into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[SEQ_COL]))
     return [
         _stream_state(key, live.get(key, set()), replayed.get(key, set()))
         for key in live.keys() | replayed.keys()
     ]
+
+
+def worth_resuming(
+    streams: Iterable[StreamState], rows: Iterable[list[str]], kept_s: float = ENDED_KEPT_S
+) -> list[StreamState]:
+    """The streams a restart must know, of those the data and the saved progress show: every
+    one with holes, and per sensor its current session and those that ended less than `kept_s`
+    before it (by their newest stored row). Older ended sessions are complete and over: no
+    reading of theirs can come any more, so resuming them would only grow the writer's state
+    (and its `streams` count) by a session per reader restart. A stream the rows do not show
+    (named by the saved progress alone) is kept."""
+    newest: dict[Key, str] = {}
+    for row in rows:  # ISO 8601 UTC with microseconds: text order is time order
+        key = (row[_SENSOR_COL], row[_SESSION_COL])
+        if row[_TS_COL] > newest.get(key, ""):
+            newest[key] = row[_TS_COL]
+    last_ns: dict[Key, int] = {}
+    for key, ts in newest.items():
+        with contextlib.suppress(ValueError):
+            last_ns[key] = parse_ts(ts)
+    sensor_ns: dict[str, int] = {}
+    for (sensor, _), ns in last_ns.items():
+        sensor_ns[sensor] = max(ns, sensor_ns.get(sensor, ns))
+    limit_ns = int(kept_s * 1e9)
+
+    def wanted(s: StreamState) -> bool:
+        ns = last_ns.get((s.sensor_id, s.session))
+        return bool(s.missing) or ns is None or sensor_ns[s.sensor_id] - ns <= limit_ns
+
+    return [s for s in streams if wanted(s)]
+
+
+def key_of(row: list[str]) -> Key:
+    """The (sensor_id, session) of a data row."""
+    return (row[_SENSOR_COL], row[_SESSION_COL])
+
+
+def _rows(lines: Iterable[str]) -> Iterator[list[str]]:
+    """The data rows of CSV text (headers, partial lines and foreign rows left out)."""
+    for row in csv.reader(lines):
+        if len(row) == len(CSV_FIELDS) and row[SEQ_COL].isdigit():
+            yield row
 
 
 def tail_rows(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> Iterator[list[str]]:
@@ -179,11 +228,35 @@ def tail_rows(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> Iterat
         except OSError as err:
             log.warning("cannot read the tail of %s: %s", path.name, err)
             continue
-        for row in csv.reader(io.StringIO(text)):
-            if len(row) == len(CSV_FIELDS) and row[_SEQ_COL].isdigit():
-                yield row
+        yield from _rows(io.StringIO(text))
         if budget <= 0:
             break
+
+
+def rows_after(root: Path, naming: FileNaming, mark: Mark) -> Iterator[list[str]]:
+    """The rows stored after `mark` (a file and its size when the saved progress was exact),
+    oldest first: the rows that progress may still count as missing. Usually one flush's
+    worth, whatever its size (the tail's 4 MB may not reach back that far).
+
+    Rows are stored, wherever they are found, so reading too much is harmless: a file shorter
+    than its mark (changed by hand) is read whole, and without its file everything after it
+    is.
+    """
+    first = naming.counter_of(mark.file) if mark.file else None
+    for counter, path in list_files(root, naming):
+        if first is not None and counter < first:
+            continue
+        try:
+            with path.open("rb") as raw:
+                size = raw.seek(0, os.SEEK_END)
+                raw.seek(mark.size if path.name == mark.file and mark.size <= size else 0)
+                text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+                try:
+                    yield from _rows(text)
+                finally:
+                    text.detach()  # `raw` is closed by its own `with`
+        except OSError as err:
+            log.warning("cannot read %s: %s", path.name, err)
 
 
 def _stream_state(key: tuple[str, str], live: set[int], replayed: set[int]) -> StreamState:
@@ -218,9 +291,9 @@ def scan_session(
             if (
                 len(row) == len(CSV_FIELDS)
                 and row[_SENSOR_COL] == sensor_id
-                and (row[_SESSION_COL] == session and row[_SEQ_COL].isdigit())
+                and (row[_SESSION_COL] == session and row[SEQ_COL].isdigit())
             ):
-                best = max(best if best is not None else -1, int(row[_SEQ_COL]))
+                best = max(best if best is not None else -1, int(row[SEQ_COL]))
             start = text.find(needle, start + 1)
         if budget <= 0:
             break

@@ -4,13 +4,17 @@ A sink on the sink core (sink/core.py), which subscribes, resumes, fills gaps fr
 replay buffers and drops duplicates; what is the writer's own is here: rows are buffered and
 written once per FLUSH_INTERVAL (or sooner when the buffer grows), which is what lets one
 process keep up with >100,000 readings/s; where it learns what it stored is the tail of its
-newest files (writer.rotation). A disk that refuses a write (full, permissions) never stops the
-loop: rows wait in memory up to a bound and the write is retried with backoff; readings past
-the bound are dropped, counted and named in gaps.csv (reason `buffer_full`).
+newest files (writer.rotation), together with what it still missed, which it saves in
+`progress.json` before each write of rows (sink.progress): the tail alone cannot tell a
+session's start from a hole still being filled. A disk that refuses a write (full,
+permissions) never stops the loop: rows wait in memory up to a bound and the write is retried
+with backoff; readings past the bound are dropped, counted and named in gaps.csv (reason
+`buffer_full`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -28,20 +32,27 @@ from powmon.common.schema import Reading, csv_lines
 from powmon.common.settings import Settings
 from powmon.sink.core import CoreConfig, Sink, Stored, serve
 from powmon.sink.filler import Lost
-from powmon.sink.tracker import StreamState
+from powmon.sink.progress import Mark, ProgressFile, ProgressLedger
+from powmon.sink.tracker import Key, StreamState
 from powmon.writer.energy import EnergyBook
 from powmon.writer.rotation import (
+    SEQ_COL,
     FileNaming,
     cut_torn_row,
+    find_current,
+    key_of,
+    rows_after,
     scan_session,
     streams_of,
     tail_rows,
+    worth_resuming,
 )
 from powmon.writer.store import CsvStore
 
 log = logging.getLogger(__name__)
 
 GAP_LOG: Final = "gaps.csv"
+PROGRESS_FILE: Final = "progress.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +92,13 @@ class WriterConfig:
         )
 
     def core(self) -> CoreConfig:
+        """The writer takes the bus once per FLUSH_INTERVAL (or whenever a batch is full):
+        it writes no more often than that, so waking more often would buy nothing."""
         return CoreConfig(
             process="writer", backend=self.backend, frontend=self.frontend, hwm=self.hwm,
             heartbeat_interval=self.heartbeat_interval, gap_log=self.data_root / GAP_LOG,
             fsync=self.sync_write, batch=self.batch, curve=self.curve,
+            gather=self.flush_interval,
         )
 
 
@@ -107,16 +121,34 @@ class CsvSink(Sink):
         self._next_flush = clock() + config.flush_interval
         self.energy = EnergyBook(config.data_root, config.energy_periods)
         self._next_energy_save = 0.0  # the first flush saves
+        self.progress = ProgressFile(config.data_root / PROGRESS_FILE, fsync=config.sync_write)
+        self.ledger = ProgressLedger()
+        self._mark = Mark()  # where the files stood when the saved progress was last exact
+        self._saved_holes = True  # what the file says may name holes (unknown until saved)
 
     def _new_backoff(self) -> Iterator[float]:
         return backoff(self.config.retry_initial, self.config.retry_max)
 
     def stored(self) -> Iterable[StreamState]:
-        root = self.config.data_root
-        cut_torn_row(root, self.naming)
-        rows = list(tail_rows(root, self.naming))  # read and parsed once, for both
+        """The saved progress less the rows stored after it, and the tail's other streams,
+        less the sessions complete and over (rotation.worth_resuming); energy.json's ended
+        sessions are folded into their totals."""
+        root, naming = self.config.data_root, self.naming
+        cut_torn_row(root, naming)
+        rows = list(tail_rows(root, naming))  # read and parsed once, for energy and streams
         self.energy.load(rows)
-        return streams_of(rows)
+        saved = self.progress.load()
+        current = find_current(root, naming)
+        self._mark = Mark(current[1].name, current[1].stat().st_size) if current else Mark()
+        if saved is None:
+            streams = self.ledger.resume((), streams_of(rows), {})
+        else:
+            stored: dict[Key, set[int]] = {}
+            for row in itertools.chain(rows, rows_after(root, naming, saved.mark)):
+                stored.setdefault(key_of(row), set()).add(int(row[SEQ_COL]))
+            streams = self.ledger.resume(saved.streams, streams_of(rows), stored)
+        self.energy.fold(self.ledger.open_holes())
+        return worth_resuming(streams, rows)  # sessions complete and over are not taken up
 
     def find(self, sensor_id: str, session: str) -> int | None:
         return scan_session(self.config.data_root, self.naming, sensor_id, session)
@@ -145,12 +177,16 @@ class CsvSink(Sink):
             )
         self.files.add_lines(csv_lines(readings))
         self.energy.add(readings)
+        self.ledger.update(progress)
         return Stored(dropped=tuple(dropped))
 
     def on_lost(self, lost: Sequence[Lost]) -> None:
         self.energy.lost(lost)
 
     def due_in(self, now: float) -> float:
+        """The next flush (or retry) while rows are pending; with none, nothing is due."""
+        if not self.files.pending_rows:
+            return float("inf")
         if self.files.pending_chars >= self.config.flush_chars:
             return max(0.0, self._retry_at - now)
         return max(0.0, max(self._next_flush, self._retry_at) - now)
@@ -162,12 +198,26 @@ class CsvSink(Sink):
             self._next_flush = now + self.config.flush_interval
             self.flush(now)
 
+    def save_progress(self) -> None:
+        """Save what the core says is still missing, widened to all received since the last
+        write that reached the disk (sink.progress); raises OSError. Nothing is written while
+        no stream has a hole (then there is nothing a kill could make the tail forget), but
+        once after the last one closed, so that the file never points far back."""
+        streams = self.ledger.pending()
+        if streams or self._saved_holes:
+            self.progress.save(streams, self._mark)
+            self._saved_holes = bool(streams)
+
     def flush(self, now: float) -> bool:
-        """Write what is pending; on OSError keep it, count the error and schedule a retry."""
-        if not self.files.pending_rows:
+        """Save what is still missing, then write what is pending (in that order: a kill
+        between the two leaves a state that over-states what is missing, never one that
+        forgets a hole); on OSError keep the rows, count the error and schedule a retry."""
+        files = self.files
+        if not files.pending_rows:
             return True
         try:
-            self.files.flush()
+            self.save_progress()
+            files.flush()
         except OSError as err:
             self.write_errors += 1
             delay = next(self._retry)
@@ -179,9 +229,12 @@ class CsvSink(Sink):
             log.warning("writing again after %d write errors", self.write_errors)
             self._retry = self._new_backoff()
             self._retry_at = 0.0
+        self.ledger.settled()
+        self._mark = Mark(files.current_file, files.bytes_in_file)
         self.flushes += 1
         if now >= self._next_energy_save:  # the totals of rows now on disk, never of more
             self._next_energy_save = now + self.config.energy_save_interval
+            self.energy.fold(self.ledger.open_holes())  # ended sessions: their totals only
             self.energy.save()
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import tempfile
 import time
@@ -13,11 +14,14 @@ import click
 
 from powmon.bench import (
     bus_bench,
+    chaos,
     live_bench,
     remote_bench,
+    rest_bench,
     scale_bench,
     serial_bench,
     stream_bench,
+    uplink_bench,
 )
 from powmon.bench.results import Row, save, table
 from powmon.bench.runner import Plan
@@ -29,6 +33,8 @@ FIGURES: Final[dict[str, Callable[[Plan], list[Row]]]] = {
     "live": live_bench.run,
     "scale": scale_bench.run,
     "remote": remote_bench.run,
+    "rest": rest_bench.run,
+    "uplink": uplink_bench.run,
 }
 
 
@@ -50,7 +56,8 @@ def run_all(quick: bool, only: tuple[str, ...], out: Path) -> tuple[list[Row], P
     return rows, save(rows, out, quick, time.monotonic() - started)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             invoke_without_command=True)
 @click.option("--quick", is_flag=True, help="a few-second smoke run with small sizes")
 @click.option(
     "--only",
@@ -65,13 +72,49 @@ def run_all(quick: bool, only: tuple[str, ...], out: Path) -> tuple[list[Row], P
     show_default=True,
     help="folder for the <timestamp>.json results",
 )
-def bench_command(quick: bool, only: tuple[str, ...], out: Path) -> None:
+@click.pass_context
+def bench_command(ctx: click.Context, quick: bool, only: tuple[str, ...], out: Path) -> None:
     """Measure PowMon against the physical limits, each next to a reference from the same run.
 
     Starts real PowMon processes on free loopback ports and simulated Arduinos (Linux: uses
     pseudo-terminals and /proc). A full run takes about 8-10 minutes; --quick about 60 s.
+    `powmon bench chaos` is the kill -9 soak instead.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     rows, path = run_all(quick, only, out)
     click.echo(table(rows))
     missed = [r for r in rows if r.met is False]
     click.echo(f"\n{len(missed)} target(s) missed; results saved to {path}")
+
+
+@bench_command.command("chaos")
+@click.option("--minutes", type=click.FloatRange(min=0.2), default=10.0, show_default=True,
+              help="how long to kill processes")
+@click.option("--seed", type=int, default=None,
+              help="the schedule's seed (printed; default: a random one)")
+@click.option("--keep", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="run in this folder and keep it (default: a scratch folder, removed)")
+def chaos_command(minutes: float, seed: int | None, keep: Path | None) -> None:
+    """Soak `powmon run` under kill -9 and check that every reading is stored once or named.
+
+    Four simulated sensors at 50-100 Hz and the uplink to a local receiver; every 1-4 s one
+    process is killed -9 (a reader, the writer, the uplink, the broker, once `powmon run`
+    itself), and the receiver goes down once. Exit 1 when the guarantee was broken; the seed
+    replays the same schedule.
+    """
+    seed = random.randrange(1 << 32) if seed is None else seed
+    click.echo(f"chaos: seed {seed}, {minutes:g} min", err=True)
+    workdir = keep if keep is not None else Path(tempfile.mkdtemp(prefix="powmon-chaos-"))
+    try:
+        result = chaos.soak(workdir, seed, minutes * 60, say=lambda m: click.echo(m, err=True))
+    finally:
+        if keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    click.echo(result.summary())
+    for sensor, (saved, reported) in sorted(result.energy.items()):
+        click.echo(f"energy {sensor}: energy.json {saved:.6f} Wh, report {reported:.6f} Wh")
+    for problem in result.problems:
+        click.echo(f"PROBLEM: {problem}")
+    if result.problems:
+        raise SystemExit(1)

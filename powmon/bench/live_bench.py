@@ -13,25 +13,24 @@ readers, the broker and the writer over the same window; peak RSS is VmHWM.
 from __future__ import annotations
 
 import calendar
-import subprocess
-import sys
+import contextlib
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from powmon.bench.procs import BusWatch, Pipeline, cpu_window, wait_for
+from powmon.bench.procs import BusWatch, Pipeline, cpu_window, pty_boards, wait_for
+from powmon.bench.remote_bench import server
 from powmon.bench.results import Row, cpu_seconds, peak_rss_mb, percentile
 from powmon.bench.runner import Plan, result, worker
+from powmon.sink.core import GATHER
 
 SENSORS: Final = 8
 FLUSH_INTERVAL: Final = 0.5  # the default
 TAIL_POLL: Final = 0.001
 BAUD: Final = 115200
-# Whole-pipeline CPU per 1,000 readings at 8 x 100 Hz: the issue's targets per mode.
-CPU_TARGETS: Final = {"stream": 0.05, "poll": 0.15}
 
 
 class CsvTail:
@@ -103,65 +102,117 @@ def _sensors(links: Path, period: float = 0.01) -> list[dict[str, object]]:
     return sensors
 
 
-@contextmanager
-def boards(links: Path) -> Iterator[None]:
+def boards(links: Path) -> contextlib.AbstractContextManager[None]:
     """`powmon sim` serving every sensor's board on a pty, linked as links/<ID>."""
     specs = [f"L{i}:amps=1,seed={i}" for i in range(SENSORS)] + ["R10:amps=1,seed=99"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "powmon", "sim", *specs, "--baud", str(BAUD),
-         "--link-dir", str(links), "--log-level", "0"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_for(lambda: all((links / f"L{i}").exists() for i in range(SENSORS))
-                 and (links / "R10").exists(), 30, "the simulated boards")
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    return pty_boards(links, specs, BAUD)
 
 
-# (label, STREAM, period of the eight fast sensors): the two modes at 100 Hz, and streams at
-# 1 kHz, where the board sends 10 samples a frame and a wake-up publishes them as one batch.
-RUNS: Final = (("stream", "on", 0.01), ("poll", "off", 0.01), ("stream 1 kHz", "on", 0.001))
+@dataclass(frozen=True)
+class Run:
+    """One live run: the eight fast sensors' mode and period, PUBLISH_INTERVAL, the uplink."""
+
+    mode: str  # "stream", "poll"
+    period: float
+    interval: float
+    uplink: bool = False
+
+    @property
+    def label(self) -> str:
+        rate = "1 kHz" if self.period < 0.01 else "100 Hz"
+        return f"{self.mode}{' + uplink' if self.uplink else ''}, 8 x {rate}"
+
+    @property
+    def stream(self) -> str:
+        return "on" if self.mode == "stream" else "off"
 
 
-def run(plan: Plan) -> list[Row]:
-    rows: list[Row] = []
-    for label, stream, period in RUNS[:1] if plan.quick else RUNS:
-        rows += run_mode(plan, label, stream, period)
-    return rows
+@dataclass
+class Measured:
+    run: Run
+    cpu: dict[str, float]  # CPU seconds per process key over the window
+    counts: dict[str, int]  # readings per sensor taken in the window
+    tap_ms: list[float]
+    disk_ms: list[float]
+    rss: dict[str, float]
+    r10: float  # the 10 Hz reader's share of a core, %
+
+    @property
+    def readings(self) -> int:
+        return sum(self.counts.values())
+
+    def per_1000(self, keys: Iterable[str] | None = None) -> float:
+        keys = list(self.cpu) if keys is None else list(keys)
+        return sum(self.cpu.get(k, 0.0) for k in keys) * 1000 / max(self.readings, 1)
+
+    def breakdown(self) -> str:
+        """Per-process CPU s/1000 readings: readers (all), broker, writer, uplink."""
+        readers = [k for k in self.cpu if k.startswith("reader ")]
+        parts = [f"readers {self.per_1000(readers):.4f}"]
+        parts += [f"{k} {self.per_1000([k]):.4f}" for k in ("broker", "writer", "uplink")
+                  if k in self.cpu]
+        return ", ".join(parts)
+
+
+# Whole-pipeline CPU per 1,000 readings at PUBLISH_INTERVAL 0.1 (issue 19's targets).
+TARGETS: Final = {"stream, 8 x 100 Hz": 0.05, "poll, 8 x 100 Hz": 0.15,
+                  "stream + uplink, 8 x 100 Hz": 0.08, "stream, 8 x 1 kHz": 0.02}
+INTERVAL: Final = 0.1
+RUNS: Final = (
+    Run("stream", 0.01, INTERVAL), Run("stream", 0.01, 0.0),
+    Run("poll", 0.01, INTERVAL), Run("poll", 0.01, 0.0),
+    Run("stream", 0.01, INTERVAL, uplink=True),
+    Run("stream", 0.001, INTERVAL), Run("stream", 0.001, 0.0),
+)
+READER_RSS_MB: Final = 25.0
 
 
 def _reading(watch: BusWatch, sensor: str) -> bool:
     return int(watch.counter("reader", sensor, "readings", 0)) > 0
 
 
-def run_mode(plan: Plan, mode: str, stream: str, period: float) -> list[Row]:
-    """The pipeline's cost first, with no subscriber but the writer (a tap or the benchmark's
-    own watcher would cost the broker a copy of every message); then the tap's latency."""
+def run(plan: Plan) -> list[Row]:
+    runs = RUNS[:1] if plan.quick else RUNS
+    measured = [measure(plan, r) for r in runs]
+    rows: list[Row] = []
+    bare = _bare_wake_us(plan)
+    for m in measured:
+        if m.run.interval:
+            ref = next((x for x in measured if x.run.interval == 0 and x.run.mode == m.run.mode
+                        and x.run.period == m.run.period and not x.run.uplink), None)
+            rows += _rows(m, ref, bare)
+    return rows
+
+
+def measure(plan: Plan, r: Run) -> Measured:
+    """The pipeline's cost first, with no subscriber but the writer (and the uplink) (a tap or
+    the benchmark's own watcher would cost the broker a copy of every message); then the
+    tap's latency."""
     seconds = 0.8 if plan.quick else 6.0
-    work = plan.sub(f"live-{mode.replace(' ', '-')}")
+    name = r.label.replace(" ", "-").replace(",", "").replace("+", "")
+    work = plan.sub(f"live-{name}-{r.interval:g}")
     links = work / "tty"
-    sensors = _sensors(links, period)
+    sensors = _sensors(links, r.period)
     ids = [str(s["SENSORS_ID"]) for s in sensors]
-    with boards(links):
+    extra: dict[str, object] = {}
+    with contextlib.ExitStack() as stack:
+        if r.uplink:
+            url = stack.enter_context(server("healthy"))
+            extra = {"REMOTE_SAVE": True, "UPLINK_URL": url, "UPLINK_FORMAT": "json"}
+        stack.enter_context(boards(links))
         pipe = Pipeline(work, sensors, FLUSH_INTERVAL=FLUSH_INTERVAL, BUDRATE=BAUD,
-                        STREAM=stream)
+                        STREAM=r.stream, PUBLISH_INTERVAL=r.interval, **extra)
         with pipe, BusWatch(pipe.backend, readings=False) as watch:
             pipe.broker()
             pipe.writer()
+            if r.uplink:
+                pipe.uplink()
             wait_for(lambda: watch.get("writer", "writer"), 30, "the writer's heartbeat")
             for sensor in ids:
                 pipe.reader(sensor)
             wait_for(lambda: all(_reading(watch, s) for s in ids), 60, "every reader")
             r10_pid = pipe.procs["reader R10"].pid
-            r10 = (cpu_seconds(r10_pid), time.monotonic())  # a long window: /proc has 10 ms ticks
+            r10 = (cpu_seconds(r10_pid), time.monotonic())
             time.sleep(1.0)
             cpu: dict[str, float] = {}
             pids = pipe.pids()
@@ -173,61 +224,55 @@ def run_mode(plan: Plan, mode: str, stream: str, period: float) -> list[Row]:
                 tap = worker("latency", "--endpoint", pipe.backend, "--seconds", str(seconds),
                              "--warmup", "1.0")
                 tap_ms = result(tap)["latencies_ms"]
-                time.sleep(FLUSH_INTERVAL + 0.3)  # the rows of the windows reach the disk
+                time.sleep(FLUSH_INTERVAL + r.interval + 0.5)  # the windows' rows on disk
             r10_share = (cpu_seconds(r10_pid) - r10[0]) / (time.monotonic() - r10[1]) * 100
             rss = {k: peak_rss_mb(p) for k, p in pids.items()}
-    counts = tail.counts(start, end)
-    return _latency_rows(mode, tap_ms, tail.latencies_ms) + _cost_rows(
-        mode, cpu, counts, rss, seconds, r10_share
-    )
+    cpu.pop("reader R10", None)  # the 10 Hz reader is figure "reader at 10 Hz", not 8 x N Hz
+    counts = {k: v for k, v in tail.counts(start, end).items() if k != "R10"}
+    return Measured(r, cpu, counts, tap_ms, tail.latencies_ms, rss, r10_share)
 
 
-def _latency_rows(mode: str, tap: list[float], disk: list[float]) -> list[Row]:
-    limit = FLUSH_INTERVAL * 1000 + 10
-    tap99, disk99 = percentile(tap, 99), percentile(disk, 99)
-    if mode not in CPU_TARGETS:  # 1 kHz: a frame holds 10 ms of samples; no latency target
-        return [Row("3", f"tap latency p99, {mode}", "ms", tap99,
-                    note="a frame's first sample waits for its last (10 ms)")]
-    return [
-        Row("3", f"tap latency p50, {mode}", "ms", percentile(tap, 50),
-            note=f"{len(tap)} readings"),
-        Row("3", f"tap latency p99, {mode}", "ms", tap99, 5.0, "target", "< 5 ms", tap99 < 5.0),
-        Row("3", f"disk latency p50, {mode}", "ms", percentile(disk, 50),
-            note=f"{len(disk)} rows"),
-        Row("3", f"disk latency p99, {mode}", "ms", disk99, limit, "FLUSH_INTERVAL+10ms",
-            f"<= {limit:.0f} ms", bool(disk) and disk99 <= limit),
-    ]
+def _bare_wake_us(plan: Plan) -> float:
+    """One bare wake-up of a process sleeping on a 100 ms grid, in us of CPU: the floor of
+    a reader's cost per PUBLISH_INTERVAL."""
+    got = result(worker("wakes", "--period", "0.1", "--seconds", "1" if plan.quick else "5"))
+    return float(got["cpu_s"]) / max(int(got["wakes"]), 1) * 1e6
 
 
-def _cost_rows(mode: str, cpu: dict[str, float], counts: dict[str, int],
-               rss: dict[str, float], seconds: float, r10: float) -> list[Row]:
-    fast = [f"reader L{i}" for i in range(SENSORS)]
-    fast_n = sum(counts.get(f"L{i}", 0) for i in range(SENSORS))
-    total_n = sum(counts.values())
-    per = 1000 / max(total_n, 1)
-    whole = sum(cpu.values()) * per
-    reader_rss = max(v for k, v in rss.items() if k.startswith("reader "))
-    if mode not in CPU_TARGETS:
-        return [
-            Row("4", f"readers @1 kHz, {mode}", "CPU s/1000",
-                sum(cpu.get(k, 0.0) for k in fast) / max(fast_n, 1) * 1000),
-            Row("4", f"whole pipeline, {mode}", "CPU s/1000", whole, CPU_TARGETS["stream"],
-                "100 Hz target", note=f"{total_n} readings in {seconds:.0f} s; informational"),
+def _rows(m: Measured, ref: Measured | None, bare_us: float) -> list[Row]:
+    r = m.run
+    target = TARGETS.get(r.label)
+    whole = m.per_1000()
+    ref_value = ref.per_1000() if ref is not None else None
+    note = f"{m.readings} readings in the window; {m.breakdown()}"
+    if ref is not None:
+        note += f"; at PUBLISH_INTERVAL 0: {ref.breakdown()}"
+    # The floor: the readers' own wake-ups alone, at what one bare wake-up costs here (a
+    # stream reader wakes once per interval, a polled one once per slot).
+    wakes = r.period / max(r.period, r.interval) if r.mode == "stream" else 1.0
+    note += f"; floor (bare reader wake-ups, {bare_us:.0f} us each): {wakes * bare_us / 1e3:.4f}"
+    rows = [Row("4", f"whole pipeline, {r.label}", "CPU s/1000", whole, ref_value,
+                "PUBLISH_INTERVAL 0", f"<= {target}" if target else "",
+                None if target is None else whole <= target, note=note)]
+    limit = r.interval * 1000 + 10
+    tap99 = percentile(m.tap_ms, 99)
+    rows.append(Row("3", f"tap latency p99, {r.label}", "ms", tap99,
+                    percentile(ref.tap_ms, 99) if ref is not None else None,
+                    "PUBLISH_INTERVAL 0", f"<= {limit:.0f} ms (interval + 10)",
+                    bool(m.tap_ms) and tap99 <= limit,
+                    note=f"p50 {percentile(m.tap_ms, 50):.1f} ms, {len(m.tap_ms)} readings"))
+    disk = FLUSH_INTERVAL * 1000 + r.interval * 1000 + GATHER * 1000 + 10
+    rows.append(Row("3", f"disk latency p99, {r.label}", "ms", percentile(m.disk_ms, 99),
+                    disk, "flush + interval + gather + 10 ms",
+                    note=f"p50 {percentile(m.disk_ms, 50):.0f} ms, {len(m.disk_ms)} rows"))
+    if r.period >= 0.01 and not r.uplink:
+        reader_rss = max(v for k, v in m.rss.items() if k.startswith("reader "))
+        rows += [
+            Row("4", f"reader at 10 Hz, {r.mode}", "% of a core", m.r10,
+                note=f"pty board at {BAUD} baud"),
+            Row("4", f"reader peak RSS, {r.mode}", "MiB", reader_rss, READER_RSS_MB, "target",
+                f"<= {READER_RSS_MB:.0f} MiB", reader_rss <= READER_RSS_MB),
+            Row("4", f"broker peak RSS, {r.mode}", "MiB", m.rss.get("broker", 0.0)),
+            Row("4", f"writer peak RSS, {r.mode}", "MiB", m.rss.get("writer", 0.0)),
         ]
-    target = CPU_TARGETS[mode]
-    return [
-        Row("4", f"readers @100 Hz, {mode}", "CPU s/1000",
-            sum(cpu.get(k, 0.0) for k in fast) / max(fast_n, 1) * 1000),
-        Row("4", f"broker, {mode}", "CPU s/1000", cpu.get("broker", 0.0) * per,
-            note="8 x 100 Hz"),
-        Row("4", f"writer, {mode}", "CPU s/1000", cpu.get("writer", 0.0) * per,
-            note="8 x 100 Hz"),
-        Row("4", f"whole pipeline, {mode}", "CPU s/1000", whole, target, "target",
-            f"<= {target}", whole <= target, note=f"{total_n} readings in {seconds:.0f} s"),
-        Row("4", f"reader at 10 Hz, {mode}", "% of a core", r10, 1.0, "target", "< 1%",
-            r10 < 1.0, note=f"pty board at {BAUD} baud"),
-        Row("4", f"reader peak RSS, {mode}", "MiB", reader_rss, 40.0, "target", "< 40 MiB",
-            reader_rss < 40.0),
-        Row("4", f"broker peak RSS, {mode}", "MiB", rss.get("broker", 0.0)),
-        Row("4", f"writer peak RSS, {mode}", "MiB", rss.get("writer", 0.0)),
-    ]
+    return rows

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -197,6 +199,54 @@ class BusWatch:
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.counts)
+
+
+def pids_of(settings: Path) -> dict[str, int]:
+    """The live processes started with this settings file, by process-table key ('run' for
+    `powmon run`), from /proc (Linux)."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = [a.decode(errors="replace")
+                    for a in (entry / "cmdline").read_bytes().split(b"\0")]
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if str(settings) not in argv or "-m" not in argv or state == "Z":
+            continue
+        module = argv[argv.index("-m") + 1]
+        if module == "powmon" and "run" in argv:
+            found["run"] = int(entry.name)
+        elif module == "powmon.readers" and "--sensor-id" in argv:
+            found[f"reader {argv[argv.index('--sensor-id') + 1]}"] = int(entry.name)
+        elif module.startswith("powmon."):
+            found[module.removeprefix("powmon.")] = int(entry.name)
+    return found
+
+
+@contextlib.contextmanager
+def pty_boards(links: Path, specs: Sequence[str], baud: int) -> Iterator[None]:
+    """`powmon sim SPEC...` serving each board on a pty at `baud`, linked as links/<ID>, in a
+    process of its own (a board's CPU is not the pipeline's)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "powmon", "sim", *specs, "--baud", str(baud),
+         "--link-dir", str(links), "--log-level", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ids = [spec.split(":", 1)[0] for spec in specs]
+    try:
+        wait_for(lambda: all((links / i).exists() for i in ids), 30, "the simulated boards")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def csv_seqs(data: Path) -> dict[tuple[str, str], list[int]]:

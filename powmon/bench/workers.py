@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import select
 import signal
 import threading
 import time
@@ -27,14 +28,19 @@ import msgpack
 import serial
 import zmq
 
+from powmon.common.conversion import Calibration, convert
 from powmon.common.schema import (
     BATCH_VERSION,
     READING_PREFIX,
     SCHEMA_VERSION,
     Reading,
+    batch_frames,
+    csv_lines,
+    decode_batch,
     decode_readings,
     encode_batch,
     encode_reading,
+    pack_row,
 )
 from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
 
@@ -209,6 +215,42 @@ def latency_tap(endpoint: str, seconds: float, warmup: float) -> dict[str, Any]:
     return {"latencies_ms": lat}
 
 
+def bare_wakes(period: float, seconds: float) -> dict[str, Any]:
+    """The floor of a reader's cost: CPU of a loop that only wakes on a grid of `period`
+    (poll(2) on nothing, as a reader sleeps between its takes), per wake-up."""
+    poller = select.poll()
+    wakes = 0
+    start_cpu = time.thread_time()
+    end = time.monotonic() + seconds
+    next_at = time.monotonic()
+    while True:
+        next_at += period
+        left = next_at - time.monotonic()
+        if next_at > end:
+            break
+        if left > 0:
+            poller.poll(max(1, int(left * 1000)))
+        wakes += 1
+    return {"wakes": wakes, "cpu_s": time.thread_time() - start_cpu}
+
+
+def reference_loop(readings: int) -> dict[str, Any]:
+    """A reading's Python work, end to end: the reader's conversion and pack_row, the
+    batch payload, the sink's decode and the writer's CSV line; the same on any machine, to
+    compare machines with (the Pi 4 line of figure 9)."""
+    cal = Calibration()
+    rows = []
+    start = time.perf_counter()
+    for seq in range(readings):
+        volts, amps, watts, flags = convert(512 + seq % 7, cal, 0)
+        rows.append(pack_row((1_700_000_000_000_000_000 + seq, 512, volts, amps, watts, flags)))
+        if len(rows) == 10:
+            frames = batch_frames("REF", "s1", seq - 9, rows)
+            csv_lines(decode_batch(frames).readings)
+            rows = []
+    return {"readings": readings, "seconds": time.perf_counter() - start}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m powmon.bench.workers")
     sub = p.add_subparsers(dest="kind", required=True)
@@ -230,6 +272,11 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--codec", action="store_true", help="pack (pub) / unpack (sub) each")
         s.add_argument("--hwm", type=int, default=1_000_000)
         s.add_argument("--batch", type=int, default=1, help="readings per message")
+    s = sub.add_parser("wakes")
+    s.add_argument("--period", type=float, required=True)
+    s.add_argument("--seconds", type=float, required=True)
+    s = sub.add_parser("refloop")
+    s.add_argument("--readings", type=int, default=100_000)
     s = sub.add_parser("latency")
     s.add_argument("--endpoint", required=True)
     s.add_argument("--seconds", type=float, required=True)
@@ -245,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         "rawpub": lambda: raw_publisher(a.endpoint, a.count, a.codec, a.hwm, a.batch),
         "rawsub": lambda: raw_subscriber(a.endpoint, a.count, a.codec, a.hwm),
         "latency": lambda: latency_tap(a.endpoint, a.seconds, a.warmup),
+        "wakes": lambda: bare_wakes(a.period, a.seconds),
+        "refloop": lambda: reference_loop(a.readings),
     }
     print(json.dumps(jobs[a.kind]()), flush=True)
 

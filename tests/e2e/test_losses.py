@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -21,12 +22,14 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
-from powmon.common.schema import CSV_FIELDS, Reading, encode_reading
+from powmon.common.schema import CSV_FIELDS, Reading, decode_status, encode_reading
+from powmon.common.settings import load_settings
 from tests.bus import BusEnd
 from tests.helpers import (
     Key,
@@ -39,6 +42,7 @@ from tests.helpers import (
     published,
     published_by,
     python_module,
+    unavailable,
     wait_until,
     write_settings,
 )
@@ -57,10 +61,93 @@ def behind_settings(tmp_path: Path, **overrides: object) -> Path:
     """HWM 1000 and the broker's backend on a Unix socket, whose kernel buffers are small:
     a writer frozen for a few seconds falls behind the high-water mark and the broker drops
     for it (on loopback TCP the kernel would buffer tens of megabytes first). Request/answer:
-    one message per reading; a stream's batches would take minutes to fill the pipes."""
+    one message per reading (PUBLISH_INTERVAL 0); batches would take minutes to fill the
+    pipes."""
     return write_settings(tmp_path / "settings.yaml", FAST, POLLING_DELAY=QUICK, HWM=1000,
                           BROKER_BACKEND=f"ipc://{tmp_path}/backend.sock", STREAM="off",
-                          **overrides)
+                          PUBLISH_INTERVAL=0, **overrides)
+
+
+HWM = 1000  # behind_settings'
+
+
+class Watch:
+    """A subscriber of its own on the broker's backend: counts the reading messages going by
+    (and the smallest one) and keeps each reader's latest session."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], settings: Path) -> None:
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        for topic in (b"reading/", b"status/reader/"):
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sock.connect(load_settings(settings).broker_backend)
+        self.messages = 0
+        self.smallest = 1 << 30
+        self.sessions: dict[str, str] = {}
+
+    def pump(self) -> int:
+        """Take what has arrived; return the count of reading messages so far."""
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return self.messages
+            if frames[0].startswith(b"reading/"):
+                self.messages += 1
+                self.smallest = min(self.smallest, sum(map(len, frames)))
+                continue
+            status = decode_status(frames)
+            if status.reader is not None:
+                self.sessions[status.ident] = status.reader.session
+
+    def session(self, sensor: str) -> str | None:
+        """The session of the sensor's latest reader heartbeat so far."""
+        self.pump()
+        return self.sessions.get(sensor)
+
+    def wait_past_capacity(self) -> None:
+        """Wait until the broker must have dropped for a subscriber that stopped reading
+        now: once more reading messages went by than the way to it holds, ZeroMQ's queues
+        (HWM, counted for both ends) and the kernel's (an AF_UNIX socket's send buffer,
+        wmem_default, counted twice), at the smallest message seen, with a margin for
+        messages already in flight. What it counts is a part of what goes to that subscriber
+        (readings, not heartbeats), so the wait errs long."""
+        wmem = int(Path("/proc/sys/net/core/wmem_default").read_text(encoding="ascii"))
+        since = self.pump()
+        wait_until(lambda: self.pump() - since > 2 * HWM + 2 * wmem // self.smallest + 500,
+                   timeout=90, what="more readings than the frozen writer's queues hold")
+
+
+def sensor_of(pid: int) -> str:
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return args[args.index("--sensor-id") + 1]
+
+
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The fault: a subscriber that does not read (SIGSTOP) until the block ends."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def watching(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[[Path, Path], Watch]]:
+    """Once both readers' rows are stored: a Watch that has seen reading messages."""
+    made: list[Watch] = []
+
+    def start(settings: Path, data: Path) -> Watch:
+        wait_until(lambda: len({k[:2] for k in data_keys(data)}) == 2, timeout=30,
+                   what="rows of both")
+        made.append(Watch(zmq_ctx, settings))
+        wait_until(made[-1].pump, what="reading messages on the backend")
+        return made[-1]
+
+    yield start
+    for watch in made:
+        watch.sock.close(linger=0)
 
 
 def lost_keys(data: Path) -> set[Key]:
@@ -78,25 +165,18 @@ def accounted(data: Path, known: dict[tuple[str, str], int]) -> bool:
     )
 
 
-def freeze(pid: int, seconds: float) -> None:
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        time.sleep(seconds)  # the fault: a subscriber that does not read
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
 def test_a_writer_behind_the_high_water_mark_recovers_everything_by_replay(
-    tmp_path: Path, spawn: Callable[..., Proc]
+    tmp_path: Path, spawn: Callable[..., Proc], watching: Callable[[Path, Path], Watch]
 ) -> None:
-    """Readers at 1 kHz, HWM 1000, writer frozen 3 s: the broker drops for it, the writer sees
-    the holes and replays them; the CSV ends complete and gaps.csv empty."""
+    """Readers at 1 kHz, HWM 1000, writer frozen until the broker must have dropped for it:
+    the writer sees the holes and replays them; the CSV ends complete and gaps.csv empty."""
     settings = behind_settings(tmp_path)
     data = tmp_path / "data"
     run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
-    wait_until(lambda: len({k[:2] for k in data_keys(data)}) == 2, timeout=30, what="rows of both")
+    watch = watching(settings, data)
     [writer] = pids_running(settings, "powmon.writer")
-    freeze(writer, 3.0)
+    with frozen(writer):
+        watch.wait_past_capacity()
     wait_until(lambda: any("replayed" in r["flags"] for r in data_rows(data)), timeout=30,
                what="holes filled by replay")
     wait_until(lambda: accounted(data, {k: max(v) for k, v in data_streams(data).items()}),
@@ -111,23 +191,23 @@ def test_a_writer_behind_the_high_water_mark_recovers_everything_by_replay(
 
 
 def test_a_reader_killed_while_the_writer_was_behind_is_named_as_reader_restarted(
-    tmp_path: Path, spawn: Callable[..., Proc]
+    tmp_path: Path, spawn: Callable[..., Proc], watching: Callable[[Path, Path], Watch]
 ) -> None:
     """While the writer is frozen, one reader is killed -9 (its replay buffer dies with it):
     what the writer missed of that session is in gaps.csv as reader_restarted."""
     settings = behind_settings(tmp_path, RESTART_BACKOFF_MAX=1.0)
     data = tmp_path / "data"
     run = spawn([sys.executable, "-m", "powmon", "run", "--config", str(settings)], "run")
-    wait_until(lambda: len({k[:2] for k in data_keys(data)}) == 2, timeout=30, what="rows of both")
+    watch = watching(settings, data)
     [writer] = pids_running(settings, "powmon.writer")
     victim = sorted(pids_running(settings, "powmon.readers"))[0]
-    os.kill(writer, signal.SIGSTOP)
-    try:
-        time.sleep(2.0)  # the writer falls behind the high-water mark
+    sensor = sensor_of(victim)
+    with frozen(writer):
+        watch.wait_past_capacity()  # the writer is behind the high-water mark
+        old = wait_until(lambda: watch.session(sensor), what="the victim's heartbeat")
         os.kill(victim, signal.SIGKILL)
-        time.sleep(1.0)  # still frozen while the supervisor restarts the killed reader
-    finally:
-        os.kill(writer, signal.SIGCONT)
+        wait_until(lambda: watch.session(sensor) != old, timeout=30,
+                   what="the supervisor's new reader heard on the bus (the writer still frozen)")
     wait_until(lambda: any(g["reason"] == "reader_restarted" for g in lost_rows(data)), timeout=30,
                what="the killed reader's missed readings named in gaps.csv")
     assert run.stop(signal.SIGTERM) == 0
@@ -142,7 +222,8 @@ def test_a_reader_killed_while_the_writer_was_behind_is_named_as_reader_restarte
 
 
 def test_the_writer_killed_with_a_full_buffer_and_a_torn_row_loses_and_doubles_nothing(
-    tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc]
+    tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
+    bus_for: Callable[[Path], BusEnd],
 ) -> None:
     """FLUSH_INTERVAL 1 s: kill -9 of the writer drops what it buffered; a torn last row is
     left behind. The restarted writer cuts the torn row and replays the rest: every reading
@@ -151,12 +232,14 @@ def test_the_writer_killed_with_a_full_buffer_and_a_torn_row_loses_and_doubles_n
                               FLUSH_INTERVAL=1.0)
     data = tmp_path / "data"
     broker(settings)
+    bus = bus_for(settings)
     writer_argv = python_module("powmon.writer", "--config", str(settings))
     writer = spawn(writer_argv, "writer")
     reader = spawn(python_module("powmon.readers", "--config", str(settings), "--sensor-id",
                                  "H0"), "reader")
     wait_until(lambda: len(data_keys(data)) >= 50, timeout=30, what="first flushed rows")
-    time.sleep(0.5)  # the fault: kill in the middle of a flush interval, rows buffered
+    bus.wait("writer", "rows flushed, and rows buffered since",
+             lambda c: c["flushes"] >= 1 and c["pending"] >= 20)
     writer.popen.send_signal(signal.SIGKILL)
     writer.popen.wait(10)
     [path] = sorted(data.glob("data-*.csv"))
@@ -178,22 +261,30 @@ def test_the_writer_killed_with_a_full_buffer_and_a_torn_row_loses_and_doubles_n
         assert all(len(row) == len(CSV_FIELDS) for row in csv.reader(f)), "a torn line remains"
 
 
-def _can_mount_tmpfs() -> bool:
+def _need_tmpfs_mounts() -> None:
+    """Skip without mount namespaces (Linux, root); fail instead where POWMON_REQUIRE names
+    `mounts` (.ci/run: CI runs as root)."""
     if sys.platform != "linux" or not shutil.which("unshare"):
-        return False
+        unavailable("mounts", "needs Linux and unshare(1)")
     probe = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              "mount -t tmpfs -o size=64k tmpfs /mnt"]
-    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+    done = subprocess.run(probe, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        unavailable("mounts", f"cannot mount a tmpfs in a mount namespace: {done.stderr.strip()}")
 
 
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs Linux mount namespaces (root)")
 def test_the_uplink_on_a_full_disk_stops_with_a_clear_error_and_keeps_what_it_committed(
     tmp_path: Path, broker: Callable[[Path], Proc], spawn: Callable[..., Proc],
     bus_for: Callable[[Path], BusEnd],
 ) -> None:
-    """The spool on a 192 KB tmpfs (the uplink's own mount namespace), the server refusing:
+    """The spool on a 1 MB tmpfs (the uplink's own mount namespace), the server refusing:
     readings pile up until the disk is full; the uplink exits 1 saying so, and its spool (copied
-    out as it was) holds an unbroken run of the readings, each once."""
+    out as it was) holds an unbroken run of the readings, each once.
+
+    The disk is several transactions deep: the uplink commits what gathered in up to 0.1 s
+    (at most DRAIN_MAX messages) at once, and a transaction that does not fit fails whole, so
+    a disk smaller than one batch would fill before the first commit after seq 0."""
+    _need_tmpfs_mounts()
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     out = tmp_path / "copied"
@@ -204,7 +295,7 @@ def test_the_uplink_on_a_full_disk_stops_with_a_clear_error_and_keeps_what_it_co
     )
     broker(settings)
     bus = bus_for(settings)
-    script = (f"mount -t tmpfs -o size=192k tmpfs {spool_dir} && "
+    script = (f"mount -t tmpfs -o size=1m tmpfs {spool_dir} && "
               f"{' '.join(python_module('powmon.uplink', '--config', str(settings)))}; "
               f"code=$?; mkdir -p {out}; cp -a {spool_dir}/. {out}/; exit $code")
     uplink = spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -212,7 +303,7 @@ def test_the_uplink_on_a_full_disk_stops_with_a_clear_error_and_keeps_what_it_co
     bus.wait("uplink", "up", lambda c: True)
     seq = 0
     while uplink.popen.poll() is None and seq < 200_000:
-        for _ in range(200):
+        for _ in range(50):
             bus.pub.send_multipart(encode_reading(Reading("H0", "full", seq, seq, 512, 0.0,
                                                           0.0, 0.0)))
             seq += 1

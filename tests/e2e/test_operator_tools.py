@@ -242,7 +242,7 @@ def test_plot_draws_one_downsampled_series_per_sensor(stopped: Pipeline, tmp_pat
     )
 
     fig = build_plot(data_files([stopped.data]), (), None, None, (800, 400))
-    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
     assert set(lines) == {"DC", "CAL"}
     rows = data_rows(stopped.data)
     stamps = [parse_ts(r["timestamp"]) for r in rows]
@@ -260,7 +260,7 @@ def test_plot_draws_one_downsampled_series_per_sensor(stopped: Pipeline, tmp_pat
             float(r["watts"]) for r in rows if r["sensor_id"] == sensor
         )
     assert int(np.isnan(np.asarray(lines["DC"].get_ydata(), dtype=float)).sum()) == 1  # the hole
-    assert [ax.get_ylabel() for ax in fig.axes] == ["power (W)", "current (A)"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["CAL (W)", "DC (W)"]  # a panel each
 
 
 def test_calibrate_opens_the_port_when_the_pipeline_is_stopped(stopped: Pipeline) -> None:

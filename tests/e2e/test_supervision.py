@@ -169,7 +169,7 @@ def test_a_reader_or_the_web_page_refusing_to_start_is_left_stopped_and_the_rest
 ) -> None:
     """A reader whose PORT has an unknown sim option and a web page on a taken port both
     exit 2 at start: each is named, left stopped (not restarted in a loop, not stopping the
-    pipeline), and the other reader's readings keep landing; Ctrl-C then exits 0."""
+    pipeline), and the other reader's readings keep landing; SIGTERM then exits 0."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Proc, unavailable
+from tests.helpers import Proc, python_module, unavailable, write_settings
 from tests.pipeline import SENSORS, report_when, start_pipeline, start_web
 
 pytestmark = pytest.mark.e2e
@@ -58,8 +58,10 @@ def test_the_page_shows_live_points_per_sensor_and_every_process_up(
     tmp_path: Path, spawn: Callable[..., Proc], browser_page: Any
 ) -> None:
     """The page loads with no internet (uPlot is served by PowMon), its chart receives points
-    for each sensor over the event stream, the status table shows each process up, the window
-    selector narrows the chart to 1 minute; a screenshot is saved with the test output."""
+    for each sensor over the event stream, the status table shows each process up, each
+    sensor's gaps as a count and lost as 0, and the writer's rows labelled as counted since its
+    start; the window selector narrows the chart to 1 minute; a screenshot is saved with the
+    test output."""
     pipe = start_pipeline(spawn, tmp_path)
     web = start_web(spawn, pipe.settings)
     report_when(web, lambda r: r["ok"], "pipeline up")
@@ -86,6 +88,16 @@ def test_the_page_shows_live_points_per_sensor_and_every_process_up(
     )
     sensors = page.locator("#sensors tbody").inner_text()
     assert all(s in sensors for s in SENSORS)
+    # The writer's count is since its start, not the file's: labelled so, beside the size.
+    sinks = page.locator("#sinks").inner_text()
+    assert "rows written since writer start" in sinks, sinks
+    # Per-sensor gaps and lost: numbers, not dashes. Lost is 0; gaps counts holes seen, filled
+    # ones too (a writer that joins after a reader's first readings fills [0, first) by replay).
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#sensors tbody tr')].every(tr => "
+        "/^[0-9]+$/.test(tr.cells[tr.cells.length - 2].textContent) && "
+        "tr.cells[tr.cells.length - 1].textContent === '0')", timeout=TIMEOUT_MS,
+    )
     page.click("button[data-min='1']")
     page.wait_for_function("window.powmon.range && "
                            "Math.abs(window.powmon.range[1] - window.powmon.range[0] - 60) < 1",
@@ -100,3 +112,33 @@ def test_the_page_shows_live_points_per_sensor_and_every_process_up(
     assert shot.stat().st_size > 10_000
     if target:
         shutil.copyfile(shot, target)
+
+
+def test_the_page_says_why_a_sensor_whose_port_is_missing_has_no_reading(
+    tmp_path: Path, spawn: Callable[..., Proc], browser_page: Any
+) -> None:
+    """A sensor whose PORT does not exist: its row says "port not found: ...; retrying" where
+    a fresh sensor shows the age of its last reading (the reader's heartbeat `problem`)."""
+    settings = write_settings(
+        tmp_path / "settings.yaml",
+        [{"PORT": "sim://VIC?amps=2", "SENSORS_ID": "VIC"},
+         {"PORT": str(tmp_path / "ttyNOPE0"), "SENSORS_ID": "NOPE"}],
+        POLLING_DELAY=0.05,
+    )
+    cfg = ("--config", str(settings))
+    spawn(python_module("powmon.broker", *cfg), "broker")
+    spawn(python_module("powmon.writer", *cfg), "writer")
+    for sensor in ("VIC", "NOPE"):
+        spawn(python_module("powmon.readers", "--sensor-id", sensor, *cfg), f"reader-{sensor}")
+    web = start_web(spawn, settings)
+    report_when(web, lambda r: bool(r["sensors"]["NOPE"]["problem"]), "the problem in status")
+    page = browser_page
+    page.goto(web.url + "/")
+    row = page.locator("#sensors tr[data-sensor='NOPE']")
+    row.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelector(\"#sensors tr[data-sensor='NOPE']\")"
+        "?.dataset.problem.startsWith('port not found: ')", timeout=TIMEOUT_MS,
+    )
+    assert "ttyNOPE0" in row.inner_text() and "retrying" in row.inner_text()
+    assert page.locator("#sensors tr[data-sensor='VIC']").get_attribute("data-problem") == ""

@@ -14,13 +14,15 @@ Linux only (pseudo-terminals, simavr), like the rest of the simulator.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +64,20 @@ def missing_tools() -> list[str]:
     return missing
 
 
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """An exclusive lock on firmware/build/.lock for as long as a build runs: two makes in
+    one folder race on its intermediate files (sketch.flags, core.a)."""
+    folder = FIRMWARE_DIR / "build"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build(timeout: float = 300.0, baud: int | None = None) -> Built:
     """Build firmware and harness; a missing tool is FirmwareUnavailable, a failed build is not.
 
@@ -78,7 +94,9 @@ def build(timeout: float = 300.0, baud: int | None = None) -> Built:
         folder = f"build/baud-{baud}"
         argv = ["make", "-C", str(FIRMWARE_DIR), f"BUILD={folder}", f"BAUD={baud}", "all"]
         elf = FIRMWARE_DIR / folder / "powmon.elf"
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    with _build_lock():  # one make at a time: pytest-xdist workers share firmware/build
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     if proc.returncode != 0:
         command = " ".join(argv[:3])
         raise RuntimeError(f"{command} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")

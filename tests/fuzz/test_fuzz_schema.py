@@ -33,8 +33,8 @@ from powmon.common.schema import (
     decode_replay_reply,
     decode_replay_request,
     decode_status,
+    encode_batch,
     encode_reading,
-    encode_readings,
     reading_dict,
     reading_topic,
     status_topic,
@@ -148,7 +148,7 @@ def test_decode_batch_raises_only_schema_error(frames: list[bytes]) -> None:
         csv_row(r)
         reading_dict(r)
     rows = [(r.ts_ns, r.raw, r.volts, r.amps, r.watts, r.flags) for r in batch.readings]
-    again, _ = encode_readings(batch.sensor_id, batch.session, batch.seq, rows, batch.dropped)
+    again = encode_batch(batch.sensor_id, batch.session, batch.seq, rows, batch.dropped)
     assert decode_batch(again) == batch
 
 
@@ -269,7 +269,7 @@ def test_decode_replay_request_raises_only_schema_error(payload: bytes) -> None:
 
 def _reply_payloads(draw: st.DrawFn, n: int) -> Sequence[Any]:
     good = encode_reading(Reading("VIC", "s1", 0, 0, 512, 0.0, 0.0, 0.0))[1]
-    lossy = encode_readings("VIC", "s1", 1, [(TS, 512, 0.0, 0.0, 0.0, 0)], dropped=3)[1][0]
+    lossy = encode_batch("VIC", "s1", 1, [(TS, 512, 0.0, 0.0, 0.0, 0)], dropped=3)[1]
     return [draw(st.sampled_from([good, lossy]) | msgpack_values) for _ in range(n)]
 
 

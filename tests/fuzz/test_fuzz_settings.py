@@ -55,13 +55,14 @@ yaml_values = st.recursive(
 @st.composite
 def documents(draw: st.DrawFn) -> dict[str, Any]:
     """A valid settings mapping with a few keys (top level or per sensor) set to anything."""
-    doc: dict[str, Any] = {"SENSORS": [{"PORT": "COM4", "SENSORS_ID": "VIC"}]}
+    sensor: dict[str, Any] = {"PORT": "COM4", "SENSORS_ID": "VIC"}
+    doc: dict[str, Any] = {"SENSORS": [sensor]}
     for _ in range(draw(st.integers(1, 3))):
         value = draw(yaml_values)
         if draw(st.booleans()):
-            doc[draw(st.sampled_from(TOP_KEYS) | yaml_text)] = value
+            doc[draw(st.sampled_from(TOP_KEYS) | yaml_text)] = value  # SENSORS itself too
         else:
-            doc["SENSORS"][0][draw(st.sampled_from(SENSOR_KEYS))] = value
+            sensor[draw(st.sampled_from(SENSOR_KEYS))] = value
     return doc
 
 
@@ -76,7 +77,8 @@ def _load(path: Path) -> Settings | None:
     except SettingsError as err:
         message = str(err)
         assert message.startswith(f"{path}: "), message
-        assert "\n" not in message.rstrip("\n") or len(message) < 2000
+        assert "\n" not in message, f"not one line: {message!r}"
+        assert len(message) < 2000, message
         return None
 
 

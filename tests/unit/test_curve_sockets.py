@@ -18,11 +18,10 @@ from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
 from powmon.common.schema import (
     ReaderProgress,
-    Reading,
     Status,
     decode_status,
-    encode_reading,
     encode_status,
+    pack_row,
 )
 from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
 from powmon.common.zap import Gate
@@ -145,7 +144,7 @@ def test_replay_across_hosts_is_a_curve_server_with_the_readers_key(
     gate = Gate(zmq_ctx, reader_host, "the replay socket")
     ring = ReplayRing(100)
     for seq in range(10):
-        ring.append(seq, encode_reading(Reading("VIC", "s1", seq, 1, 512, 0.0, 0.0, 0.0))[1])
+        ring.append(seq, pack_row((1, 512, 0.0, 0.0, 0.0, 0)))
     server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=gate)
     sink = ReplayClient(other_ctx, curve=broker)
     stranger = ReplayClient(other_ctx, curve=client_curve(stranger_secret, broker))

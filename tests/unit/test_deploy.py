@@ -65,3 +65,30 @@ def test_systemd_units_written_by_cli(tmp_path: Path) -> None:
     target = (out / "powmon.target").read_text(encoding="utf-8")
     assert "powmon-reader-VIC.service" in target
 
+
+
+def test_supervisord_programs_stay_stopped_after_exit_2(tmp_path: Path) -> None:
+    """Every program is restarted on an unexpected exit only, exit 2 (bad settings, something
+    it must own held by another) being the expected one, and with startsecs=0, so that an
+    exit 2 at start is not taken for a failed start that supervisord retries regardless."""
+    conf = supervisord_conf(load_settings(_settings(tmp_path, remote=True)), tmp_path / "run")
+    parser = configparser.RawConfigParser()
+    parser.read_string(conf)
+    programs = [s for s in parser.sections() if s.startswith("program:")]
+    assert len(programs) == 5
+    for section in programs:
+        assert parser.get(section, "autorestart") == "unexpected", section
+        assert parser.get(section, "exitcodes") == "2", section
+        assert parser.get(section, "startsecs") == "0", section
+
+
+def test_systemd_units_do_not_restart_after_exit_2(tmp_path: Path) -> None:
+    """Each service restarts always, except after exit 2 (RestartPreventExitStatus=2)."""
+    units = systemd_units(load_settings(_settings(tmp_path, remote=True)))
+    services = {name: text for name, text in units.items() if name.endswith(".service")}
+    assert len(services) == 5
+    for name, text in services.items():
+        parser = configparser.RawConfigParser(strict=False)
+        parser.read_string(text)
+        assert parser.get("Service", "Restart") == "always", name
+        assert parser.get("Service", "RestartPreventExitStatus") == "2", name

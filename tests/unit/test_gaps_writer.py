@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
-from powmon.common.schema import Reading, Status, encode_reading, encode_status
+from powmon.common.schema import Reading, Status, encode_reading, encode_status, pack_row
 from powmon.writer.writer import WriterConfig
 from tests.helpers import wait_until
 from tests.writers import Writer, make_writer
@@ -40,7 +40,7 @@ def rig(tmp_path: Path, zmq_ctx: Ctx) -> Iterator[tuple[Writer, ReplayServer]]:
     """A writer with a replay client, and a reader's replay server holding seq 0..29 of s1."""
     ring = ReplayRing(100)
     for seq in range(30):
-        ring.append(seq, msg(seq)[1])
+        ring.append(seq, pack_row((10**18 + seq, 512, 0.0, 0.0, 0.0, 0)))
     server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
     config = WriterConfig(
         data_root=tmp_path, data_file="data.csv", file_size_limit=10_000_000,

@@ -116,12 +116,18 @@ def test_over_range_keeps_raw_and_flags_it(start_reader: ReaderStarter) -> None:
 def test_heartbeats_go_on_while_the_port_is_missing(
     start_reader: ReaderStarter, tmp_path: Path
 ) -> None:
-    """No device: the reader keeps retrying and heartbeating 'disconnected', and stops promptly."""
-    r = start_reader("amps=1", sensor={"PORT": str(tmp_path / "no-such-tty")})
+    """No device: the reader keeps retrying and heartbeating 'disconnected', saying why (the
+    port is not found) and that it waits for its port, and stops promptly."""
+    port = tmp_path / "no-such-tty"
+    r = start_reader("amps=1", sensor={"PORT": str(port)})
     wait_until(lambda: len(r.bus.all_statuses()) >= 3, 10)
     assert all(s.state == "disconnected" for s in r.bus.statuses)
     assert all(s.counters["connected"] is False for s in r.bus.statuses)
     assert all(s.counters["last_reading_ns"] == 0 for s in r.bus.statuses)
+    running = [s for s in r.bus.statuses if s.reader is not None]
+    assert running and all(s.reader is not None and s.reader.waiting_for_port for s in running)
+    assert all(s.counters["problem"] == f"port not found: {str(port)!r}: No such file or "
+               "directory" for s in running)
     r.finish()
     assert r.bus.readings == []
 

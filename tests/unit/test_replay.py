@@ -9,12 +9,24 @@ import zmq
 
 from powmon.common.errors import PowmonError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer, replay_bind_endpoint
-from powmon.common.schema import ReaderProgress, Reading, ReplayReply, Status, encode_reading
+from powmon.common.schema import (
+    MAX_BATCH,
+    ReaderProgress,
+    ReplayReply,
+    ReplayRequest,
+    Status,
+    decode_replay_reply,
+    encode_batch,
+    encode_replay_reply,
+    encode_replay_request,
+    pack_row,
+)
 from tests.helpers import free_tcp_port, wait_until
 
 
 def _payload(seq: int, session: str = "s1") -> bytes:
-    return encode_reading(Reading("VIC", session, seq, seq, 512, 0.0, 0.0, 0.0))[1]
+    """A reading's packed row, as a reader keeps it in its ring (schema.pack_row)."""
+    return pack_row((seq, 512, 0.0, 0.0, 0.0, 0))
 
 
 def test_ring_keeps_the_last_n_and_knows_its_range() -> None:
@@ -23,10 +35,28 @@ def test_ring_keeps_the_last_n_and_knows_its_range() -> None:
     for seq in range(12):
         ring.append(seq, _payload(seq))
     assert ring.available == (7, 11)
-    assert len(ring.range(0, 100)) == 5
-    assert ring.range(9, 9) == [_payload(9)]
-    assert ring.range(0, 6) == []
-    assert len(ring.range(7, 11, limit=2)) == 2
+    assert ring.range(0, 100) == (7, [_payload(s) for s in range(7, 12)])
+    assert ring.range(9, 9) == (9, [_payload(9)])
+    assert ring.range(0, 6) == (0, [])
+    assert ring.range(7, 11, limit=2) == (7, [_payload(7), _payload(8)])
+
+
+def test_ring_answers_with_batches_of_the_rows_as_packed_and_brings_losses_along() -> None:
+    """The reply's payloads are batches spliced from the packed rows (nothing packed again):
+    byte for byte what packing the readings would give, split where the device lost samples
+    (so a replayed reading brings its loss) and at MAX_BATCH."""
+    ring = ReplayRing(10_000)
+    rows = [(s, 512, 0.0, 0.0, 0.0, 0) for s in range(5000)]
+    ring.extend(0, [pack_row(r) for r in rows[:10]])
+    ring.extend(10, [pack_row(r) for r in rows[10:5000]], dropped=3)
+    payloads, count = ring.payloads("VIC", "s1", 5, 4999)
+    assert count == 4995
+    assert payloads[0] == encode_batch("VIC", "s1", 5, rows[5:10])[1]
+    assert payloads[1] == encode_batch("VIC", "s1", 10, rows[10:10 + MAX_BATCH], dropped=3)[1]
+    assert payloads[2] == encode_batch("VIC", "s1", 10 + MAX_BATCH, rows[10 + MAX_BATCH:])[1]
+    reply = decode_replay_reply(encode_replay_reply("VIC", "s1", ring.available, payloads))
+    assert [r.seq for r in reply.readings] == list(range(5, 5000))
+    assert reply.dropped == ((10, 3),)
 
 
 def test_bind_endpoint_follows_the_broker_interface() -> None:
@@ -100,8 +130,11 @@ def test_request_for_another_session_gets_nothing(zmq_ctx: zmq.Context[zmq.Socke
 
 
 def test_junk_request_is_counted_not_fatal(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
-    """Bytes that are not a replay request are counted; the server keeps serving."""
-    server = ReplayServer(zmq_ctx, "VIC", "s1", ReplayRing(4), "tcp://127.0.0.1", gate=None)
+    """Bytes that are not a replay request are counted; the server keeps serving: a good
+    request after them is answered."""
+    ring = ReplayRing(4)
+    ring.append(0, _payload(0))
+    server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
     dealer = zmq_ctx.socket(zmq.DEALER)
     dealer.connect(server.endpoint)
     dealer.send(b"\xc1\x00junk")
@@ -111,6 +144,16 @@ def test_junk_request_is_counted_not_fatal(zmq_ctx: zmq.Context[zmq.Socket[bytes
         return server.bad_requests == 1
 
     wait_until(counted, timeout=10, what="bad request counted")
+    dealer.send(encode_replay_request(ReplayRequest("s1", 0, 0)))
+
+    def answered() -> bool:
+        server.serve_pending()
+        return bool(dealer.poll(0))
+
+    wait_until(answered, timeout=10, what="the good request answered")
+    reply = decode_replay_reply(dealer.recv())
+    assert [r.seq for r in reply.readings] == [0]
+    assert server.bad_requests == 1
     dealer.close()
     server.close()
 

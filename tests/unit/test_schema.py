@@ -14,6 +14,8 @@ from powmon.common.schema import (
     Reading,
     ReadingBatch,
     Status,
+    batch_frames,
+    batch_payload,
     csv_row,
     decode_batch,
     decode_reading,
@@ -22,11 +24,12 @@ from powmon.common.schema import (
     decode_status,
     encode_batch,
     encode_reading,
-    encode_readings,
     encode_replay_reply,
     encode_status,
     flag_names,
     format_ts,
+    pack_row,
+    pack_rows,
     reading_topic,
 )
 
@@ -90,7 +93,8 @@ def test_format_ts_is_utc_with_microseconds() -> None:
 
 
 
-ROWS = [(1_795_628_538_799_919_130 + 10_000_000 * i, 512 + i, 0.0, 0.0, 0.0, 0) for i in range(3)]
+TS0 = 1_795_628_538_799_919_130
+ROWS = [(TS0 + 10_000_000 * i, 512 + i, 0.0, 0.0, 0.0, 0) for i in range(3)]
 
 
 def test_a_batch_decodes_to_consecutive_readings_of_one_session() -> None:
@@ -109,25 +113,23 @@ def test_a_single_reading_decodes_as_a_batch_of_one() -> None:
     assert decode_batch(encode_reading(R)) == ReadingBatch("VIC", "a1b2c3", 7, 0, [R])
 
 
-def test_encode_readings_sends_one_alone_and_keeps_each_payload_for_replay() -> None:
-    """One reading goes as version 1, several as a batch; the replay payloads are one per
-    reading, the first a batch of one when it names a loss (so a replay brings it along)."""
-    one, payloads = encode_readings("VIC", "s1", 3, ROWS[:1])
-    assert one == [reading_topic("VIC"), payloads[0]]
-    assert decode_reading(one).seq == 3
-    frames, payloads = encode_readings("VIC", "s1", 3, ROWS, dropped=2)
-    assert decode_batch(frames).dropped == 2
-    assert decode_batch([frames[0], payloads[0]]) == ReadingBatch(
-        "VIC", "s1", 3, 2, [Reading("VIC", "s1", 3, *ROWS[0])]
-    )
-    assert [decode_reading([frames[0], p]).seq for p in payloads[1:]] == [4, 5]
-    loss, none = encode_readings("VIC", "s1", 9, [], dropped=7)
-    assert none == [] and decode_batch(loss) == ReadingBatch("VIC", "s1", 9, 7, [])
+def test_a_batch_of_rows_packed_once_is_the_batch_packed_whole() -> None:
+    """batch_payload splices rows packed once (pack_row) behind a header: byte for byte what
+    msgpack makes of the whole batch, at every array size (fixarray, array16, array32)."""
+    for n in (1, 15, 16, 65535, 65536):
+        rows = [(TS0 + i, 512 + i % 3, 0.25, -1.5, 3, i % 16) for i in range(n)]
+        packed = pack_rows(rows)
+        assert packed[0] == pack_row(rows[0])
+        whole = msgpack.packb([BATCH_VERSION, "VIC", "s1", 40, 5, rows])
+        assert batch_payload("VIC", "s1", 40, packed, 5) == whole
+    frames = batch_frames("VIC", "s1", 9, [], dropped=7)
+    assert frames[0] == reading_topic("VIC")
+    assert decode_batch(frames) == ReadingBatch("VIC", "s1", 9, 7, [])
 
 
 def test_a_replay_reply_brings_the_loss_named_by_a_payload() -> None:
     """A ring payload that names device samples lost before it: they come as `dropped`."""
-    _, payloads = encode_readings("VIC", "s1", 3, ROWS, dropped=2)
+    payloads = [batch_payload("VIC", "s1", 3, pack_rows(ROWS), dropped=2)]
     reply = decode_replay_reply(encode_replay_reply("VIC", "s1", (3, 5), payloads))
     assert [r.seq for r in reply.readings] == [3, 4, 5]
     assert reply.dropped == ((3, 2),)
@@ -136,7 +138,7 @@ def test_a_replay_reply_brings_the_loss_named_by_a_payload() -> None:
 def test_a_replay_reply_holding_another_sessions_reading_is_refused() -> None:
     """A reply for s1 carrying a reading of s2 (a buggy or hostile reader) would mark s1's
     hole filled with a reading that is not s1's: a SchemaError, counted and dropped."""
-    _, payloads = encode_readings("VIC", "s2", 3, ROWS)
+    payloads = [batch_payload("VIC", "s2", 3, pack_rows(ROWS))]
     with pytest.raises(SchemaError, match="replay reply for session 's1' holds one of 's2'"):
         decode_replay_reply(encode_replay_reply("VIC", "s1", (3, 5), payloads))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from powmon.common import settings as settings_module
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Secret, load_settings
 
@@ -161,22 +162,55 @@ def test_repo_settings_yaml_is_valid() -> None:
     assert all(s.port.startswith("sim://") for s in settings.sensors)
 
 
-def test_example_settings_file_is_valid() -> None:
-    """deploy/settings.example.yaml, which documents every key, is itself a valid file."""
-    settings = load_settings(REPO / "deploy" / "settings.example.yaml")
-    assert settings.sensors
+def _example_keys(text: str) -> tuple[set[str], set[str]]:
+    """The keys the example sets or shows commented out (`KEY:` or `# KEY:`; `##` lines are
+    prose): (top level, inside SENSORS entries)."""
+    top: set[str] = set()
+    sensor: set[str] = set()
+    for m in re.finditer(r"^( *)(?:- )?(?:# )?([A-Z][A-Z0-9_]*):", text, re.MULTILINE):
+        (sensor if m[1] else top).add(m[2])
+    return top, sensor
 
 
-@pytest.mark.parametrize("module", ["powmon.broker"])
-def test_bad_settings_exit_2_with_one_line(tmp_path: Path, module: str) -> None:
-    """A process given a broken file refuses to start: exit code 2, one line on stderr."""
+def test_example_settings_file_is_valid_and_shows_every_key() -> None:
+    """deploy/settings.example.yaml, which documents every key, is itself a valid file, and
+    its keys are the settings table's: every top-level key, every key only a SENSORS entry
+    has, the per-sensor overrides it lists; and nothing the table does not know."""
+    path = REPO / "deploy" / "settings.example.yaml"
+    assert load_settings(path).sensors
+    text = path.read_text(encoding="utf-8")
+    top, sensor = _example_keys(text)
+    assert top == set(settings_module._TOP)
+    assert set(settings_module._SENSOR) - set(settings_module._TOP) <= sensor
+    assert sensor <= set(settings_module._SENSOR)
+    listed = re.search(r"Per-sensor overrides .*? allowed:\n((?:##  .*\n)+)", text)
+    assert listed is not None
+    overrides = set(re.findall(r"[A-Z][A-Z0-9_]+", listed[1]))
+    assert overrides == set(settings_module._SENSOR) & set(settings_module._TOP)
+
+
+# Every command that reads settings: the processes, and the `powmon` subcommands.
+BAD_SETTINGS_ARGV = [
+    ["powmon-broker"], ["powmon-writer"], ["powmon-uplink"],
+    ["powmon-reader", "--sensor-id", "VIC"], ["powmon-web"],
+    ["powmon", "run"], ["powmon", "tap"], ["powmon", "status"], ["powmon", "web"],
+    ["powmon", "calibrate", "--sensor", "VIC"], ["powmon", "check-config"],
+    ["powmon", "deploy", "supervisord"], ["powmon", "deploy", "systemd", "--out", "units"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_SETTINGS_ARGV, ids=" ".join)
+def test_bad_settings_exit_2_with_one_line(tmp_path: Path, argv: list[str]) -> None:
+    """Every entry point that reads settings, given a broken file, refuses to start: exit
+    code 2, one line on stderr (check-config adds the line of the mistake, FILE:LINE:)."""
     path = tmp_path / "settings.yaml"
     path.write_text("SENSORS:\n  - {PORT: COM4, SENSORS_ID: VIC, SPEED: 3}\n", encoding="utf-8")
+    script = Path(sys.executable).with_name(argv[0])  # as installed from [project.scripts]
     done = subprocess.run(
-        [sys.executable, "-m", module, "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [str(script), *argv[1:], "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "settings.yaml: SENSORS[0].SPEED: not a sensor setting" in lines[0]
+    assert re.search(r"settings\.yaml(:2)?: SENSORS\[0\]\.SPEED: not a sensor setting", lines[0])

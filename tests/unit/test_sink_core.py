@@ -26,8 +26,9 @@ from powmon.common.schema import (
     Status,
     encode_batch,
     encode_reading,
-    encode_readings,
     encode_status,
+    pack_row,
+    pack_rows,
 )
 from powmon.common.transport import Heartbeat
 from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored, lost_ranges
@@ -101,7 +102,7 @@ def ring_server(zmq_ctx: Ctx) -> Iterator[ReplayServer]:
     """A reader's replay socket holding seq 0..49 of session s1."""
     ring = ReplayRing(100)
     for seq in range(50):
-        ring.append(seq, msg(seq)[1])
+        ring.append(seq, pack_row(reading(seq)[3:]))
     server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
     yield server
     server.close()
@@ -264,11 +265,8 @@ def test_a_replayed_reading_brings_the_device_loss_named_with_it(
     """The live batch that named a device loss was missed; replaying its first reading (a
     ring payload that names the loss too) logs the loss, once."""
     ring = ReplayRing(100)
-    for seq, payload in enumerate(
-        encode_readings("VIC", "s1", 0, rows(0, 5))[1]
-        + encode_readings("VIC", "s1", 5, rows(5, 5), dropped=3)[1]
-    ):
-        ring.append(seq, payload)
+    ring.extend(0, pack_rows(rows(0, 5)))
+    ring.extend(5, pack_rows(rows(5, 5)), dropped=3)
     server = ReplayServer(zmq_ctx, "VIC", "s1", ring, "tcp://127.0.0.1", gate=None)
     sink = ListSink()
     client = ReplayClient(zmq_ctx, curve=None)
@@ -308,6 +306,29 @@ def test_a_supervisor_reports_a_dead_reader_and_its_tail_is_named(tmp_path: Path
     core.handle([encode_status(Status("supervisor", "run", 1, 0, "running", gone=gone))])
     clock[0] += 5
     core.recover()
+    assert gaps(tmp_path) == [("s1", "10", "19", "reader_restarted")]
+
+
+def test_a_tail_named_before_a_restart_is_not_named_again(tmp_path: Path) -> None:
+    """The supervisor lists a dead reader for minutes: a sink restarted meanwhile, holding
+    rows 0..9 and a loss log naming 10..19, hears the same ReaderEnd again and names nothing
+    twice (found by the 10-minute chaos soak: one range named nine times)."""
+    clock = [100.0]
+    first = SinkCore(config(tmp_path), ListSink(), clock=lambda: clock[0])
+    first.handle([msg(s) for s in range(10)])
+    gone = (ReaderEnd("VIC", "s1", 20),)
+    ended = encode_status(Status("supervisor", "run", 1, 0, "running", gone=gone))
+    first.handle([ended])
+    clock[0] += 5
+    first.recover()
+    assert gaps(tmp_path) == [("s1", "10", "19", "reader_restarted")]
+
+    again = SinkCore(config(tmp_path), ListSink([StreamState("VIC", "s1", 9, 0)]),
+                     clock=lambda: clock[0])
+    again.resume()
+    again.handle([ended])
+    clock[0] += 5
+    again.recover()
     assert gaps(tmp_path) == [("s1", "10", "19", "reader_restarted")]
 
 

@@ -15,6 +15,8 @@ import math
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row, reading_dict
 from powmon.uplink import formats
@@ -267,3 +269,32 @@ def test_json_batch_round_trips() -> None:
     (request,) = formats.encode("json", batch).requests
     assert request.content_type == "application/json"
     assert json.loads(request.body.decode("utf-8")) == [reading_dict(r.reading) for r in batch]
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+_readings = st.builds(
+    Reading, sensor_id=st.text(min_size=1, max_size=12), session=st.text(max_size=12),
+    seq=st.integers(0, 2**40), ts_ns=st.integers(0, 4_000_000_000 * 10**9),
+    raw=_finite, volts=_finite, amps=_finite, watts=_finite, flags=st.integers(0, 255),
+)
+
+
+@given(st.lists(_readings, max_size=8))
+def test_the_json_body_is_what_json_dumps_makes_of_the_reading_dicts(
+    readings: list[Reading],
+) -> None:
+    """formats.json_objects writes the body in one pass, without a dict per reading: byte
+    for byte what json.dumps writes for reading_dict, whatever the ids hold."""
+    expected = json.dumps([reading_dict(r) for r in readings], ensure_ascii=False,
+                          allow_nan=False, separators=(",", ":"))
+    assert formats.json_objects(readings) == expected
+
+
+@given(_readings)
+def test_a_seed_line_is_what_csv_writer_makes_of_its_six_fields(r: Reading) -> None:
+    """seed_line formats with one f-string and csv.writer's own field for the id."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(
+        (formats.seed_timestamp(r.ts_ns), r.sensor_id, formats._seed_raw(r.raw),
+         f"{r.volts:.2f}", f"{r.amps:.4f}", str(float(r.watts))))
+    assert formats.seed_line(r) == out.getvalue()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
 
@@ -18,7 +21,9 @@ from powmon.keys import encrypt_url_command, keygen_command
 from powmon.uplink.config import HttpConfig, UplinkConfig
 from powmon.uplink.influx import influx_v1_write_url, influx_write_url
 from powmon.uplink.keys import resolve_url
-from tests.helpers import write_settings
+from tests.helpers import Proc, wait_until, write_settings
+from tests.httpserver import RecordingServer
+from tests.uplinkrun import UplinkRun
 
 URL = "https://data.example.org/api/ingest?site=7"
 posix_only = pytest.mark.skipif(os.name == "nt", reason="file modes are POSIX")
@@ -57,15 +62,37 @@ def test_keygen_prints_a_key_without_out() -> None:
     Fernet(result.output.strip().encode())
 
 
-def test_encrypt_url_round_trips_through_the_uplink(tmp_path: Path) -> None:
-    """encrypt-url with --key-file gives a HOST token that the uplink decrypts back."""
+@pytest.mark.e2e
+def test_encrypt_url_round_trips_through_the_uplink(
+    tmp_path: Path, spawn: Callable[..., Proc], broker: Callable[[Path], Proc],
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """encrypt-url with --key-file gives a HOST token; a real uplink process with that HOST
+    and HOST_KEY_FILE (no UPLINK_URL) delivers readings to the URL it decrypts."""
+    monkeypatch.delenv("POWMON_HOST_KEY", raising=False)  # it would win over the key file
     key_file, _ = make_key_file(tmp_path)
-    result = CliRunner().invoke(encrypt_url_command, [URL, "--key-file", str(key_file)])
-    assert result.exit_code == 0, result.output
-    token = result.output.strip()
-    assert URL not in result.output
-    s = settings(tmp_path, HOST=token, HOST_KEY_FILE=str(key_file))
-    assert resolve_url(s.path, s.uplink, environ={}).reveal() == URL
+    with RecordingServer(path="/api/ingest") as server:
+        result = CliRunner().invoke(encrypt_url_command, [server.url, "--key-file", str(key_file)])
+        assert result.exit_code == 0, result.output
+        token = result.output.strip()
+        assert server.url not in result.output
+        run = UplinkRun(tmp_path, spawn, broker, zmq_ctx, REMOTE_SAVE=True, HOST=token,
+                        HOST_KEY_FILE=str(key_file), UPLINK_FORMAT="json",
+                        UPLINK_BATCH_WAIT=0.1)
+        seqs = itertools.count()
+
+        def delivered() -> bool:  # the first readings may go before the uplink listens
+            run.publish("round", [next(seqs)])
+            return bool(server.delivered())
+
+        try:
+            wait_until(delivered, 30, interval=0.05, what="a reading at the decrypted URL")
+        finally:
+            run.pub.close()
+            run.status_sub.close()
+        assert {rec.path for rec in server.delivered()} == {"/api/ingest"}
+        assert run.uplink.stop() == 0
+    assert f"HOST decrypted with the key from {key_file}" in run.uplink.output()
 
 
 def test_encrypt_url_takes_the_key_from_the_environment(tmp_path: Path) -> None:

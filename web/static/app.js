@@ -1,4 +1,4 @@
-// PowMon's live page: one EventSource (/events), a uPlot chart of watts per sensor, and the
+// PowMon's live page: one EventSource (/events), a uPlot chart of power per sensor, and the
 // status tables. The server sends at most ~4 `points` events a second (already downsampled),
 // so every event can be drawn; the chart keeps the last 15 minutes and shows the chosen window.
 // window.powmon holds the page's state, for people debugging and for the browser tests.
@@ -12,7 +12,7 @@
   const q = token ? "?token=" + encodeURIComponent(token) : "";
   const state = window.powmon = {
     connected: false, sensors: [], points: {}, status: null, dropped: 0, redraws: 0,
-    windowMin: 5, events: 0, range: null, plot: null,
+    windowMin: 5, events: 0, range: null, plot: null, units: {}, xTicks: [],
   };
   const series = {};  // sensor -> Map(t_ms -> mean watts)
   let plot = null;
@@ -42,6 +42,15 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
+  // Time as every other PowMon tool shows it (CSV, report, plot, logs): UTC, 24-hour, not
+  // the browser's locale (a US browser would say "1:07:31 PM" for the CSV's 13:07:31).
+  function utc(sec) {
+    return new Date(sec * 1000).toISOString().slice(11, 19);
+  }
+  // An AC sensor's power is apparent power (RMS current x VCC): VA, not W (hello.units).
+  function unit(sensor) {
+    return state.units[sensor] || "W";
+  }
   function colour(sensor) {
     const i = state.sensors.indexOf(sensor);
     return COLOURS[(i < 0 ? state.sensors.length : i) % COLOURS.length];
@@ -50,22 +59,30 @@
   function makePlot() {
     const box = document.getElementById("chart");
     box.textContent = "";
+    // One y scale and axis per sensor (alternating left and right, in the sensor's colour):
+    // on a shared one a 30 W load next to a 920 VA one would be a flat line at the bottom.
+    const scales = { x: { time: true } };
+    for (const s of state.sensors) scales[s] = { auto: true };
     const opts = {
       width: box.clientWidth, height: 360,
-      scales: { x: { time: true }, y: { auto: true } },
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),  // ticks on UTC minutes
+      scales,
       axes: [
-        { label: "time", labelSize: 20, size: 40 },
-        { label: "watts (W)", labelSize: 20, size: 70, values: (u, vals) => vals.map((v) => v + " W") },
-      ],
+        { label: "time (UTC)", labelSize: 20, size: 40, space: 90,  // room for "HH:MM:SS"
+          values: (u, splits) => (state.xTicks = splits.map(utc)) },
+      ].concat(state.sensors.map((s, i) => ({
+        scale: s, side: i % 2 ? 1 : 3, stroke: colour(s), grid: { show: i === 0 },
+        label: s + " (" + unit(s) + ")", labelSize: 20, size: 70,
+        values: (u, vals) => vals.map((v) => v + " " + unit(s)),
+      }))),
       // Away from the cursor the legend shows each sensor's latest value, not a dash.
       series: [{
-        label: "time", value: (u, v) => (v === null || v === undefined ? "latest"
-          : new Date(v * 1000).toLocaleTimeString()),
+        label: "time (UTC)", value: (u, v) => (v === null || v === undefined ? "latest" : utc(v)),
       }].concat(state.sensors.map((s) => ({
-        label: s, stroke: colour(s), width: 2, spanGaps: false,
+        label: s, scale: s, stroke: colour(s), width: 2, spanGaps: false,
         value: (u, v, si) => {
           const w = v === null || v === undefined ? latest(u.data[si]) : v;
-          return w === null ? "–" : w.toFixed(2) + " W";
+          return w === null ? "–" : w.toFixed(2) + " " + unit(s);
         },
       }))),
       legend: { live: true },
@@ -134,9 +151,13 @@
       sw.style.background = colour(id);
       name.append(sw, id);
       const ageCls = !s.up ? "down" : s.fresh ? "" : "stale";
+      tr.dataset.sensor = id;
+      // A reader without its device says why (port not found, ...): shown instead of an age.
+      const why = s.up && !s.fresh && s.problem ? s.problem + (s.waiting_for_port ? "; retrying" : "") : "";
+      tr.dataset.problem = why;
       tr.append(name, el("td", "num big", fmt(s.amps, 3)), el("td", "num big", fmt(s.watts, 2)),
         el("td", "num", fmt(s.energy_wh, 3)), el("td", "num", fmt(s.rate, 1)),
-        el("td", "num " + ageCls, s.up ? age(s.age_s) : "reader down"),
+        el("td", "num " + ageCls, !s.up ? "reader down" : why || age(s.age_s)),
         el("td", "num", fmt(s.bad_lines, 0)), el("td", "num", fmt(s.reconnects, 0)),
         el("td", "num", fmt(s.gaps, 0)), el("td", "num", fmt(s.lost, 0)));
       body.append(tr);
@@ -165,7 +186,7 @@
     if (w) {
       rows.push(["writer file", w.current_file || "no file yet"],
         ["file size", w.bytes_in_file === null ? "–" : (w.bytes_in_file / 1e6).toFixed(2) + " MB"],
-        ["rows written", fmt(w.rows, 0)], ["gaps / lost", fmt(w.gaps, 0) + " / " + fmt(w.lost, 0)]);
+        ["rows written since writer start", fmt(w.rows, 0)], ["gaps / lost", fmt(w.gaps, 0) + " / " + fmt(w.lost, 0)]);
     } else {
       rows.push(["writer", "no heartbeat yet"]);
     }
@@ -213,6 +234,7 @@
     es.addEventListener("hello", (e) => {
       const hello = JSON.parse(e.data);
       state.sensors = hello.sensors.slice();
+      state.units = hello.units || {};
       for (const k of Object.keys(series)) delete series[k];
       makePlot();
       addPoints(hello.history);
