@@ -225,6 +225,17 @@ class Link:
             return self._read_line_port(patient)
         return self._read_line_fd(patient)
 
+    def _complete(self) -> bytes | None:
+        """A whole line off the buffer; the buffer itself once it is past MAX_LINE (a line
+        that never ends is taken, and refused by the parser, rather than grown forever)."""
+        buf = self._buf
+        end = buf.find(b"\n")
+        if end >= 0:
+            line = bytes(buf[: end + 1])
+            del buf[: end + 1]
+            return line
+        return self._take() if len(buf) > MAX_LINE else None
+
     def _read_line_fd(self, patient: bool) -> bytes:
         """First a read of what is there (in a polled reader's steady state the answer came
         while it slept), then poll(2) until the rest comes or TIMEOUT passes."""
@@ -234,13 +245,8 @@ class Link:
         deadline = 0.0
         ready = False  # poll(2) said the port is readable (or hung up)
         while True:
-            end = buf.find(b"\n")
-            if end >= 0:
-                line = bytes(buf[: end + 1])
-                del buf[: end + 1]
+            if (line := self._complete()) is not None:
                 return line
-            if len(buf) > MAX_LINE:
-                return self._take()
             chunk = read_available(fd)
             if chunk:
                 buf += chunk
@@ -266,13 +272,8 @@ class Link:
         deadline = 0.0
         want = 1
         while True:
-            end = buf.find(b"\n")
-            if end >= 0:
-                line = bytes(buf[: end + 1])
-                del buf[: end + 1]
+            if (line := self._complete()) is not None:
                 return line
-            if len(buf) > MAX_LINE:
-                return self._take()
             chunk = port.read(want)
             if chunk:
                 buf += chunk

@@ -50,7 +50,7 @@ from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest,
 from powmon.sink.filler import GapFiller, Lost, device_dropped
 from powmon.sink.lost import LossLog
 from powmon.sink.progress import union
-from powmon.sink.tracker import REASON_OVERFLOW, GapRange, GapTracker, StreamState
+from powmon.sink.tracker import REASON_OVERFLOW, GapRange, GapTracker, Key, StreamState
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class SinkCore:
         self._limiter = RateLimiter()
         self._lookup_until = clock() + 2 * config.replay_grace
         self._lookups = 0
+        self._logged: dict[Key, list[tuple[int, int]]] = {}  # the loss log's ranges, at resume
         self._next_summary = clock() + config.summary_interval
         self.received = 0
         self.bad_messages = 0
@@ -198,7 +199,7 @@ class SinkCore:
     def resume(self) -> None:
         """Continue every stream the sink holds; ask again for holes still open."""
         count = 0
-        logged = self.losses.logged()  # holes already given up stay holes: not asked again
+        logged = self._logged = self.losses.logged()  # given up: stay holes, not asked again
         tracker = self.tracker
         for s in self.sink.stored():
             key = (s.sensor_id, s.session)
@@ -322,7 +323,8 @@ class SinkCore:
                 self.client.learn(status)
             self.filler.heartbeat(status)
         for end in status.gone:
-            self.filler.ended(end)
+            if self.tracker.knows(end.sensor_id, end.session) or self._may_look():
+                self.filler.ended(end)
         self.sink.on_status(status)
 
     def _recovered(self) -> list[Reading]:
@@ -356,12 +358,24 @@ class SinkCore:
             for lost in lost_ranges(stored.dropped, stored.reason):
                 self.filler.report(lost)
 
+    def _may_look(self) -> bool:
+        """Whether a session never seen may be one the store holds: only in the first moments
+        after start (the supervisor's list of ended readers, the live readers' first
+        heartbeats), within the search budget. Later, a session never seen is a new one."""
+        return self._clock() <= self._lookup_until and self._lookups < MAX_LOOKUPS
+
     def _lookup(self, sensor_id: str, session: str) -> tuple[int, int] | None:
-        if self._clock() > self._lookup_until or self._lookups >= MAX_LOOKUPS:
+        if not self._may_look():
             return None
         self._lookups += 1
-        last = self.sink.find(sensor_id, session)
-        return None if last is None else (last, last + 1)
+        found = self.sink.find(sensor_id, session)
+        # What the loss log already named past the last stored row counts as settled, as in
+        # resume(): a session found only by this search is not named twice.
+        given_up = [hi - 1 for _, hi in self._logged.get((sensor_id, session), ())]
+        if found is None and not given_up:
+            return None
+        last = max([-1 if found is None else found, *given_up])
+        return (last, last + 1)
 
     def _gap(self, gap: GapRange) -> None:
         self._limiter.log(

@@ -142,11 +142,12 @@ class GapFiller:
 
     def ended(self, end: ReaderEnd) -> None:
         """A supervisor says this reader's process ended (killed, crashed, or stopped): its
-        session will never go on, and seqs below `end.seq` were taken. Only for a stream this
-        sink knows: of one it never heard of, it cannot tell what it holds."""
+        session will never go on, and seqs below `end.seq` were taken. A stream this sink
+        never heard of is learnt as the tracker learns any (what the store holds of it, else
+        from 0): a session born and killed while this sink was down is named, not forgotten.
+        The core passes such ends on only in its first moments after start, when it can still
+        tell what it holds (SinkCore._may_look)."""
         key = (end.sensor_id, end.session)
-        if not self.tracker.knows(*key):
-            return
         if self.tracker.advance(end.sensor_id, end.session, end.seq):
             self.opened(key)
         self._final(key, REASON_RESTARTED)

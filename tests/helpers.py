@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -100,6 +102,32 @@ class Proc:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def on_terminal(argv: Sequence[str], columns: int, lines: int,
+                timeout: float = 60.0) -> tuple[int | None, str]:
+    """Run argv on a pseudo-terminal of that size until it exits (or `timeout`, then kill it);
+    return its exit code and everything it drew."""
+    leader, follower = pty.openpty()
+    env = {**os.environ, "COLUMNS": str(columns), "LINES": str(lines), "TERM": "xterm"}
+    proc = subprocess.Popen(list(argv), stdin=follower, stdout=follower, stderr=follower,
+                            env=env)
+    os.close(follower)
+    screen = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.2)[0]:
+                try:
+                    screen += os.read(leader, 65536)
+                except OSError:
+                    break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        os.close(leader)
+    return proc.returncode, screen.decode(errors="replace")
 
 
 def data_rows(data: Path, stem: str = "data") -> list[dict[str, str]]:

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,13 +34,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import yaml
 
 from powmon.bench.procs import free_endpoint, pids_of, wait_for
+from powmon.bench.receiver import Ingest
 from powmon.common.energy import EnergyMeter
 
 Key = tuple[str, str, int]
@@ -61,83 +60,31 @@ STOP_LINE: Final = re.compile(r"powmon-reader\[(\d+)\].*reader stop sensor=(\S+)
 # ---- the receiver ---------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            readings = json.loads(body)
-        except ValueError:
-            self.send_response(400)
-        else:
-            self.server.owner.take(readings)
-            self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, port: int, owner: Receiver) -> None:
-        self.owner = owner
-        self.conns: set[socket.socket] = set()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self.conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        self.conns.discard(request)
-        super().shutdown_request(request)
-
-
-class Receiver:
-    """A JSON ingest endpoint on 127.0.0.1 that can go down and come back on the same port."""
+class Receiver(Ingest):
+    """A JSON ingest endpoint on 127.0.0.1 that can go down and come back on the same port,
+    keeping every reading it got by (sensor, session, seq)."""
 
     def __init__(self) -> None:
+        super().__init__(self)
         self.got: Counter[Key] = Counter()
         self.raw: dict[Key, float] = {}
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self.port = 0
         self.up()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/ingest"
+    def connected(self) -> None:
+        pass
 
-    def take(self, readings: list[dict[str, Any]]) -> None:
+    def take(self, body: bytes) -> int:
+        try:
+            readings = json.loads(body)
+        except ValueError:
+            return 400
         with self._lock:
             for r in readings:
                 key = (str(r["sensor_id"]), str(r["session"]), int(r["seq"]))
                 self.got[key] += 1
                 self.raw[key] = float(r["raw"])
-
-    def up(self) -> None:
-        server = _Server(self.port, self)
-        self.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        self._server = server
-
-    def down(self) -> None:
-        """Stop listening and cut every open connection: an outage as a client sees one."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        for conn in list(server.conns):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        return 200
 
     def keys(self) -> Counter[Key]:
         with self._lock:

@@ -22,20 +22,18 @@ installed package, and `powmon bench` must run from one).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 import zmq
 
 from powmon.bench.procs import BusWatch, Pipeline, wait_for
+from powmon.bench.receiver import Ingest
 from powmon.bench.results import Row, cpu_seconds, peak_rss_mb
 from powmon.bench.runner import Plan, result, worker
 from powmon.common.schema import Reading, Status, encode_batch, encode_reading
@@ -55,104 +53,31 @@ HEARTBEAT: Final = 0.5
 # ---- the receiver ---------------------------------------------------------------------------
 
 
-class _Counting(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, port: int, owner: Receiver) -> None:
-        self.owner = owner
-        self.conns: set[socket.socket] = set()
-        self.conns_lock = threading.Lock()
-        super().__init__(("127.0.0.1", port), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.conns_lock:
-            self.conns.add(request)
-        self.owner.count_connection()
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.conns_lock:
-            self.conns.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        """A server that goes away takes its keep-alive connections with it."""
-        with self.conns_lock:
-            conns = list(self.conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    server: _Counting
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.owner.count_request(body)
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class Receiver:
+class Receiver(Ingest):
     """A 200-answering HTTP server that counts what it got; it can go down and come back on
     the same port. `json` bodies are counted by their `"ts_ns"` keys (no parsing), any other
     body (seed: one line) as one reading."""
 
     def __init__(self, fmt: str) -> None:
+        super().__init__(self)
         self._json = fmt == "json"
-        self.port = 0
         self.requests = 0
         self.readings = 0
         self.connections = 0
         self.largest = 0  # readings in the largest body
         self._lock = threading.Lock()
-        self._server: _Counting | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/ingest"
-
-    def count_connection(self) -> None:
+    def connected(self) -> None:
         with self._lock:
             self.connections += 1
 
-    def count_request(self, body: bytes) -> None:
+    def take(self, body: bytes) -> int:
         n = body.count(b'"ts_ns"') if self._json else 1
         with self._lock:
             self.requests += 1
             self.readings += n
             self.largest = max(self.largest, n)
-
-    def reserve(self) -> None:
-        """Pick the port without listening on it yet (the server is down from the start)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-
-    def up(self) -> None:
-        self._server = _Counting(self.port, self)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def down(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        server.drop_connections()
-        if self._thread is not None:
-            self._thread.join(5)
+        return 200
 
     def __enter__(self) -> Receiver:
         return self

@@ -13,9 +13,7 @@ import itertools
 import json
 import math
 import os
-import pty
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -30,7 +28,15 @@ import pytest
 from powmon.common.schema import parse_ts
 from powmon.datafiles import data_files
 from powmon.plot import build_plot, plot_columns
-from tests.helpers import Proc, data_rows, pids_running, wait_until, write_settings
+from tests.helpers import (
+    Proc,
+    data_rows,
+    on_terminal,
+    pids_running,
+    python_module,
+    wait_until,
+    write_settings,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -145,41 +151,11 @@ def spread_printed(output: str) -> float:
 
 def test_tap_on_a_terminal_shows_a_live_table(pipeline: Pipeline) -> None:
     """On a terminal the tap draws a table with a row per sensor, refreshed in place."""
-    leader, follower = pty.openpty()
-    env = {**os.environ, "COLUMNS": "120", "LINES": "24", "TERM": "xterm"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "powmon",
-            "tap",
-            "--config",
-            str(pipeline.settings),
-            "--count",
-            "60",
-        ],
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env=env,
+    code, text = on_terminal(
+        python_module("powmon", "tap", "--config", str(pipeline.settings), "--count", "60"),
+        columns=120, lines=24, timeout=30,
     )
-    os.close(follower)
-    screen = b""
-    deadline = time.monotonic() + 30
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if select.select([leader], [], [], 0.2)[0]:
-                try:
-                    screen += os.read(leader, 65536)
-                except OSError:
-                    break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        os.close(leader)
-    text = screen.decode(errors="replace")
-    assert proc.returncode == 0, text
+    assert code == 0, text
     assert "energy (Wh)" in text and "readings/s" in text
     assert re.search(r"│ DC +│ +2\.500 │ +30\.00 │", text), text
     assert "CAL" in text

@@ -9,12 +9,8 @@ stderr are read apart.
 from __future__ import annotations
 
 import json
-import os
-import pty
-import select
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from powmon.common.settings import load_settings
-from tests.helpers import Proc, free_endpoint, python_module, wait_until, write_settings
+from tests.helpers import (
+    Proc,
+    free_endpoint,
+    on_terminal,
+    python_module,
+    wait_until,
+    write_settings,
+)
 from tests.keys import broker_host, lab_keys, other_host
 from tests.pipeline import start_pipeline
 
@@ -93,30 +96,11 @@ def test_status_on_a_terminal_is_a_table_of_processes(
     """On a terminal `tap --status` draws one row per process, redrawn in place, not JSON
     lines; --count 20 stops it after twenty heartbeats."""
     pipeline = start_pipeline(spawn, tmp_path)
-    leader, follower = pty.openpty()
-    env = {**os.environ, "COLUMNS": "150", "LINES": "30", "TERM": "xterm"}
-    proc = subprocess.Popen(
+    code, text = on_terminal(
         python_module("powmon", "tap", "--config", str(pipeline.settings), "--status",
-                      "--count", "20"),
-        stdin=follower, stdout=follower, stderr=follower, env=env,
+                      "--count", "20"), columns=150, lines=30,
     )
-    os.close(follower)
-    screen = b""
-    deadline = time.monotonic() + 60
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            if select.select([leader], [], [], 0.2)[0]:
-                try:
-                    screen += os.read(leader, 65536)
-                except OSError:
-                    break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(5)
-        os.close(leader)
-    text = screen.decode(errors="replace")
-    assert proc.returncode == 0, text
+    assert code == 0, text
     assert "PowMon heartbeats" in text and "last heartbeat" in text, text
     for process in ("broker", "writer", "reader"):
         assert f"│ {process} " in text, text
