@@ -37,8 +37,13 @@ _MAX_SESSION: Final = SIZE - _HEAD.size
 
 
 def create(path: Path) -> None:
-    """A blank mark for a reader about to start (no session yet: read() gives None)."""
-    path.write_bytes(bytes(SIZE))
+    """A blank mark for a reader about to start (no session yet: read() gives None).
+
+    A new file put in place by rename, never the old one truncated: a reader of an earlier run
+    that still maps the old file (it is stopping) must not fault on a page that is gone."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(bytes(SIZE))
+    os.replace(tmp, path)
 
 
 def read(path: Path) -> tuple[str, int] | None:

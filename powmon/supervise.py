@@ -52,7 +52,7 @@ from powmon.common.schema import MAX_GONE, ReaderEnd, decode_status, status_topi
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
 from powmon.probes import endpoint_state
-from powmon.processes import READERS, SINKS, ProcessSpec, Watch, groups, pipeline
+from powmon.processes import BROKER, READERS, SINKS, ProcessSpec, Watch, groups, pipeline
 from powmon.readers.reader import ReaderConfig
 from powmon.uplink.config import UplinkConfig
 from powmon.web.config import WebConfig
@@ -63,6 +63,7 @@ STOP_GRACE_S = 10.0
 STALL_KILL_GRACE_S = 3.0
 ORPHAN_STEP_S = 1.0  # once this supervisor is gone, each group outlives the next by this
 GONE_KEEP_S = 600.0
+MARKS_DIR = "marks"  # in LOCAL_DATA_ROOT: the readers' publish marks (common/publishmark.py)
 READY_TIMEOUT_S = 10.0
 SETTLE_S = 5.0  # at a stop, how long the readers wait for the sinks to be listening and whole
 POLL_MS = 200  # the longest wait when a stop cannot wake it (a plain Event)
@@ -83,6 +84,7 @@ class RunConfig:
     stall_timeout: float
     restart_backoff_max: float
     curve: Curve | None
+    marks: Path | None = None  # the readers' publish marks; None: a folder of this run's own
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RunConfig:
@@ -92,6 +94,7 @@ class RunConfig:
             hwm=settings.hwm, heartbeat_interval=settings.heartbeat_interval,
             stall_timeout=settings.stall_timeout,
             restart_backoff_max=settings.restart_backoff_max, curve=settings.curve,
+            marks=settings.data_root / MARKS_DIR,
         )
 
 
@@ -108,12 +111,33 @@ class Supervisor:
         self.children = [c for group in self.groups for c in group]
         self._by_id = {(c.spec.process, c.spec.ident): c for c in self.children}
         self.lifelines = LifelineServer()
-        # The readers' publish marks: a folder of this run's own, removed when it ends.
-        self._marks = Path(tempfile.mkdtemp(prefix="powmon-run-"))
+        # The readers' publish marks, one file per sensor, kept in the data root from one run
+        # to the next: a run killed with -9 (or one whose last words some sink missed) leaves
+        # them, and the next run reports those sessions' ends first (_inherit).
+        self._own_marks = config.marks is None
+        self._marks = (Path(tempfile.mkdtemp(prefix="powmon-run-")) if config.marks is None
+                       else config.marks)
         self._stop_fd: int | None = None  # set by run(): a Stop's descriptor wakes the wait
         self._listening = True  # subscribed to status/ (run() subscribes at start)
         self.gone: deque[tuple[float, ReaderEnd]] = deque(maxlen=MAX_GONE)
         self.bad_status = 0
+        self._inherit()
+
+    def _mark_of(self, child: Child) -> Path:
+        return self._marks / f"reader-{child.spec.ident.encode().hex()}.mark"
+
+    def _inherit(self) -> None:
+        """The sessions the previous run's readers left in their marks are over: report them
+        like any ended reader's, before a new reader overwrites its mark. A sink that stored
+        or named all of such a session does nothing with it; one that missed its tail (its
+        readers stopped or died while it was down) names it."""
+        self._marks.mkdir(parents=True, exist_ok=True)
+        now = time.monotonic()
+        for child in self.children:
+            if child.spec.order == READERS:
+                found = publishmark.read(self._mark_of(child))
+                if found is not None:
+                    self.gone.append((now, ReaderEnd(child.spec.ident, *found)))
 
     def counters(self) -> dict[str, object]:
         return {
@@ -154,7 +178,8 @@ class Supervisor:
             for group in reversed(self.groups):
                 stop_group(group, STOP_GRACE_S)
             self.lifelines.close()
-            shutil.rmtree(self._marks, ignore_errors=True)
+            if self._own_marks:
+                shutil.rmtree(self._marks, ignore_errors=True)
             status.close()
             pub.setsockopt(zmq.LINGER, 0)
             pub.close()
@@ -169,18 +194,20 @@ class Supervisor:
         what it still lacked."""
         if not any(c.running for c in self.children if c.spec.order == READERS):
             return  # nobody's last words to hear
-        sinks = [c for c in self.children if c.spec.order == SINKS and c.popen is not None]
+        # The broker too: readers stopped while it is being restarted would send their last
+        # readings and words into a bus that some sinks have not rejoined yet.
+        core = [c for c in self.children if c.spec.order in (BROKER, SINKS) and c.popen is not None]
         now = time.monotonic()
-        for child in sinks:
+        for child in core:  # the broker first: the table is in start order
             if not child.running and child.restart_at not in (None, float("inf")):
                 self._start(child, now)
         deadline = now + SETTLE_S
         while time.monotonic() < deadline:
-            if all(c.ready and not c.recovering for c in sinks if c.running):
+            if all(c.ready and not c.recovering for c in core if c.running):
                 return
             self._wait(status, 50)
         log.warning("stopping although %s did not settle within %.0fs",
-                    ", ".join(c.key for c in sinks if not c.ready or c.recovering), SETTLE_S)
+                    ", ".join(c.key for c in core if not c.ready or c.recovering), SETTLE_S)
 
     def _gone(self) -> tuple[ReaderEnd, ...]:
         """Readers that ended lately, and how far they got: repeated in every heartbeat for
@@ -196,7 +223,13 @@ class Supervisor:
         later = sum(1 for g in self.groups if g[0].spec.order > child.spec.order)
         mark = None
         if child.spec.order == READERS:
-            mark = self._marks / f"reader-{self.children.index(child)}.mark"
+            mark = self._mark_of(child)
+        if child.spec.order == BROKER:
+            # A new broker: a sink counts as listening again only once heard through it (a
+            # sink's heartbeat comes over the bus), so a stop waits for that (_settle).
+            for sink in self.children:
+                if sink.spec.order == SINKS:
+                    sink.ready = False
         child.start(now, self.lifelines.issue(grace=ORPHAN_STEP_S * later), mark)
 
     def _wait_ready(self, group: list[Child], status: zmq.Socket[bytes],

