@@ -337,11 +337,9 @@ def test_a_session_that_lived_and_died_while_the_sink_was_down_is_named(tmp_path
                                       ("unseen", "0", "499", "reader_restarted")]
 
 
-def test_a_tail_named_before_a_restart_is_not_named_again(tmp_path: Path) -> None:
-    """The supervisor lists a dead reader for minutes: a sink restarted meanwhile, holding
-    rows 0..9 and a loss log naming 10..19, hears the same ReaderEnd again and names nothing
-    twice (found by the 10-minute chaos soak: one range named nine times)."""
-    clock = [100.0]
+def _tail_named(tmp_path: Path, clock: list[float]) -> list[bytes]:
+    """A sink stores s1's 0..9 and hears the supervisor say s1 ended at 20: it names 10..19.
+    Returns that supervisor heartbeat, to be heard again by a restarted sink."""
     first = SinkCore(config(tmp_path), ListSink(), clock=lambda: clock[0])
     first.handle([msg(s) for s in range(10)])
     gone = (ReaderEnd("VIC", "s1", 20),)
@@ -350,6 +348,15 @@ def test_a_tail_named_before_a_restart_is_not_named_again(tmp_path: Path) -> Non
     clock[0] += 5
     first.recover()
     assert gaps(tmp_path) == [("s1", "10", "19", "reader_restarted")]
+    return ended
+
+
+def test_a_tail_named_before_a_restart_is_not_named_again(tmp_path: Path) -> None:
+    """The supervisor lists a dead reader for minutes: a sink restarted meanwhile, holding
+    rows 0..9 and a loss log naming 10..19, hears the same ReaderEnd again and names nothing
+    twice (found by the 10-minute chaos soak: one range named nine times)."""
+    clock = [100.0]
+    ended = _tail_named(tmp_path, clock)
 
     again = SinkCore(config(tmp_path), ListSink([StreamState("VIC", "s1", 9, 0)]),
                      clock=lambda: clock[0])
@@ -368,14 +375,7 @@ def test_a_tail_named_before_a_restart_is_not_named_again_when_found_by_search(
     last stored row still counts (found by the 10-minute chaos soak: one range named three
     times by three writers)."""
     clock = [100.0]
-    first = SinkCore(config(tmp_path), ListSink(), clock=lambda: clock[0])
-    first.handle([msg(s) for s in range(10)])
-    gone = (ReaderEnd("VIC", "s1", 20),)
-    ended = encode_status(Status("supervisor", "run", 1, 0, "running", gone=gone))
-    first.handle([ended])
-    clock[0] += 5
-    first.recover()
-    assert gaps(tmp_path) == [("s1", "10", "19", "reader_restarted")]
+    ended = _tail_named(tmp_path, clock)
 
     again = SinkCore(config(tmp_path), FindingSink("s1", 9), clock=lambda: clock[0])
     again.resume()
