@@ -497,7 +497,9 @@ def flag_names(flags: int) -> str:
     return _flag_text(flags)
 
 
-_ts_cache: list[Any] = [-1, ""]
+# (seconds, their text), replaced whole: threads that format at once (the uplink's outputs)
+# each see a pair that belongs together, never one's seconds with another's text.
+_ts_cache: list[tuple[int, str]] = [(-1, "")]
 
 
 def format_ts(ts_ns: int) -> str:
@@ -506,10 +508,10 @@ def format_ts(ts_ns: int) -> str:
     The seconds part is cached: consecutive readings share it, and strftime is the costly bit.
     """
     secs = ts_ns // 1_000_000_000
-    if secs != _ts_cache[0]:
-        _ts_cache[0] = secs
-        _ts_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
-    return f"{_ts_cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z"
+    cached = _ts_cache[0]
+    if secs != cached[0]:
+        cached = _ts_cache[0] = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return f"{cached[1]}.{ts_ns // 1000 % 1_000_000:06d}Z"
 
 
 _TS_TEXT: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -560,9 +562,13 @@ def csv_row(r: Reading) -> CsvRow:
 _csv_ids: dict[str, str] = {}  # sensor_id or session -> its CSV field; bounded by _TOPICS_MAX
 
 
-def _csv_field(text: str) -> str:
+def csv_field(text: str) -> str:
     """A text field as csv.writer writes it among others (quoted or not, as this Python's csv
-    module decides: it is asked), cached: ids repeat on every row."""
+    module decides: it is asked once per text), cached: ids repeat on every row."""
+    return _csv_ids.get(text) or _csv_field(text)
+
+
+def _csv_field(text: str) -> str:
     if len(_csv_ids) >= _TOPICS_MAX:
         _csv_ids.clear()
     out = io.StringIO()
@@ -575,18 +581,19 @@ def csv_lines(readings: Iterable[Reading]) -> list[str]:
     """The CSV line of each reading, with its line end: exactly what csv.writer (`\n` line
     ends) makes of csv_rows, in one formatting step per row instead of two (the writer's hot
     path; tests/fuzz/test_fuzz_schema.py checks the two against each other)."""
-    cache, flag_text, known, ids = _ts_cache, _FLAG_TEXT, len(_FLAG_TEXT), _csv_ids
+    flag_text, known, ids = _FLAG_TEXT, len(_FLAG_TEXT), _csv_ids
+    cached = _ts_cache[0]
     lines: list[str] = []
     for sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags in readings:
         secs = ts_ns // 1_000_000_000
-        if secs != cache[0]:
-            cache[0] = secs
-            cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        if secs != cached[0]:
+            cached = _ts_cache[0] = (
+                secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
         sid = ids.get(sensor_id) or _csv_field(sensor_id)
         sess = ids.get(session) or _csv_field(session)
         flag = flag_text[flags] if 0 <= flags < known else _flag_text(flags)
         lines.append(
-            f"{cache[1]}.{ts_ns // 1000 % 1_000_000:06d}Z,{sid},{sess},{seq},{raw!r},"
+            f"{cached[1]}.{ts_ns // 1000 % 1_000_000:06d}Z,{sid},{sess},{seq},{raw!r},"
             f"{volts:.5f},{amps:.4f},{watts:.3f},{flag}\n"
         )
     return lines

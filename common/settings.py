@@ -376,7 +376,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     values = _check_top(found, raw)
     base = where.resolve().parent
     sensors = _check_sensors(found, values) if found.trusts("SENSORS") else ()
-    _check_together(found, values, sensors)
+    _check_together(found, values)
     curve = _run(
         found, ("BROKER_FRONTEND", "BROKER_BACKEND", *_CURVE_KEYS), _curve, where, base, values
     )
@@ -513,6 +513,16 @@ def _check_sensors(found: _Found, values: dict[str, Any]) -> tuple[SensorSetting
                     f"expected a unique value, got {key!r} again (first at SENSORS[{seen[key]}])",
                 )
             seen.setdefault(key, i)
+    if found.trusts("STALL_TIMEOUT"):  # by each entry's own index, failed entries skipped
+        stall = values["STALL_TIMEOUT"]
+        for i, sensor in sensors:
+            if sensor.publish_interval * 2 > stall:  # readings count when published
+                found.add(
+                    f"SENSORS[{i}].PUBLISH_INTERVAL",
+                    f"expected at most half of STALL_TIMEOUT ({stall:g} s), got "
+                    f"{sensor.publish_interval:g}: a reader holding readings that long would "
+                    "look stalled",
+                )
     return tuple(sensor for _, sensor in sensors)
 
 
@@ -568,20 +578,9 @@ def _run(found: _Found, keys: tuple[str, ...], check: Callable[..., T], *args: A
         return None
 
 
-def _check_together(
-    found: _Found, v: dict[str, Any], sensors: tuple[SensorSettings, ...]
-) -> None:
+def _check_together(found: _Found, v: dict[str, Any]) -> None:
     """The checks that involve more than one key, each given every key it needs valid."""
     where = found.where
-    if found.trusts("STALL_TIMEOUT"):
-        for i, sensor in enumerate(sensors):
-            if sensor.publish_interval * 2 > v["STALL_TIMEOUT"]:  # readings count when published
-                found.add(
-                    f"SENSORS[{i}].PUBLISH_INTERVAL",
-                    f"expected at most half of STALL_TIMEOUT ({v['STALL_TIMEOUT']:g} s), got "
-                    f"{sensor.publish_interval:g}: a reader holding readings that long would "
-                    "look stalled",
-                )
     if found.trusts("REMOTE_SAVE", "UPLINK_URL", "HOST") and (
         v["REMOTE_SAVE"] and not (v["UPLINK_URL"] or v["HOST"])
     ):

@@ -174,6 +174,7 @@ class Supervisor:
                 beat.beat()
         finally:
             log.info("stopping pipeline")
+            self._stop_fd = None  # the stop is set: its byte would wake every wait at once
             self._settle(status)
             for group in reversed(self.groups):
                 stop_group(group, STOP_GRACE_S)

@@ -80,8 +80,8 @@ def tap(
     limiter = RateLimiter(period=5.0)
     try:
         while not stop.is_set() and (count == 0 or shown < count):
-            listening.check()
             if not sock.poll(200):
+                listening.check()  # silence or a refused handshake: only when nothing came
                 continue
             listening.heard()
             frames = sock.recv_multipart()

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from powmon.readers.handshake import Agreed
 from powmon.readers.link import BadAnswer, Link, parse_answer
 
 if TYPE_CHECKING:
     from powmon.readers.reader import Reader
+
+
+SERVE_EVERY: Final = 0.005  # replay requests, at least this often when the loop never sleeps
 
 
 class Poller:
@@ -52,8 +55,8 @@ class Poller:
         chores_every = reader.config.heartbeat_interval
         schedule, defer = reader.schedule, self.defer
         schedule.restart(time.monotonic())
-        next_chores = 0.0
-        sleep = reader.sleeper.sleep
+        next_chores = next_serve = 0.0
+        sleep, serve = reader.sleeper.sleep, reader.sleeper.serve
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_chores:
@@ -64,8 +67,12 @@ class Poller:
             # then (defer); an answer wanted now is waited for in read_line.
             wait = schedule.delay(now) if defer or not in_flight else 0.0
             if wait > 0:
-                sleep(min(wait, next_chores - now, emitter.deadline - now))
+                sleep(min(wait, next_chores - now, emitter.deadline - now))  # serves replay
+                next_serve = now + wait + SERVE_EVERY
                 continue
+            if now >= next_serve:  # a loop that never sleeps (POLLING_DELAY 0, a slow device)
+                next_serve = now + SERVE_EVERY  # still answers replay requests promptly
+                serve()
             if not in_flight:
                 schedule.advance(now)
                 in_flight.append(time.time_ns())

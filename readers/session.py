@@ -190,23 +190,29 @@ class Emitter:
         if not rows and not dropped:
             return
         c = self.counters
-        seq = c.seq
-        topic, payload = batch_frames(self._sensor_id, c.session, seq, rows, dropped)
+        first = c.seq
         if rows and self._mark is not None:  # before the send: never behind what went out
-            self._mark(c.session, seq + len(rows))
+            self._mark(c.session, first + len(rows))
         sock = self._sock
-        sock.send(topic, zmq.SNDMORE)
-        sock.send(payload)
-        self.messages += 1
+        # One message holds at most MAX_BATCH readings (a long read can bring more): slices,
+        # the loss named by the first.
+        for at in range(0, max(len(rows), 1), MAX_BATCH):
+            part = rows[at : at + MAX_BATCH]
+            topic, payload = batch_frames(self._sensor_id, c.session, first + at, part, dropped)
+            sock.send(topic, zmq.SNDMORE)
+            sock.send(payload)
+            self.messages += 1
+            if part:
+                self.ring.extend(first + at, part, dropped)
+            dropped = 0
         self._published = self._clock()
         self._rows, self._dropped = [], 0
         if rows:
-            self.ring.extend(seq, rows, dropped)
-            c.seq = seq + len(rows)
+            c.seq = first + len(rows)
             c.readings += len(rows)
             c.last_reading_ns = self._last_ns
             if payload_log.isEnabledFor(logging.DEBUG):
-                self._log_rows(seq, rows)
+                self._log_rows(first, rows)
 
     def _log_rows(self, first: int, rows: Sequence[bytes]) -> None:
         for i, row in enumerate(rows):

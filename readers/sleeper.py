@@ -36,7 +36,10 @@ class Sleeper:
         self._stop = stop
         self._stop_fd = wake_fd(stop)
         self._poll: select.poll | None = None
-        self._zmq = [(replay.sock, _POLLIN)] if replay is not None else []
+        self._zmq: list[tuple[zmq.Socket[bytes] | int, int]] = (
+            [(replay.sock, _POLLIN)] if replay is not None else [])
+        if not hasattr(select, "poll") and self._stop_fd is not None:
+            self._zmq.append((self._stop_fd, _POLLIN))  # Windows: a stop ends the zmq_poll too
         if hasattr(select, "poll"):
             self._poll = select.poll()
             if replay is not None:

@@ -111,8 +111,9 @@ class Streamer:
         self._fd = link.fd
         replay = reader.replay.sock if reader.replay is not None else None
         self._poller: select.poll | None = None  # the port and the replay socket
-        self._hup = select.poll()  # the port alone: readable with nothing to read is a hang-up
-        if self._fd is not None:
+        self._hup: select.poll | None = None  # the port alone: readable, nothing read: hang-up
+        if self._fd is not None:  # (no select.poll on Windows, where there is no descriptor)
+            self._hup = select.poll()
             self._hup.register(self._fd, select.POLLIN)
             self._poller = select.poll()
             self._poller.register(self._fd, select.POLLIN)
@@ -252,7 +253,7 @@ class Streamer:
     def _take_fd(self, wait: float) -> bytes:
         """Everything the driver holds now (the descriptor is non-blocking: pyserial opens
         POSIX ports O_NONBLOCK); b"" when nothing came."""
-        assert self._fd is not None  # noqa: S101 -- chosen only with a descriptor
+        assert self._fd is not None and self._hup is not None  # noqa: S101 -- chosen only with a descriptor
         chunks = []
         while True:
             data = read_available(self._fd, READ_MAX)

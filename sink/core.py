@@ -207,7 +207,7 @@ class SinkCore:
             # A range given up past the last stored row (a reader gone with the session's
             # tail) moves the stream on: else the supervisor's list of ended readers would
             # open that range again after the restart and it would be named twice.
-            last = max([s.last_seq, *(hi - 1 for _, hi in given_up)])
+            last = self._settled(key, s.last_seq)
             above = ((s.last_seq + 1, last + 1),) if last > s.last_seq else ()
             tracker.resume(s.sensor_id, s.session, last, union(s.missing, above), s.floor)
             for lo, hi in given_up:
@@ -371,11 +371,16 @@ class SinkCore:
         found = self.sink.find(sensor_id, session)
         # What the loss log already named past the last stored row counts as settled, as in
         # resume(): a session found only by this search is not named twice.
-        given_up = [hi - 1 for _, hi in self._logged.get((sensor_id, session), ())]
-        if found is None and not given_up:
+        key = (sensor_id, session)
+        if found is None and key not in self._logged:
             return None
-        last = max([-1 if found is None else found, *given_up])
+        last = self._settled(key, -1 if found is None else found)
         return (last, last + 1)
+
+    def _settled(self, key: Key, last: int) -> int:
+        """The last stored seq, moved on past what the loss log named above it (gone for
+        good: a reader's end repeated after a restart must not open it again)."""
+        return max([last, *(hi - 1 for _, hi in self._logged.get(key, ()))])
 
     def _gap(self, gap: GapRange) -> None:
         self._limiter.log(

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from powmon.common.schema import CSV_FIELDS, Reading, csv_rows, flag_names
+from powmon.common.schema import CSV_FIELDS, Reading, csv_field, csv_rows, flag_names
 from powmon.uplink.contract import Encoded
 from powmon.uplink.spool import Row
 
@@ -65,18 +65,6 @@ def _seed_raw(raw: float) -> str:
 
 
 _IDS_MAX: Final = 4096  # text fields remembered per cache (sensor ids, sessions)
-_csv_ids: dict[str, str] = {}  # sensor_id -> its field as csv.writer writes it
-
-
-def _csv_field(text: str) -> str:
-    """`text` as csv.writer writes it among other fields (quoted or not, as this Python's csv
-    module decides: it is asked, once per id)."""
-    if len(_csv_ids) >= _IDS_MAX:
-        _csv_ids.clear()
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow((text, ""))
-    field = _csv_ids[text] = out.getvalue()[:-2]  # without ",\n"
-    return field
 
 
 def seed_line(r: Reading) -> str:
@@ -88,7 +76,7 @@ def seed_line(r: Reading) -> str:
     it), in one f-string: the numbers never need quoting, and the id's field is csv.writer's
     own, remembered.
     """
-    sid = _csv_ids.get(r.sensor_id) or _csv_field(r.sensor_id)
+    sid = csv_field(r.sensor_id)
     return (f"{seed_timestamp(r.ts_ns)},{sid},{_seed_raw(r.raw)},{r.volts:.2f},"
             f"{r.amps:.4f},{float(r.watts)!s}\n")
 
@@ -145,8 +133,7 @@ def json_objects(readings: Sequence[Reading]) -> str:
     separators=(",", ":"))`, byte for byte (tests/unit/test_uplink_formats.py), without a dict
     per reading; the readings must be finite (non_finite). A number is its repr, which is
     what json writes for an int or a float (the spool gives nothing else). Timestamps are
-    formatted through a cache of this call's own (the seconds part repeats): schema.format_ts's
-    shared cache is not safe with two output threads formatting at once."""
+    formatted inline, the seconds part once per second of data (it repeats)."""
     texts, text = _json_texts, _json_text
     seconds: dict[int, str] = {}
     parts: list[str] = []

@@ -16,7 +16,7 @@ import zmq
 from powmon.common.conversion import Calibration, convert
 from powmon.common.errors import SettingsError
 from powmon.common.replay import ReplayClient, ReplayServer
-from powmon.common.schema import ReaderProgress, ReplayReply, Status, decode_batch
+from powmon.common.schema import MAX_BATCH, ReaderProgress, ReplayReply, Status, decode_batch
 from powmon.common.settings import load_settings
 from powmon.readers.numbering import Sample
 from powmon.readers.session import Counters, Emitter
@@ -177,3 +177,30 @@ def test_publish_interval_is_per_sensor_and_held_below_the_stall_timeout(tmp_pat
     slow = write_settings(tmp_path / "x.yaml", sensors, STALL_TIMEOUT=1)
     with pytest.raises(SettingsError, match=r"SENSORS\[0\].PUBLISH_INTERVAL.*STALL_TIMEOUT"):
         load_settings(slow)
+
+
+def test_more_than_a_batch_held_goes_out_in_messages_of_at_most_max_batch(
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    """A long read can bring more samples than one message may hold (MAX_BATCH): they go out
+    in several messages every subscriber accepts, seqs unbroken, the loss named once."""
+    pub = zmq_ctx.socket(zmq.PUB)
+    pub.bind("inproc://big")
+    sub = zmq_ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect("inproc://big")
+    emitter = Emitter(pub, "VIC", Calibration(), Counters("s1", "sim://VIC"), 10_000, 60.0)
+    n = 2 * MAX_BATCH + 100
+    samples = [Sample(1, seq, seq * 1_000, 512, 0) for seq in range(n)]
+    stamps = [1_795_628_536 * 10**9 + s * 10**6 for s in range(n)]
+    emitter.emit_samples(samples, stamps, convert, dropped=3)
+    emitter.publish()
+    batches = []
+    while sub.poll(100):
+        batches.append(decode_batch(sub.recv_multipart()))
+    pub.close()
+    sub.close()
+    assert all(len(b.readings) <= MAX_BATCH for b in batches)
+    assert [x.seq for b in batches for x in b.readings] == list(range(n))
+    assert [b.dropped for b in batches] == [3, 0, 0]

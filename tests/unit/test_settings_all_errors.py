@@ -129,3 +129,19 @@ def test_a_clash_is_not_reported_for_a_key_that_is_already_wrong(tmp_path: Path)
     keys = [p.text.split(":")[0] for p in info.value.problems]
     assert keys == ["BROKER_FRONTEND", "REPLAY_PORTS"]  # REPLAY_PORTS: the default backend
     assert re.search(r"BROKER_BACKEND's port 5556", info.value.problems[1].text)
+
+
+def test_a_publish_interval_problem_names_its_own_entry_after_a_bad_one(tmp_path: Path) -> None:
+    """An entry with a mistake of its own does not shift the index a later entry's problem is
+    named by."""
+    path = tmp_path / "settings.yaml"
+    path.write_text("STALL_TIMEOUT: 2\nSENSORS:\n"
+                    "  - {PORT: sim://VIC, SENSORS_ID: VIC, VCC: x}\n"
+                    "  - {PORT: sim://ATT, SENSORS_ID: ATT, PUBLISH_INTERVAL: 1.5}\n",
+                    encoding="utf-8")
+    with pytest.raises(SettingsProblems) as info:
+        load_settings(path)
+    texts = [p.text for p in info.value.problems]
+    assert any(t.startswith("SENSORS[0].VCC") for t in texts), texts
+    assert any(t.startswith("SENSORS[1].PUBLISH_INTERVAL: expected at most half")
+               for t in texts), texts
