@@ -69,8 +69,9 @@ class ReplayRing:
         items.extend(rows)
         if over > 0:
             self._first += over
-            if self._dropped:
-                self._dropped = {k: v for k, v in self._dropped.items() if k >= self._first}
+            d = self._dropped  # keys come in rising seq order: only the oldest go stale
+            while d and (k := next(iter(d))) < self._first:
+                del d[k]
         if dropped and rows:
             self._dropped[seq] = dropped
 

@@ -63,13 +63,17 @@ class EnergyBook:
     def add(self, readings: Sequence[Reading]) -> None:
         """A batch, as runs of consecutive readings of one stream (how they come off the
         bus: a reader's message is one), each counted in one pass (EnergyMeter.add_run)."""
+        if not readings:
+            return
         add_run = self.meter.add_run
-        start = 0
-        for i in range(1, len(readings) + 1):
-            if i == len(readings) or not _continues(readings[i - 1], readings[i]):
-                r = readings[start]
-                add_run(r[0], r[1], readings[start:i])
+        start, prev = 0, readings[0]
+        for i in range(1, len(readings)):  # inlined: it runs for every reading stored
+            r = readings[i]
+            if r[2] != prev[2] + 1 or r[1] != prev[1] or r[0] != prev[0]:
+                add_run(prev[0], prev[1], readings[start:i])
                 start = i
+            prev = r
+        add_run(prev[0], prev[1], readings[start:])
 
     def lost(self, lost: Iterable[Lost]) -> None:
         for gap in lost:
@@ -99,6 +103,3 @@ class EnergyBook:
         totals = self.meter.snapshot()
         return {"energy_wh": {s: round(t.energy_wh, 6) for s, t in totals.items()}}
 
-
-def _continues(a: Reading, b: Reading) -> bool:
-    return b[2] == a[2] + 1 and b[1] == a[1] and b[0] == a[0]
