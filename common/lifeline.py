@@ -8,7 +8,7 @@ from then on:
 - when the connection ends (EOF or an error), the supervisor is gone, however it died (kill -9,
   an OOM kill, a closed terminal): the kernel closes the supervisor's end, so a thread blocked
   on this one wakes at once, and the child stops as on SIGTERM, flushing what it holds, after
-  `grace` seconds (ORPHAN_STEP_S per later group: powmon.supervise). The graces keep the
+  `grace` seconds (ORPHAN_STEP_S per later group: powmon.supervisor.run). The graces keep the
   supervisor's stop order without it: readers stop at once (grace 0, within a fraction of a
   second), then each group a second after the one before: the web page (if any), the writer
   and uplink (having taken the readers' last readings), the broker last (having carried them),

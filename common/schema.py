@@ -17,13 +17,8 @@ read both versions; every subscriber uses them.
 
 from __future__ import annotations
 
-import calendar
-import csv
 import enum
-import io
-import re
 import reprlib
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import isfinite
@@ -45,11 +40,6 @@ STATUS_PREFIX: Final = b"status/"
 STATE_RUNNING: Final = "running"
 STATE_DISCONNECTED: Final = "disconnected"  # a reader without its device
 STATE_STOPPED: Final = "stopped"
-
-CSV_FIELDS: Final = (
-    "timestamp", "sensor_id", "session", "seq", "raw", "volts", "amps", "watts", "flags",
-)
-
 
 class Flag(enum.IntFlag):
     """Per-reading conditions, stored as names in CSV and as an integer on the wire."""
@@ -481,134 +471,6 @@ def _gone(items: Any) -> tuple[ReaderEnd, ...]:
         raise SchemaError(f"status: gone must be [[sensor, session, seq], ...], got "
                           f"{_SHOW.repr(items)}")
     return tuple(ReaderEnd(*i) for i in items)
-
-
-def _flag_text(flags: int) -> str:
-    return "|".join(f.name.lower() for f in Flag if f.name is not None and flags & f)
-
-
-_FLAG_TEXT: Final = tuple(_flag_text(n) for n in range(1 << len(Flag)))
-
-
-def flag_names(flags: int) -> str:
-    """'over_range|ac_rms' style text for CSV and JSON; empty for a plain reading."""
-    if 0 <= flags < len(_FLAG_TEXT):
-        return _FLAG_TEXT[flags]  # every combination of known flags, worked out once
-    return _flag_text(flags)
-
-
-# (seconds, their text), replaced whole: threads that format at once (the uplink's outputs)
-# each see a pair that belongs together, never one's seconds with another's text.
-_ts_cache: list[tuple[int, str]] = [(-1, "")]
-
-
-def format_ts(ts_ns: int) -> str:
-    """UTC ISO 8601 with microseconds and 'Z', the one timestamp format PowMon writes.
-
-    The seconds part is cached: consecutive readings share it, and strftime is the costly bit.
-    """
-    secs = ts_ns // 1_000_000_000
-    cached = _ts_cache[0]
-    if secs != cached[0]:
-        cached = _ts_cache[0] = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
-    return f"{cached[1]}.{ts_ns // 1000 % 1_000_000:06d}Z"
-
-
-_TS_TEXT: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
-_parse_cache: list[object] = ["", 0]
-
-
-def parse_ts(text: str) -> int:
-    """format_ts read back: ns since the epoch of a CSV timestamp
-    (`2026-11-25T17:42:16.123456Z`); ValueError for anything else.
-
-    The seconds part is checked and converted once per second of data (consecutive rows
-    share it; strptime is the costly bit); per row only the microseconds are.
-    """
-    head = text[:19]
-    if head != _parse_cache[0]:
-        if len(text) != 27 or _TS_TEXT.fullmatch(text) is None:
-            raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
-        _parse_cache[1] = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-        _parse_cache[0] = head
-    micros = text[20:26]
-    if len(text) != 27 or text[19] != "." or text[26] != "Z" or not micros.isdigit():
-        raise ValueError(f"timestamp {text!r} is not like 2026-11-25T17:42:16.123456Z")
-    secs = _parse_cache[1]
-    assert isinstance(secs, int)  # noqa: S101
-    return secs * 1_000_000_000 + int(micros) * 1000
-
-
-CsvRow = tuple[str, str, str, int, float, str, str, str, str]
-
-
-def csv_rows(readings: Iterable[Reading]) -> list[CsvRow]:
-    """The CSV_FIELDS values of each reading, in order, formatted for a csv.writer (the
-    uplink's csv format); the writer takes csv_lines, the same text in one step."""
-    return [
-        (
-            format_ts(r.ts_ns), r.sensor_id, r.session, r.seq, r.raw, f"{r.volts:.5f}",
-            f"{r.amps:.4f}", f"{r.watts:.3f}", flag_names(r.flags),
-        )
-        for r in readings
-    ]
-
-
-def csv_row(r: Reading) -> CsvRow:
-    """The CSV row of one reading (csv_rows of one)."""
-    return csv_rows((r,))[0]
-
-
-_csv_ids: dict[str, str] = {}  # sensor_id or session -> its CSV field; bounded by _TOPICS_MAX
-
-
-def csv_field(text: str) -> str:
-    """A text field as csv.writer writes it among others (quoted or not, as this Python's csv
-    module decides: it is asked once per text), cached: ids repeat on every row."""
-    return _csv_ids.get(text) or _csv_field(text)
-
-
-def _csv_field(text: str) -> str:
-    if len(_csv_ids) >= _TOPICS_MAX:
-        _csv_ids.clear()
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow((text, ""))
-    field = _csv_ids[text] = out.getvalue()[:-2]  # without ",\n"
-    return field
-
-
-def csv_lines(readings: Iterable[Reading]) -> list[str]:
-    """The CSV line of each reading, with its line end: exactly what csv.writer (`\n` line
-    ends) makes of csv_rows, in one formatting step per row instead of two (the writer's hot
-    path; tests/fuzz/test_fuzz_schema.py checks the two against each other)."""
-    flag_text, known, ids = _FLAG_TEXT, len(_FLAG_TEXT), _csv_ids
-    cached = _ts_cache[0]
-    lines: list[str] = []
-    for sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags in readings:
-        secs = ts_ns // 1_000_000_000
-        if secs != cached[0]:
-            cached = _ts_cache[0] = (
-                secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
-        sid = ids.get(sensor_id) or _csv_field(sensor_id)
-        sess = ids.get(session) or _csv_field(session)
-        flag = flag_text[flags] if 0 <= flags < known else _flag_text(flags)
-        lines.append(
-            f"{cached[1]}.{ts_ns // 1000 % 1_000_000:06d}Z,{sid},{sess},{seq},{raw!r},"
-            f"{volts:.5f},{amps:.4f},{watts:.3f},{flag}\n"
-        )
-    return lines
-
-
-def reading_dict(r: Reading) -> dict[str, object]:
-    """JSON-ready form (tap, uplink json format): CSV_FIELDS plus the exact ns timestamp."""
-    return {
-        "timestamp": format_ts(r.ts_ns), "ts_ns": r.ts_ns, "sensor_id": r.sensor_id,
-        "session": r.session, "seq": r.seq, "raw": r.raw, "volts": r.volts, "amps": r.amps,
-        "watts": r.watts, "flags": flag_names(r.flags),
-    }
-
-
-# ---- replay side channel (reader ROUTER <-> writer/uplink DEALER) ----------------------------
 
 
 @dataclass(frozen=True, slots=True)

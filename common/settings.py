@@ -174,6 +174,16 @@ class Settings:
     curve: Curve | None  # None: the bus stays on loopback, in the clear
     replay_ports: tuple[int, int] | None  # None: the OS picks each replay socket's port
 
+    @property
+    def uplink_outputs(self) -> tuple[str, ...]:
+        """The uplink's outputs these settings turn on: 'http' (REMOTE_SAVE), 'mqtt' (MQTT_URL).
+
+        Decided here, in the contract, so that the process table (which starts an uplink only
+        when there is one) and the uplink (which builds them) agree without importing each
+        other; empty: no uplink process at all."""
+        return (("http",) if self.remote_save else ()) + (
+            ("mqtt",) if self.mqtt.url is not None else ())
+
     def sensor(self, sensor_id: str) -> SensorSettings:
         for sensor in self.sensors:
             if sensor.sensor_id == sensor_id:

@@ -21,6 +21,7 @@ import click
 import yaml
 import zmq
 
+from powmon.base.processes import broker_here
 from powmon.common.errors import SettingsError
 from powmon.common.lifecycle import EXIT_USAGE
 from powmon.common.options import CONTEXT_SETTINGS, config_option
@@ -32,7 +33,6 @@ from powmon.common.settings import (
     load_settings,
 )
 from powmon.probes import Heard, endpoint_state, listen, port_answer, reach
-from powmon.processes import broker_here
 from powmon.uplink.keys import decrypt_url, find_key, redact_url
 
 MASK = "***"

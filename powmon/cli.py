@@ -12,7 +12,7 @@ from powmon import __version__
 
 # name -> "module:attribute" of a click command
 SUBCOMMANDS: Final = {
-    "run": "powmon.supervise:run_command",
+    "run": "powmon.supervisor.run:run_command",
     "sim": "powmon.sim.cli:sim_command",
     "tap": "powmon.tap:tap_command",
     "status": "powmon.status:status_command",
@@ -21,8 +21,8 @@ SUBCOMMANDS: Final = {
     "keygen": "powmon.keys:keygen_command",
     "encrypt-url": "powmon.keys:encrypt_url_command",
     "bench": "powmon.bench:bench_command",
-    "report": "powmon.report:report_command",
-    "plot": "powmon.plot:plot_command",
+    "report": "powmon.analysis.report:report_command",
+    "plot": "powmon.analysis.plot:plot_command",
     "calibrate": "powmon.calibrate:calibrate_command",
     "check-config": "powmon.checkconfig:check_config_command",
 }

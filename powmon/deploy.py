@@ -20,10 +20,10 @@ from pathlib import Path
 
 import click
 
+from powmon.base.processes import pipeline
 from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.settings import Settings
-from powmon.processes import pipeline
 
 
 def _programs(settings: Settings, python: str) -> Iterator[tuple[str, tuple[str, ...], int]]:

@@ -1,7 +1,7 @@
 """`powmon status`: one-shot health of a running pipeline, from its heartbeats.
 
 It listens on the bus for a bounded time (a few heartbeat intervals, less once every expected
-process was heard from twice), feeds what it hears to the health model (powmon.health) and
+process was heard from twice), feeds what it hears to the health model (powmon.base.health) and
 prints a table or one JSON object. The exit code makes it a health check for supervisord,
 systemd, cron or a container: 0 when every required process is up and every sensor produced a
 reading within STALL_TIMEOUT, 1 otherwise (nothing running counts as down), 2 for bad settings.
@@ -18,10 +18,10 @@ from typing import Any, Final
 
 import click
 
+from powmon.base.health import Expected, Health
 from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
 from powmon.common.settings import Settings
-from powmon.health import Expected, Health
 from powmon.probes import heartbeats
 
 LISTEN_BEATS: Final = 3.0  # listen this many heartbeat intervals at most ...

@@ -22,6 +22,7 @@ from typing import TextIO
 import click
 import zmq
 
+from powmon.base.text import reading_dict
 from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import EXIT_CRASH, install_stop_handlers, load_or_exit
 from powmon.common.logs import RateLimiter
@@ -31,7 +32,6 @@ from powmon.common.schema import (
     STATUS_PREFIX,
     decode_readings,
     decode_status,
-    reading_dict,
     reading_topic,
 )
 from powmon.tapwatch import Listening, TapRefused, quiet_after

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Protocol
 
-from powmon.common.energy import EnergyMeter
+from powmon.base.energy import EnergyMeter
 from powmon.common.errors import SchemaError
 from powmon.common.schema import STATUS_PREFIX, Status, decode_readings, decode_status
 from powmon.tapwatch import Listening

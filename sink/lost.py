@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from powmon.common.schema import format_ts
+from powmon.base.text import format_ts
 from powmon.sink.filler import Lost
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """UplinkConfig: everything the uplink needs, checked and resolved before any I/O.
 
-Which outputs run is decided in one place, `enabled_outputs(settings)`, which `powmon run`,
+Which outputs run is decided in one place, `Settings.uplink_outputs`, which `powmon run`,
 `powmon deploy` and the uplink itself all ask: the HTTP output (UPLINK_FORMAT: seed, csv,
 json or influx) when REMOTE_SAVE is true, the MQTT output when MQTT_URL is set. The uplink
 process runs when at least one is enabled.
@@ -45,12 +45,7 @@ WRITER_STATUS: Final = b"status/writer/"  # energy totals and health for the MQT
 
 def enabled_outputs(settings: Settings) -> tuple[str, ...]:
     """The outputs the uplink runs ('http', 'mqtt'); empty: no uplink process at all."""
-    names: list[str] = []
-    if settings.remote_save:
-        names.append(HTTP)
-    if settings.mqtt.url is not None:
-        names.append(MQTT)
-    return tuple(names)
+    return settings.uplink_outputs
 
 
 @dataclass(frozen=True, slots=True)

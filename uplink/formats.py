@@ -13,8 +13,6 @@ the format at all: those go to the dead-letter table with the reason, never sile
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -22,7 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from powmon.common.schema import CSV_FIELDS, Reading, csv_field, csv_rows, flag_names
+from powmon.base.storage import csv_field, csv_lines, header_line
+from powmon.base.text import flag_names
+from powmon.common.schema import Reading
 from powmon.uplink.contract import Encoded
 from powmon.uplink.spool import Row
 
@@ -92,11 +92,11 @@ def _seed(rows: Sequence[Row]) -> Encoded[Request]:
 def _csv(rows: Sequence[Row]) -> Encoded[Request]:
     if not rows:
         return Encoded([])
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
-    writer.writerow(CSV_FIELDS)
-    writer.writerows(csv_rows([row.reading for row in rows]))
-    return Encoded([Request(tuple(rows), out.getvalue().encode(), CSV_TYPE)])
+    # The writer's own rows (base.storage.csv_lines), with RFC 4180's line ends: a row ends in
+    # its last "\n", and a newline inside a quoted field is left as it is, as csv.writer does.
+    lines = [header_line(), *csv_lines([row.reading for row in rows])]
+    body = "".join(f"{line[:-1]}\r\n" for line in lines)
+    return Encoded([Request(tuple(rows), body.encode(), CSV_TYPE)])
 
 
 def non_finite(r: Reading) -> str | None:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from powmon import __version__
-from powmon.common.schema import Reading, Status, format_ts
+from powmon.base.text import format_ts
+from powmon.common.schema import Reading, Status
 from powmon.uplink.mqtt_config import MqttConfig, slug
 
 ONLINE: Final = "online"

@@ -29,8 +29,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from powmon.base.text import reading_dict
 from powmon.common.backoff import backoff
-from powmon.common.schema import Reading, Status, reading_dict
+from powmon.common.schema import Reading, Status
 from powmon.uplink.contract import Answer, Encoded, Output, Wait, ids
 from powmon.uplink.formats import non_finite
 from powmon.uplink.homeassistant import Presence

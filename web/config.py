@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from powmon.base.health import Expected
 from powmon.common.curve import Curve, is_loopback
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings
-from powmon.health import Expected
 
 DEFAULT_LISTEN: Final = ("127.0.0.1", 8080)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from powmon.common.schema import format_ts
+from powmon.base.text import format_ts
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The web process's state: what came off the bus, and who gets which event.
 
 The Hub is fed bus messages by the SUB loop and ticked a few times a second; it keeps the
-health model (powmon.health) and the chart's buckets, and puts encoded events into every
+health model (powmon.base.health) and the chart's buckets, and puts encoded events into every
 client's bounded queue. No sockets and no clock of its own, so it is tested without a server.
 """
 
@@ -11,15 +11,11 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
+from powmon.base.health import Expected, Health
+from powmon.base.text import reading_dict
 from powmon.common.errors import SchemaError
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import (
-    READING_PREFIX,
-    decode_readings,
-    decode_status,
-    reading_dict,
-)
-from powmon.health import Expected, Health
+from powmon.common.schema import READING_PREFIX, decode_readings, decode_status
 from powmon.web.stream import BUCKET_S, HISTORY_S, Client, Downsampler, sse
 
 log = logging.getLogger(__name__)

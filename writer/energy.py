@@ -23,15 +23,15 @@ from math import isfinite
 from pathlib import Path
 from typing import Final
 
-from powmon.common.energy import EnergyMeter
-from powmon.common.schema import CSV_FIELDS, Reading, parse_ts
+from powmon.base.energy import EnergyMeter
+from powmon.base.storage import SENSOR, SEQ, SESSION, TS, WATTS
+from powmon.base.text import parse_ts
+from powmon.common.schema import Reading
 from powmon.sink.filler import Lost
 
 log = logging.getLogger(__name__)
 
 ENERGY_FILE: Final = "energy.json"
-_SENSOR, _SESSION, _SEQ = (CSV_FIELDS.index(k) for k in ("sensor_id", "session", "seq"))
-_TS, _WATTS = CSV_FIELDS.index("timestamp"), CSV_FIELDS.index("watts")
 
 
 class EnergyBook:
@@ -54,11 +54,11 @@ class EnergyBook:
             log.error("cannot use %s (%s): energy totals start again from zero", self.path, err)
         for row in tail:
             try:
-                ts_ns, watts = parse_ts(row[_TS]), float(row[_WATTS])
+                ts_ns, watts = parse_ts(row[TS]), float(row[WATTS])
             except ValueError:
                 continue
             if isfinite(watts):
-                self.meter.add(row[_SENSOR], row[_SESSION], int(row[_SEQ]), ts_ns, watts)
+                self.meter.add(row[SENSOR], row[SESSION], int(row[SEQ]), ts_ns, watts)
 
     def add(self, readings: Sequence[Reading]) -> None:
         """A batch, as runs of consecutive readings of one stream (how they come off the

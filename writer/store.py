@@ -22,14 +22,8 @@ from io import FileIO
 from pathlib import Path
 from typing import Final
 
-from powmon.writer.rotation import (
-    LINE_TERMINATOR,
-    FileNaming,
-    find_current,
-    header_line,
-    list_files,
-    resume_size,
-)
+from powmon.base.storage import LINE_TERMINATOR, FileNaming, find_current, header_line, list_files
+from powmon.writer.resume import resume_size
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ A sink on the sink core (sink/core.py), which subscribes, resumes, fills gaps fr
 replay buffers and drops duplicates; what is the writer's own is here: rows are buffered and
 written once per FLUSH_INTERVAL (or sooner when the buffer grows), which is what lets one
 process keep up with >100,000 readings/s; where it learns what it stored is the tail of its
-newest files (writer.rotation), together with what it still missed, which it saves in
+newest files (writer.resume), together with what it still missed, which it saves in
 `progress.json` before each write of rows (sink.progress): the tail alone cannot tell a
 session's start from a hole still being filled. A disk that refuses a write (full,
 permissions) never stops the loop: rows wait in memory up to a bound and the write is retried
@@ -23,23 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from powmon.base.storage import SEQ, FileNaming, csv_lines, find_current
 from powmon.common.backoff import backoff
 from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError
 from powmon.common.lock import writer_lock
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import Reading, csv_lines
+from powmon.common.schema import Reading
 from powmon.common.settings import Settings
 from powmon.sink.core import CoreConfig, Sink, Stored, serve
 from powmon.sink.filler import Lost
 from powmon.sink.progress import Mark, ProgressFile, ProgressLedger
 from powmon.sink.tracker import Key, StreamState
 from powmon.writer.energy import EnergyBook
-from powmon.writer.rotation import (
-    SEQ_COL,
-    FileNaming,
+from powmon.writer.resume import (
     cut_torn_row,
-    find_current,
     key_of,
     rows_after,
     scan_session,
@@ -131,7 +129,7 @@ class CsvSink(Sink):
 
     def stored(self) -> Iterable[StreamState]:
         """The saved progress less the rows stored after it, and the tail's other streams,
-        less the sessions complete and over (rotation.worth_resuming); energy.json's ended
+        less the sessions complete and over (resume.worth_resuming); energy.json's ended
         sessions are folded into their totals."""
         root, naming = self.config.data_root, self.naming
         cut_torn_row(root, naming)
@@ -145,7 +143,7 @@ class CsvSink(Sink):
         else:
             stored: dict[Key, set[int]] = {}
             for row in itertools.chain(rows, rows_after(root, naming, saved.mark)):
-                stored.setdefault(key_of(row), set()).add(int(row[SEQ_COL]))
+                stored.setdefault(key_of(row), set()).add(int(row[SEQ]))
             streams = self.ledger.resume(saved.streams, streams_of(rows), stored)
         self.energy.fold(self.ledger.open_holes())
         return worth_resuming(streams, rows)  # sessions complete and over are not taken up

@@ -39,9 +39,9 @@ from typing import Final
 
 import yaml
 
+from powmon.base.energy import EnergyMeter
 from powmon.bench.procs import free_endpoint, pids_of, wait_for
 from powmon.bench.receiver import Ingest
-from powmon.common.energy import EnergyMeter
 
 Key = tuple[str, str, int]
 SENSORS: Final = (  # id, sim options, settings: 50-100 Hz, polled and streamed

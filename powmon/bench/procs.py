@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 import zmq
 
+from powmon.base.processes import pipeline
 from powmon.bench.results import cpu_seconds
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
@@ -35,7 +36,6 @@ from powmon.common.schema import (
 )
 from powmon.common.settings import load_settings
 from powmon.common.transport import sub_socket
-from powmon.processes import pipeline
 
 START_TIMEOUT = 60.0
 
@@ -80,7 +80,7 @@ class Pipeline:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, key: str) -> subprocess.Popen[bytes]:
-        """Start one process of the pipeline's process table (powmon/processes.py) by key."""
+        """Start one process of the pipeline's process table (base/processes.py) by key."""
         log = (self.workdir / f"{key.replace(' ', '-')}.log").open("ab")
         argv = self._specs[key].argv(str(self.settings))
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

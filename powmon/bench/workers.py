@@ -28,6 +28,7 @@ import msgpack
 import serial
 import zmq
 
+from powmon.base.storage import csv_lines
 from powmon.common.conversion import Calibration, convert
 from powmon.common.schema import (
     BATCH_VERSION,
@@ -35,7 +36,6 @@ from powmon.common.schema import (
     SCHEMA_VERSION,
     Reading,
     batch_frames,
-    csv_lines,
     decode_batch,
     decode_readings,
     encode_batch,

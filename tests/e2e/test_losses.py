@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from powmon.common.schema import CSV_FIELDS, Reading, decode_status, encode_reading
+from powmon.base.storage import CSV_FIELDS
+from powmon.common.schema import Reading, decode_status, encode_reading
 from powmon.common.settings import load_settings
 from tests.bus import BusEnd
 from tests.helpers import (

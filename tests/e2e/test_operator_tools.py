@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from powmon.common.schema import parse_ts
-from powmon.datafiles import data_files
-from powmon.plot import build_plot, plot_columns
+from powmon.analysis.datafiles import data_files
+from powmon.analysis.plot import build_plot, plot_columns
+from powmon.base.text import parse_ts
 from tests.helpers import (
     Proc,
     data_rows,

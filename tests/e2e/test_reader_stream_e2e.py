@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from powmon.common.schema import parse_ts
+from powmon.base.text import parse_ts
 from powmon.sim.device import Fault, SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
 from tests.helpers import Proc, data_rows, lost_rows, wait_until, write_settings

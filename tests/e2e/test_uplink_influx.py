@@ -14,7 +14,8 @@ import pytest
 import requests
 import zmq
 
-from powmon.common.schema import Reading, flag_names
+from powmon.base.text import flag_names
+from powmon.common.schema import Reading
 from tests.helpers import Proc, wait_until
 from tests.servers.influxd import Influxd
 from tests.uplinkrun import UplinkRun

@@ -20,7 +20,8 @@ import pytest
 import yaml
 import zmq
 
-from powmon.common.schema import CSV_FIELDS, Flag, Reading, decode_status, encode_reading
+from powmon.base.storage import CSV_FIELDS
+from powmon.common.schema import Flag, Reading, decode_status, encode_reading
 from tests.helpers import Proc, python_module, wait_until, write_settings
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from powmon.common.schema import parse_ts
+from powmon.base.text import parse_ts
 from tests.firmware.simboard import BAUD, Built, SimBoard, ideal_count
 from tests.helpers import Proc, data_rows, lost_rows, wait_until, write_settings
 

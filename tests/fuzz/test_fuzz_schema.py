@@ -18,6 +18,8 @@ import msgpack
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from powmon.base.storage import csv_lines
+from powmon.base.text import reading_dict
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
     BATCH_VERSION,
@@ -25,9 +27,6 @@ from powmon.common.schema import (
     Reading,
     ReplayReply,
     Status,
-    csv_lines,
-    csv_row,
-    csv_rows,
     decode_batch,
     decode_reading,
     decode_replay_reply,
@@ -35,12 +34,12 @@ from powmon.common.schema import (
     decode_status,
     encode_batch,
     encode_reading,
-    reading_dict,
     reading_topic,
     status_topic,
 )
 from powmon.tap import _render
 from tests.fuzz.strategies import INT64_MIN, any_text, fuzz, msgpack_values
+from tests.rows import csv_row, csv_rows
 
 INT64_MAX = 2**63 - 1
 # [[[...[None]...]]]: 1 KB, within msgpack's nesting limit (1024) but deeper than repr() goes

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from powmon.base.storage import CSV_FIELDS
+from powmon.base.text import parse_ts
 from powmon.cli import main
-from powmon.common.schema import CSV_FIELDS, Reading, csv_row, parse_ts
+from powmon.common.schema import Reading
+from tests.rows import csv_row
 
 S = 1_000_000_000
 T0 = parse_ts("2026-11-25T22:59:00.000000Z")

@@ -10,11 +10,11 @@ import pytest
 import zmq.auth
 from click.testing import CliRunner
 
+from powmon.base.processes import pipeline
 from powmon.broker.broker import BrokerConfig
 from powmon.common.errors import SettingsError
 from powmon.common.settings import load_settings
 from powmon.keys import keygen_command
-from powmon.processes import pipeline
 from tests.helpers import write_settings
 from tests.keys import broker_host, host_keys, other_host
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from powmon.common.energy import (
+from powmon.base.energy import (
     BRIDGE_FLOOR_S,
     LEARN_INTERVALS,
     EnergyMeter,

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from powmon.common.schema import Flag, Reading, csv_row
+from powmon.base.storage import FileNaming
+from powmon.common.schema import Flag, Reading
 from powmon.sink.tracker import StreamState
-from powmon.writer.rotation import FileNaming, scan_session, tail_streams
+from powmon.writer.resume import scan_session, tail_streams
 from powmon.writer.store import CsvStore
+from tests.rows import csv_row
 
 NAMING = FileNaming.from_data_file("data.csv")
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from powmon.base.health import MAX_EXTRA, STALE_MIN_S, Expected, Health
 from powmon.common.schema import Reading, Status, decode_status, encode_status
 from powmon.common.settings import load_settings
-from powmon.health import MAX_EXTRA, STALE_MIN_S, Expected, Health
 from tests.helpers import write_settings
 
 S = 1_000_000_000

@@ -18,10 +18,13 @@ pytest.importorskip("matplotlib")
 
 from matplotlib import dates
 
+from powmon.analysis.datafiles import data_files
+from powmon.analysis.plot import build_plot
+from powmon.base.storage import CSV_FIELDS
+from powmon.base.text import parse_ts
 from powmon.cli import main
-from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row, parse_ts
-from powmon.datafiles import data_files
-from powmon.plot import build_plot
+from powmon.common.schema import Flag, Reading
+from tests.rows import csv_row
 
 S = 1_000_000_000
 # 13 minutes starting at 13:07:31 UTC: an afternoon, so a 12-hour clock would show "1:07 PM"

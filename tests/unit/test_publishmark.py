@@ -11,7 +11,7 @@ from pathlib import Path
 from powmon.common import publishmark
 from powmon.common.schema import ReaderEnd
 from powmon.common.settings import load_settings
-from powmon.supervise import RunConfig, Supervisor
+from powmon.supervisor.run import RunConfig, Supervisor
 from tests.helpers import write_settings
 
 

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from powmon.analysis.datafiles import data_files
+from powmon.analysis.report import build_report
+from powmon.analysis.timespec import parse_time
+from powmon.base.storage import CSV_FIELDS
+from powmon.base.text import parse_ts
 from powmon.cli import main
-from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row, parse_ts
-from powmon.datafiles import data_files
-from powmon.report import build_report
-from powmon.timespec import parse_time
+from powmon.common.schema import Flag, Reading
+from tests.rows import csv_row
 
 S = 1_000_000_000
 T0 = parse_ts("2026-11-25T17:59:50.000000Z")

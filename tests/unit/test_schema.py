@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from powmon.base.text import flag_names, format_ts
 from powmon.common.errors import SchemaError
 from powmon.common.schema import (
     BATCH_VERSION,
@@ -16,7 +17,6 @@ from powmon.common.schema import (
     Status,
     batch_frames,
     batch_payload,
-    csv_row,
     decode_batch,
     decode_reading,
     decode_readings,
@@ -26,12 +26,11 @@ from powmon.common.schema import (
     encode_reading,
     encode_replay_reply,
     encode_status,
-    flag_names,
-    format_ts,
     pack_row,
     pack_rows,
     reading_topic,
 )
+from tests.rows import csv_row
 
 R = Reading("VIC", "a1b2c3", 7, 1_795_628_538_799_919_130, 531, 0.09277, 1.4056, 7.028, 1)
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from powmon.children import Child
+from powmon.base.health import Expected, Health
+from powmon.base.processes import pipeline
 from powmon.common import lifeline
 from powmon.common.errors import SchemaError
 from powmon.common.lifeline import Beat, LifelineServer
@@ -27,11 +28,10 @@ from powmon.common.schema import (
     encode_status,
 )
 from powmon.common.settings import load_settings
-from powmon.health import Expected, Health
-from powmon.processes import pipeline
 from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored
 from powmon.sink.tracker import StreamState
 from powmon.status import render
+from powmon.supervisor.children import Child
 from tests.helpers import wait_until, write_settings
 
 S = 1_000_000_000

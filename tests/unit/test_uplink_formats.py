@@ -18,9 +18,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row, reading_dict
+from powmon.base.storage import CSV_FIELDS
+from powmon.base.text import reading_dict
+from powmon.common.schema import Flag, Reading
 from powmon.uplink import formats
 from powmon.uplink.spool import Row
+from tests.rows import csv_row
 
 AWKWARD_IDS = [
     "VIC",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from powmon.common.schema import CSV_FIELDS
+from powmon.base.storage import CSV_FIELDS
 from powmon.common.settings import Secret
 from powmon.uplink.http_output import HttpOutput
 from powmon.uplink.mqtt import MqttOutput

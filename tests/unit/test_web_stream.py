@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from powmon.base.health import Expected
 from powmon.common.curve import is_loopback
 from powmon.common.errors import SettingsError
 from powmon.common.schema import Reading, Status, encode_batch, encode_reading, encode_status
 from powmon.common.settings import load_settings
-from powmon.health import Expected
 from powmon.web.config import WebConfig
 from powmon.web.hub import MAX_CLIENTS, Hub
 from powmon.web.stream import CLOSE_AFTER_S, Client, Downsampler, sse

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from powmon.common.energy import EnergyMeter
+from powmon.analysis.datafiles import data_files
+from powmon.analysis.report import build_report
+from powmon.base.energy import EnergyMeter
 from powmon.common.schema import Reading, encode_reading
-from powmon.datafiles import data_files
-from powmon.report import build_report
 from powmon.writer.energy import ENERGY_FILE
 from powmon.writer.writer import WriterConfig
 from tests.writers import Writer, make_writer

@@ -16,7 +16,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from powmon.common.schema import CSV_FIELDS, Reading, encode_reading, format_ts
+from powmon.base.storage import CSV_FIELDS
+from powmon.base.text import format_ts
+from powmon.common.schema import Reading, encode_reading
 from powmon.writer.writer import WriterConfig
 from tests.writers import Writer, make_writer
 

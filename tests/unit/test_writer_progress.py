@@ -31,8 +31,8 @@ from powmon.sink.progress import (
     union,
 )
 from powmon.sink.tracker import StreamState
-from powmon.supervise import GONE_KEEP_S
-from powmon.writer.rotation import ENDED_KEPT_S
+from powmon.supervisor.run import GONE_KEEP_S
+from powmon.writer.resume import ENDED_KEPT_S
 from powmon.writer.writer import PROGRESS_FILE, WriterConfig
 from tests.writers import Writer, make_writer
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from powmon.common.schema import CSV_FIELDS, Flag, Reading, csv_row
-from powmon.writer.rotation import FileNaming, find_current, header_line, tail_streams
+from powmon.base.storage import CSV_FIELDS, FileNaming, find_current, header_line
+from powmon.common.schema import Flag, Reading
+from powmon.writer.resume import tail_streams
 from powmon.writer.store import CsvStore
+from tests.rows import csv_row
 
 HEADER = header_line()
 T0 = 1_795_628_536  # 2026-11-25T17:42:16Z

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from powmon.base.processes import pipeline
 from powmon.common.schema import Reading, Status
 from powmon.common.settings import Settings
-from powmon.processes import pipeline
 
 STALE_BEATS: Final = 3  # a process is down after this many heartbeat intervals of silence
 STALE_MIN_S: Final = 2.0  # ... and never sooner than this (a busy 2-core host delays beats)

@@ -1,10 +1,10 @@
-"""Data file names, and finding the file to append to, from the directory alone.
+"""Resuming from the data files alone: where to append, and what the stored tail says.
 
-A name is `<stem>-<counter>-<UTC time><suffix>`, e.g. `data-000001-20261125T174216Z.csv` for
-LOCAL_DATA_FILE `data.csv`. The counter comes first so that lexical order is creation order even
-when the wall clock jumps back; the time is there for people. The current file is the one with
-the highest counter: the original script remembered it by rewriting settings.yaml on every
-rotation, which lost the setting (and the secret in it) whenever it crashed mid-write.
+The data on disk is the source of truth for a restarted writer: the newest file is where
+appending resumes (the one with the highest counter, base.storage), a torn last row is cut off,
+and the newest rows tell the last stored seq of each stream and the holes below it. The
+original script remembered its current file by rewriting settings.yaml on every rotation,
+which lost the setting (and the secret in it) whenever it crashed mid-write.
 """
 
 from __future__ import annotations
@@ -15,90 +15,37 @@ import io
 import itertools
 import logging
 import os
-import re
-import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Final
 
-from powmon.common.schema import CSV_FIELDS, parse_ts
+from powmon.base.storage import (
+    CSV_FIELDS,
+    FLAGS,
+    LINE_TERMINATOR,
+    SENSOR,
+    SEQ,
+    SESSION,
+    TS,
+    FileNaming,
+    data_rows,
+    find_current,
+    list_files,
+)
+from powmon.base.text import parse_ts
 from powmon.sink.progress import Mark
 from powmon.sink.tracker import Key, StreamState
 
 log = logging.getLogger(__name__)
 
-COUNTER_WIDTH: Final = 6
-TIME_FORMAT: Final = "%Y%m%dT%H%M%SZ"
-LINE_TERMINATOR: Final = "\n"
 # How much of the newest files to read on start to learn the last stored seq of each stream.
 TAIL_BYTES: Final = 4 * 1024 * 1024
 # How much data to search, newest first, for a session the tail did not show.
 SCAN_BYTES: Final = 32 * 1024 * 1024
 # An ended session is resumed this long after its last stored row (on the sensor's newest row's
-# clock): `powmon run` lists ended readers for 10 minutes (supervise.GONE_KEEP_S), and a writer
+# clock): `powmon run` lists ended readers for 10 minutes (supervisor.run.GONE_KEEP_S), and a writer
 # that was down learns a session's missing tail from that list only for a session it knows.
 ENDED_KEPT_S: Final = 600.0
-
-_SENSOR_COL: Final = CSV_FIELDS.index("sensor_id")
-_SESSION_COL: Final = CSV_FIELDS.index("session")
-SEQ_COL: Final = CSV_FIELDS.index("seq")
-_FLAGS_COL: Final = CSV_FIELDS.index("flags")
-_TS_COL: Final = CSV_FIELDS.index("timestamp")
-
-
-def header_line() -> str:
-    """The header row exactly as the csv module writes it, so a resumed file can be checked."""
-    out = io.StringIO()
-    csv.writer(out, lineterminator=LINE_TERMINATOR).writerow(CSV_FIELDS)
-    return out.getvalue()
-
-
-@dataclass(frozen=True, slots=True)
-class FileNaming:
-    """How data file names derive from LOCAL_DATA_FILE, and how to read them back."""
-
-    stem: str
-    suffix: str
-
-    @classmethod
-    def from_data_file(cls, data_file: str) -> FileNaming:
-        name = PurePath(data_file).name
-        suffix = PurePath(name).suffix
-        stem = name[: len(name) - len(suffix)] if suffix else name
-        return cls(stem or "data", suffix)
-
-    def name(self, counter: int, created: float) -> str:
-        stamp = time.strftime(TIME_FORMAT, time.gmtime(created))
-        return f"{self.stem}-{counter:0{COUNTER_WIDTH}d}-{stamp}{self.suffix}"
-
-    def counter_of(self, name: str) -> int | None:
-        """The counter of a data file name, or None for any other file."""
-        pattern = rf"{re.escape(self.stem)}-(\d{{{COUNTER_WIDTH},}})-\d{{8}}T\d{{6}}Z"
-        match = re.fullmatch(pattern + re.escape(self.suffix), name)
-        return int(match.group(1)) if match else None
-
-
-def list_files(root: Path, naming: FileNaming) -> list[tuple[int, Path]]:
-    """The data files in `root` as (counter, path), oldest first; other files are ignored."""
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return []
-    found: list[tuple[int, Path]] = []
-    for entry in entries:
-        counter = naming.counter_of(entry.name)
-        if counter is not None and entry.is_file():
-            found.append((counter, Path(entry.path)))
-    found.sort()
-    return found
-
-
-def find_current(root: Path, naming: FileNaming) -> tuple[int, Path] | None:
-    """The file with the highest counter, which is where appending resumes."""
-    files = list_files(root, naming)
-    return files[-1] if files else None
-
 
 def cut_torn_row(root: Path, naming: FileNaming) -> int:
     """Cut a partial last row (a writer killed in mid-write) off the newest file; bytes cut.
@@ -168,8 +115,8 @@ def streams_of(rows: Iterable[list[str]]) -> list[StreamState]:
     live: dict[tuple[str, str], set[int]] = {}
     replayed: dict[tuple[str, str], set[int]] = {}
     for row in rows:
-        into = replayed if "replayed" in row[_FLAGS_COL] else live
-        into.setdefault((row[_SENSOR_COL], row[_SESSION_COL]), set()).add(int(row[SEQ_COL]))
+        into = replayed if "replayed" in row[FLAGS] else live
+        into.setdefault((row[SENSOR], row[SESSION]), set()).add(int(row[SEQ]))
     return [
         _stream_state(key, live.get(key, set()), replayed.get(key, set()))
         for key in live.keys() | replayed.keys()
@@ -187,9 +134,9 @@ def worth_resuming(
     (named by the saved progress alone) is kept."""
     newest: dict[Key, str] = {}
     for row in rows:  # ISO 8601 UTC with microseconds: text order is time order
-        key = (row[_SENSOR_COL], row[_SESSION_COL])
-        if row[_TS_COL] > newest.get(key, ""):
-            newest[key] = row[_TS_COL]
+        key = (row[SENSOR], row[SESSION])
+        if row[TS] > newest.get(key, ""):
+            newest[key] = row[TS]
     last_ns: dict[Key, int] = {}
     for key, ts in newest.items():
         with contextlib.suppress(ValueError):
@@ -208,14 +155,7 @@ def worth_resuming(
 
 def key_of(row: list[str]) -> Key:
     """The (sensor_id, session) of a data row."""
-    return (row[_SENSOR_COL], row[_SESSION_COL])
-
-
-def _rows(lines: Iterable[str]) -> Iterator[list[str]]:
-    """The data rows of CSV text (headers, partial lines and foreign rows left out)."""
-    for row in csv.reader(lines):
-        if len(row) == len(CSV_FIELDS) and row[SEQ_COL].isdigit():
-            yield row
+    return (row[SENSOR], row[SESSION])
 
 
 def tail_rows(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> Iterator[list[str]]:
@@ -228,7 +168,7 @@ def tail_rows(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> Iterat
         except OSError as err:
             log.warning("cannot read the tail of %s: %s", path.name, err)
             continue
-        yield from _rows(io.StringIO(text))
+        yield from data_rows(io.StringIO(text))
         if budget <= 0:
             break
 
@@ -252,7 +192,7 @@ def rows_after(root: Path, naming: FileNaming, mark: Mark) -> Iterator[list[str]
                 raw.seek(mark.size if path.name == mark.file and mark.size <= size else 0)
                 text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
                 try:
-                    yield from _rows(text)
+                    yield from data_rows(text)
                 finally:
                     text.detach()  # `raw` is closed by its own `with`
         except OSError as err:
@@ -290,10 +230,10 @@ def scan_session(
             row = next(csv.reader([text[line_start : line_end if line_end >= 0 else None]]), [])
             if (
                 len(row) == len(CSV_FIELDS)
-                and row[_SENSOR_COL] == sensor_id
-                and (row[_SESSION_COL] == session and row[SEQ_COL].isdigit())
+                and row[SENSOR] == sensor_id
+                and (row[SESSION] == session and row[SEQ].isdigit())
             ):
-                best = max(best if best is not None else -1, int(row[SEQ_COL]))
+                best = max(best if best is not None else -1, int(row[SEQ]))
             start = text.find(needle, start + 1)
         if budget <= 0:
             break

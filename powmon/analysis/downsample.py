@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from powmon.common.energy import LEARN_MAX, learned_limit
-from powmon.common.schema import Flag, flag_names
-from powmon.datafiles import BadRows, rows
+from powmon.analysis.datafiles import BadRows, rows
+from powmon.base.energy import LEARN_MAX, learned_limit
+from powmon.base.text import flag_names
+from powmon.common.schema import Flag
 
 POINTS_PER_COLUMN: Final = 4
 AC_FLAG: Final = flag_names(Flag.AC_RMS)  # "ac_rms": RMS current, so power is apparent

@@ -19,11 +19,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from powmon.base.processes import ProcessSpec, Watch
 from powmon.common import lifeline, publishmark
 from powmon.common.backoff import backoff
 from powmon.common.lifecycle import EXIT_USAGE
 from powmon.common.lifeline import Beat
-from powmon.processes import ProcessSpec, Watch
 
 log = logging.getLogger(__name__)
 

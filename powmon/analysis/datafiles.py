@@ -11,27 +11,14 @@ counted per file, never silently.
 from __future__ import annotations
 
 import csv
-import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from math import isfinite
 from pathlib import Path
-from typing import Final
 
 import click
 
-from powmon.common.schema import CSV_FIELDS, parse_ts
-
-# <stem>-<counter>-<UTC time><suffix>, as writer.rotation names them
-_ROTATED: Final = re.compile(r"(?P<stem>.+)-(?P<counter>\d{6,})-\d{8}T\d{6}Z(?P<suffix>\.\w+)?")
-_COLS: Final = len(CSV_FIELDS)
-_TS_COL, _SENSOR_COL, _SESSION_COL, _SEQ_COL = 0, 1, 2, 3
-_AMPS_COL, _WATTS_COL, _FLAGS_COL = 6, 7, 8
-assert CSV_FIELDS[_AMPS_COL] == "amps" and CSV_FIELDS[_WATTS_COL] == "watts"  # noqa: S101
-
-# ts_ns, sensor_id, session, seq, amps, watts, flags
-Row = tuple[int, str, str, int, float, float, str]
+from powmon.base.storage import StoredRow, creation_order, is_data_header, parse_row
 
 
 def data_files(paths: Iterable[Path]) -> list[Path]:
@@ -49,14 +36,7 @@ def data_files(paths: Iterable[Path]) -> list[Path]:
             raise click.BadParameter(f"{path}: no such file or folder", param_hint="FILES")
     unique = list(dict.fromkeys(p.resolve() for p in found))
     data = [p for p in unique if _is_data_file(p)]
-    return sorted(data, key=_order)
-
-
-def _order(path: Path) -> tuple[str, str, int, str]:
-    match = _ROTATED.fullmatch(path.name)
-    if match is None:
-        return (str(path.parent), path.name, -1, "")
-    return (str(path.parent), match["stem"], int(match["counter"]), path.name)
+    return sorted(data, key=creation_order)
 
 
 def _is_data_file(path: Path) -> bool:
@@ -65,7 +45,7 @@ def _is_data_file(path: Path) -> bool:
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError) as err:
         raise click.BadParameter(f"{path}: cannot read it: {err}", param_hint="FILES") from err
-    if tuple(header) == CSV_FIELDS:
+    if is_data_header(header):
         return True
     print(
         f"powmon: skipping {path}: not a data file (its header is not the data columns)",
@@ -98,7 +78,7 @@ class BadRows:
         return sum(self.counts.values())
 
 
-def rows(files: Iterable[Path], bad: BadRows) -> Iterator[Row]:
+def rows(files: Iterable[Path], bad: BadRows) -> Iterator[StoredRow]:
     """Every reading of the files, in file order; bad rows go to `bad`.
 
     This is the inner loop of report and plot (millions of rows): one try covers the whole
@@ -111,24 +91,7 @@ def rows(files: Iterable[Path], bad: BadRows) -> Iterator[Row]:
             while True:
                 try:
                     for fields in reader:
-                        yield _row(fields)
+                        yield parse_row(fields)
                     break
                 except (ValueError, csv.Error) as err:  # csv.Error: a NUL byte, say
                     bad.add(path, reader.line_num, str(err))
-
-
-def _row(fields: list[str]) -> Row:
-    if len(fields) != _COLS:
-        raise ValueError(f"{len(fields)} fields, expected {_COLS}")
-    amps, watts = float(fields[_AMPS_COL]), float(fields[_WATTS_COL])
-    if not (isfinite(amps) and isfinite(watts)):
-        raise ValueError(f"amps {amps} / watts {watts} are not finite")
-    return (
-        parse_ts(fields[_TS_COL]),
-        fields[_SENSOR_COL],
-        fields[_SESSION_COL],
-        int(fields[_SEQ_COL]),
-        amps,
-        watts,
-        fields[_FLAGS_COL],
-    )

@@ -1,6 +1,6 @@
 """`powmon run`: start the whole pipeline from one settings.yaml and keep it running.
 
-The supervisor starts the processes of the one process table (powmon/processes.py) group by
+The supervisor starts the processes of the one process table (base/processes.py) group by
 group: the broker, then the writer (and the uplink when REMOTE_SAVE is true), and, once the
 writer's heartbeat shows it is subscribed, one reader per sensor, so that the first readings of
 a fresh start are not lost to ZeroMQ's slow-joiner effect. It restarts any child that dies, with
@@ -33,7 +33,7 @@ from pathlib import Path
 import click
 import zmq
 
-from powmon.children import Child, stop_group
+from powmon.base.processes import BROKER, READERS, SINKS, ProcessSpec, Watch, groups, pipeline
 from powmon.common import publishmark
 from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError, SchemaError, SettingsError
@@ -52,8 +52,8 @@ from powmon.common.schema import MAX_GONE, ReaderEnd, decode_status, status_topi
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
 from powmon.probes import endpoint_state
-from powmon.processes import BROKER, READERS, SINKS, ProcessSpec, Watch, groups, pipeline
 from powmon.readers.reader import ReaderConfig
+from powmon.supervisor.children import Child, stop_group
 from powmon.uplink.config import UplinkConfig
 from powmon.web.config import WebConfig
 

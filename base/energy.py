@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, astuple, dataclass, field
 from typing import Any, Final
 
-from powmon.common.energy_state import load_sensors
+from powmon.base.energy_state import load_sensors
 
 BRIDGE_PERIODS: Final = 5  # a pair further apart than this many polling periods is a hole ...
 BRIDGE_FLOOR_S: Final = 0.5  # ... and never less than this (POLLING_DELAY 0, fast links)

@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from powmon.common.energy import EnergyMeter
+from powmon.analysis.datafiles import BadRows, data_files, rows
+from powmon.analysis.periods import Periods
+from powmon.analysis.timespec import since_option, until_option
+from powmon.base.energy import EnergyMeter
 from powmon.common.options import CONTEXT_SETTINGS
-from powmon.datafiles import BadRows, data_files, rows
-from powmon.periods import Periods
-from powmon.timespec import since_option, until_option
 
 _COLUMNS = (
     ("sensor", "<"),

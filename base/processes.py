@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from powmon.common.settings import Settings
-from powmon.uplink.config import enabled_outputs
 
 
 class Watch(enum.Enum):
@@ -68,8 +67,8 @@ READERS: Final = 40
 
 
 def uplink_wanted(settings: Settings) -> bool:
-    """The uplink runs when it has an output (REMOTE_SAVE, MQTT_URL; uplink.config decides)."""
-    return bool(enabled_outputs(settings))
+    """The uplink runs when it has an output (REMOTE_SAVE, MQTT_URL: Settings.uplink_outputs)."""
+    return bool(settings.uplink_outputs)
 
 
 def broker_here(settings: Settings) -> bool:

@@ -1,7 +1,7 @@
 """`powmon plot`: power and current over time from the CSV files, as a PNG.
 
 matplotlib is an optional extra (`pip install 'powmon[plot]'`), imported only when a plot is
-drawn, with the Agg backend (no display needed). The data goes through powmon.downsample
+drawn, with the Agg backend (no display needed). The data goes through powmon.analysis.downsample
 first: a few points per pixel column whatever the number of rows, peaks kept, gaps shown.
 """
 
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Final
 
 import click
 
+from powmon.analysis.datafiles import BadRows, data_files
+from powmon.analysis.downsample import Series, Span, downsample, scan
+from powmon.analysis.timespec import since_option, until_option
 from powmon.common.options import CONTEXT_SETTINGS
-from powmon.datafiles import BadRows, data_files
-from powmon.downsample import Series, Span, downsample, scan
-from powmon.timespec import since_option, until_option
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from powmon.common.energy import NS, trapezoid_wh
-from powmon.common.schema import format_ts
+from powmon.base.energy import NS, trapezoid_wh
+from powmon.base.text import format_ts
 
 MAX_EMPTY_PERIODS: Final = 100_000
 PERIOD_NS: Final = {"hour": 3600 * 1_000_000_000, "day": 86400 * 1_000_000_000}
