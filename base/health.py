@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from powmon.base.processes import pipeline
-from powmon.common.schema import Reading, Status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status
 from powmon.common.settings import Settings
 
 STALE_BEATS: Final = 3  # a process is down after this many heartbeat intervals of silence

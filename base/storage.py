@@ -23,7 +23,7 @@ from pathlib import Path, PurePath
 from typing import Final, NamedTuple
 
 from powmon.base.text import FLAG_TEXT, flag_names, parse_ts, seconds_text
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 
 CSV_FIELDS: Final = (
     "timestamp", "sensor_id", "session", "seq", "raw", "volts", "amps", "watts", "flags",

@@ -12,7 +12,7 @@ import re
 import time
 from typing import Final
 
-from powmon.common.schema import Flag, Reading
+from powmon.common.schema.readings import Flag, Reading
 
 
 def _flag_text(flags: int) -> str:

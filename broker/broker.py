@@ -28,7 +28,7 @@ import zmq
 from powmon.common.curve import Curve
 from powmon.common.errors import InUseError, PowmonError, SettingsError
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import STATE_STOPPED
+from powmon.common.schema.status import STATE_STOPPED
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, close_all, pub_socket
 from powmon.common.zap import Gate

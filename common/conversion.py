@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 from powmon.common.settings import SensorSettings
 
 

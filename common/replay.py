@@ -26,17 +26,16 @@ import zmq
 
 from powmon.common.curve import Curve, endpoint_host, is_loopback
 from powmon.common.errors import PowmonError, SchemaError
-from powmon.common.schema import (
-    MAX_BATCH,
+from powmon.common.schema.readings import MAX_BATCH, batch_payload
+from powmon.common.schema.replay import (
     ReplayReply,
     ReplayRequest,
-    Status,
-    batch_payload,
     decode_replay_reply,
     decode_replay_request,
     encode_replay_reply,
     encode_replay_request,
 )
+from powmon.common.schema.status import Status
 from powmon.common.transport import secure_client
 from powmon.common.zap import Gate
 

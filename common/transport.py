@@ -27,7 +27,7 @@ import zmq
 from powmon.common import lifeline
 from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError
-from powmon.common.schema import (
+from powmon.common.schema.status import (
     STATE_RUNNING,
     ReaderEnd,
     ReaderProgress,

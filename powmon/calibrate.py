@@ -25,7 +25,9 @@ import zmq
 from powmon.common.errors import SchemaError, SettingsError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
-from powmon.common.schema import STATUS_PREFIX, Flag, decode_readings, reading_topic, status_topic
+from powmon.common.schema.envelope import STATUS_PREFIX
+from powmon.common.schema.readings import Flag, decode_readings, reading_topic
+from powmon.common.schema.status import status_topic
 from powmon.common.settings import SensorSettings, Settings
 from powmon.common.transport import sub_socket
 from powmon.readers.handshake import NoAnswer, handshake

@@ -24,7 +24,8 @@ import zmq
 
 from powmon.common.curve import Curve
 from powmon.common.errors import SchemaError
-from powmon.common.schema import STATUS_PREFIX, Status, decode_status
+from powmon.common.schema.envelope import STATUS_PREFIX
+from powmon.common.schema.status import Status, decode_status
 from powmon.common.settings import Settings
 from powmon.common.transport import (
     handshake_outcome,

@@ -27,13 +27,10 @@ from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import EXIT_CRASH, install_stop_handlers, load_or_exit
 from powmon.common.logs import RateLimiter
 from powmon.common.options import CONTEXT_SETTINGS, config_option
-from powmon.common.schema import (
-    READING_PREFIX,
-    STATUS_PREFIX,
-    decode_readings,
-    decode_status,
-    reading_topic,
-)
+from powmon.common.schema import decode_message
+from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
+from powmon.common.schema.readings import reading_topic
+from powmon.common.schema.status import Status
 from powmon.tapwatch import Listening, TapRefused, quiet_after
 
 
@@ -47,13 +44,14 @@ def _topics(sensors: tuple[str, ...], with_status: bool) -> list[bytes]:
 
 def _render(frames: list[bytes]) -> list[dict[str, object]]:
     """The JSON objects of one message: a status, or each reading (a batch has several)."""
-    if frames[0].startswith(STATUS_PREFIX):
-        status = decode_status(frames)
+    message = decode_message(frames)
+    if isinstance(message, Status):
+        status = message
         return [{
             "status": status.process, "id": status.ident, "pid": status.pid,
             "ts_ns": status.ts_ns, "state": status.state, "counters": dict(status.counters),
         }]
-    return [reading_dict(r) for r in decode_readings(frames)]
+    return [reading_dict(r) for r in message.readings]
 
 
 def _shown(with_status: bool, sensors: frozenset[str]) -> Callable[[dict[str, object]], bool]:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from powmon.base.energy import EnergyMeter
 from powmon.common.errors import SchemaError
-from powmon.common.schema import STATUS_PREFIX, Status, decode_readings, decode_status
+from powmon.common.schema import decode_message
+from powmon.common.schema.status import Status, decode_status
 from powmon.tapwatch import Listening
 
 if TYPE_CHECKING:
@@ -61,8 +62,9 @@ class LiveView:
     def feed(self, frames: list[bytes], now: float) -> None:
         """One message off the bus; a bad one is only counted."""
         try:
-            if frames[0].startswith(STATUS_PREFIX):
-                status = decode_status(frames)
+            message = decode_message(frames)
+            if isinstance(message, Status):
+                status = message
                 if status.process == "reader" and (not self.only or status.ident in self.only):
                     view = self.sensors.setdefault(status.ident, SensorView())
                     view.bad_lines = _int(status.counters.get("bad_lines"))
@@ -74,10 +76,10 @@ class LiveView:
                         self.stored_wh = {k: float(v) for k, v in energy.items()
                                           if type(v) in (int, float)}
                 return
-            readings = decode_readings(frames)
         except SchemaError:
             self.bad += 1
             return
+        readings = message.readings
         for r in readings:
             view = self.sensors.setdefault(r.sensor_id, SensorView())
             view.amps, view.watts, view.last_ns = r.amps, r.watts, r.ts_ns

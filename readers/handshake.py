@@ -20,7 +20,7 @@ from typing import Final
 from powmon.common.conversion import convert, convert_rms
 from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 from powmon.readers.link import IDENT, BadAnswer, Link, parse_answer
 from powmon.readers.session import Converter
 from powmon.readers.stream_commands import Ident, parse_ident

@@ -30,7 +30,7 @@ from powmon.common.curve import Curve
 from powmon.common.errors import DeviceError, SettingsError
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayServer, replay_bind_endpoint
-from powmon.common.schema import STATE_DISCONNECTED, STATE_RUNNING, STATE_STOPPED
+from powmon.common.schema.status import STATE_DISCONNECTED, STATE_RUNNING, STATE_STOPPED
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.common.zap import Gate

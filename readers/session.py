@@ -22,7 +22,8 @@ import zmq
 from powmon.common.conversion import Calibration
 from powmon.common.logs import PAYLOAD_LOGGER
 from powmon.common.replay import ReplayRing
-from powmon.common.schema import MAX_BATCH, ReaderProgress, batch_frames, pack_row
+from powmon.common.schema.readings import MAX_BATCH, batch_frames, pack_row
+from powmon.common.schema.status import ReaderProgress
 from powmon.readers.numbering import Sample
 
 payload_log = logging.getLogger(PAYLOAD_LOGGER)

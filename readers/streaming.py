@@ -31,7 +31,7 @@ import zmq
 
 from powmon.common.conversion import convert_rms
 from powmon.common.errors import DeviceError, SettingsError
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 from powmon.readers.clock import DeviceClock
 from powmon.readers.frames import FrameDecoder, Hole, Sample, StreamParams, is_answer
 from powmon.readers.handshake import Agreed, NoAnswer, handshake

@@ -36,16 +36,9 @@ from powmon.common.errors import SchemaError
 from powmon.common.lifecycle import wake_fd
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayClient
-from powmon.common.schema import (
-    READING_PREFIX,
-    STATE_STOPPED,
-    STATUS_PREFIX,
-    Reading,
-    ReadingBatch,
-    Status,
-    decode_batch,
-    decode_status,
-)
+from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
+from powmon.common.schema.readings import Reading, ReadingBatch, decode_batch
+from powmon.common.schema.status import STATE_STOPPED, Status, decode_status
 from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
 from powmon.sink.filler import GapFiller, Lost, device_dropped
 from powmon.sink.lost import LossLog

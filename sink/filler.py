@@ -13,14 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from powmon.common.schema import (
-    STATE_STOPPED,
-    Flag,
-    ReaderEnd,
-    Reading,
-    ReplayReply,
-    Status,
-)
+from powmon.common.schema.readings import Flag, Reading
+from powmon.common.schema.replay import ReplayReply
+from powmon.common.schema.status import STATE_STOPPED, ReaderEnd, Status
 from powmon.sink.tracker import (
     KEEP,
     MAX_SENSORS,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 
 MAX_STREAMS: Final = 4096
 MAX_RANGES: Final = 64

@@ -11,7 +11,8 @@ from typing import Any
 import zmq
 
 from powmon.common.errors import SchemaError
-from powmon.common.schema import Reading, ReadingBatch, Status, decode_batch, decode_status
+from powmon.common.schema.readings import Reading, ReadingBatch, decode_batch
+from powmon.common.schema.status import Status, decode_status
 from powmon.common.settings import load_settings
 from tests.helpers import wait_until
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from powmon.common.settings import Secret
 from powmon.uplink.config import HttpConfig
 from powmon.uplink.contract import Output

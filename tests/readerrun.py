@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from powmon.common.schema import STATE_STOPPED
+from powmon.common.schema.status import STATE_STOPPED
 from powmon.common.settings import load_settings
 from powmon.readers.reader import ReaderConfig, run
 from powmon.sim import protocol_sim

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from powmon.base.text import flag_names, format_ts
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 
 CsvRow = tuple[str, str, str, int, float, str, str, str, str]
 

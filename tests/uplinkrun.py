@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 import zmq
 
-from powmon.common.schema import Reading, decode_status, encode_reading
+from powmon.common.schema.readings import Reading, encode_reading
+from powmon.common.schema.status import decode_status
 from powmon.common.transport import pub_socket, sub_socket
 from tests.helpers import Proc, python_module, wait_until, write_settings
 

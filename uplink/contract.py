@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from powmon.common.schema import Reading, Status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status
 from powmon.uplink.spool import Row
 
 R = TypeVar("R")

@@ -22,7 +22,7 @@ from typing import Final
 
 from powmon.base.storage import csv_field, csv_lines, header_line
 from powmon.base.text import flag_names
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from powmon.uplink.contract import Encoded
 from powmon.uplink.spool import Row
 

@@ -31,7 +31,8 @@ from typing import Any, Final
 
 from powmon import __version__
 from powmon.base.text import format_ts
-from powmon.common.schema import Reading, Status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status
 from powmon.uplink.mqtt_config import MqttConfig, slug
 
 ONLINE: Final = "online"

@@ -31,7 +31,8 @@ from typing import Final
 
 from powmon.base.text import reading_dict
 from powmon.common.backoff import backoff
-from powmon.common.schema import Reading, Status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status
 from powmon.uplink.contract import Answer, Encoded, Output, Wait, ids
 from powmon.uplink.formats import non_finite
 from powmon.uplink.homeassistant import Presence

@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Final
 
-from powmon.common.schema import Reading, Status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.contract import Output
 from powmon.uplink.http_output import HttpOutput

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from powmon.uplink.spool import ID_RANGE, Row, Spool
 
 log = logging.getLogger(__name__)

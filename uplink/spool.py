@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Final
 
 from powmon.common.errors import UplinkError
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from powmon.sink.tracker import StreamState
 
 BUSY_TIMEOUT_S: Final = 10.0

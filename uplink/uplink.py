@@ -25,7 +25,8 @@ from typing import Final
 import urllib3
 
 from powmon.common.lock import spool_lock
-from powmon.common.schema import Reading, Status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status
 from powmon.sink.core import Sink, Stored, serve
 from powmon.sink.tracker import REASON_SPOOL_FULL, StreamState
 from powmon.uplink.config import UplinkConfig

@@ -19,7 +19,7 @@ from typing import Final
 import zmq
 import zmq.asyncio
 
-from powmon.common.schema import READING_PREFIX, STATUS_PREFIX
+from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
 from powmon.web.config import WebConfig
 from powmon.web.hub import Hub

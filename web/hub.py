@@ -15,7 +15,8 @@ from powmon.base.health import Expected, Health
 from powmon.base.text import reading_dict
 from powmon.common.errors import SchemaError
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import READING_PREFIX, decode_readings, decode_status
+from powmon.common.schema import decode_message
+from powmon.common.schema.status import Status
 from powmon.web.stream import BUCKET_S, HISTORY_S, Client, Downsampler, sse
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,11 @@ class Hub:
 
     def on_message(self, frames: Sequence[bytes], now: float) -> None:
         try:
-            if frames[0].startswith(READING_PREFIX):
-                readings = decode_readings(frames)
+            message = decode_message(frames)
+            if isinstance(message, Status):
+                self.health.feed(message, now)
+            else:
+                readings = message.readings
                 self.readings += len(readings)
                 if readings:  # one sensor's, in seq order: the last is its latest
                     self.health.feed_reading(readings[-1])
@@ -53,8 +57,6 @@ class Hub:
                     self.chart.add(r.sensor_id, r.ts_ns, r.watts, now)
                     if listeners:
                         self._send(listeners, sse("reading", reading_dict(r)))
-            else:
-                self.health.feed(decode_status(frames), now)
         except (SchemaError, IndexError) as err:
             self.bad_messages += 1
             self._limiter.log(log, logging.WARNING, "bad", "dropped a bad message: %s", err)

@@ -29,7 +29,7 @@ from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError
 from powmon.common.lock import writer_lock
 from powmon.common.logs import RateLimiter
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from powmon.common.settings import Settings
 from powmon.sink.core import CoreConfig, Sink, Stored, serve
 from powmon.sink.filler import Lost

@@ -21,7 +21,7 @@ from typing import Final
 from powmon.analysis.datafiles import BadRows, rows
 from powmon.base.energy import LEARN_MAX, learned_limit
 from powmon.base.text import flag_names
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 
 POINTS_PER_COLUMN: Final = 4
 AC_FLAG: Final = flag_names(Flag.AC_RMS)  # "ac_rms": RMS current, so power is apparent

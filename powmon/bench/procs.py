@@ -27,13 +27,9 @@ import zmq
 from powmon.base.processes import pipeline
 from powmon.bench.results import cpu_seconds
 from powmon.common.errors import SchemaError
-from powmon.common.schema import (
-    READING_PREFIX,
-    STATUS_PREFIX,
-    Status,
-    decode_readings,
-    decode_status,
-)
+from powmon.common.schema import decode_message
+from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
+from powmon.common.schema.status import Status
 from powmon.common.settings import load_settings
 from powmon.common.transport import sub_socket
 
@@ -173,15 +169,14 @@ class BusWatch:
 
     def _take(self, frames: list[bytes]) -> None:
         try:
-            if frames[0].startswith(STATUS_PREFIX):
-                status = decode_status(frames)
-                with self._lock:
-                    self.status[(status.process, status.ident)] = status
-                return
-            readings = decode_readings(frames)
+            message = decode_message(frames)
         except SchemaError:
             return
-        for r in readings:
+        if isinstance(message, Status):
+            with self._lock:
+                self.status[(message.process, message.ident)] = message
+            return
+        for r in message.readings:
             key = (r.sensor_id, r.session)
             last = self._last.get(key)
             if last is not None and r.seq != last + 1:

@@ -17,7 +17,7 @@ from typing import Final
 from powmon.bench.procs import BusWatch, Pipeline, csv_seqs, lost_readings, wait_for
 from powmon.bench.results import Row
 from powmon.bench.runner import Plan
-from powmon.common.schema import STATE_STOPPED
+from powmon.common.schema.status import STATE_STOPPED
 
 RATE: Final = 10.0
 SHARE: Final = 0.95

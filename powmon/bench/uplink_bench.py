@@ -36,7 +36,8 @@ from powmon.bench.procs import BusWatch, Pipeline, wait_for
 from powmon.bench.receiver import Ingest
 from powmon.bench.results import Row, cpu_seconds, peak_rss_mb
 from powmon.bench.runner import Plan, result, worker
-from powmon.common.schema import Reading, Status, encode_batch, encode_reading
+from powmon.common.schema.readings import Reading, encode_batch, encode_reading
+from powmon.common.schema.status import Status
 from powmon.common.settings import load_settings
 from powmon.common.transport import pub_socket, wait_for_broker
 

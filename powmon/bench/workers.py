@@ -30,10 +30,8 @@ import zmq
 
 from powmon.base.storage import csv_lines
 from powmon.common.conversion import Calibration, convert
-from powmon.common.schema import (
-    BATCH_VERSION,
-    READING_PREFIX,
-    SCHEMA_VERSION,
+from powmon.common.schema.envelope import BATCH_VERSION, READING_PREFIX, SCHEMA_VERSION
+from powmon.common.schema.readings import (
     Reading,
     batch_frames,
     decode_batch,

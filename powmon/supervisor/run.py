@@ -48,7 +48,7 @@ from powmon.common.lifeline import LifelineServer
 from powmon.common.lock import holder, spool_lock, writer_lock
 from powmon.common.logs import configure_logging
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
-from powmon.common.schema import MAX_GONE, ReaderEnd, decode_status, status_topic
+from powmon.common.schema.status import MAX_GONE, ReaderEnd, decode_status, status_topic
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
 from powmon.probes import endpoint_state

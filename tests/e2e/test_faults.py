@@ -22,7 +22,7 @@ import pytest
 import yaml
 import zmq
 
-from powmon.common.schema import decode_status
+from powmon.common.schema.status import decode_status
 from tests.helpers import (
     Key,
     Proc,

@@ -26,7 +26,7 @@ import msgpack
 import pytest
 import zmq
 
-from powmon.common.schema import Reading, encode_reading
+from powmon.common.schema.readings import Reading, encode_reading
 from tests.bus import BusEnd
 from tests.helpers import Proc, python_module, unavailable, wait_until, write_settings
 from tests.httpserver import RecordingServer

@@ -29,7 +29,8 @@ import pytest
 import zmq
 
 from powmon.base.storage import CSV_FIELDS
-from powmon.common.schema import Reading, decode_status, encode_reading
+from powmon.common.schema.readings import Reading, encode_reading
+from powmon.common.schema.status import decode_status
 from powmon.common.settings import load_settings
 from tests.bus import BusEnd
 from tests.helpers import (

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from powmon.common.schema import STATE_STOPPED, Reading
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import STATE_STOPPED
 from powmon.common.settings import load_settings
 from powmon.sim.device import Fault, SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator

@@ -19,13 +19,9 @@ import pytest
 import zmq
 
 from powmon.common.errors import SchemaError
-from powmon.common.schema import (
-    READING_PREFIX,
-    STATUS_PREFIX,
-    Status,
-    decode_readings,
-    decode_status,
-)
+from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
+from powmon.common.schema.readings import decode_readings
+from powmon.common.schema.status import Status, decode_status
 from powmon.common.settings import load_settings
 from tests.helpers import Proc, data_rows, data_streams, lost_rows, wait_until, write_settings
 

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import zmq
 
-from powmon.common.schema import READING_PREFIX, STATUS_PREFIX, decode_readings, decode_status
+from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
+from powmon.common.schema.readings import decode_readings
+from powmon.common.schema.status import decode_status
 from powmon.common.settings import load_settings
 from powmon.sim.device import SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator

@@ -15,7 +15,7 @@ import requests
 import zmq
 
 from powmon.base.text import flag_names
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from tests.helpers import Proc, wait_until
 from tests.servers.influxd import Influxd
 from tests.uplinkrun import UplinkRun

@@ -17,7 +17,7 @@ import pytest
 import yaml
 import zmq
 
-from powmon.common.schema import decode_status
+from powmon.common.schema.status import decode_status
 from powmon.common.settings import load_settings
 from powmon.common.transport import sub_socket
 from powmon.uplink.homeassistant import availability_topic, energy_topic, state_topic

@@ -4,7 +4,7 @@ processes, a real Mosquitto on a loopback port, the test publishing readings on 
 - A reading whose topic would carry `+`, `#` or NUL is dead-lettered (the spool's
   `dead_letter` table, output `mqtt`, with the reason) and never published, while the other
   readings of the same batches are. A sensor id cannot carry NUL (the bus refuses control
-  characters in ids, common/schema.py), a session can: with `MQTT_TOPIC:
+  characters in ids, common/schema/readings.py), a session can: with `MQTT_TOPIC:
   powmon/{sensor_id}/{session}` that is how a NUL reaches a topic.
 - A client id the broker refuses (`clientid_prefixes` in mosquitto.conf: CONNACK "not
   authorised") puts the output in state `refused` with the broker's reason in the heartbeat

@@ -21,7 +21,8 @@ import yaml
 import zmq
 
 from powmon.base.storage import CSV_FIELDS
-from powmon.common.schema import Flag, Reading, decode_status, encode_reading
+from powmon.common.schema.readings import Flag, Reading, encode_reading
+from powmon.common.schema.status import decode_status
 from tests.helpers import Proc, python_module, wait_until, write_settings
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import serial
 
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 from powmon.readers.frames import Sample, StreamParams
 from powmon.readers.stream_commands import StreamRefused
 from tests.firmware.simboard import BAUD, FAST_BAUD, Built, SimBoard

@@ -21,22 +21,17 @@ from hypothesis import strategies as st
 from powmon.base.storage import csv_lines
 from powmon.base.text import reading_dict
 from powmon.common.errors import SchemaError
-from powmon.common.schema import (
-    BATCH_VERSION,
-    SCHEMA_VERSION,
+from powmon.common.schema.envelope import BATCH_VERSION, SCHEMA_VERSION
+from powmon.common.schema.readings import (
     Reading,
-    ReplayReply,
-    Status,
     decode_batch,
     decode_reading,
-    decode_replay_reply,
-    decode_replay_request,
-    decode_status,
     encode_batch,
     encode_reading,
     reading_topic,
-    status_topic,
 )
+from powmon.common.schema.replay import ReplayReply, decode_replay_reply, decode_replay_request
+from powmon.common.schema.status import Status, decode_status, status_topic
 from powmon.tap import _render
 from tests.fuzz.strategies import INT64_MIN, any_text, fuzz, msgpack_values
 from tests.rows import csv_row, csv_rows
@@ -46,7 +41,7 @@ INT64_MAX = 2**63 - 1
 # under Python's default recursion limit, which is what every PowMon process runs with.
 DEEP = b"\x91" * 1020 + b"\xc0"
 DEFAULT_RECURSION_LIMIT = 1000
-# Known findings, each with a proposed fix to common/schema.py (docs/hostile.md, "Findings").
+# Known findings, each with a proposed fix to common/schema/ (docs/hostile.md, "Findings").
 # strict: once the fix lands these pass, and the mark must go.
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from powmon.base.storage import CSV_FIELDS
 from powmon.base.text import parse_ts
 from powmon.cli import main
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from tests.rows import csv_row
 
 S = 1_000_000_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from powmon.common.conversion import Calibration, convert, convert_rms
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 
 CAL = Calibration()
 

@@ -16,13 +16,8 @@ from powmon.broker.broker import run as broker_run
 from powmon.common.curve import Curve
 from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
-from powmon.common.schema import (
-    ReaderProgress,
-    Status,
-    decode_status,
-    encode_status,
-    pack_row,
-)
+from powmon.common.schema.readings import pack_row
+from powmon.common.schema.status import ReaderProgress, Status, decode_status, encode_status
 from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
 from powmon.common.zap import Gate
 from powmon.probes import reach

@@ -18,7 +18,7 @@ from powmon.base.energy import (
     bridge_limit,
     trapezoid_wh,
 )
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 
 S = 1_000_000_000  # ns per second
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 from powmon.readers.frames import (
     FrameDecoder,
     Hole,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from powmon.common.schema import Flag, ReaderProgress, Reading, ReplayReply, Status
+from powmon.common.schema.readings import Flag, Reading
+from powmon.common.schema.replay import ReplayReply
+from powmon.common.schema.status import ReaderProgress, Status
 from powmon.sink.filler import GapFiller
 from powmon.sink.tracker import (
     REASON_BOUND,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from powmon.base.storage import FileNaming
-from powmon.common.schema import Flag, Reading
+from powmon.common.schema.readings import Flag, Reading
 from powmon.sink.tracker import StreamState
 from powmon.writer.resume import scan_session, tail_streams
 from powmon.writer.store import CsvStore

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from powmon.common.schema import READING_PREFIX, Reading, encode_reading
+from powmon.common.schema.envelope import READING_PREFIX
+from powmon.common.schema.readings import Reading, encode_reading
 from powmon.sink.tracker import StreamState
 from powmon.uplink.spool import Spool
 from tests.helpers import wait_until

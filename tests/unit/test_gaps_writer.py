@@ -11,7 +11,8 @@ import pytest
 import zmq
 
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
-from powmon.common.schema import Reading, Status, encode_reading, encode_status, pack_row
+from powmon.common.schema.readings import Reading, encode_reading, pack_row
+from powmon.common.schema.status import Status, encode_status
 from powmon.writer.writer import WriterConfig
 from tests.helpers import wait_until
 from tests.writers import Writer, make_writer

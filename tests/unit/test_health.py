@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from powmon.base.health import MAX_EXTRA, STALE_MIN_S, Expected, Health
-from powmon.common.schema import Reading, Status, decode_status, encode_status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status, decode_status, encode_status
 from powmon.common.settings import load_settings
 from tests.helpers import write_settings
 

@@ -23,7 +23,7 @@ from powmon.analysis.plot import build_plot
 from powmon.base.storage import CSV_FIELDS
 from powmon.base.text import parse_ts
 from powmon.cli import main
-from powmon.common.schema import Flag, Reading
+from powmon.common.schema.readings import Flag, Reading
 from tests.rows import csv_row
 
 S = 1_000_000_000

@@ -16,7 +16,9 @@ import zmq
 from powmon.common.conversion import Calibration, convert
 from powmon.common.errors import SettingsError
 from powmon.common.replay import ReplayClient, ReplayServer
-from powmon.common.schema import MAX_BATCH, ReaderProgress, ReplayReply, Status, decode_batch
+from powmon.common.schema.readings import MAX_BATCH, decode_batch
+from powmon.common.schema.replay import ReplayReply
+from powmon.common.schema.status import ReaderProgress, Status
 from powmon.common.settings import load_settings
 from powmon.readers.numbering import Sample
 from powmon.readers.session import Counters, Emitter

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from powmon.common import publishmark
-from powmon.common.schema import ReaderEnd
+from powmon.common.schema.status import ReaderEnd
 from powmon.common.settings import load_settings
 from powmon.supervisor.run import RunConfig, Supervisor
 from tests.helpers import write_settings

@@ -11,7 +11,7 @@ import serial
 
 from powmon.common.conversion import convert, convert_rms
 from powmon.common.errors import SettingsError
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 from powmon.common.settings import load_settings
 from powmon.readers.handshake import NoAnswer, Wanted, handshake
 from powmon.readers.link import Link, open_port, read_command

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from powmon.common.logs import PAYLOAD_LOGGER
-from powmon.common.schema import Flag
+from powmon.common.schema.readings import Flag
 from powmon.common.settings import load_settings
 from powmon.readers.handshake import handshake
 from powmon.readers.link import Link, open_port

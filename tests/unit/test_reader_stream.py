@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from powmon.common.errors import SettingsError
-from powmon.common.schema import Flag, Reading
+from powmon.common.schema.readings import Flag, Reading
 from powmon.common.settings import load_settings
 from powmon.readers.reader import ReaderConfig, run
 from powmon.sim.device import Fault

@@ -9,18 +9,15 @@ import zmq
 
 from powmon.common.errors import PowmonError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer, replay_bind_endpoint
-from powmon.common.schema import (
-    MAX_BATCH,
-    ReaderProgress,
+from powmon.common.schema.readings import MAX_BATCH, encode_batch, pack_row
+from powmon.common.schema.replay import (
     ReplayReply,
     ReplayRequest,
-    Status,
     decode_replay_reply,
-    encode_batch,
     encode_replay_reply,
     encode_replay_request,
-    pack_row,
 )
+from powmon.common.schema.status import ReaderProgress, Status
 from tests.helpers import free_tcp_port, wait_until
 
 

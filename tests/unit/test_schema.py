@@ -7,29 +7,25 @@ import pytest
 
 from powmon.base.text import flag_names, format_ts
 from powmon.common.errors import SchemaError
-from powmon.common.schema import (
-    BATCH_VERSION,
+from powmon.common.schema.envelope import BATCH_VERSION, SCHEMA_VERSION
+from powmon.common.schema.readings import (
     MAX_BATCH,
-    SCHEMA_VERSION,
     Flag,
     Reading,
     ReadingBatch,
-    Status,
     batch_frames,
     batch_payload,
     decode_batch,
     decode_reading,
     decode_readings,
-    decode_replay_reply,
-    decode_status,
     encode_batch,
     encode_reading,
-    encode_replay_reply,
-    encode_status,
     pack_row,
     pack_rows,
     reading_topic,
 )
+from powmon.common.schema.replay import decode_replay_reply, encode_replay_reply
+from powmon.common.schema.status import Status, decode_status, encode_status
 from tests.rows import csv_row
 
 R = Reading("VIC", "a1b2c3", 7, 1_795_628_538_799_919_130, 531, 0.09277, 1.4056, 7.028, 1)

@@ -16,19 +16,21 @@ import pytest
 import zmq
 
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
-from powmon.common.schema import (
-    STATE_STOPPED,
+from powmon.common.schema.readings import (
     Flag,
-    ReaderEnd,
-    ReaderProgress,
     Reading,
     Row,
-    Status,
     encode_batch,
     encode_reading,
-    encode_status,
     pack_row,
     pack_rows,
+)
+from powmon.common.schema.status import (
+    STATE_STOPPED,
+    ReaderEnd,
+    ReaderProgress,
+    Status,
+    encode_status,
 )
 from powmon.common.transport import Heartbeat
 from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored, lost_ranges

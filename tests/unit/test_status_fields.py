@@ -18,15 +18,8 @@ from powmon.base.processes import pipeline
 from powmon.common import lifeline
 from powmon.common.errors import SchemaError
 from powmon.common.lifeline import Beat, LifelineServer
-from powmon.common.schema import (
-    ReaderProgress,
-    Reading,
-    Row,
-    Status,
-    decode_status,
-    encode_batch,
-    encode_status,
-)
+from powmon.common.schema.readings import Reading, Row, encode_batch
+from powmon.common.schema.status import ReaderProgress, Status, decode_status, encode_status
 from powmon.common.settings import load_settings
 from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored
 from powmon.sink.tracker import StreamState

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from powmon.common.schema import Reading, encode_reading
+from powmon.common.schema.readings import Reading, encode_reading
 from powmon.common.settings import load_settings
 from powmon.writer.writer import WriterConfig, run
 from tests.helpers import data_rows, wait_until, write_settings

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from powmon.base.storage import CSV_FIELDS
 from powmon.base.text import reading_dict
-from powmon.common.schema import Flag, Reading
+from powmon.common.schema.readings import Flag, Reading
 from powmon.uplink import formats
 from powmon.uplink.spool import Row
 from tests.rows import csv_row

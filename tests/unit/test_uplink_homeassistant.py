@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from powmon.common.schema import Reading, Status
+from powmon.common.schema.readings import Reading
+from powmon.common.schema.status import Status
 from powmon.uplink.homeassistant import availability_topic, energy_topic, state_topic
 from powmon.uplink.mqtt import MqttOutput
 from powmon.uplink.mqtt_config import MqttConfig

@@ -11,7 +11,8 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from powmon.common.schema import READING_PREFIX, Reading, encode_reading
+from powmon.common.schema.envelope import READING_PREFIX
+from powmon.common.schema.readings import Reading, encode_reading
 from powmon.uplink.__main__ import main
 from powmon.uplink.positions import Position, register_outputs
 from powmon.uplink.spool import Spool

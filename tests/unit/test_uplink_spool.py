@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from powmon.common.schema import Reading
+from powmon.common.schema.readings import Reading
 from powmon.uplink.positions import Position, register_outputs
 from powmon.uplink.spool import Spool
 

@@ -11,7 +11,8 @@ import pytest
 from powmon.base.health import Expected
 from powmon.common.curve import is_loopback
 from powmon.common.errors import SettingsError
-from powmon.common.schema import Reading, Status, encode_batch, encode_reading, encode_status
+from powmon.common.schema.readings import Reading, encode_batch, encode_reading
+from powmon.common.schema.status import Status, encode_status
 from powmon.common.settings import load_settings
 from powmon.web.config import WebConfig
 from powmon.web.hub import MAX_CLIENTS, Hub

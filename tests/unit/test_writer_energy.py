@@ -12,7 +12,7 @@ import pytest
 from powmon.analysis.datafiles import data_files
 from powmon.analysis.report import build_report
 from powmon.base.energy import EnergyMeter
-from powmon.common.schema import Reading, encode_reading
+from powmon.common.schema.readings import Reading, encode_reading
 from powmon.writer.energy import ENERGY_FILE
 from powmon.writer.writer import WriterConfig
 from tests.writers import Writer, make_writer

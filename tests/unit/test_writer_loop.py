@@ -18,7 +18,7 @@ import pytest
 
 from powmon.base.storage import CSV_FIELDS
 from powmon.base.text import format_ts
-from powmon.common.schema import Reading, encode_reading
+from powmon.common.schema.readings import Reading, encode_reading
 from powmon.writer.writer import WriterConfig
 from tests.writers import Writer, make_writer
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from powmon.common.schema import Reading, encode_reading
+from powmon.common.schema.readings import Reading, encode_reading
 from powmon.sink.progress import (
     ProgressFile,
     ProgressLedger,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from powmon.base.storage import CSV_FIELDS, FileNaming, find_current, header_line
-from powmon.common.schema import Flag, Reading
+from powmon.common.schema.readings import Flag, Reading
 from powmon.writer.resume import tail_streams
 from powmon.writer.store import CsvStore
 from tests.rows import csv_row
