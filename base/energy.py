@@ -16,6 +16,10 @@ readings does not depend on the order they arrived in.
 Energy that only grows (what a Home Assistant energy sensor needs) is the integral of the
 positive part of the power; the negative part (current flowing the other way) is counted
 apart as `returned_wh`, so nothing is lost silently.
+
+This module is long because EnergyMeter is one state machine (runs, holes, give-ups, retired
+sessions, its saved state) whose invariants hold across all of its methods; split, each part
+would have to know the others' rules.
 """
 
 from __future__ import annotations

@@ -107,3 +107,18 @@ def test_a_backward_import_is_reported(tmp_path: Path) -> None:
     bad.write_text("from powmon.uplink.config import UplinkConfig\n")
     (line, target), = imports(bad, "powmon.base.bad")
     assert (line, package_of(target)[1]) == (1, 3)
+
+
+LONG: Final = 350  # lines: a module longer than this says why in its docstring
+
+
+def test_a_long_module_says_why_in_its_docstring() -> None:
+    """Small modules with one job: one over LONG lines is allowed only with a reason, in its
+    docstring, starting "This module is long because"."""
+    unexplained = []
+    for module, path in modules():
+        text = path.read_text(encoding="utf-8")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if text.count("\n") > LONG and "This module is long because" not in " ".join(doc.split()):
+            unexplained.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+    assert unexplained == []

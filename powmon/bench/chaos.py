@@ -15,6 +15,9 @@ README's guarantee:
 
 Used by tests/e2e/test_chaos.py (about a minute) and by `powmon bench chaos --minutes N`. The
 seed is printed, so that a failure can be replayed: the same seed gives the same schedule.
+
+This module is long because it is one story told in order (start, the schedule of kills, the
+clean stop, the checks of every guarantee), which reads best in one place.
 """
 
 from __future__ import annotations

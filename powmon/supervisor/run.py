@@ -15,6 +15,10 @@ pipeline with exit 2. On Ctrl-C/SIGTERM it stops the groups in reverse order
 Liveness never depends on the bus: each child reports its progress down its own lifeline
 (common.lifeline), so a frozen broker delays heartbeats but never gets a healthy reader
 restarted; and the lifeline is also how children stop when the supervisor itself is killed.
+
+This module is long because the Supervisor's loop (start in groups, wait for readiness, watch
+heartbeats and lifelines, restart, settle and stop in order) is one piece of timing whose
+steps share their deadlines; the checks before a start are in supervisor.precheck.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -36,7 +39,7 @@ import zmq
 from powmon.base.processes import BROKER, READERS, SINKS, ProcessSpec, Watch, groups, pipeline
 from powmon.common import publishmark
 from powmon.common.curve import Curve
-from powmon.common.errors import PowmonError, SchemaError, SettingsError
+from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.lifecycle import (
     EXIT_USAGE,
     Stop,
@@ -45,17 +48,13 @@ from powmon.common.lifecycle import (
     wake_fd,
 )
 from powmon.common.lifeline import LifelineServer
-from powmon.common.lock import holder, spool_lock, writer_lock
 from powmon.common.logs import configure_logging
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.common.schema.status import MAX_GONE, ReaderEnd, decode_status, status_topic
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket
-from powmon.probes import endpoint_state
-from powmon.readers.reader import ReaderConfig
 from powmon.supervisor.children import Child, stop_group
-from powmon.uplink.config import UplinkConfig
-from powmon.web.config import WebConfig
+from powmon.supervisor.precheck import precheck
 
 log = logging.getLogger(__name__)
 
@@ -347,46 +346,6 @@ class Supervisor:
                   child.key, code)
 
 
-def _precheck(settings: Settings) -> None:
-    """Refuse to start (exit 2) on what would make a child fail at every restart: the checks
-    each process makes of its own configuration, beyond the settings file itself (the uplink's
-    key and encrypted HOST, the readers' sensor entries, the web page's address and token), a
-    pipeline already running on the same data root or spool, and a bus endpoint that is
-    taken; each only for what this host runs."""
-    running = {spec.process for spec in pipeline(settings)}
-    _check_configs(settings, running)
-    locks = [writer_lock(settings.data_root)] if "writer" in running else []
-    if "uplink" in running:
-        locks.append(spool_lock(settings.uplink.spool_path))
-    for lock in locks:
-        pid = holder(lock.path)
-        if pid is not None:
-            _refuse(f"already running: pid {pid or '?'}, {lock.what}")
-    if "broker" not in running:
-        return  # a host whose broker runs elsewhere: its endpoints are not ours to bind
-    for endpoint in (settings.broker_frontend, settings.broker_backend):
-        state = endpoint_state(endpoint)  # the same probe as check-config's
-        if state != "free":
-            _refuse(f"bus endpoint {endpoint} is not free ({state}): is another pipeline running?")
-
-
-def _check_configs(settings: Settings, running: set[str]) -> None:
-    try:
-        for sensor in settings.sensors:
-            ReaderConfig.from_settings(settings, sensor.sensor_id)
-        if "uplink" in running:
-            UplinkConfig.from_settings(settings)
-        if "web" in running:
-            WebConfig.from_settings(settings)
-    except SettingsError as err:
-        _refuse(str(err))
-
-
-def _refuse(message: str) -> None:
-    print(f"powmon: error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
-
-
 @click.command("run", context_settings=CONTEXT_SETTINGS)
 @config_option
 @log_level_option
@@ -427,7 +386,7 @@ def run_command(config_path: Path | None, log_level: int | None) -> None:
     """
     settings = load_or_exit(config_path)
     configure_logging(settings.log_level if log_level is None else log_level, "powmon-run")
-    _precheck(settings)
+    precheck(settings)
     settings.data_root.mkdir(parents=True, exist_ok=True)
     log.info(
         "powmon run: %d sensor(s), data in %s, bus %s -> %s",
