@@ -116,7 +116,7 @@ def test_a_long_module_says_why_in_its_docstring() -> None:
     """Small modules with one job: one over LONG lines is allowed only with a reason, in its
     docstring, starting "This module is long because"."""
     unexplained = []
-    for module, path in modules():
+    for _, path in modules():
         text = path.read_text(encoding="utf-8")
         doc = ast.get_docstring(ast.parse(text)) or ""
         if text.count("\n") > LONG and "This module is long because" not in " ".join(doc.split()):
