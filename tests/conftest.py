@@ -14,6 +14,21 @@ from tests.helpers import Proc, python_module
 from tests.readerrun import ReaderStarter
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, then the other end-to-end ones, then the unit tests (stable: each
+    module keeps its order). xdist hands tests out in this order, so the long ones start at
+    once on every worker and the many short ones fill in behind them, instead of one long
+    test starting last and running alone. The order is only a schedule: every test stands
+    alone, whatever runs before it."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.get_closest_marker("e2e") else 2
+
+    items.sort(key=rank)
+
+
 def _context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ctx.setsockopt(zmq.LINGER, 0)

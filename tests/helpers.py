@@ -6,6 +6,7 @@ import csv
 import os
 import pty
 import re
+import secrets
 import select
 import signal
 import socket
@@ -36,10 +37,48 @@ def wait_until(
         time.sleep(interval)
 
 
+def _below_ephemeral() -> range:
+    """Ports the kernel never hands out itself (to a bind on port 0, or as a connect()'s local
+    port): those below Linux's ephemeral range (32768-60999 by default)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, low) if low > 12000 else range(low, 65536)  # else: the old risk
+
+
+PORTS = _below_ephemeral()
+_next_port: list[int] = []
+
+
 def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port no one listens on, for a server that must be told its port (a bus
+    endpoint, mosquitto, influxd), from a slice of ports this pytest worker alone hands out.
+
+    Port 0's answer would be freed before the server binds, and in that while the kernel may
+    give the same port to another worker's test (its own port 0 or any outgoing connection's
+    local port): the server's bind fails, or a restarted server (an outage) finds its port
+    taken. Below the ephemeral range nothing is handed out by the kernel, and each xdist
+    worker (PYTEST_XDIST_WORKER gwN) walks its own slice, from a random start so that a
+    second test run on the machine rarely walks the same ports; a port still bound by anyone
+    (a lingering process, the other run) is skipped.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = len(PORTS) // max(workers, 1)
+    first = PORTS.start + worker % max(workers, 1) * size
+    if not _next_port:
+        _next_port.append(secrets.randbelow(size))
+    for _ in range(size):
+        port = first + _next_port[0] % size
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port in {first}..{first + size - 1}")
 
 
 def free_endpoint() -> str:

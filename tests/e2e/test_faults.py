@@ -43,6 +43,10 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds processes through /proc"),
 ]
 
+# The outage after each kill -9 before the test looks for the restarted process: readings go
+# on meanwhile (50 a sensor), so the restarted one has a hole to replay whenever it comes back.
+OUTAGE_S = 1.0
+
 SENSORS = [{"PORT": f"sim://F{i}?amps={i + 1}&noise=0.01", "SENSORS_ID": f"S{i}"} for i in range(4)]
 
 
@@ -103,7 +107,7 @@ def test_kill_9_of_writer_broker_and_uplink_loses_and_doubles_nothing(
     wait_until(server.delivered, timeout=30, what="first upload")
     for module in ("powmon.writer", "powmon.broker", "powmon.uplink"):
         old = kill9(settings, module)
-        time.sleep(3.0)  # the outage itself (the supervisor restarts it meanwhile)
+        time.sleep(OUTAGE_S)  # the outage itself (the supervisor restarts it meanwhile)
         respawned(settings, module, old)
     # Outcome: holes the faults opened get filled; the server catches up with the CSV.
     wait_until(lambda: complete(data_keys(data)), timeout=30, what="CSV without holes")
