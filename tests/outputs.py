@@ -13,8 +13,8 @@ from powmon.uplink.config import HttpConfig
 from powmon.uplink.contract import Output
 from powmon.uplink.mqtt_config import MqttConfig
 from powmon.uplink.positions import Position, register_outputs
-from powmon.uplink.sender import Worker
 from powmon.uplink.spool import Spool
+from powmon.uplink.worker import Worker
 
 
 def reading(seq: int, session: str = "s1", sensor: str = "VIC") -> Reading:

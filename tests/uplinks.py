@@ -10,9 +10,8 @@ from powmon.common.settings import Secret
 from powmon.sink.core import SinkCore
 from powmon.uplink.config import HttpConfig, UplinkConfig
 from powmon.uplink.outputs import Outputs
-from powmon.uplink.sender import Stats
 from powmon.uplink.spool import Spool
-from powmon.uplink.uplink import SpoolSink
+from powmon.uplink.uplink import SpoolSink, Stats
 
 
 class Uplink(NamedTuple):

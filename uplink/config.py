@@ -25,8 +25,8 @@ from powmon.common.settings import Secret, Settings
 from powmon.sink.core import CoreConfig
 from powmon.uplink.formats import lp_unrepresentable
 from powmon.uplink.influx import influx_v1_write_url, influx_write_url
-from powmon.uplink.keys import redact_url, resolve_url
 from powmon.uplink.mqtt_config import MqttConfig
+from powmon.uplink.server_url import redact_url, resolve_url
 
 log = logging.getLogger(__name__)
 

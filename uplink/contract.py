@@ -3,7 +3,7 @@
 Telegraf's split: an output implements Write(); the agent batches, retries and counts. Here
 an output (HTTP formats and InfluxDB in http_output.py, MQTT in mqtt.py) turns spooled rows
 into requests (`encode`), delivers one request and says what happened (`send` -> Answer), and
-the core (sender.Worker) does everything else once for all of them: batching from the spool,
+the core (worker.Worker) does everything else once for all of them: batching from the spool,
 the output's position, retries with capped backoff, Retry-After, long waits while refused,
 dead letters, splitting, counters and logs.
 

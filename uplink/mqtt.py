@@ -9,7 +9,7 @@ sensor_id, session and seq). Nothing survives in paho's memory to be resent behi
 back, and a restart of PowMon or of the broker loses nothing. clean_session: PowMon only
 publishes, so a persistent broker session would hold nothing the spool does not.
 
-Reconnecting is the shared core's retry loop (capped backoff; sender.Worker), and while idle
+Reconnecting is the shared core's retry loop (capped backoff; worker.Worker), and while idle
 `idle()` keeps the connection up with the same cap. The network loop is paho's own thread
 (loop_start; mqtt_connection.py); publishing, waiting for PUBACKs and connecting happen on
 the output's Worker thread; the receive loop only feeds the Home Assistant Presence

@@ -18,8 +18,8 @@ from powmon.uplink.config import UplinkConfig
 from powmon.uplink.contract import Output
 from powmon.uplink.http_output import HttpOutput
 from powmon.uplink.positions import register_outputs
-from powmon.uplink.sender import Worker
 from powmon.uplink.spool import Spool
+from powmon.uplink.worker import Worker
 
 log = logging.getLogger(__name__)
 

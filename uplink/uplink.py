@@ -20,6 +20,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import urllib3
@@ -30,12 +31,19 @@ from powmon.sink.core import Sink, Stored, serve
 from powmon.sink.tracker import REASON_SPOOL_FULL, StreamState
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.outputs import Outputs
-from powmon.uplink.sender import Stats
 from powmon.uplink.spool import Spool
 
 log = logging.getLogger(__name__)
 
 DEPTH_EVERY_S: Final = 0.25  # the spool's depth in the heartbeat is at most this stale
+
+
+@dataclass
+class Stats:
+    """The spool's counters, kept by the receive loop (the sink core counts the rest)."""
+
+    dropped_over_cap: int = 0
+    spool_depth: int = 0
 
 
 class SpoolSink(Sink):

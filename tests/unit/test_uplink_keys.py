@@ -20,7 +20,7 @@ from powmon.common.settings import Settings, load_settings
 from powmon.keys import encrypt_url_command, keygen_command
 from powmon.uplink.config import HttpConfig, UplinkConfig
 from powmon.uplink.influx import influx_v1_write_url, influx_write_url
-from powmon.uplink.keys import resolve_url
+from powmon.uplink.server_url import resolve_url
 from tests.helpers import Proc, wait_until, write_settings
 from tests.httpserver import RecordingServer
 from tests.uplinkrun import UplinkRun
