@@ -9,8 +9,8 @@ from typing import Any
 
 from powmon.common.schema import Reading
 from powmon.common.settings import Secret
-from powmon.uplink.config import HttpConfig
 from powmon.uplink.contract import Output
+from powmon.uplink.http_output import HttpConfig
 from powmon.uplink.mqtt_config import MqttConfig
 from powmon.uplink.positions import Position, register_outputs
 from powmon.uplink.spool import Spool

@@ -31,7 +31,7 @@ from typing import Final
 
 from powmon.common.backoff import backoff
 from powmon.common.schema import Reading, Status, reading_dict
-from powmon.uplink.contract import Answer, Encoded, Output, Wait, ids
+from powmon.uplink.contract import Answer, BusWatcher, Encoded, Output, Wait, ids
 from powmon.uplink.formats import non_finite
 from powmon.uplink.homeassistant import Presence
 from powmon.uplink.mqtt_config import BATCH_SIZE, BATCH_WAIT, MqttConfig
@@ -61,7 +61,7 @@ def _problem(topic: str, r: Reading) -> str | None:
     return non_finite(r)
 
 
-class MqttOutput(Output[Batch]):
+class MqttOutput(Output[Batch], BusWatcher):
     """Publishes spooled readings to the broker of MQTT_URL; Home Assistant on the side."""
 
     name = "mqtt"

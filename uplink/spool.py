@@ -1,7 +1,7 @@
 """The uplink's durable spool: every reading lands here before any attempt to send it.
 
-SQLite (stdlib) in WAL mode, so the receive loop and the sender thread each keep their own
-connection and neither blocks the other for longer than one short transaction. A row is deleted
+SQLite (stdlib) in WAL mode, so the receive loop and each output's Worker thread keep their
+own connection and none blocks another for longer than one short transaction. A row is deleted
 only when every enabled output (uplink/positions.py: the HTTP server, InfluxDB, MQTT) has
 delivered it or dead-lettered it; nothing leaves the spool any other way except the size cap,
 which is counted (in all, and per output that had not sent the row yet) and logged.
