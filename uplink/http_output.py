@@ -53,6 +53,16 @@ REFUSED_STATUSES: Final = frozenset({401, 403, 404})
 _ERRNO: Final = re.compile(r"\[Errno -?\d+\][^\"')]*")
 
 
+# The URL to POST to and the Authorization, from the server's URL (a kind's way to address it).
+Endpoint = Callable[[Settings, Secret], "tuple[Secret, Secret | None]"]
+
+
+def bearer(settings: Settings, url: Secret) -> tuple[Secret, Secret | None]:
+    """The server's own URL, and UPLINK_TOKEN as `Authorization: Bearer <token>`."""
+    token = settings.uplink.token
+    return url, token and Secret("Bearer " + token.reveal())
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """An HTTP output: the server (or InfluxDB's write URL), the body format, batching, TLS,
@@ -77,13 +87,13 @@ class HttpConfig:
     @classmethod
     def from_settings(
         cls, settings: Settings, environ: Mapping[str, str] | None = None,
-        endpoint: Endpoint | None = None,
+        endpoint: Endpoint = bearer,
     ) -> HttpConfig:
         """The server of UPLINK_URL or HOST; `endpoint` makes the URL posted to and the
         Authorization from it (default: the URL itself, UPLINK_TOKEN as a Bearer token;
         InfluxDB's: influx.influx_endpoint)."""
         up = settings.uplink
-        url, auth = (endpoint or bearer)(settings, resolve_url(settings.path, up, environ))
+        url, auth = endpoint(settings, resolve_url(settings.path, up, environ))
         if isinstance(up.verify_tls, Path) and not up.verify_tls.is_file():
             raise SettingsError(
                 f"{settings.path}: UPLINK_VERIFY_TLS: expected true, false or an existing CA "
@@ -97,15 +107,6 @@ class HttpConfig:
             verify_tls=up.verify_tls if isinstance(up.verify_tls, bool) else str(up.verify_tls),
             headers=dict(up.headers), authorization=auth, measurement=up.influx_measurement,
         )
-
-
-Endpoint = Callable[[Settings, Secret], "tuple[Secret, Secret | None]"]
-
-
-def bearer(settings: Settings, url: Secret) -> tuple[Secret, Secret | None]:
-    """The server's own URL, and UPLINK_TOKEN as `Authorization: Bearer <token>`."""
-    token = settings.uplink.token
-    return url, token and Secret("Bearer " + token.reveal())
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
