@@ -1,4 +1,4 @@
-"""Checking a saved energy state (common.energy) before a meter continues from it.
+"""Checking a saved energy state (base.energy) before a meter continues from it.
 
 The state lives in a file a person can edit or a crash can cut short, so every field is
 checked for its type and a bad one is named (`energy state: sensors.VIC.energy_wh: expected

@@ -730,7 +730,7 @@ def _check_influx(where: Path, v: dict[str, Any]) -> None:
 _INFLUX_KEYS: Final = ("INFLUX_ORG", "INFLUX_BUCKET", "INFLUX_DATABASE")
 _MQTT_KEYS: Final = (
     "MQTT_URL", "MQTT_USERNAME", "MQTT_CA_CERTS", "MQTT_CERTFILE", "MQTT_KEYFILE",
-    "MQTT_TLS_INSECURE",
+    "MQTT_TLS_INSECURE", "MQTT_PASSWORD",
 )
 
 
@@ -744,6 +744,10 @@ def _check_mqtt(where: Path, v: dict[str, Any]) -> None:
     if url and v["MQTT_USERNAME"] and "@" in url.split("://", 1)[1]:
         raise SettingsError(
             f"{where}: MQTT_USERNAME: the user is already in MQTT_URL; give it in one place"
+        )
+    if url and v["MQTT_PASSWORD"] and ":" in url.split("://", 1)[1].rpartition("@")[0]:
+        raise SettingsError(
+            f"{where}: MQTT_PASSWORD: the password is already in MQTT_URL; give it in one place"
         )
     if v["MQTT_KEYFILE"] and not v["MQTT_CERTFILE"]:
         raise SettingsError(f"{where}: MQTT_KEYFILE: needs MQTT_CERTFILE (the client certificate)")

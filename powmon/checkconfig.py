@@ -33,7 +33,7 @@ from powmon.common.settings import (
     load_settings,
 )
 from powmon.probes import Heard, endpoint_state, listen, port_answer, reach
-from powmon.uplink.keys import decrypt_url, find_key, redact_url
+from powmon.uplink.server_url import decrypt_url, find_key, redact_url
 
 MASK = "***"
 

@@ -1,7 +1,7 @@
 """`powmon keygen` and `powmon encrypt-url`: the keys and tokens of an encrypted HOST, and
 (`powmon keygen --curve`) the CURVE key pair of a host on a bus that spans several hosts.
 
-The command-line side of uplink/keys.py, which resolves HOST at run time, and of
+The command-line side of uplink/server_url.py, which resolves HOST at run time, and of
 common/curve.py, which reads the CURVE key files: a process module keeps no click commands of
 its own beyond its entry point.
 """
@@ -20,7 +20,7 @@ import zmq.auth
 from cryptography.fernet import Fernet
 
 from powmon.common.errors import SettingsError
-from powmon.uplink.keys import DEFAULT_KEY_ENV, check_url, read_key_file
+from powmon.uplink.server_url import DEFAULT_KEY_ENV, check_url, read_key_file
 
 
 class _CliError(click.ClickException):

@@ -2,7 +2,7 @@
 
 The figures come from what this tap hears: readings give the last amps and watts, the rate
 and the age of the last reading; reader heartbeats give bad lines and reconnects. Energy is
-integrated from the readings seen since the tap started, with common.energy, the same
+integrated from the readings seen since the tap started, with base.energy, the same
 integrator as `powmon report` (a reading this tap missed leaves a hole, counted as missing
 coverage, never bridged beyond the sensor's limit).
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from powmon.common.schema.readings import Reading
 from powmon.common.settings import Secret
-from powmon.uplink.config import HttpConfig
 from powmon.uplink.contract import Output
+from powmon.uplink.http_output import HttpConfig
 from powmon.uplink.mqtt_config import MqttConfig
 from powmon.uplink.positions import Position, register_outputs
-from powmon.uplink.sender import Worker
 from powmon.uplink.spool import Spool
+from powmon.uplink.worker import Worker
 
 
 def reading(seq: int, session: str = "s1", sensor: str = "VIC") -> Reading:

@@ -8,11 +8,12 @@ from typing import NamedTuple
 
 from powmon.common.settings import Secret
 from powmon.sink.core import SinkCore
-from powmon.uplink.config import HttpConfig, UplinkConfig
+from powmon.uplink.config import UplinkConfig
+from powmon.uplink.http_output import HttpConfig
 from powmon.uplink.outputs import Outputs
-from powmon.uplink.sender import Stats
+from powmon.uplink.registry import HTTP_KIND, Configured
 from powmon.uplink.spool import Spool
-from powmon.uplink.uplink import SpoolSink
+from powmon.uplink.uplink import SpoolSink, Stats
 
 
 class Uplink(NamedTuple):
@@ -30,7 +31,7 @@ def config(spool_path: Path, heartbeat_interval: float = 1.0) -> UplinkConfig:
     return UplinkConfig(
         broker_frontend="tcp://127.0.0.1:1", broker_backend="tcp://127.0.0.1:2", hwm=1000,
         heartbeat_interval=heartbeat_interval, spool_path=spool_path, spool_max=10_000,
-        http=http, mqtt=None,
+        configured=(Configured(HTTP_KIND, http),),
     )
 
 

@@ -1,9 +1,10 @@
 """What an output is: encode a batch, deliver it, classify the answer; the core does the rest.
 
 Telegraf's split: an output implements Write(); the agent batches, retries and counts. Here
-an output (HTTP formats and InfluxDB in http_output.py, MQTT in mqtt.py) turns spooled rows
-into requests (`encode`), delivers one request and says what happened (`send` -> Answer), and
-the core (sender.Worker) does everything else once for all of them: batching from the spool,
+an output (every kind is named in registry.py: the HTTP formats in http_output.py and
+InfluxDB in influx.py, both on http_output.py's HTTP transport; MQTT in mqtt.py) turns spooled
+rows into requests (`encode`), delivers one request and says what happened (`send` -> Answer), and
+the core (worker.Worker) does everything else once for all of them: batching from the spool,
 the output's position, retries with capped backoff, Retry-After, long waits while refused,
 dead letters, splitting, counters and logs.
 
@@ -92,12 +93,28 @@ class Encoded(Generic[R]):
 
 
 class Output(Generic[R]):
-    """Base of every output. `encode` and `send` run on the output's own thread (the core's
-    Worker); `on_readings` and `on_status` are called from the uplink's receive loop and must
-    not block (only MQTT uses them: Home Assistant state and availability)."""
+    """Base of every output: exactly what its Worker (worker.py) uses, and nothing else.
+
+    The Worker reads the attributes and calls the methods, all on the output's own thread
+    except `interrupt`:
+
+    - `name`: the output's position in the spool, `output_<name>` in the heartbeat, its log
+      lines and its dead letters' `output`; `where`: the receiver as logs may show it.
+    - `batch_size`, `batch_wait`: at most this many rows per `encode`, and how long the oldest
+      may wait for a batch to fill; `backoff_max`: the cap of its retry delays.
+    - `open()` once before the first batch, `close()` once at the end.
+    - `encode(rows)` -> the requests that deliver them, and the rows the receiver's format
+      cannot carry at all (dead-lettered); `send(request)` -> what the receiver made of it.
+    - `idle()` a few times a second while nothing is pending.
+    - `interrupt()` from the uplink's main thread at shutdown.
+
+    Batching, positions, retries and backoff, Retry-After, long waits while refused, splitting,
+    dead letters, counters and their log lines are the Worker's, once for every output. An
+    output that also watches the bus (MQTT's Home Assistant state) adds BusWatcher.
+    """
 
     name: str = "output"
-    where: str = ""  # the receiver as it may appear in logs
+    where: str = ""
     batch_size: int = 500
     batch_wait: float = 1.0
     backoff_max: float = 60.0
@@ -109,10 +126,9 @@ class Output(Generic[R]):
         """Called once on the output's thread at the end."""
 
     def idle(self) -> Answer | None:
-        """Called on the output's thread a few times a second while nothing is pending
-        (MQTT keeps its connection and Home Assistant's state up). None: nothing to report;
-        an Answer without rows: a refusal (Wait.REFUSED, reported and waited out like one
-        from send), or Wait.NONE when the receiver took the output back."""
+        """Nothing pending (MQTT keeps its connection and Home Assistant's state up). None:
+        nothing to report; an Answer without rows: a refusal (Wait.REFUSED, reported and waited
+        out like one from send), or Wait.NONE when the receiver took the output back."""
         return None
 
     def encode(self, rows: Sequence[Row]) -> Encoded[R]:
@@ -121,11 +137,16 @@ class Output(Generic[R]):
     def send(self, request: R) -> Answer:
         raise NotImplementedError
 
+    def interrupt(self) -> None:
+        """Make a send() in progress return soon (shutdown); rows not acked stay spooled."""
+
+
+class BusWatcher:
+    """What an output adds to see the bus besides the spool: called from the uplink's receive
+    loop (outputs.Outputs), never by the Worker, so neither may block."""
+
     def on_readings(self, readings: Sequence[Reading]) -> None:
         """The readings just committed to the spool (for latest-value state messages)."""
 
     def on_status(self, status: Status) -> None:
-        """A heartbeat seen on the bus (for pipeline health and the writer's totals)."""
-
-    def interrupt(self) -> None:
-        """Make a send() in progress return soon (shutdown); rows not acked stay spooled."""
+        """A heartbeat on one of the status topics the output's kind asks for (registry.py)."""

@@ -222,7 +222,8 @@ def _influx_problem(r: Reading) -> str | None:
     return non_finite(r)
 
 
-def _influx(rows: Sequence[Row], measurement: str) -> Encoded[Request]:
+def influx_requests(rows: Sequence[Row], measurement: str) -> Encoded[Request]:
+    """One POST of line protocol for the batch (the InfluxDB output's body)."""
     good, rejected = _split(rows, _influx_problem)
     if not good:
         return Encoded([], rejected)
@@ -246,14 +247,18 @@ def _split(rows: Sequence[Row], problem: _Problem) -> tuple[list[Row], list[tupl
     return good, rejected
 
 
+_Encoder = Callable[[Sequence[Row], str], Encoded[Request]]
+_ENCODERS: Final[dict[str, _Encoder]] = {
+    "seed": lambda rows, _measurement: _seed(rows),
+    "csv": lambda rows, _measurement: _csv(rows),
+    "json": lambda rows, _measurement: _json(rows),
+    "influx": influx_requests,
+}
+
+
 def encode(fmt: str, rows: Sequence[Row], measurement: str = "power") -> Encoded[Request]:
     """The requests that deliver `rows` in format `fmt` (one of settings.UPLINK_FORMATS)."""
-    if fmt == "seed":
-        return _seed(rows)
-    if fmt == "csv":
-        return _csv(rows)
-    if fmt == "json":
-        return _json(rows)
-    if fmt == "influx":
-        return _influx(rows, measurement)
-    raise ValueError(f"unknown uplink format {fmt!r}")
+    encoder = _ENCODERS.get(fmt)
+    if encoder is None:
+        raise ValueError(f"unknown uplink format {fmt!r}")
+    return encoder(rows, measurement)

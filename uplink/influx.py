@@ -1,4 +1,12 @@
-"""InfluxDB: the write URLs of 1.x and 2.x/3.x, and what a refused or partial write means.
+"""The InfluxDB output: line protocol over the shared HTTP transport, its write URLs, its token,
+and what a refused or partial write means.
+
+An output of its own (registry.py: REMOTE_SAVE with UPLINK_FORMAT influx), made of the HTTP
+transport every HTTP output shares (http_output.HttpTransport: Session, TLS, headers, POST,
+classify) plus what only InfluxDB has: the write URL and `Authorization: Token` built from
+INFLUX_* (`influx_config`), the line-protocol body (formats.influx_requests), and the reading
+of a 400/422 (`InfluxOutput.answer`). It runs as the output named `http`, as it always has:
+its position in the spool, `output_http` in the heartbeat and its log lines stay the same.
 
 Which API: INFLUX_DATABASE set -> 1.x `/write?db=..&precision=ns`; INFLUX_ORG + INFLUX_BUCKET
 -> `/api/v2/write?org=..&bucket=..&precision=ns` (2.x, and 3.x's compatible endpoint, where
@@ -14,7 +22,7 @@ The answers, as InfluxDB documents and sends them:
   "message": "failure writing points to database: partial write: ... dropped=N"}`. 3.x:
   `{"code": "invalid", "line": N, "message": ...}` (the first refused line, 1-based) or
   `{"error": "partial write of line protocol occurred", "data": [{"line_number": N, ...}]}`.
-- 413: the body is over the server's limit (split; see sender/contract).
+- 413: the body is over the server's limit (split; see worker/contract).
 - 401/403/404: token, permissions, database/bucket/org: nothing is written (refused).
 - 429/503: come back later (Retry-After).
 
@@ -30,18 +38,31 @@ point is never retried forever.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from powmon.uplink.contract import Answer, Dead, ids
-from powmon.uplink.formats import influx_line, lp_measurement
+from powmon.common.errors import SettingsError
+from powmon.common.settings import Secret, Settings
+from powmon.uplink.contract import Answer, Dead, Encoded, ids
+from powmon.uplink.formats import (
+    Request,
+    influx_line,
+    influx_requests,
+    lp_measurement,
+    lp_unrepresentable,
+)
+from powmon.uplink.http_output import HttpConfig, HttpTransport, server_message
 from powmon.uplink.spool import Row
+
+log = logging.getLogger(__name__)
 
 V2_WRITE_PATH: Final = "/api/v2/write"
 V1_WRITE_PATH: Final = "/write"
 REASON_MAX: Final = 300
+PARTIAL_STATUSES: Final = frozenset({400, 422})
 
 
 def _write_url(base: str, write_path: str, params: dict[str, str]) -> str:
@@ -66,17 +87,47 @@ def influx_v1_write_url(base: str, database: str) -> str:
     return _write_url(base, V1_WRITE_PATH, {"db": database, "precision": "ns"})
 
 
-def server_message(body: str) -> tuple[str, Any]:
-    """(the server's message, the parsed JSON or None): InfluxDB's `message` (2.x, 3.x) or
-    `error` (1.x) field, which many JSON APIs share; the body itself if it is not JSON."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body.strip(), None
-    if not isinstance(data, dict):
-        return body.strip(), None
-    text = data.get("message") or data.get("error") or body
-    return str(text).strip(), data
+def influx_config(settings: Settings, environ: Mapping[str, str] | None = None) -> HttpConfig:
+    """The InfluxDB output's settings: REMOTE_SAVE's, posting to the write URL with the token."""
+    return HttpConfig.from_settings(settings, environ, influx_endpoint)
+
+
+def influx_endpoint(settings: Settings, base: Secret) -> tuple[Secret, Secret | None]:
+    """The write URL (1.x when INFLUX_DATABASE is set, else 2.x/3.x) and the Authorization."""
+    up = settings.uplink
+    _check_measurement(settings.path, up.influx_measurement)
+    auth = up.influx_token and Secret("Token " + up.influx_token.reveal())
+    if up.influx_database:
+        return Secret(influx_v1_write_url(base.reveal(), up.influx_database)), auth
+    # settings._check_influx makes INFLUX_ORG and INFLUX_BUCKET required here.
+    url = influx_write_url(base.reveal(), up.influx_org or "", up.influx_bucket or "")
+    if auth is None:
+        log.warning("INFLUX_TOKEN is not set; InfluxDB 2 will refuse writes (401)")
+    return Secret(url), auth
+
+
+def _check_measurement(where: Path, name: str) -> None:
+    why = lp_unrepresentable(name)
+    if why is None and name.startswith("#"):
+        why = "starts with '#' (a comment in line protocol)"
+    if why is not None:
+        raise SettingsError(
+            f"{where}: INFLUX_MEASUREMENT: expected a line-protocol measurement name, "
+            f"got {name!r}: it {why}"
+        )
+
+
+class InfluxOutput(HttpTransport):
+    """REMOTE_SAVE into InfluxDB 1.x, 2.x or 3.x: line protocol, partial writes understood."""
+
+    def encode(self, rows: Sequence[Row]) -> Encoded[Request]:
+        return influx_requests(rows, self._cfg.measurement)
+
+    def answer(self, status: int, retry_after: str | None, body: str,
+               rows: Sequence[Row]) -> Answer:
+        if status in PARTIAL_STATUSES:
+            return partial(status, body, rows, self._cfg.measurement)
+        return super().answer(status, retry_after, body, rows)
 
 
 def _numbered(data: Any, count: int) -> set[int]:

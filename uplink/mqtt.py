@@ -9,7 +9,7 @@ sensor_id, session and seq). Nothing survives in paho's memory to be resent behi
 back, and a restart of PowMon or of the broker loses nothing. clean_session: PowMon only
 publishes, so a persistent broker session would hold nothing the spool does not.
 
-Reconnecting is the shared core's retry loop (capped backoff; sender.Worker), and while idle
+Reconnecting is the shared core's retry loop (capped backoff; worker.Worker), and while idle
 `idle()` keeps the connection up with the same cap. The network loop is paho's own thread
 (loop_start; mqtt_connection.py); publishing, waiting for PUBACKs and connecting happen on
 the output's Worker thread; the receive loop only feeds the Home Assistant Presence
@@ -33,7 +33,7 @@ from powmon.base.text import reading_dict
 from powmon.common.backoff import backoff
 from powmon.common.schema.readings import Reading
 from powmon.common.schema.status import Status
-from powmon.uplink.contract import Answer, Encoded, Output, Wait, ids
+from powmon.uplink.contract import Answer, BusWatcher, Encoded, Output, Wait, ids
 from powmon.uplink.formats import non_finite
 from powmon.uplink.homeassistant import Presence
 from powmon.uplink.mqtt_config import BATCH_SIZE, BATCH_WAIT, MqttConfig
@@ -63,7 +63,7 @@ def _problem(topic: str, r: Reading) -> str | None:
     return non_finite(r)
 
 
-class MqttOutput(Output[Batch]):
+class MqttOutput(Output[Batch], BusWatcher):
     """Publishes spooled readings to the broker of MQTT_URL; Home Assistant on the side."""
 
     name = "mqtt"

@@ -92,12 +92,9 @@ class MqttConfig:
                 "install powmon[mqtt]"
             )
         parts = urlsplit(m.url.reveal())  # checked by common.checks.mqtt_url
+        # Credentials in MQTT_URL or in MQTT_USERNAME/MQTT_PASSWORD, not both: a rule of
+        # settings.py (_check_mqtt), with the uplink's other rules of several keys.
         username = unquote(parts.username) if parts.username else m.username
-        if parts.password is not None and m.password is not None:
-            raise SettingsError(
-                f"{settings.path}: MQTT_PASSWORD: the password is already in MQTT_URL; "
-                "give it in one place"
-            )
         password = Secret(unquote(parts.password)) if parts.password is not None else m.password
         if m.tls_insecure:
             log.warning("MQTT_TLS_INSECURE is true: the broker's certificate is not checked")

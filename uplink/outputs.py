@@ -1,9 +1,10 @@
-"""The uplink's outputs as one group: built from the config, each on a Worker of its own.
+"""The uplink's outputs as one group: built from the config's enabled kinds (registry.py),
+each on a Worker of its own.
 
 This is what the uplink's receive loop talks to: `poke()` after committing readings,
 `check()` every round (a dead Worker ends the process with exit 1), `on_readings(readings)`
-and `on_status(status)` for the outputs that want them (MQTT: Home Assistant state and
-availability), `counters()` for the heartbeat, `shutdown()` at the end.
+and `on_status(status)` for the outputs that are also BusWatchers (MQTT: Home Assistant state
+and availability), `counters()` for the heartbeat, `shutdown()` at the end.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from typing import Any, Final
 from powmon.common.schema.readings import Reading
 from powmon.common.schema.status import Status
 from powmon.uplink.config import UplinkConfig
-from powmon.uplink.contract import Output
-from powmon.uplink.http_output import HttpOutput
+from powmon.uplink.contract import BusWatcher
 from powmon.uplink.positions import register_outputs
-from powmon.uplink.sender import Worker
 from powmon.uplink.spool import Spool
+from powmon.uplink.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +28,14 @@ JOIN_MARGIN_S: Final = 1.0
 _SUMMED: Final = ("sent", "batches_ok", "retries", "dead_lettered")
 
 
-def build(config: UplinkConfig) -> list[Output[Any]]:
-    outputs: list[Output[Any]] = []
-    if config.http is not None:
-        outputs.append(HttpOutput(config.http))
-    if config.mqtt is not None:
-        # Imported here: paho-mqtt is an extra (powmon[mqtt]); HTTP-only installs lack it.
-        from powmon.uplink.mqtt import MqttOutput  # noqa: PLC0415
-
-        outputs.append(MqttOutput(config.mqtt))
-    return outputs
-
-
 class Outputs:
     """Every enabled output of one uplink process."""
 
-    def __init__(self, config: UplinkConfig, outputs: Sequence[Output[Any]] | None = None):
-        self.outputs = list(build(config) if outputs is None else outputs)
+    def __init__(self, config: UplinkConfig) -> None:
+        self.outputs = [c.output() for c in config.configured]
+        self.watchers = [o for o in self.outputs if isinstance(o, BusWatcher)]
         self.workers = [Worker(o, config.spool_path, config.spool_max) for o in self.outputs]
-        timeouts = [config.http.timeout if config.http else 0.0,
-                    config.mqtt.timeout if config.mqtt else 0.0]
-        self.join_timeout = max(timeouts) + JOIN_MARGIN_S
+        self.join_timeout = max(c.config.timeout for c in config.configured) + JOIN_MARGIN_S
 
     def start(self, spool: Spool) -> None:
         """Register the positions (new outputs, removed ones; positions.py), then start."""
@@ -69,12 +56,12 @@ class Outputs:
             worker.check()
 
     def on_readings(self, readings: Sequence[Reading]) -> None:
-        for output in self.outputs:
-            output.on_readings(readings)
+        for watcher in self.watchers:
+            watcher.on_readings(readings)
 
     def on_status(self, status: Status) -> None:
-        for output in self.outputs:
-            output.on_status(status)
+        for watcher in self.watchers:
+            watcher.on_status(status)
 
     def shutdown(self) -> list[str]:
         """Stop every Worker and wait for each, all within join_timeout; the names of those

@@ -24,17 +24,15 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from powmon.common.schema.readings import Reading
-from powmon.uplink.spool import ID_RANGE, Row, Spool
+from powmon.uplink.spool import COLUMNS, ID_RANGE, Row, Spool, row_of
 
 log = logging.getLogger(__name__)
 
 # Rows not done for an output: beyond its position and not acked out of order. The statements
-# are spelled out whole, as in spool.py: SQL text is never assembled at runtime.
+# are built at import from spool.py's one column list: SQL text never holds a value.
 _PENDING: Final = (
-    "SELECT id, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, received_ns "
-    "FROM readings WHERE id > ? AND id NOT IN (SELECT id FROM output_acks WHERE output = ?) "
-    "ORDER BY id LIMIT ?"
+    f"SELECT id, {COLUMNS} FROM readings WHERE id > ? AND id NOT IN "  # noqa: S608
+    "(SELECT id FROM output_acks WHERE output = ?) ORDER BY id LIMIT ?"
 )
 _FIRST_PENDING: Final = (
     "SELECT id, received_ns FROM readings WHERE id > ? AND id NOT IN "
@@ -45,9 +43,8 @@ _COUNT_PENDING: Final = (
     "(SELECT id FROM output_acks WHERE output = ?) ORDER BY id LIMIT ?)"
 )
 _BURY: Final = (
-    "INSERT INTO dead_letter (sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, "
-    "received_ns, status, reason, dead_ns, output) SELECT sensor_id, session, seq, ts_ns, raw, "
-    "volts, amps, watts, flags, received_ns, ?, ?, ?, ? FROM readings WHERE id = ?"
+    f"INSERT INTO dead_letter ({COLUMNS}, status, reason, dead_ns, output) "  # noqa: S608
+    f"SELECT {COLUMNS}, ?, ?, ?, ? FROM readings WHERE id = ?"
 )
 
 
@@ -94,7 +91,7 @@ class Position:
     def pending(self, limit: int) -> list[Row]:
         """The oldest `limit` rows this output has not done, oldest first."""
         cur = self.spool.db.execute(_PENDING, (self._acked(), self.name, limit))
-        return [Row(row[0], Reading(*row[1:10]), row[10]) for row in cur.fetchall()]
+        return [row_of(found) for found in cur.fetchall()]
 
     def oldest(self, limit: int) -> tuple[int, int | None]:
         """(rows waiting for this output, up to `limit`; received_ns of the oldest or None)."""

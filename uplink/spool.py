@@ -1,7 +1,7 @@
 """The uplink's durable spool: every reading lands here before any attempt to send it.
 
-SQLite (stdlib) in WAL mode, so the receive loop and the sender thread each keep their own
-connection and neither blocks the other for longer than one short transaction. A row is deleted
+SQLite (stdlib) in WAL mode, so the receive loop and each output's Worker thread keep their
+own connection and none blocks another for longer than one short transaction. A row is deleted
 only when every enabled output (uplink/positions.py: the HTTP server, InfluxDB, MQTT) has
 delivered it or dead-lettered it; nothing leaves the spool any other way except the size cap,
 which is counted (in all, and per output that had not sent the row yet) and logged.
@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from powmon.common.errors import UplinkError
 from powmon.common.schema.readings import Reading
@@ -44,22 +44,29 @@ from powmon.sink.tracker import StreamState
 BUSY_TIMEOUT_S: Final = 10.0
 MAX_PROGRESS: Final = 4096  # streams remembered; the least recently updated are forgotten
 
-# The column lists are spelled out in each statement: SQL text is never assembled at runtime.
+# A spooled reading's columns, spelled here once, in the order of Reading's fields (a row's
+# first nine columns are a Reading), then when it was received. Every statement below and in
+# positions.py is built from them once, at import: SQL text never holds a value, and nothing
+# is assembled at runtime.
+_COLUMN_TYPES: Final = (
+    ("sensor_id", "TEXT"), ("session", "TEXT"), ("seq", "INTEGER"), ("ts_ns", "INTEGER"),
+    ("raw", "REAL"), ("volts", "REAL"), ("amps", "REAL"), ("watts", "REAL"),
+    ("flags", "INTEGER"), ("received_ns", "INTEGER"),
+)
+COLUMNS: Final = ", ".join(name for name, _ in _COLUMN_TYPES)
+READING_FIELDS: Final = ", ".join(name for name, _ in _COLUMN_TYPES[:-1])  # a Reading's
+_DEFINITIONS: Final = ", ".join(f"{name} {kind} NOT NULL" for name, kind in _COLUMN_TYPES)
+
 # The oldest and newest row ids, each by its own lookup in the rowid B-tree: SQLite answers a
 # lone min() or max() in O(log n), but `SELECT min(id), max(id)` scans the whole table (7 ms
 # at 80,000 rows, and this runs on every insert).
 ID_RANGE: Final = "SELECT (SELECT min(id) FROM readings), (SELECT max(id) FROM readings)"
-_INSERT: Final = (
-    "INSERT OR IGNORE INTO readings (sensor_id, session, seq, ts_ns, raw, volts, amps, watts, "
-    "flags, received_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_PEEK: Final = (
-    "SELECT id, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, received_ns "
-    "FROM readings ORDER BY id LIMIT ?"
-)
+_MARKS: Final = ", ".join("?" * len(_COLUMN_TYPES))
+_INSERT: Final = f"INSERT OR IGNORE INTO readings ({COLUMNS}) VALUES ({_MARKS})"  # noqa: S608
+_PEEK: Final = f"SELECT id, {COLUMNS} FROM readings ORDER BY id LIMIT ?"  # noqa: S608
 # Rows up to an id that at least one output has neither passed (acked) nor acked out of order.
 _UNSENT_UP_TO: Final = (
-    "SELECT sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags FROM readings r "
+    f"SELECT {READING_FIELDS} FROM readings r "  # noqa: S608
     "WHERE r.id <= ? AND r.sensor_id != '' AND EXISTS (SELECT 1 FROM outputs o "
     "WHERE o.acked < r.id AND NOT EXISTS (SELECT 1 FROM output_acks a "
     "WHERE a.output = o.name AND a.id = r.id))"
@@ -69,29 +76,22 @@ _UNSPOOL_DEAD: Final = (
     "(SELECT sensor_id, session, seq FROM dead_letter)"
 )
 _REQUEUE: Final = (
-    "INSERT OR IGNORE INTO readings (sensor_id, session, seq, ts_ns, raw, volts, amps, watts, "
-    "flags, received_ns) SELECT sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, "
-    "received_ns FROM dead_letter ORDER BY id"
+    f"INSERT OR IGNORE INTO readings ({COLUMNS}) "  # noqa: S608
+    f"SELECT {COLUMNS} FROM dead_letter ORDER BY id"
 )
 # A placeholder row that makes the next rowid continue above the outputs' positions; its
 # empty sensor_id can never be a reading's (the decoder refuses empty ids).
 _PLACEHOLDER: Final = (
-    "INSERT INTO readings (id, sensor_id, session, seq, ts_ns, raw, volts, amps, watts, flags, "
-    "received_ns) VALUES (?, '', '', 0, 0, 0, 0, 0, 0, 0, 0)"
+    f"INSERT INTO readings (id, {COLUMNS}) "  # noqa: S608
+    "VALUES (?, '', '', 0, 0, 0, 0, 0, 0, 0, 0)"
 )
-_SCHEMA: Final = """
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY,
-    sensor_id TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
-    ts_ns INTEGER NOT NULL, raw REAL NOT NULL, volts REAL NOT NULL, amps REAL NOT NULL,
-    watts REAL NOT NULL, flags INTEGER NOT NULL, received_ns INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY, {_DEFINITIONS},
     UNIQUE (sensor_id, session, seq)
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
-    id INTEGER PRIMARY KEY,
-    sensor_id TEXT NOT NULL, session TEXT NOT NULL, seq INTEGER NOT NULL,
-    ts_ns INTEGER NOT NULL, raw REAL NOT NULL, volts REAL NOT NULL, amps REAL NOT NULL,
-    watts REAL NOT NULL, flags INTEGER NOT NULL, received_ns INTEGER NOT NULL,
+    id INTEGER PRIMARY KEY, {_DEFINITIONS},
     status INTEGER, reason TEXT NOT NULL, dead_ns INTEGER NOT NULL,
     output TEXT NOT NULL DEFAULT 'http'
 );
@@ -124,6 +124,11 @@ class Row:
     id: int
     reading: Reading
     received_ns: int
+
+
+def row_of(found: tuple[Any, ...]) -> Row:
+    """A Row from `SELECT id, {COLUMNS}`."""
+    return Row(found[0], Reading(*found[1:10]), found[10])
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +170,7 @@ class Spool:
         received = time.time_ns() if now_ns is None else now_ns
         # A generator, not a list: SQLite binds each row as it goes, and a receive batch is
         # not copied once more in memory.
-        rows = (
-            (r.sensor_id, r.session, r.seq, r.ts_ns, r.raw, r.volts, r.amps, r.watts, r.flags,
-             received)
-            for r in readings
-        )
+        rows = ((*r, received) for r in readings)  # a Reading is the first nine columns
         with self.transaction():
             placeholder = self._keep_ids_rising()
             before = self.db.total_changes
@@ -233,8 +234,7 @@ class Spool:
 
     def peek(self, limit: int) -> list[Row]:
         """The oldest `limit` rows, oldest first (not removed), whatever the outputs did."""
-        cur = self.db.execute(_PEEK, (limit,))
-        return [Row(row[0], Reading(*row[1:10]), row[10]) for row in cur.fetchall()]
+        return [row_of(found) for found in self.db.execute(_PEEK, (limit,)).fetchall()]
 
     def requeue_dead(self) -> int:
         """Move every dead-lettered reading back into the queue (after fixing the server).

@@ -3,10 +3,11 @@
 A sink on the sink core (sink/core.py), which subscribes, resumes, fills gaps from the readers'
 replay buffers and drops duplicates. What is the uplink's own: each batch is committed to the
 spool in one transaction together with the streams' progress (so a restart knows exactly what
-it already has); each output (outputs.py) has a thread of its own that takes batches from the
-spool at its own position and marks them done only once its receiver acknowledged them (2xx,
-PUBACK). The receive loop never touches the network, so a slow or dead server cannot make the
-uplink fall behind the bus, and one output down never holds back another.
+it already has); each output (outputs.py, built from registry.py's table) has a thread of
+its own that takes batches from the spool at its own position and marks them done only once
+its receiver acknowledged them (2xx, PUBACK). The receive loop never touches the network, so
+a slow or dead server cannot make the uplink fall behind the bus, and one output down never
+holds back another.
 
 On SIGTERM: stop receiving (everything received is already committed), tell the outputs to
 stop, wait for their in-flight requests at most their timeout (+ a margin), then exit 0. A
@@ -18,11 +19,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
-
-import urllib3
 
 from powmon.common.lock import spool_lock
 from powmon.common.schema.readings import Reading
@@ -31,12 +30,19 @@ from powmon.sink.core import Sink, Stored, serve
 from powmon.sink.tracker import REASON_SPOOL_FULL, StreamState
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.outputs import Outputs
-from powmon.uplink.sender import Stats
 from powmon.uplink.spool import Spool
 
 log = logging.getLogger(__name__)
 
 DEPTH_EVERY_S: Final = 0.25  # the spool's depth in the heartbeat is at most this stale
+
+
+@dataclass
+class Stats:
+    """The spool's counters, kept by the receive loop (the sink core counts the rest)."""
+
+    dropped_over_cap: int = 0
+    spool_depth: int = 0
 
 
 class SpoolSink(Sink):
@@ -101,9 +107,6 @@ def run(config: UplinkConfig, stop: threading.Event) -> None:
 
 
 def _run(config: UplinkConfig, stop: threading.Event) -> None:
-    if config.http is not None and config.http.verify_tls is False:
-        # Said once, at start (config.py); not once per request.
-        warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
     stats = Stats()
     spool = Spool(config.spool_path, config.spool_max)
     outputs = Outputs(config)

@@ -1,6 +1,6 @@
 """The writer's energy totals: what every sensor consumed, counted from what was stored.
 
-The meter is common.energy's (the one `powmon report` and the tap use), fed with every row the
+The meter is base.energy's (the one `powmon report` and the tap use), fed with every row the
 writer stores, live or replayed, and told of every range named lost. Its state is saved beside
 the data (`<LOCAL_DATA_ROOT>/energy.json`, written to a temporary file and renamed, so a crash
 leaves the old or the new one, never half of one) after each flush, so the totals survive a

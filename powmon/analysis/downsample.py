@@ -1,7 +1,7 @@
 """Millions of rows to a few points per pixel column, so that a plot keeps every peak.
 
 Two streaming passes over the data files. The first finds the time span and each sensor's
-typical interval (hence its bridge limit, as common.energy uses it). The second keeps, per
+typical interval (hence its bridge limit, as base.energy uses it). The second keeps, per
 sensor and pixel column, the first, lowest, highest and last reading (M4 downsampling): drawn
 in time order, those four points make the same pixels as all the readings of the column, so a
 one-reading spike survives any zoom. Where two neighbouring readings are further apart than

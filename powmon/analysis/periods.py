@@ -1,6 +1,6 @@
 """Per (sensor, period) figures for `powmon report`: energy, power, readings, coverage.
 
-Energy comes from common.energy's integrated pairs, split where a pair crosses a period
+Energy comes from base.energy's integrated pairs, split where a pair crosses a period
 boundary (or the --since/--until window), with the power interpolated there, so an hour gets
 exactly the energy of its own minutes. Reading statistics (min, max, over-range) count the
 rows whose timestamp falls in the period. Periods are UTC hours or days, or the whole window.

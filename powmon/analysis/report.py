@@ -1,6 +1,6 @@
 """`powmon report`: energy and power per sensor and period, from the CSV files, streaming.
 
-One pass over the files in creation order: every row goes to a common.energy meter (which
+One pass over the files in creation order: every row goes to a base.energy meter (which
 integrates pairs of neighbouring readings, holds the ends of holes until replayed rows later
 in the files fill them, and leaves holes beyond the bridge limit as missing coverage) and to
 per-period statistics. Memory grows with the number of sensors, periods and open holes, not

@@ -4,7 +4,7 @@ One pipeline runs for the whole module on two simulated sensors: DC draws a know
 12 V with no noise (SNS chosen so the ADC counts convert back exactly: 30 W), CAL has no load,
 a known zero offset of 2.47 V and noise. Part way through, DC's reader is frozen (SIGSTOP) for
 HOLE_S: a hole in one session, as an unplug makes (3 s: six times the 0.5 s beyond which
-common.energy bridges no pair at this polling period, so the hole is missing coverage). The
+base.energy bridges no pair at this polling period, so the hole is missing coverage). The
 tests that need the pipeline running come first; the others read what it left once it is
 stopped.
 """

@@ -13,8 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from powmon.common.settings import Secret
-from powmon.uplink.http_output import HttpOutput
-from powmon.uplink.influx import influx_write_url, refused_lines
+from powmon.uplink.influx import InfluxOutput, influx_write_url, refused_lines
 from tests.helpers import wait_until
 from tests.httpserver import Recorded, RecordingServer, Reply
 from tests.outputs import Running, http_config, reading
@@ -78,7 +77,7 @@ def start(tmp_path: Path, server: RecordingServer) -> Iterator[Callable[..., Run
     def go(**kw: object) -> Running:
         url = influx_write_url(server.base_url, "lab", "power")
         cfg = http_config(url, format="influx", authorization=Secret("Token t0k"), **kw)
-        running.append(Running(HttpOutput(cfg), tmp_path / "spool.sqlite3"))
+        running.append(Running(InfluxOutput(cfg), tmp_path / "spool.sqlite3"))
         return running[-1]
 
     yield go

@@ -18,9 +18,10 @@ from cryptography.fernet import Fernet
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings, load_settings
 from powmon.keys import encrypt_url_command, keygen_command
-from powmon.uplink.config import HttpConfig, UplinkConfig
-from powmon.uplink.influx import influx_v1_write_url, influx_write_url
-from powmon.uplink.keys import resolve_url
+from powmon.uplink.config import UplinkConfig
+from powmon.uplink.http_output import HttpConfig
+from powmon.uplink.influx import influx_config, influx_v1_write_url, influx_write_url
+from powmon.uplink.server_url import resolve_url
 from tests.helpers import Proc, wait_until, write_settings
 from tests.httpserver import RecordingServer
 from tests.uplinkrun import UplinkRun
@@ -191,7 +192,7 @@ def test_influx_settings_build_the_v2_write_url_and_token_header(tmp_path: Path)
         INFLUX_BUCKET="power",
         INFLUX_TOKEN="t0k",  # noqa: S106 (a test value)
     )
-    cfg = HttpConfig.from_settings(s, environ={})
+    cfg = influx_config(s, environ={})
     assert cfg.url.reveal() == (
         "http://127.0.0.1:8086/api/v2/write?org=my+org&bucket=power&precision=ns"
     )
@@ -206,7 +207,7 @@ def test_influx_database_selects_the_v1_write_api(tmp_path: Path) -> None:
     is a settings error naming both."""
     s = settings(tmp_path, UPLINK_URL="http://127.0.0.1:8086/", UPLINK_FORMAT="influx",
                  INFLUX_DATABASE="lab power")
-    cfg = HttpConfig.from_settings(s, environ={})
+    cfg = influx_config(s, environ={})
     assert cfg.url.reveal() == "http://127.0.0.1:8086/write?db=lab+power&precision=ns"
     assert cfg.authorization is None
     assert influx_v1_write_url("http://h:1/write", "d") == "http://h:1/write?db=d&precision=ns"

@@ -1,4 +1,4 @@
-"""The core of every output: spool -> output, with batching, retries, backoff and dead letters.
+"""The Worker: spool -> one output, with batching, retries, backoff and dead letters.
 
 One Worker thread per output (HTTP, MQTT), written once for all of them: the output only
 encodes, sends and classifies (contract.py). Why threads and not processes or an event loop:
@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from powmon.common.backoff import backoff
@@ -33,14 +34,6 @@ POLL_S: Final = 0.2
 ACK_EVERY_S: Final = 0.5  # delivered rows are acked in the spool at least this often
 REFRESH_S: Final = 0.5  # the output's depth and drops in its counters: at most this stale
 REFUSED_BACKOFF_FACTOR: Final = 10.0  # refused outputs retry from backoff_max up to 10x it
-
-
-@dataclass
-class Stats:
-    """The spool's counters, kept by the receive loop (the sink core counts the rest)."""
-
-    dropped_over_cap: int = 0
-    spool_depth: int = 0
 
 
 @dataclass
@@ -71,7 +64,7 @@ class OutputStats:
 class Worker:
     """Takes batches from the spool at the output's position and delivers them until stopped."""
 
-    def __init__(self, output: Output[Any], spool_path: Any, spool_max: int) -> None:
+    def __init__(self, output: Output[Any], spool_path: Path, spool_max: int) -> None:
         self.output = output
         self.stats = OutputStats()
         self._spool_path = spool_path

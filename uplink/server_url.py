@@ -115,7 +115,8 @@ def resolve_url(
             log.info("UPLINK_URL is set; HOST is ignored")
         return Secret(cfg.url)
     if not cfg.host_token:
-        raise SettingsError(f"{where}: UPLINK_URL: or HOST is required to send readings")
+        # Not a rule of its own: load_settings already refuses REMOTE_SAVE without either.
+        raise ValueError("resolve_url: neither UPLINK_URL nor HOST is set")
     key, source = find_key(where, cfg, env)
     url = decrypt_url(cfg.host_token, key, source, where)
     log.info("HOST decrypted with the key from %s: %s", source, redact_url(url.reveal()))
