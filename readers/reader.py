@@ -1,13 +1,13 @@
 """The reader process: one serial port, one sensor, readings onto the bus until told to stop.
 
-Shape: connect (open, sync through boot chatter, identify, configure) with capped exponential
-backoff; then read the device in one of two modes until stopped or lost: stream mode
-(streaming.py: the board samples on its timer and sends frames) when STREAM and the device
-allow it, else request/answer (polling.py: a `read` per reading, pipelined where the device
-queues requests). A bad answer is counted, logged rate-limited and followed by a drain; a
-vanished device (SerialException, OSError, a DeviceError, too long a silence) closes the port
-and goes back to connecting. The heartbeat is sent from these same loops, connected or not,
-so a supervisor can tell 'alive but silent' from 'dead'.
+Shape: connect (handshake.open_device: open, sync through boot chatter, identify, configure)
+with capped exponential backoff; then read the device in one of two modes until stopped or
+lost: stream mode (streaming.py: the board samples on its timer and sends frames) when STREAM
+and the device allow it, else request/answer (polling.py: a `read` per reading, pipelined
+where the device queues requests). A bad answer is counted, logged rate-limited and followed
+by a drain; a vanished device (SerialException, OSError, a DeviceError, too long a silence)
+closes the port and goes back to connecting. The heartbeat is sent from these same loops,
+connected or not, so a supervisor can tell 'alive but silent' from 'dead'.
 """
 
 from __future__ import annotations
@@ -35,15 +35,8 @@ from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.common.zap import Gate
 from powmon.readers.clock import DeviceClock
-from powmon.readers.handshake import Agreed, NoAnswer, Wanted, handshake
-from powmon.readers.link import (
-    BadAnswer,
-    Link,
-    PortUnavailable,
-    open_port,
-    open_problem,
-    read_command,
-)
+from powmon.readers.handshake import Agreed, NoAnswer, Wanted, open_device
+from powmon.readers.link import BadAnswer, BadPort, Link, PortUnavailable, read_command
 from powmon.readers.polling import Poller
 from powmon.readers.schedule import Schedule
 from powmon.readers.session import Counters, Emitter, new_session_id
@@ -222,7 +215,11 @@ class Reader:
             if self.stop.is_set():
                 return None
             try:
-                connected = self._open()
+                connected = open_device(cfg.port, cfg.baudrate, cfg.wanted, self.stop)
+            except BadPort as err:  # a wrong name or option: exit 2, retrying will not fix it
+                raise SettingsError(
+                    f"{cfg.settings_path}: SENSORS[{cfg.sensor_id}].PORT (or --port): {err}"
+                ) from err.reason
             except (serial.SerialException, OSError, NoAnswer, PortUnavailable) as err:
                 self._not_connected(err)
             else:
@@ -251,27 +248,6 @@ class Reader:
             "connect", "sensor=%s port=%s cannot connect: %s; retrying",
             self.config.sensor_id, self.config.port, err,
         )
-
-    def _open(self) -> tuple[Link, Agreed] | None:
-        cfg = self.config
-        try:
-            port = open_port(cfg.port, cfg.baudrate, cfg.wanted.timeout)
-        except (ValueError, TypeError) as err:
-            raise SettingsError(  # a wrong name or option: exit 2, retrying will not fix it
-                f"{cfg.settings_path}: SENSORS[{cfg.sensor_id}].PORT (or --port): cannot open "
-                f"serial port {cfg.port!r}: {err}"
-            ) from err
-        except (serial.SerialException, OSError) as err:
-            raise PortUnavailable(open_problem(cfg.port, err)) from err
-        link = Link(port, cfg.wanted.timeout, self.stop)
-        agreed = None
-        try:
-            agreed = handshake(link, cfg.wanted, self.stop)
-        finally:
-            if agreed is None:
-                with contextlib.suppress(serial.SerialException, OSError):
-                    link.close()
-        return None if agreed is None else (link, agreed)
 
     def _on_connected(self, agreed: Agreed, stream: bool) -> None:
         c = self.counters
