@@ -24,6 +24,7 @@ from powmon.common.conversion import convert, convert_rms
 from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
 from powmon.common.schema import Flag
+from powmon.readers.emitter import Converter
 from powmon.readers.link import (
     IDENT,
     BadAnswer,
@@ -33,7 +34,6 @@ from powmon.readers.link import (
     open_port,
     parse_answer,
 )
-from powmon.readers.session import Converter
 from powmon.readers.stream_commands import Ident, parse_ident
 
 log = logging.getLogger(__name__)

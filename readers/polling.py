@@ -23,6 +23,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Final
 
+from powmon.readers.emitter import Batch
 from powmon.readers.handshake import Agreed
 from powmon.readers.link import BadAnswer, Link, parse_answer
 
@@ -62,7 +63,7 @@ class Poller:
             if now >= next_chores:
                 next_chores = now + chores_every
                 reader.chores(now)
-            emitter.publish_due(now)
+            emitter.flush_due(now)
             # Sleep until the next slot: with nothing in flight, or with an answer to be read
             # then (defer); an answer wanted now is waited for in read_line.
             wait = schedule.delay(now) if defer or not in_flight else 0.0
@@ -91,7 +92,7 @@ class Poller:
             try:
                 self._fill()  # may find the device gone: the answer in hand is still a reading
             finally:
-                emitter.emit(raw, ts_ns, flags, convert)
+                emitter.publish(Batch.answer(raw, ts_ns, flags, convert))
         self._finish()
 
     def _finish(self) -> None:
@@ -105,7 +106,7 @@ class Poller:
             except BadAnswer:
                 self.in_flight.clear()
                 return
-            emitter.emit(raw, ts_ns, flags, convert)
+            emitter.publish(Batch.answer(raw, ts_ns, flags, convert))
 
     def _fill(self) -> None:
         """Write the requests that are due now, up to `depth` in flight.

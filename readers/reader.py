@@ -35,11 +35,12 @@ from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.common.zap import Gate
 from powmon.readers.clock import DeviceClock
+from powmon.readers.counters import Counters, new_session_id
+from powmon.readers.emitter import Batch, Emitter
 from powmon.readers.handshake import Agreed, NoAnswer, Wanted, open_device
 from powmon.readers.link import BadAnswer, BadPort, Link, PortUnavailable, read_command
 from powmon.readers.polling import Poller
 from powmon.readers.schedule import Schedule
-from powmon.readers.session import Counters, Emitter, new_session_id
 from powmon.readers.sleeper import Sleeper
 from powmon.readers.streaming import NoStream, Streamer, wants_stream
 
@@ -161,7 +162,7 @@ class Reader:
                 self._session(*connected)
         finally:
             self.counters.connected = False
-            self.emitter.publish()  # what is held goes before the last heartbeat
+            self.emitter.flush()  # what is held goes before the last heartbeat
             self.serve()  # requests already queued get their answer
             self.heartbeat.beat(STATE_STOPPED, force=True)
             if self.replay is not None:
@@ -191,7 +192,7 @@ class Reader:
             )
         finally:
             c.connected = False
-            self.emitter.publish()  # readings taken before the device went are readings
+            self.emitter.flush()  # readings taken before the device went are readings
             with contextlib.suppress(serial.SerialException, OSError):
                 link.close()
 
@@ -267,7 +268,7 @@ class Reader:
         )
         if agreed.first is not None and not stream:  # a stream brings its own first reading
             raw, ts_ns = agreed.first
-            self.emitter.emit(raw, ts_ns, agreed.flags, agreed.convert)
+            self.emitter.publish(Batch.answer(raw, ts_ns, agreed.flags, agreed.convert))
         self.heartbeat.beat(force=True)
 
     def answered(self) -> None:

@@ -33,6 +33,7 @@ from powmon.common.conversion import convert_rms
 from powmon.common.errors import DeviceError, SettingsError
 from powmon.common.schema import Flag
 from powmon.readers.clock import DeviceClock
+from powmon.readers.emitter import Batch
 from powmon.readers.frames import FrameDecoder, Hole, Sample, StreamParams, is_answer
 from powmon.readers.handshake import Agreed, NoAnswer, handshake
 from powmon.readers.link import Link, read_available
@@ -233,11 +234,11 @@ class Streamer:
                 self._feed(data, time.time_ns())
                 last_data = time.monotonic()
                 if every:
-                    reader.emitter.publish()  # the takes are the publish cadence
+                    reader.emitter.flush()  # the takes are the publish cadence
             elif time.monotonic() - last_data > silence:
                 self._publish(decoder.flush(), decoder.take_holes(), time.time_ns())
                 raise Resync(f"no byte for {silence:.1f}s")
-            reader.emitter.publish_due(time.monotonic())
+            reader.emitter.flush_due(time.monotonic())
 
     def _take_every(self, params: StreamParams) -> float:
         """How often to take what the port holds: every PUBLISH_INTERVAL, so a wake-up brings
@@ -318,13 +319,13 @@ class Streamer:
 
     def _publish(self, samples: Sequence[Sample], holes: list[Hole], host_ns: int) -> None:
         """Map device times to UTC and publish; each hole goes with the sample after it."""
-        emitter = self.reader.emitter
+        publish = self.reader.emitter.publish
         convert = self.agreed.convert
         stamps = self.clock.stamp([s.device_us for s in samples], host_ns) if samples else []
         if holes:
             self._count(holes)
         if not holes and not self._dropped:
-            emitter.emit_samples(samples, stamps, convert)
+            publish(Batch(samples, stamps, convert))
             return
         before: dict[tuple[int, int], int] = {}
         for h in holes:
@@ -335,12 +336,12 @@ class Streamer:
             lost = before.pop((s.stream, s.seq), 0)
             if lost:
                 if i > start:
-                    emitter.emit_samples(samples[start:i], stamps[start:i], convert, dropped)
+                    publish(Batch(samples[start:i], stamps[start:i], convert, dropped))
                     dropped = 0
                 start = i
                 dropped += lost
         if start < len(samples):
-            emitter.emit_samples(samples[start:], stamps[start:], convert, dropped)
+            publish(Batch(samples[start:], stamps[start:], convert, dropped))
             dropped = 0
         self._dropped = dropped + sum(before.values())  # holes after the last sample: later
 
@@ -352,7 +353,7 @@ class Streamer:
     def _name_dropped(self) -> None:
         """Holes no sample followed (the end of a stream): named in a message of their own."""
         if self._dropped:
-            self.reader.emitter.emit_samples((), (), self.agreed.convert, self._dropped)
+            self.reader.emitter.publish(Batch((), (), self.agreed.convert, self._dropped))
             self._dropped = 0
 
     def _sync_counters(self) -> None:
