@@ -26,6 +26,7 @@ from powmon.readers.counters import Counters
 
 payload_log = logging.getLogger(PAYLOAD_LOGGER)
 _pack: Final = pack_row
+_new: Final = tuple.__new__
 
 Converter = Callable[[float, Calibration, int], tuple[float, float, float, int]]
 
@@ -47,10 +48,10 @@ class Answer(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """Consecutive readings of one device, timed at `stamps` (UTC ns) and converted with
-    `convert`; `dropped` device samples were lost just before the first (they take no seq:
-    the message that carries the first names them). Empty with `dropped`: a loss no reading
-    followed (yet)."""
+    """Consecutive readings of one device, timed at `stamps` (UTC ns, one per reading) and
+    converted with `convert`; `dropped` device samples were lost just before the first (they
+    take no seq: the message that carries the first names them). Empty with `dropped`: a loss
+    no reading followed (yet)."""
 
     readings: Sequence[Measured]
     stamps: Sequence[int]
@@ -59,8 +60,9 @@ class Batch(NamedTuple):
 
     @classmethod
     def answer(cls, raw: float, ts_ns: int, flags: int, convert: Converter) -> Batch:
-        """The batch of one answer to a `read` (request/answer mode), its request's time."""
-        return cls((Answer(raw, flags),), (ts_ns,), convert)
+        """The batch of one answer to a `read` (request/answer mode), its request's time.
+        Built as plain tuples are (a NamedTuple's __new__ is Python code): one per reading."""
+        return _new(cls, ((_new(Answer, (raw, flags)),), (ts_ns,), convert, 0))
 
 
 class Emitter:
@@ -125,7 +127,7 @@ class Emitter:
                 self.flush()  # a loss with no reading after it (yet): said at once
             return
         cal, rows = self._cal, self._rows
-        for reading, ts_ns in zip(readings, stamps, strict=True):
+        for reading, ts_ns in zip(readings, stamps, strict=False):  # as long, by construction
             raw = reading.raw
             volts, amps, watts, flags = convert(raw, cal, reading.flags)
             rows.append(_pack((ts_ns, raw, volts, amps, watts, flags)))

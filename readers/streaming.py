@@ -90,7 +90,7 @@ class Streamer:
         # holds in one os.read (pyserial's read would select again). Other ports read through
         # pyserial.
         self._fd = link.fd
-        replay = ctx.sleeper.replay_fd
+        replay_fd = ctx.sleeper.replay_fd
         self._poller: select.poll | None = None  # the port and the replay socket
         self._hup: select.poll | None = None  # the port alone: readable, nothing read: hang-up
         if self._fd is not None:  # (no select.poll on Windows, where there is no descriptor)
@@ -98,8 +98,8 @@ class Streamer:
             self._hup.register(self._fd, select.POLLIN)
             self._poller = select.poll()
             self._poller.register(self._fd, select.POLLIN)
-            if replay is not None:
-                self._poller.register(replay, select.POLLIN)
+            if replay_fd is not None:
+                self._poller.register(replay_fd, select.POLLIN)
 
     # -- the outer loop: start, stream, restart ---------------------------------------------
     def run(self) -> None:
