@@ -4,7 +4,8 @@ An ACS712's output at zero current is near VCC/2 but not exactly, and it differs
 part: OFFSET in settings.yaml is that voltage, and every reading's amps depend on it. With no
 current through the sensor, the mean of N raw counts times VPP is the offset; their spread
 is the noise floor. The readings come off the bus when the pipeline runs (the reader holds the
-port), else from the port itself, through the same link and handshake code as the reader.
+port), else from the port itself, opened and handshaken as the reader does
+(readers.handshake.open_device).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from powmon.common.schema.readings import Flag, decode_readings, reading_topic
 from powmon.common.schema.status import status_topic
 from powmon.common.settings import SensorSettings, Settings
 from powmon.common.transport import sub_socket
-from powmon.readers.handshake import NoAnswer, handshake
-from powmon.readers.link import BadAnswer, Link, open_port, parse_answer
+from powmon.readers.handshake import NoAnswer, open_device
+from powmon.readers.link import BadAnswer, BadPort, PortUnavailable, parse_answer
 from powmon.readers.reader import ReaderConfig
 
 LISTEN_MIN_S: Final = 1.0  # how long to listen for a running reader, at the least
@@ -106,17 +107,13 @@ def from_port(
     wanted = dataclasses.replace(
         ReaderConfig.from_settings(settings, sensor.sensor_id).wanted, mode="dc"
     )
-    try:
-        link = Link(open_port(sensor.port, sensor.baudrate, sensor.timeout), sensor.timeout, stop)
-    except (serial.SerialException, OSError, ValueError) as err:
-        raise CalibrateError(
-            f"sensor {sensor.sensor_id!r}: no reader publishes it and its port "
-            f"{sensor.port!r} cannot be opened: {err}"
-        ) from None
     raws: list[float] = []
+    link = None
     try:
-        if handshake(link, wanted, stop) is None:
+        connected = open_device(sensor.port, sensor.baudrate, wanted, stop)
+        if connected is None:
             raise CalibrateError("stopped")
+        link = connected.link
         bad = 0
         while len(raws) < count and not stop.is_set():
             try:
@@ -128,11 +125,17 @@ def from_port(
                         f"sensor {sensor.sensor_id!r}: too many bad answers ({bad}; last: {err})"
                     ) from None
                 link.drain()
+    except (PortUnavailable, BadPort) as err:
+        raise CalibrateError(
+            f"sensor {sensor.sensor_id!r}: no reader publishes it and its port "
+            f"{sensor.port!r} cannot be opened: {err.reason}"
+        ) from None
     except (NoAnswer, serial.SerialException, OSError) as err:
         raise CalibrateError(f"sensor {sensor.sensor_id!r}: {err}") from None
     finally:
-        with contextlib.suppress(serial.SerialException, OSError):
-            link.close()
+        if link is not None:
+            with contextlib.suppress(serial.SerialException, OSError):
+                link.close()
     return Measured(raws, f"the port {sensor.port}")
 
 

@@ -33,8 +33,8 @@ from powmon.common.transport import (
     secure_client,
     sub_socket,
 )
-from powmon.readers.handshake import NoAnswer, handshake
-from powmon.readers.link import BadAnswer, Link, open_port, parse_answer
+from powmon.readers.handshake import NoAnswer, open_device
+from powmon.readers.link import BadAnswer, BadPort, PortUnavailable, parse_answer
 from powmon.readers.reader import ReaderConfig
 
 PORT_SYNC_S: Final = 3.0  # enough for an Arduino's bootloader after the reset an open causes
@@ -142,16 +142,15 @@ def port_answer(settings: Settings, sensor_id: str, stop: threading.Event) -> tu
     """Open the sensor's port, handshake as the reader does, read once: (ok, what happened)."""
     config = ReaderConfig.from_settings(settings, sensor_id)
     wanted = dataclasses.replace(config.wanted, sync_seconds=PORT_SYNC_S)
+    link = None
     try:
-        port = open_port(config.port, config.baudrate, wanted.timeout)
-    except (serial.SerialException, OSError, ValueError) as err:
-        return False, f"cannot open: {err}"
-    link = Link(port, wanted.timeout, stop)
-    try:
-        agreed = handshake(link, wanted, stop)
-        if agreed is None:
+        connected = open_device(config.port, config.baudrate, wanted, stop)
+        if connected is None:
             return False, "stopped"
+        link, agreed = connected
         raw = parse_answer(link.ask(wanted.read_command))
+    except (PortUnavailable, BadPort) as err:
+        return False, f"cannot open: {err.reason}"
     except NoAnswer:
         return False, f"opened, but no valid answer to {wanted.read_command!r} in {PORT_SYNC_S:g}s"
     except BadAnswer as bad:
@@ -159,7 +158,8 @@ def port_answer(settings: Settings, sensor_id: str, stop: threading.Event) -> tu
     except (serial.SerialException, OSError) as err:
         return False, f"opened, then failed: {err}"
     finally:
-        with contextlib.suppress(serial.SerialException, OSError):
-            link.close()
+        if link is not None:
+            with contextlib.suppress(serial.SerialException, OSError):
+                link.close()
     firmware = f"firmware {agreed.firmware!r}" if agreed.firmware else "no firmware id"
     return True, f"opened and answered (read -> {raw}; {firmware})"

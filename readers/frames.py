@@ -28,7 +28,7 @@ from powmon.readers.numbering import (
     HEADER_LEN,
     MAX_PER_FRAME,
     OVERHEAD,
-    Counters,
+    DecoderCounters,
     Hole,
     Numbering,
     Sample,
@@ -36,7 +36,7 @@ from powmon.readers.numbering import (
 )
 
 __all__ = [
-    "Counters",
+    "DecoderCounters",
     "FrameDecoder",
     "Hole",
     "Sample",
@@ -105,7 +105,7 @@ class FrameDecoder:
     """Incremental decoder of one port's byte stream; see the module docstring."""
 
     def __init__(self, params: StreamParams | None = None) -> None:
-        self.counters = Counters()
+        self.counters = DecoderCounters()
         self.held = False  # `ok stop` came: what follows waits for take_rest()
         self._numbering = Numbering(self.counters)
         self._buf = bytearray()

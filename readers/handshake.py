@@ -1,4 +1,4 @@
-"""What happens between opening a port and the first reading: sync, identify, configure.
+"""What happens between opening a port and the first reading: open, sync, identify, configure.
 
 Opening a port resets most Arduinos (DTR), and a booting board prints whatever its sketch or
 bootloader likes, then ignores requests for a second or two. So the reader keeps asking `read`
@@ -11,18 +11,29 @@ the device did.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
+
+import serial
 
 from powmon.common.conversion import convert, convert_rms
 from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
 from powmon.common.schema.readings import Flag
-from powmon.readers.link import IDENT, BadAnswer, Link, parse_answer
-from powmon.readers.session import Converter
+from powmon.readers.emitter import Converter
+from powmon.readers.link import (
+    IDENT,
+    BadAnswer,
+    BadPort,
+    Link,
+    PortUnavailable,
+    open_port,
+    parse_answer,
+)
 from powmon.readers.stream_commands import Ident, parse_ident
 
 log = logging.getLogger(__name__)
@@ -172,3 +183,37 @@ def handshake(link: Link, wanted: Wanted, stop: threading.Event) -> Agreed | Non
     flags, converter = configure(link, wanted)
     ident = parse_ident(firmware) if firmware else None
     return Agreed(flags, converter, firmware, first if wanted.plain else None, ident)
+
+
+class Connection(NamedTuple):
+    """A port opened and handshaken: the link to it, and what its device agreed to."""
+
+    link: Link
+    agreed: Agreed
+
+
+def open_device(
+    url: str, baudrate: int, wanted: Wanted, stop: threading.Event
+) -> Connection | None:
+    """Open a port and handshake with its device: how the reader, `powmon calibrate` and the
+    probes of `powmon check-config` all reach a board. None if stopped meanwhile.
+
+    Raises BadPort (a wrong name or option: not retryable), PortUnavailable (not there, taken,
+    no permission), or, once it opened, NoAnswer, serial.SerialException or OSError from the
+    handshake; the port is closed whenever no Connection is returned.
+    """
+    try:
+        port = open_port(url, baudrate, wanted.timeout)
+    except (ValueError, TypeError) as err:
+        raise BadPort(url, err) from err
+    except (serial.SerialException, OSError) as err:
+        raise PortUnavailable(url, err) from err
+    link = Link(port, wanted.timeout, stop)
+    agreed = None
+    try:
+        agreed = handshake(link, wanted, stop)
+    finally:
+        if agreed is None:
+            with contextlib.suppress(serial.SerialException, OSError):
+                link.close()
+    return None if agreed is None else Connection(link, agreed)

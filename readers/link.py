@@ -107,7 +107,21 @@ def _why_bad(line: bytes) -> str:
 
 class PortUnavailable(DeviceError):
     """The port itself cannot be opened (not there, taken, no permission): retried with
-    backoff, and said in the heartbeat (`problem`, `waiting_for_port`)."""
+    backoff, and said in the heartbeat (`problem`, `waiting_for_port`) as one line; `reason`
+    is the driver's own error."""
+
+    def __init__(self, url: str, reason: Exception) -> None:
+        super().__init__(open_problem(url, reason))
+        self.reason = reason
+
+
+class BadPort(DeviceError):
+    """The port's name or an option is wrong (pyserial's ValueError or TypeError, in
+    `reason`): bad settings, which retrying will not fix."""
+
+    def __init__(self, url: str, reason: Exception) -> None:
+        super().__init__(f"cannot open serial port {url!r}: {reason}")
+        self.reason = reason
 
 
 def open_problem(url: str, err: Exception) -> str:

@@ -65,7 +65,7 @@ class Hole(NamedTuple):
 
 
 @dataclass(slots=True)
-class Counters:
+class DecoderCounters:
     """Everything the decoder saw; every byte is in a frame, a text line or `skipped`."""
 
     frames: int = 0  # valid frames
@@ -86,7 +86,7 @@ class Counters:
 class Numbering:
     """The numbers and times of one port's streams, frame after frame."""
 
-    def __init__(self, counters: Counters) -> None:
+    def __init__(self, counters: DecoderCounters) -> None:
         self.counters = counters
         self.params: StreamParams | None = None
         self.stream = 0

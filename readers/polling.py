@@ -21,48 +21,53 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from powmon.common.errors import DeviceError
+from powmon.readers.context import Context
+from powmon.readers.emitter import Batch
 from powmon.readers.handshake import Agreed
-from powmon.readers.link import BadAnswer, Link, parse_answer
-
-if TYPE_CHECKING:
-    from powmon.readers.reader import Reader
-
+from powmon.readers.link import BadAnswer, parse_answer
 
 SERVE_EVERY: Final = 0.005  # replay requests, at least this often when the loop never sleeps
+MAX_SILENT: Final = 10  # consecutive unanswered requests before the device counts as gone
+
+
+class DeviceLost(DeviceError):
+    """The device stopped answering at all; reopening the port usually resets it."""
 
 
 class Poller:
     """The hot loop of one connected device in request/answer mode."""
 
-    def __init__(self, reader: Reader, link: Link, agreed: Agreed) -> None:
-        self.reader = reader
-        self.link = link
+    def __init__(self, ctx: Context, agreed: Agreed) -> None:
+        self.ctx = ctx
+        self.link = ctx.link
         self.agreed = agreed
-        self.request = reader.config.wanted.read_command
-        self.depth = reader.config.read_pipeline if agreed.queues else 1
+        wanted = ctx.settings.wanted
+        self.request = wanted.read_command
+        self.depth = ctx.settings.read_pipeline if agreed.queues else 1
         self.in_flight: deque[int] = deque()  # time_ns of each request written, oldest first
-        period = reader.schedule.period
-        interval = reader.emitter.interval
-        self.defer = 0 < period < interval and period < reader.config.wanted.timeout
+        period = ctx.schedule.period
+        self.defer = 0 < period < ctx.emitter.interval and period < wanted.timeout
+        self._silent = 0  # requests in a row without an answer
 
     def run(self) -> None:
         """Poll until stopped; DeviceLost (and serial errors) propagate to the reader."""
-        reader, link, in_flight = self.reader, self.link, self.in_flight
-        stop, emitter, request = reader.stop, reader.emitter, self.request
+        ctx, link, in_flight = self.ctx, self.link, self.in_flight
+        stop, emitter, request = ctx.stop, ctx.emitter, self.request
         flags, convert = self.agreed.flags, self.agreed.convert
-        chores_every = reader.config.heartbeat_interval
-        schedule, defer = reader.schedule, self.defer
+        chores, chores_every = ctx.chores, ctx.settings.heartbeat_interval
+        schedule, defer = ctx.schedule, self.defer
         schedule.restart(time.monotonic())
         next_chores = next_serve = 0.0
-        sleep, serve = reader.sleeper.sleep, reader.sleeper.serve
+        sleep, serve = ctx.sleeper.sleep, ctx.sleeper.serve
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_chores:
                 next_chores = now + chores_every
-                reader.chores(now)
-            emitter.publish_due(now)
+                chores(now)
+            emitter.flush_due(now)
             # Sleep until the next slot: with nothing in flight, or with an answer to be read
             # then (defer); an answer wanted now is waited for in read_line.
             wait = schedule.delay(now) if defer or not in_flight else 0.0
@@ -84,20 +89,20 @@ class Poller:
             try:
                 raw = parse_answer(line)
             except BadAnswer as bad:
-                reader.bad_answer(link, bad, len(in_flight))
+                self._bad_answer(bad, len(in_flight))
                 in_flight.clear()
                 continue
-            reader.answered()
+            self._silent = 0
             try:
                 self._fill()  # may find the device gone: the answer in hand is still a reading
             finally:
-                emitter.emit(raw, ts_ns, flags, convert)
+                emitter.publish(Batch.answer(raw, ts_ns, flags, convert))
         self._finish()
 
     def _finish(self) -> None:
         """Stopped with requests written: their answers are readings (and the device counts
         them as sent), so they are read on the way out, as far as they come within TIMEOUT."""
-        emitter, flags, convert = self.reader.emitter, self.agreed.flags, self.agreed.convert
+        emitter, flags, convert = self.ctx.emitter, self.agreed.flags, self.agreed.convert
         while self.in_flight:
             ts_ns = self.in_flight.popleft()
             try:
@@ -105,7 +110,7 @@ class Poller:
             except BadAnswer:
                 self.in_flight.clear()
                 return
-            emitter.emit(raw, ts_ns, flags, convert)
+            emitter.publish(Batch.answer(raw, ts_ns, flags, convert))
 
     def _fill(self) -> None:
         """Write the requests that are due now, up to `depth` in flight.
@@ -113,8 +118,8 @@ class Poller:
         Right after a good answer and before it is published, so converting, encoding and
         sending overlap the next round trips.
         """
-        reader, in_flight, depth = self.reader, self.in_flight, self.depth
-        schedule, link, request, stop = reader.schedule, self.link, self.request, reader.stop
+        ctx, in_flight, depth = self.ctx, self.in_flight, self.depth
+        schedule, link, request, stop = ctx.schedule, self.link, self.request, ctx.stop
         while len(in_flight) < depth:
             if schedule.period:
                 now = time.monotonic()
@@ -125,3 +130,22 @@ class Poller:
                 return
             in_flight.append(time.time_ns())
             link.send(request)
+
+    def _bad_answer(self, bad: BadAnswer, in_flight: int) -> None:
+        """Count a bad answer (or silence) and drain; DeviceLost after MAX_SILENT silences."""
+        ctx = self.ctx
+        if ctx.stop.is_set():
+            return  # the read was cut short by the stop request, not by the device
+        c = ctx.counters
+        if bad.kind == "timeout":
+            c.timeouts += 1
+            self._silent += 1
+            if self._silent >= MAX_SILENT:
+                raise DeviceLost(f"no answer to {MAX_SILENT} requests in a row")
+        else:
+            c.bad_lines += 1
+        ctx.limiter.warn(
+            bad.kind, "sensor=%s bad answer %s (bad_lines=%d timeouts=%d)",
+            ctx.settings.wanted.sensor_id, bad, c.bad_lines, c.timeouts,
+        )
+        self.link.drain(in_flight)

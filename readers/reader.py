@@ -1,13 +1,15 @@
 """The reader process: one serial port, one sensor, readings onto the bus until told to stop.
 
-Shape: connect (open, sync through boot chatter, identify, configure) with capped exponential
-backoff; then read the device in one of two modes until stopped or lost: stream mode
-(streaming.py: the board samples on its timer and sends frames) when STREAM and the device
-allow it, else request/answer (polling.py: a `read` per reading, pipelined where the device
-queues requests). A bad answer is counted, logged rate-limited and followed by a drain; a
-vanished device (SerialException, OSError, a DeviceError, too long a silence) closes the port
-and goes back to connecting. The heartbeat is sent from these same loops, connected or not,
-so a supervisor can tell 'alive but silent' from 'dead'.
+Shape: connect (handshake.open_device: open, sync through boot chatter, identify, configure)
+with capped exponential backoff; then read the device in one of two modes until stopped or
+lost: stream mode (streaming.py: the board samples on its timer and sends frames) when STREAM
+and the device allow it, else request/answer (polling.py: a `read` per reading, pipelined
+where the device queues requests). Each mode's loop gets a narrow context (context.py), not
+this Reader, and publishes through the one Emitter (emitter.py). A bad answer is counted,
+logged rate-limited and followed by a drain; a vanished device (SerialException, OSError, a
+DeviceError, too long a silence) closes the port and goes back to connecting. The heartbeat
+is sent from these same loops, connected or not, so a supervisor can tell 'alive but silent'
+from 'dead'.
 """
 
 from __future__ import annotations
@@ -28,40 +30,28 @@ from powmon.common.backoff import backoff
 from powmon.common.conversion import Calibration
 from powmon.common.curve import Curve
 from powmon.common.errors import DeviceError, SettingsError
-from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayServer, replay_bind_endpoint
 from powmon.common.schema.status import STATE_DISCONNECTED, STATE_RUNNING, STATE_STOPPED
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.common.zap import Gate
-from powmon.readers.clock import DeviceClock
-from powmon.readers.handshake import Agreed, NoAnswer, Wanted, handshake
-from powmon.readers.link import (
-    BadAnswer,
-    Link,
-    PortUnavailable,
-    open_port,
-    open_problem,
-    read_command,
-)
+from powmon.readers.context import Board, Context, LimitedLog, ModeSettings
+from powmon.readers.counters import Counters, new_session_id
+from powmon.readers.emitter import Batch, Emitter
+from powmon.readers.handshake import Agreed, NoAnswer, Wanted, open_device
+from powmon.readers.link import BadPort, Link, PortUnavailable, read_command
 from powmon.readers.polling import Poller
 from powmon.readers.schedule import Schedule
-from powmon.readers.session import Counters, Emitter, new_session_id
 from powmon.readers.sleeper import Sleeper
-from powmon.readers.streaming import NoStream, Streamer, wants_stream
+from powmon.readers.streaming import NoStream, Streamer
 
 log = logging.getLogger(__name__)
 
 RECONNECT_INITIAL: Final = 0.2
 RECONNECT_CAP: Final = 5.0  # the original retried every 5 s; a replugged board is back by then
-MAX_SILENT: Final = 10  # consecutive unanswered requests before the device counts as gone
 SUMMARY_INTERVAL: Final = 60.0
 LOG_PERIOD: Final = 10.0  # at most one warning per kind per this many seconds
 BROKER_WAIT: Final = 1.0  # longest wait at start for the bus, so seq 0 is not lost to PUB
-
-
-class DeviceLost(DeviceError):
-    """The device stopped answering at all; reopening the port usually resets it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +104,22 @@ class ReaderConfig:
         )
 
 
+def wants_stream(config: ReaderConfig, agreed: Agreed) -> bool:
+    """Whether to stream from this device: STREAM off never, auto when the device says it can
+    (and the period is one a stream can have), on always, or SettingsError when it cannot."""
+    if config.stream == "off" or (config.stream == "auto" and config.stream_rate is None):
+        return False
+    if agreed.streams:
+        return True
+    if config.stream == "on":
+        raise SettingsError(
+            f"{config.settings_path}: SENSORS[{config.sensor_id}].STREAM: is 'on', but the "
+            f"device on {config.port!r} does not stream (id answered "
+            f"{agreed.firmware or 'nothing'!r}); flash newer firmware, or use STREAM: auto"
+        )
+    return False
+
+
 class Reader:
     """The connect/poll state machine of one reader; sockets are handed in by run()."""
 
@@ -146,11 +152,13 @@ class Reader:
             sock, "reader", config.sensor_id, config.heartbeat_interval, self.counters.snapshot,
             progress=self.counters.progress,
         )
-        self._limiter = RateLimiter(LOG_PERIOD)
+        self.limiter = LimitedLog(log, LOG_PERIOD)
         self.schedule = Schedule(config.polling_delay)
-        self.clock = DeviceClock()  # one board per port: its drift is kept across reconnects
-        self.stream_hz: int | None = None  # the rate the device accepted (its limit, say)
-        self._silent = 0
+        self.board = Board()  # one board per port: what is known of it outlasts a reconnect
+        self._mode_settings = ModeSettings(
+            config.wanted, config.heartbeat_interval, config.read_pipeline, config.stream_rate,
+            config.channel, config.baudrate,
+        )
         self._next_summary = 0.0
         self._connected_once = False
 
@@ -168,7 +176,7 @@ class Reader:
                 self._session(*connected)
         finally:
             self.counters.connected = False
-            self.emitter.publish()  # what is held goes before the last heartbeat
+            self.emitter.flush()  # what is held goes before the last heartbeat
             self.serve()  # requests already queued get their answer
             self.heartbeat.beat(STATE_STOPPED, force=True)
             if self.replay is not None:
@@ -178,36 +186,44 @@ class Reader:
                      cfg.sensor_id, c.readings, c.bad_lines, c.timeouts,
                      c.reconnects)
 
+    def context(self, link: Link) -> Context:
+        """What a mode's loop gets of this reader while `link` is connected."""
+        return Context(
+            link, self.emitter, self.board, self.counters, self.stop, self.sleeper,
+            self.schedule, self._mode_settings, self.limiter, self.chores,
+        )
+
     def _session(self, link: Link, agreed: Agreed, stream: bool) -> None:
         """Read one connected device until stopped or lost; always closes the port."""
         c = self.counters
+        ctx = self.context(link)
         try:
-            if stream and self._stream(link, agreed):
+            if stream and self._stream(ctx, agreed):
                 return
             c.mode, c.stream_hz = "poll", 0
-            Poller(self, link, agreed).run()
+            Poller(ctx, agreed).run()
         except (serial.SerialException, OSError, DeviceError) as err:
             if self.stop.is_set():  # an answer cut short by the stop itself: no device lost
                 log.debug("sensor=%s stopped while waiting: %s", self.config.sensor_id, err)
                 return
             c.disconnects += 1
             c.problem = f"device lost: {err}"
-            self.warn(
+            self.limiter.warn(
                 "lost", "sensor=%s port=%s device lost: %s; reconnecting",
                 self.config.sensor_id, self.config.port, err,
             )
         finally:
             c.connected = False
-            self.emitter.publish()  # readings taken before the device went are readings
+            self.emitter.flush()  # readings taken before the device went are readings
             with contextlib.suppress(serial.SerialException, OSError):
                 link.close()
 
-    def _stream(self, link: Link, agreed: Agreed) -> bool:
+    def _stream(self, ctx: Context, agreed: Agreed) -> bool:
         """Stream until stopped or lost; False when the device refused to stream after all."""
         try:
-            Streamer(self, link, agreed, self.clock).run()
+            Streamer(ctx, agreed).run()
         except NoStream as why:
-            self.warn(
+            self.limiter.warn(
                 "nostream", "sensor=%s %s; reading it with requests instead",
                 self.config.sensor_id, why,
             )
@@ -222,7 +238,11 @@ class Reader:
             if self.stop.is_set():
                 return None
             try:
-                connected = self._open()
+                connected = open_device(cfg.port, cfg.baudrate, cfg.wanted, self.stop)
+            except BadPort as err:  # a wrong name or option: exit 2, retrying will not fix it
+                raise SettingsError(
+                    f"{cfg.settings_path}: SENSORS[{cfg.sensor_id}].PORT (or --port): {err}"
+                ) from err.reason
             except (serial.SerialException, OSError, NoAnswer, PortUnavailable) as err:
                 self._not_connected(err)
             else:
@@ -247,31 +267,10 @@ class Reader:
         c = self.counters
         c.waiting_for_port = isinstance(err, PortUnavailable)
         c.problem = str(err) if c.waiting_for_port else f"cannot connect: {err}"
-        self.warn(
+        self.limiter.warn(
             "connect", "sensor=%s port=%s cannot connect: %s; retrying",
             self.config.sensor_id, self.config.port, err,
         )
-
-    def _open(self) -> tuple[Link, Agreed] | None:
-        cfg = self.config
-        try:
-            port = open_port(cfg.port, cfg.baudrate, cfg.wanted.timeout)
-        except (ValueError, TypeError) as err:
-            raise SettingsError(  # a wrong name or option: exit 2, retrying will not fix it
-                f"{cfg.settings_path}: SENSORS[{cfg.sensor_id}].PORT (or --port): cannot open "
-                f"serial port {cfg.port!r}: {err}"
-            ) from err
-        except (serial.SerialException, OSError) as err:
-            raise PortUnavailable(open_problem(cfg.port, err)) from err
-        link = Link(port, cfg.wanted.timeout, self.stop)
-        agreed = None
-        try:
-            agreed = handshake(link, cfg.wanted, self.stop)
-        finally:
-            if agreed is None:
-                with contextlib.suppress(serial.SerialException, OSError):
-                    link.close()
-        return None if agreed is None else (link, agreed)
 
     def _on_connected(self, agreed: Agreed, stream: bool) -> None:
         c = self.counters
@@ -282,8 +281,7 @@ class Reader:
         c.problem, c.waiting_for_port = "", False
         c.firmware = agreed.firmware
         c.mode = "stream" if stream else "poll"
-        self._silent = 0
-        self.log_limited(
+        self.limiter.log(
             logging.INFO, "connected",
             "sensor=%s port=%s connected firmware=%r mode=%s reconnects=%d",
             self.config.sensor_id, self.config.port, agreed.firmware or "(no id)", c.mode,
@@ -291,30 +289,8 @@ class Reader:
         )
         if agreed.first is not None and not stream:  # a stream brings its own first reading
             raw, ts_ns = agreed.first
-            self.emitter.emit(raw, ts_ns, agreed.flags, agreed.convert)
+            self.emitter.publish(Batch.answer(raw, ts_ns, agreed.flags, agreed.convert))
         self.heartbeat.beat(force=True)
-
-    def answered(self) -> None:
-        """A good answer: the device is not silent."""
-        self._silent = 0
-
-    def bad_answer(self, link: Link, bad: BadAnswer, in_flight: int = 0) -> None:
-        """Count a bad answer (or silence) and drain; DeviceLost after MAX_SILENT silences."""
-        if self.stop.is_set():
-            return  # the read was cut short by the stop request, not by the device
-        c = self.counters
-        if bad.kind == "timeout":
-            c.timeouts += 1
-            self._silent += 1
-            if self._silent >= MAX_SILENT:
-                raise DeviceLost(f"no answer to {MAX_SILENT} requests in a row")
-        else:
-            c.bad_lines += 1
-        self.warn(
-            bad.kind, "sensor=%s bad answer %s (bad_lines=%d timeouts=%d)",
-            self.config.sensor_id, bad, c.bad_lines, c.timeouts,
-        )
-        link.drain(in_flight)
 
     def chores(self, now: float) -> None:
         """Heartbeat and the periodic summary; called at most once per heartbeat interval."""
@@ -345,13 +321,6 @@ class Reader:
     def serve(self) -> None:
         """Answer queued replay requests; they never block, and a bad one is only counted."""
         self.sleeper.serve()
-
-    def warn(self, key: str, msg: str, *args: object) -> None:
-        self.log_limited(logging.WARNING, key, msg, *args)
-
-    def log_limited(self, level: int, key: str, msg: str, *args: object) -> None:
-        """Log at most once per LOG_PERIOD per key: a flapping port must not flood the log."""
-        self._limiter.log(log, level, key, msg, *args)
 
 
 def run(config: ReaderConfig, stop: threading.Event) -> None:

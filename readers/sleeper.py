@@ -36,14 +36,16 @@ class Sleeper:
         self._stop = stop
         self._stop_fd = wake_fd(stop)
         self._poll: select.poll | None = None
+        # The replay socket's descriptor: ZeroMQ's edge-triggered signal (see serve()).
+        self.replay_fd = int(replay.sock.getsockopt(zmq.FD)) if replay is not None else None
         self._zmq: list[tuple[zmq.Socket[bytes] | int, int]] = (
             [(replay.sock, _POLLIN)] if replay is not None else [])
         if not hasattr(select, "poll") and self._stop_fd is not None:
             self._zmq.append((self._stop_fd, _POLLIN))  # Windows: a stop ends the zmq_poll too
         if hasattr(select, "poll"):
             self._poll = select.poll()
-            if replay is not None:
-                self._poll.register(int(replay.sock.getsockopt(zmq.FD)), select.POLLIN)
+            if self.replay_fd is not None:
+                self._poll.register(self.replay_fd, select.POLLIN)
             if self._stop_fd is not None:
                 self._poll.register(self._stop_fd, select.POLLIN)
 

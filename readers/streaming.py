@@ -24,22 +24,19 @@ import os
 import select
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import serial
-import zmq
 
 from powmon.common.conversion import convert_rms
-from powmon.common.errors import DeviceError, SettingsError
+from powmon.common.errors import DeviceError
 from powmon.common.schema.readings import Flag
-from powmon.readers.clock import DeviceClock
+from powmon.readers.context import Context
+from powmon.readers.emitter import Batch
 from powmon.readers.frames import FrameDecoder, Hole, Sample, StreamParams, is_answer
 from powmon.readers.handshake import Agreed, NoAnswer, handshake
-from powmon.readers.link import Link, read_available
+from powmon.readers.link import read_available
 from powmon.readers.stream_commands import StreamRefused, start_stream, stop_stream
-
-if TYPE_CHECKING:
-    from powmon.readers.reader import Reader, ReaderConfig
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +58,6 @@ class NoStream(DeviceError):
     """The device refused `stream` without naming a limit: it cannot stream after all."""
 
 
-def wants_stream(config: ReaderConfig, agreed: Agreed) -> bool:
-    """Whether to stream from this device: STREAM off never, auto when the device says it can
-    (and the period is one a stream can have), on always, or SettingsError when it cannot."""
-    if config.stream == "off" or (config.stream == "auto" and config.stream_rate is None):
-        return False
-    if agreed.streams:
-        return True
-    if config.stream == "on":
-        raise SettingsError(
-            f"{config.settings_path}: SENSORS[{config.sensor_id}].STREAM: is 'on', but the "
-            f"device on {config.port!r} does not stream (id answered "
-            f"{agreed.firmware or 'nothing'!r}); flash newer firmware, or use STREAM: auto"
-        )
-    return False
-
-
 def delay_ns(
     params: StreamParams, agreed: Agreed, wanted_avg: int, ac_window: float, baud: int
 ) -> int:
@@ -94,22 +75,22 @@ def delay_ns(
 class Streamer:
     """One connected device in stream mode, through any number of stream restarts."""
 
-    def __init__(self, reader: Reader, link: Link, agreed: Agreed, clock: DeviceClock) -> None:
-        self.reader = reader
-        self.link = link
+    def __init__(self, ctx: Context, agreed: Agreed) -> None:
+        self.ctx = ctx
+        self.link = link = ctx.link
         self.agreed = agreed
-        self.clock = clock
+        self.clock = ctx.board.clock
         self.decoder = FrameDecoder()
         self.params: StreamParams | None = None
         self._dropped = 0  # device samples lost that no published message has named yet
         self._lines = 0  # text lines the decoder has seen and this loop has looked at
-        self._corrupt_base = reader.counters.frames_corrupt
+        self._corrupt_base = ctx.counters.frames_corrupt
         # A POSIX serial port (link.port_fd): wait on its descriptor and the replay socket's
         # in one poll(2) (zmq_poll makes two system calls per wait), and read what the driver
         # holds in one os.read (pyserial's read would select again). Other ports read through
         # pyserial.
         self._fd = link.fd
-        replay = reader.replay.sock if reader.replay is not None else None
+        replay_fd = ctx.sleeper.replay_fd
         self._poller: select.poll | None = None  # the port and the replay socket
         self._hup: select.poll | None = None  # the port alone: readable, nothing read: hang-up
         if self._fd is not None:  # (no select.poll on Windows, where there is no descriptor)
@@ -117,16 +98,16 @@ class Streamer:
             self._hup.register(self._fd, select.POLLIN)
             self._poller = select.poll()
             self._poller.register(self._fd, select.POLLIN)
-            if replay is not None:
-                self._poller.register(int(replay.getsockopt(zmq.FD)), select.POLLIN)
+            if replay_fd is not None:
+                self._poller.register(replay_fd, select.POLLIN)
 
     # -- the outer loop: start, stream, restart ---------------------------------------------
     def run(self) -> None:
         """Stream until stopped (then stop the stream and publish its last samples); raises
         DeviceLost-like errors for the reader to reconnect."""
-        reader = self.reader
+        stop = self.ctx.stop
         try:
-            while not reader.stop.is_set():
+            while not stop.is_set():
                 try:
                     self._start()  # the bytes after the ack may already end the stream
                     self._loop()
@@ -141,9 +122,9 @@ class Streamer:
 
     def _ask(self) -> tuple[StreamParams, bytes]:
         """`stream HZ` at the rate wanted, or at the device's limit when it names one."""
-        reader = self.reader
-        cfg, c = reader.config, reader.counters
-        hz = reader.stream_hz
+        ctx = self.ctx
+        cfg, board = ctx.settings, ctx.board
+        hz = board.stream_hz
         if hz is None:  # 0: as fast as the device goes; None (STREAM on, a long period): 1 Hz
             hz = 1 if cfg.stream_rate is None else cfg.stream_rate
         asked = hz or MAX_ASK
@@ -154,23 +135,22 @@ class Streamer:
             limit = refused.max_hz
             if limit is None or limit >= asked:
                 raise NoStream(str(refused)) from None
-            reader.log_limited(
+            ctx.limiter.log(
                 logging.WARNING if hz else logging.INFO, "stream-limit",
-                "sensor=%s %s; streaming at %d Hz", cfg.sensor_id, refused, limit,
+                "sensor=%s %s; streaming at %d Hz", cfg.wanted.sensor_id, refused, limit,
             )
-            reader.stream_hz = limit
+            board.stream_hz = limit
             params, rest = start_stream(self.link, limit, cfg.channel, timeout)
-        c.stream_hz = params.hz
+        ctx.counters.stream_hz = params.hz
         return params, rest
 
     def _start(self) -> None:
         decoder = self.decoder
         params, rest = self._ask()
-        reader = self.reader
         decoder.take_rest()  # whatever the decoder held is from before this stream
         decoder.start(params)
         self.params = params
-        cfg = reader.config
+        cfg = self.ctx.settings
         wanted = cfg.wanted
         window = wanted.ac_cycles / wanted.mains_hz
         self.clock.delay_ns = delay_ns(params, self.agreed, wanted.avg, window, cfg.baudrate)
@@ -178,15 +158,16 @@ class Streamer:
 
     def _restart(self, why: str) -> None:
         """The device ended the stream: handshake again and go on (same session)."""
-        reader = self.reader
-        reader.counters.resets += 1
+        ctx = self.ctx
+        c, wanted = ctx.counters, ctx.settings.wanted
+        c.resets += 1
         self._name_dropped()
-        reader.warn(
+        ctx.limiter.warn(
             "resync", "sensor=%s stream ended (%s); restarting it (resets=%d)",
-            reader.config.sensor_id, why, reader.counters.resets,
+            wanted.sensor_id, why, c.resets,
         )
         try:
-            agreed = handshake(self.link, reader.config.wanted, reader.stop)
+            agreed = handshake(self.link, wanted, ctx.stop)
         except NoAnswer as err:
             raise DeviceError(f"no answer after the stream ended: {err}") from err
         if agreed is None:
@@ -204,13 +185,13 @@ class Streamer:
 
     # -- the hot loop ---------------------------------------------------------------------
     def _loop(self) -> None:
-        reader, decoder = self.reader, self.decoder
+        ctx, decoder = self.ctx, self.decoder
         params = self.params
         assert params is not None  # noqa: S101 -- set by _start
-        stop = reader.stop
-        chores_every = reader.config.heartbeat_interval
+        stop, emitter, chores, sleep = ctx.stop, ctx.emitter, ctx.chores, ctx.sleeper.sleep
+        chores_every = ctx.settings.heartbeat_interval
         frame_s = params.per_frame * params.period_us / 1e6
-        silence = max(reader.config.wanted.timeout, SILENCE_FRAMES * frame_s)
+        silence = max(ctx.settings.wanted.timeout, SILENCE_FRAMES * frame_s)
         every = self._take_every(params)
         read = self._read_fd if self._fd is not None else self._read_port
         if every:
@@ -222,10 +203,10 @@ class Streamer:
             if now >= next_chores:
                 next_chores = now + chores_every
                 self._sync_counters()
-                reader.chores(now)
+                chores(now)
             if every:  # sleep to the next take; the port's driver holds the frames meanwhile
                 if now < next_take:  # on the replay socket and the stop request only
-                    reader.sleeper.sleep(min(next_take, next_chores) - now)
+                    sleep(min(next_take, next_chores) - now)
                     continue
                 next_take = now + every
             data = read(min(next_chores - now, IDLE_STEP))
@@ -233,18 +214,18 @@ class Streamer:
                 self._feed(data, time.time_ns())
                 last_data = time.monotonic()
                 if every:
-                    reader.emitter.publish()  # the takes are the publish cadence
+                    emitter.flush()  # the takes are the publish cadence
             elif time.monotonic() - last_data > silence:
                 self._publish(decoder.flush(), decoder.take_holes(), time.time_ns())
                 raise Resync(f"no byte for {silence:.1f}s")
-            reader.emitter.publish_due(time.monotonic())
+            emitter.flush_due(time.monotonic())
 
     def _take_every(self, params: StreamParams) -> float:
         """How often to take what the port holds: every PUBLISH_INTERVAL, so a wake-up brings
         a whole interval of frames (at 100 Hz ten of them), or sooner when the driver's input
         buffer would be half full by then; 0 (a wake-up per frame, as they come) without a
         descriptor to sleep beside or with no interval."""
-        interval = self.reader.emitter.interval
+        interval = self.ctx.emitter.interval
         if self._fd is None or not interval:
             return 0.0
         bytes_per_s = params.frame_len * params.hz / max(params.per_frame, 1)
@@ -282,13 +263,13 @@ class Streamer:
                 if not data:
                     raise serial.SerialException("the port reports data but returned none")
             else:
-                self.reader.serve()  # the replay socket woke the poll
+                self.ctx.sleeper.serve()  # the replay socket woke the poll
         return data
 
     def _read_port(self, wait: float) -> bytes:
         """A port without a descriptor (sim://, socket://): block in its read (its timeout is
         at most READ_SLICE), looking for replay requests at each wake-up (ZMQ_EVENTS)."""
-        self.reader.serve()
+        self.ctx.sleeper.serve()
         port = self.link.port
         data = port.read(port.in_waiting or 1)
         if data:
@@ -318,13 +299,13 @@ class Streamer:
 
     def _publish(self, samples: Sequence[Sample], holes: list[Hole], host_ns: int) -> None:
         """Map device times to UTC and publish; each hole goes with the sample after it."""
-        emitter = self.reader.emitter
+        publish = self.ctx.emitter.publish
         convert = self.agreed.convert
         stamps = self.clock.stamp([s.device_us for s in samples], host_ns) if samples else []
         if holes:
             self._count(holes)
         if not holes and not self._dropped:
-            emitter.emit_samples(samples, stamps, convert)
+            publish(Batch(samples, stamps, convert))
             return
         before: dict[tuple[int, int], int] = {}
         for h in holes:
@@ -335,25 +316,25 @@ class Streamer:
             lost = before.pop((s.stream, s.seq), 0)
             if lost:
                 if i > start:
-                    emitter.emit_samples(samples[start:i], stamps[start:i], convert, dropped)
+                    publish(Batch(samples[start:i], stamps[start:i], convert, dropped))
                     dropped = 0
                 start = i
                 dropped += lost
         if start < len(samples):
-            emitter.emit_samples(samples[start:], stamps[start:], convert, dropped)
+            publish(Batch(samples[start:], stamps[start:], convert, dropped))
             dropped = 0
         self._dropped = dropped + sum(before.values())  # holes after the last sample: later
 
     def _count(self, holes: list[Hole]) -> None:
-        c = self.reader.counters
+        c = self.ctx.counters
         c.device_holes += len(holes)
         c.device_lost += sum(h.last - h.first + 1 for h in holes)
 
     def _name_dropped(self) -> None:
         """Holes no sample followed (the end of a stream): named in a message of their own."""
         if self._dropped:
-            self.reader.emitter.emit_samples((), (), self.agreed.convert, self._dropped)
+            self.ctx.emitter.publish(Batch((), (), self.agreed.convert, self._dropped))
             self._dropped = 0
 
     def _sync_counters(self) -> None:
-        self.reader.counters.frames_corrupt = self._corrupt_base + self.decoder.counters.corrupt
+        self.ctx.counters.frames_corrupt = self._corrupt_base + self.decoder.counters.corrupt

@@ -114,7 +114,7 @@ def synthetic_publisher(
         for seq in range(count):
             topic, payload = encode_reading(Reading(sensor, session, seq, time.time_ns(), 512,
                                                     0.00488, 0.0740, 0.370, 0))
-            send(topic, more)  # two send() calls, as readers.session.Emitter does
+            send(topic, more)  # two send() calls, as readers.emitter.Emitter does
             send(payload)
     end = time.time()
     sock.close(linger=60_000)  # let everything queued reach the broker

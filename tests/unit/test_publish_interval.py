@@ -20,8 +20,9 @@ from powmon.common.schema.readings import MAX_BATCH, decode_batch
 from powmon.common.schema.replay import ReplayReply
 from powmon.common.schema.status import ReaderProgress, Status
 from powmon.common.settings import load_settings
+from powmon.readers.counters import Counters
+from powmon.readers.emitter import Batch, Emitter
 from powmon.readers.numbering import Sample
-from powmon.readers.session import Counters, Emitter
 from powmon.sim import protocol_sim
 from tests.helpers import wait_until, write_settings
 from tests.readerrun import ReaderStarter, Running
@@ -126,8 +127,8 @@ def test_replay_answers_are_the_published_rows_with_their_losses(
     emitter = Emitter(pub, "VIC", Calibration(), Counters("s1", "sim://VIC"), 1000, 0.0)
     samples = [Sample(1, seq, seq * 10_000, 512 + seq % 5, 0) for seq in range(30)]
     stamps = [1_795_628_536 * 10**9 + s * 10**7 for s in range(30)]
-    emitter.emit_samples(samples[:10], stamps[:10], convert)
-    emitter.emit_samples(samples[10:], stamps[10:], convert, dropped=4)
+    emitter.publish(Batch(samples[:10], stamps[:10], convert))
+    emitter.publish(Batch(samples[10:], stamps[10:], convert, dropped=4))
     published = []
     while sub.poll(100):
         published += decode_batch(sub.recv_multipart()).readings
@@ -196,8 +197,8 @@ def test_more_than_a_batch_held_goes_out_in_messages_of_at_most_max_batch(
     n = 2 * MAX_BATCH + 100
     samples = [Sample(1, seq, seq * 1_000, 512, 0) for seq in range(n)]
     stamps = [1_795_628_536 * 10**9 + s * 10**6 for s in range(n)]
-    emitter.emit_samples(samples, stamps, convert, dropped=3)
-    emitter.publish()
+    emitter.publish(Batch(samples, stamps, convert, dropped=3))
+    emitter.flush()
     batches = []
     while sub.poll(100):
         batches.append(decode_batch(sub.recv_multipart()))

@@ -19,8 +19,8 @@ from powmon.common.schema.readings import Flag
 from powmon.common.settings import load_settings
 from powmon.readers.handshake import handshake
 from powmon.readers.link import Link, open_port
-from powmon.readers.polling import Poller
-from powmon.readers.reader import MAX_SILENT, Reader, ReaderConfig
+from powmon.readers.polling import MAX_SILENT, Poller
+from powmon.readers.reader import Reader, ReaderConfig
 from powmon.sim import protocol_sim
 from powmon.sim.device import Fault
 from tests.helpers import wait_until, write_settings
@@ -205,7 +205,7 @@ def test_requests_go_ahead_only_to_firmware_that_queues_them(
     try:
         agreed = handshake(link, config.wanted, stop)
         assert agreed is not None
-        poller = Poller(Reader(config, sock, stop), link, agreed)
+        poller = Poller(Reader(config, sock, stop).context(link), agreed)
         reads = protocol_sim.devices[f"Q{firmware}"].reads
         poller._fill()  # the step under test
         assert len(poller.in_flight) == depth
