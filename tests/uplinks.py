@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from powmon.common.settings import Secret
-from powmon.sink.core import SinkCore
+from powmon.sink.bookkeeping import SinkCore
 from powmon.uplink.config import HttpConfig, UplinkConfig
 from powmon.uplink.outputs import Outputs
 from powmon.uplink.sender import Stats

@@ -22,7 +22,7 @@ from typing import Final
 from powmon.common.curve import Curve
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Secret, Settings
-from powmon.sink.core import CoreConfig
+from powmon.sink.api import CoreConfig
 from powmon.uplink.formats import lp_unrepresentable
 from powmon.uplink.influx import influx_v1_write_url, influx_write_url
 from powmon.uplink.keys import redact_url, resolve_url
