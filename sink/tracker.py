@@ -5,7 +5,7 @@ readings were lost on the way (a restart of the subscriber or the broker, ZeroMQ
 and a seq below the expected one is late or a duplicate. GapTracker keeps, per stream, the
 ranges still missing (bounded), which is what tells a replayed reading that fills a hole from a
 duplicate of one already stored. A pure state machine: no sockets, no clock of its own; the
-sink core (sink/core.py) feeds it and sink/filler.py asks readers for what it misses.
+sink core (sink/bookkeeping.py) feeds it and sink/filler.py asks readers for what it misses.
 """
 
 from __future__ import annotations

@@ -89,6 +89,28 @@ def test_no_module_imports_from_a_layer_above_or_beside_its_own() -> None:
     assert violations() == []
 
 
+def sink_internals() -> list[str]:
+    """Imports of the sink core's own modules from outside sink/: a sink sees `powmon.sink.api`
+    only (docs/sink.md), so the core can change inside without touching the writer or the
+    uplink. `from powmon.sink import api` counts too: write `from powmon.sink.api import ...`."""
+    found = []
+    for module, path in modules():
+        if package_of(module)[0] == "powmon.sink":
+            continue
+        for line, target in imports(path, module):
+            inside = target == "powmon.sink" or target.startswith("powmon.sink.")
+            if inside and target != "powmon.sink.api":
+                found.append(f"{path.relative_to(ROOT)}:{line}: {module} imports {target}, "
+                             "not powmon.sink.api")
+    return found
+
+
+def test_sinks_import_only_the_sink_api() -> None:
+    assert sink_internals() == []
+    writer = ROOT / "writer" / "writer.py"  # the walk sees the sinks' imports of the api
+    assert "powmon.sink.api" in {t for _, t in imports(writer, "powmon.writer.writer")}
+
+
 def test_the_walk_sees_every_package_and_their_imports() -> None:
     """The check above is only as good as its walk: it must find modules in every package
     and the imports that tie them (a walk that found nothing would pass)."""

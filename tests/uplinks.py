@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from powmon.common.settings import Secret
-from powmon.sink.core import SinkCore
+from powmon.sink.bookkeeping import SinkCore
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.http_output import HttpConfig
 from powmon.uplink.outputs import Outputs

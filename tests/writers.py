@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from powmon.common.replay import ReplayClient
-from powmon.sink.core import SinkCore
+from powmon.sink.bookkeeping import SinkCore
 from powmon.writer.writer import CsvSink, WriterConfig
 
 

@@ -24,7 +24,7 @@ from typing import Any, Final
 from powmon.common.curve import Curve
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings
-from powmon.sink.core import CoreConfig
+from powmon.sink.api import CoreConfig
 from powmon.uplink.http_output import HttpConfig
 from powmon.uplink.mqtt_config import MqttConfig
 from powmon.uplink.registry import HTTP, MQTT, Configured, enabled_kinds

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from powmon.common.errors import UplinkError
 from powmon.common.schema.readings import Reading
-from powmon.sink.tracker import StreamState
+from powmon.sink.api import StreamState
 
 BUSY_TIMEOUT_S: Final = 10.0
 MAX_PROGRESS: Final = 4096  # streams remembered; the least recently updated are forgotten

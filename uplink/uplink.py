@@ -26,8 +26,7 @@ from typing import Final
 from powmon.common.lock import spool_lock
 from powmon.common.schema.readings import Reading
 from powmon.common.schema.status import Status
-from powmon.sink.core import Sink, Stored, serve
-from powmon.sink.tracker import REASON_SPOOL_FULL, StreamState
+from powmon.sink.api import REASON_SPOOL_FULL, Sink, Stored, StreamState, serve
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.outputs import Outputs
 from powmon.uplink.spool import Spool

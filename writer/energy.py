@@ -27,7 +27,7 @@ from powmon.base.energy import EnergyMeter
 from powmon.base.storage import SENSOR, SEQ, SESSION, TS, WATTS
 from powmon.base.text import parse_ts
 from powmon.common.schema.readings import Reading
-from powmon.sink.filler import Lost
+from powmon.sink.api import Lost
 
 log = logging.getLogger(__name__)
 

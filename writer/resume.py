@@ -33,8 +33,7 @@ from powmon.base.storage import (
     list_files,
 )
 from powmon.base.text import parse_ts
-from powmon.sink.progress import Mark
-from powmon.sink.tracker import Key, StreamState
+from powmon.sink.api import Key, Mark, StreamState
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The writer process: readings from the bus into rotating CSV files, the only data file writer.
 
-A sink on the sink core (sink/core.py), which subscribes, resumes, fills gaps from the readers'
+A sink on the sink core (sink/api.py), which subscribes, resumes, fills gaps from the readers'
 replay buffers and drops duplicates; what is the writer's own is here: rows are buffered and
 written once per FLUSH_INTERVAL (or sooner when the buffer grows), which is what lets one
 process keep up with >100,000 readings/s; where it learns what it stored is the tail of its
@@ -31,10 +31,18 @@ from powmon.common.lock import writer_lock
 from powmon.common.logs import RateLimiter
 from powmon.common.schema.readings import Reading
 from powmon.common.settings import Settings
-from powmon.sink.core import CoreConfig, Sink, Stored, serve
-from powmon.sink.filler import Lost
-from powmon.sink.progress import Mark, ProgressFile, ProgressLedger
-from powmon.sink.tracker import Key, StreamState
+from powmon.sink.api import (
+    CoreConfig,
+    Key,
+    Lost,
+    Mark,
+    ProgressFile,
+    ProgressLedger,
+    Sink,
+    Stored,
+    StreamState,
+    serve,
+)
 from powmon.writer.energy import EnergyBook
 from powmon.writer.resume import (
     cut_torn_row,

@@ -25,7 +25,7 @@ from powmon.bench.procs import BusWatch, Pipeline, cpu_window, pty_boards, wait_
 from powmon.bench.remote_bench import server
 from powmon.bench.results import Row, cpu_seconds, peak_rss_mb, percentile
 from powmon.bench.runner import Plan, result, worker
-from powmon.sink.core import GATHER
+from powmon.sink.api import GATHER
 
 SENSORS: Final = 8
 FLUSH_INTERVAL: Final = 0.5  # the default

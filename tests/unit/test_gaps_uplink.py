@@ -10,6 +10,7 @@ import zmq
 
 from powmon.common.schema.envelope import READING_PREFIX
 from powmon.common.schema.readings import Reading, encode_reading
+from powmon.sink.loop import Loop
 from powmon.sink.tracker import StreamState
 from powmon.uplink.spool import Spool
 from tests.helpers import wait_until
@@ -46,7 +47,7 @@ def test_progress_is_committed_with_the_readings_and_survives_a_restart(
         first = make_uplink(spool, heartbeat_interval=12).core  # replay grace: 60 s
         for seq in [0, 1, 2, 3, 4, 8, 9]:
             pub.send_multipart(encode_reading(reading(seq)))
-        wait_until(lambda: first.step(sub) == 0 and first.received == 7, what="drained")
+        wait_until(lambda: Loop(first).step(sub) == 0 and first.received == 7, what="drained")
         assert spool.progress() == [StreamState("VIC", "s1", 9, 0, ((5, 8),))]
     finally:
         spool.close()
@@ -57,7 +58,7 @@ def test_progress_is_committed_with_the_readings_and_survives_a_restart(
         assert again.filler.recovering == 3
         for seq in [3, 9, 6, 10]:
             pub.send_multipart(encode_reading(reading(seq)))
-        wait_until(lambda: again.step(sub) == 0 and again.received == 4, what="drained again")
+        wait_until(lambda: Loop(again).step(sub) == 0 and again.received == 4, what="drained again")
         assert again.duplicates == 2  # 3 and 9 were had before the restart
         assert [r.reading.seq for r in spool.peek(100)][-2:] == [6, 10]
         assert spool.progress() == [StreamState("VIC", "s1", 10, 0, ((5, 6), (7, 8)))]

@@ -33,9 +33,9 @@ from powmon.common.schema.status import (
     encode_status,
 )
 from powmon.common.transport import Heartbeat
-from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored, lost_ranges
-from powmon.sink.filler import Lost
-from powmon.sink.tracker import StreamState
+from powmon.sink.api import CoreConfig, Lost, Sink, Stored, StreamState
+from powmon.sink.bookkeeping import SinkCore, lost_ranges
+from powmon.sink.loop import Loop
 from tests.helpers import wait_until
 
 Ctx = zmq.Context[zmq.Socket[bytes]]
@@ -408,7 +408,8 @@ def test_the_loop_drains_what_arrived_and_closes_the_sink(tmp_path: Path, zmq_ct
     core = SinkCore(config(tmp_path), sink)
     stop = threading.Event()
     beats = Heartbeat(status, "list", "list", 0.05, core.counters)
-    loop = threading.Thread(target=core.loop, args=(sub, beats, stop))
+    turns = Loop(core)
+    loop = threading.Thread(target=turns.run, args=(sub, beats, stop))
     loop.start()
     try:
         for seq in range(100):
@@ -419,7 +420,7 @@ def test_the_loop_drains_what_arrived_and_closes_the_sink(tmp_path: Path, zmq_ct
     finally:
         stop.set()
         loop.join(10)
-    core.drain(sub)
+    turns.drain(sub)
     sink.close()
     assert sink.seqs() == list(range(200))
     assert sink.closed

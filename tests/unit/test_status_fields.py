@@ -21,8 +21,8 @@ from powmon.common.lifeline import Beat, LifelineServer
 from powmon.common.schema.readings import Reading, Row, encode_batch
 from powmon.common.schema.status import ReaderProgress, Status, decode_status, encode_status
 from powmon.common.settings import load_settings
-from powmon.sink.core import CoreConfig, Sink, SinkCore, Stored
-from powmon.sink.tracker import StreamState
+from powmon.sink.api import CoreConfig, Sink, Stored, StreamState
+from powmon.sink.bookkeeping import SinkCore
 from powmon.status import render
 from powmon.supervisor.children import Child
 from tests.helpers import wait_until, write_settings

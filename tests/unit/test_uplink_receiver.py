@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from powmon.common.schema.envelope import READING_PREFIX
 from powmon.common.schema.readings import Reading, encode_reading
+from powmon.sink.loop import Loop
 from powmon.uplink.__main__ import main
 from powmon.uplink.positions import Position, register_outputs
 from powmon.uplink.spool import Spool
@@ -52,7 +53,7 @@ def test_receiver_spools_counts_bad_messages_and_logs_cap_drops(
         pub.send_multipart([b"reading/VIC/", b"\xc1 not msgpack"])
         pub.send_multipart(encode_reading(reading(3)))  # a duplicate
         with caplog.at_level(logging.WARNING, logger="powmon.uplink"):
-            wait_until(lambda: core.step(sub) == 0 and core.received == 16, what="drained")
+            wait_until(lambda: Loop(core).step(sub) == 0 and core.received == 16, what="drained")
         assert core.bad_messages == 1
         assert stats.dropped_over_cap == 5
         assert [row.reading.seq for row in spool.peek(100)] == list(range(5, 15))
