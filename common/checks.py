@@ -1,7 +1,7 @@
 """Value checks for settings.yaml: each takes a raw YAML value and returns it typed, or raises
 Bad with what was expected, which the loader turns into one line naming file and key.
 
-Kept apart from the loader so that the table of keys in settings.py reads as a table.
+Kept apart from the loader so that the table of keys (settings/keys.py) reads as a table.
 """
 
 from __future__ import annotations

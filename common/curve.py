@@ -2,7 +2,7 @@
 
 Within one host the bus stays on loopback, in the clear, with no keys (as it always was). As
 soon as an endpoint is reachable from other hosts, ZeroMQ's CURVE (CurveZMQ: elliptic-curve
-encryption and authentication of both ends) is required: settings.py refuses a non-loopback
+encryption and authentication of both ends) is required: settings/bus.py refuses a non-loopback
 BROKER_FRONTEND/BACKEND without keys.
 
 One key pair per host. The broker's host has CURVE_SERVER_KEY (its pair, a `.key_secret` file)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from powmon.common import settings as settings_module
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Secret, load_settings
+from powmon.common.settings import keys as settings_keys
 
 CASES = Path(__file__).resolve().parent.parent / "cases" / "settings"
 REPO = Path(__file__).resolve().parents[2]
@@ -180,13 +180,13 @@ def test_example_settings_file_is_valid_and_shows_every_key() -> None:
     assert load_settings(path).sensors
     text = path.read_text(encoding="utf-8")
     top, sensor = _example_keys(text)
-    assert top == set(settings_module._TOP)
-    assert set(settings_module._SENSOR) - set(settings_module._TOP) <= sensor
-    assert sensor <= set(settings_module._SENSOR)
+    assert top == set(settings_keys.TOP)
+    assert set(settings_keys.SENSOR) - set(settings_keys.TOP) <= sensor
+    assert sensor <= set(settings_keys.SENSOR)
     listed = re.search(r"Per-sensor overrides .*? allowed:\n((?:##  .*\n)+)", text)
     assert listed is not None
     overrides = set(re.findall(r"[A-Z][A-Z0-9_]+", listed[1]))
-    assert overrides == set(settings_module._SENSOR) & set(settings_module._TOP)
+    assert overrides == set(settings_keys.SENSOR) & set(settings_keys.TOP)
 
 
 # Every command that reads settings: the processes, and the `powmon` subcommands.
