@@ -26,9 +26,9 @@ import zmq
 from powmon.common.errors import SchemaError, SettingsError
 from powmon.common.lifecycle import install_stop_handlers, load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
-from powmon.common.schema.envelope import STATUS_PREFIX
-from powmon.common.schema.readings import Flag, decode_readings, reading_topic
-from powmon.common.schema.status import status_topic
+from powmon.common.schema import decode_message
+from powmon.common.schema.readings import Flag, reading_topic
+from powmon.common.schema.status import Status, status_topic
 from powmon.common.settings import SensorSettings, Settings
 from powmon.common.transport import sub_socket
 from powmon.readers.handshake import NoAnswer, open_device
@@ -79,9 +79,10 @@ def from_bus(
                 continue
             frames = sock.recv_multipart()
             try:  # its heartbeat says it runs, but brings no readings
-                readings = [] if frames[0].startswith(STATUS_PREFIX) else decode_readings(frames)
+                message = decode_message(frames)
             except SchemaError:
                 continue
+            readings = [] if isinstance(message, Status) else message.readings
             if not heard:  # a live reader: give it time for the readings asked for
                 deadline = time.monotonic() + listen + count * _period(settings, sensor_id)
                 heard = True

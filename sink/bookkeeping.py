@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Final
 from powmon.common.errors import SchemaError
 from powmon.common.logs import RateLimiter
 from powmon.common.replay import ReplayClient
-from powmon.common.schema.envelope import STATUS_PREFIX
-from powmon.common.schema.readings import Reading, ReadingBatch, decode_batch
-from powmon.common.schema.status import decode_status
+from powmon.common.schema import decode_message
+from powmon.common.schema.readings import Reading, ReadingBatch
+from powmon.common.schema.status import Status
 from powmon.sink.filler import GapFiller, Lost, device_dropped
 from powmon.sink.lost import LossLog
 from powmon.sink.progress import union
@@ -134,16 +134,16 @@ class SinkCore:
         readings: list[Reading] = []
         losses: list[ReadingBatch] = []  # messages that name device samples lost
         for frames in messages:
-            if frames[0].startswith(STATUS_PREFIX):
+            try:
+                batch = decode_message(frames)
+            except SchemaError as err:
+                self._bad(err)
+                continue
+            if isinstance(batch, Status):
                 if readings or losses:
                     keep += self._sort(readings, losses)
                     readings, losses = [], []
-                self._status(frames)
-                continue
-            try:
-                batch = decode_batch(frames)
-            except SchemaError as err:
-                self._bad(err)
+                self._status(batch)
                 continue
             readings += batch.readings
             if batch.dropped:
@@ -172,12 +172,7 @@ class SinkCore:
                     device_dropped(batch.sensor_id, batch.session, batch.seq, batch.dropped)
                 )
 
-    def _status(self, frames: Sequence[bytes]) -> None:
-        try:
-            status = decode_status(frames)
-        except SchemaError as err:
-            self._bad(err)
-            return
+    def _status(self, status: Status) -> None:
         if status.process == "reader":
             if self.client is not None:
                 self.client.learn(status)

@@ -1,6 +1,6 @@
 """The uplink process: bus -> durable spool -> outputs (HTTP, InfluxDB, MQTT), never back.
 
-A sink on the sink core (sink/core.py), which subscribes, resumes, fills gaps from the readers'
+A sink on the sink core (sink/api.py), which subscribes, resumes, fills gaps from the readers'
 replay buffers and drops duplicates. What is the uplink's own: each batch is committed to the
 spool in one transaction together with the streams' progress (so a restart knows exactly what
 it already has); each output (outputs.py, built from registry.py's table) has a thread of
