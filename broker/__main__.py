@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from powmon.broker.broker import BrokerConfig, run
-from powmon.common.lifecycle import run_process
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
+from powmon.common.runtime import run_process
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

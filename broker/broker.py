@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import InUseError, PowmonError, SettingsError
 from powmon.common.logs import RateLimiter
 from powmon.common.schema.status import STATE_STOPPED

@@ -24,7 +24,7 @@ from typing import Final
 
 import zmq
 
-from powmon.common.curve import Curve, endpoint_host, is_loopback
+from powmon.common.curvezmq import Curve, endpoint_host, is_loopback
 from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.schema.readings import MAX_BATCH, batch_payload
 from powmon.common.schema.replay import (

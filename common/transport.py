@@ -25,7 +25,7 @@ from typing import Any, Final, TypeVar
 import zmq
 
 from powmon.common import lifeline
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import PowmonError
 from powmon.common.schema.status import (
     STATE_RUNNING,

@@ -27,7 +27,7 @@ from typing import Final
 import zmq
 from zmq.utils import z85
 
-from powmon.common.curve import Curve, authorized_keys
+from powmon.common.curvezmq import Curve, authorized_keys
 from powmon.common.errors import PowmonError
 from powmon.common.logs import RateLimiter
 

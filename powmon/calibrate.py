@@ -24,8 +24,8 @@ import serial
 import zmq
 
 from powmon.common.errors import SchemaError, SettingsError
-from powmon.common.lifecycle import install_stop_handlers, load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
+from powmon.common.runtime import install_stop_handlers, load_or_exit
 from powmon.common.schema import decode_message
 from powmon.common.schema.readings import Flag, reading_topic
 from powmon.common.schema.status import Status, status_topic

@@ -23,8 +23,8 @@ import zmq
 
 from powmon.base.processes import broker_here
 from powmon.common.errors import SettingsError
-from powmon.common.lifecycle import EXIT_USAGE
 from powmon.common.options import CONTEXT_SETTINGS, config_option
+from powmon.common.runtime import EXIT_USAGE
 from powmon.common.settings import (
     SECRET_KEYS,
     Settings,

@@ -14,7 +14,7 @@ from powmon import __version__
 SUBCOMMANDS: Final = {
     "run": "powmon.supervisor.run:run_command",
     "sim": "powmon.sim.cli:sim_command",
-    "tap": "powmon.tap:tap_command",
+    "tap": "powmon.tap.command:tap_command",
     "status": "powmon.status:status_command",
     "web": "powmon.web.__main__:web_command",
     "deploy": "powmon.deploy:deploy_command",

@@ -21,8 +21,8 @@ from pathlib import Path
 import click
 
 from powmon.base.processes import pipeline
-from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
+from powmon.common.runtime import load_or_exit
 from powmon.common.settings import Settings
 
 

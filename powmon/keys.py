@@ -2,7 +2,7 @@
 (`powmon keygen --curve`) the CURVE key pair of a host on a bus that spans several hosts.
 
 The command-line side of uplink/server_url.py, which resolves HOST at run time, and of
-common/curve.py, which reads the CURVE key files: a process module keeps no click commands of
+common/curvezmq.py, which reads the CURVE key files: a process module keeps no click commands of
 its own beyond its entry point.
 """
 

@@ -22,7 +22,7 @@ from typing import Final
 import serial
 import zmq
 
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import SchemaError
 from powmon.common.schema.envelope import STATUS_PREFIX
 from powmon.common.schema.status import Status, decode_status

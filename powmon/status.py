@@ -19,8 +19,8 @@ from typing import Any, Final
 import click
 
 from powmon.base.health import Expected, Health
-from powmon.common.lifecycle import load_or_exit
 from powmon.common.options import CONTEXT_SETTINGS, config_option
+from powmon.common.runtime import load_or_exit
 from powmon.common.settings import Settings
 from powmon.probes import heartbeats
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from powmon.common.lifecycle import run_process
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
+from powmon.common.runtime import run_process
 from powmon.common.settings import Settings
 from powmon.readers.reader import ReaderConfig, run
 

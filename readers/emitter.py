@@ -18,10 +18,10 @@ from typing import Final, NamedTuple, Protocol
 import msgpack
 import zmq
 
-from powmon.common.conversion import Calibration
 from powmon.common.logs import PAYLOAD_LOGGER
 from powmon.common.replay import ReplayRing
 from powmon.common.schema.readings import MAX_BATCH, batch_frames, pack_row
+from powmon.readers.conversion import Calibration
 from powmon.readers.counters import Counters
 
 payload_log = logging.getLogger(PAYLOAD_LOGGER)

@@ -20,10 +20,10 @@ from typing import Final, NamedTuple
 
 import serial
 
-from powmon.common.conversion import convert, convert_rms
 from powmon.common.errors import DeviceError
 from powmon.common.logs import RateLimiter
 from powmon.common.schema.readings import Flag
+from powmon.readers.conversion import convert, convert_rms
 from powmon.readers.emitter import Converter
 from powmon.readers.link import (
     IDENT,

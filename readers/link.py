@@ -22,7 +22,7 @@ from typing import Final, Protocol, cast
 import serial
 
 from powmon.common.errors import DeviceError
-from powmon.common.lifecycle import wake_fd
+from powmon.common.runtime import wake_fd
 
 try:
     import termios

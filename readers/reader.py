@@ -27,8 +27,7 @@ import zmq
 
 from powmon.common import publishmark
 from powmon.common.backoff import backoff
-from powmon.common.conversion import Calibration
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import DeviceError, SettingsError
 from powmon.common.replay import ReplayServer, replay_bind_endpoint
 from powmon.common.schema.status import STATE_DISCONNECTED, STATE_RUNNING, STATE_STOPPED
@@ -36,6 +35,7 @@ from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, wait_for_broker
 from powmon.common.zap import Gate
 from powmon.readers.context import Board, Context, LimitedLog, ModeSettings
+from powmon.readers.conversion import Calibration
 from powmon.readers.counters import Counters, new_session_id
 from powmon.readers.emitter import Batch, Emitter
 from powmon.readers.handshake import Agreed, NoAnswer, Wanted, open_device

@@ -1,7 +1,7 @@
 """How a reader sleeps: on its replay socket and its stop request, until its next deadline.
 
 A wake-up costs more than the work it wakes for (benchmarks/README.md), so a reader sleeps
-in one poll(2) on the replay socket's descriptor and the stop request's (common.lifecycle.Stop)
+in one poll(2) on the replay socket's descriptor and the stop request's (common.runtime.Stop)
 until the next slot, heartbeat or publish deadline it computed: a replay request is answered
 at once, a stop ends the sleep at once, and a reader at rest makes no wake-up it did not plan.
 With a plain Event (tests) there is no stop descriptor, and it sleeps in slices of IDLE_STEP
@@ -18,8 +18,8 @@ from typing import Final
 import zmq
 from zmq.backend import zmq_poll
 
-from powmon.common.lifecycle import wake_fd
 from powmon.common.replay import ReplayServer
+from powmon.common.runtime import wake_fd
 
 IDLE_STEP: Final = 0.05  # longest sleep when a stop cannot wake it (a plain Event)
 # Shorter sleeps wait on the stop event (microsecond timeouts: a 1 kHz grid); poll(2) takes

@@ -28,10 +28,10 @@ from typing import Final
 
 import serial
 
-from powmon.common.conversion import convert_rms
 from powmon.common.errors import DeviceError
 from powmon.common.schema.readings import Flag
 from powmon.readers.context import Context
+from powmon.readers.conversion import convert_rms
 from powmon.readers.emitter import Batch
 from powmon.readers.frames import FrameDecoder, Hole, Sample, StreamParams, is_answer
 from powmon.readers.handshake import Agreed, NoAnswer, handshake

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Final
 
 import click
 
-from powmon.common.lifecycle import install_stop_handlers
 from powmon.common.logs import configure_logging
+from powmon.common.runtime import install_stop_handlers
 from powmon.sim.device import Fault, SimDevice
 from powmon.sim.params import parse_options
 

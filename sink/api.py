@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.schema.readings import Reading
 from powmon.common.schema.status import Status
 from powmon.sink.filler import Lost

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Final
 
 import zmq
 
-from powmon.common.lifecycle import wake_fd
 from powmon.common.replay import ReplayClient
+from powmon.common.runtime import wake_fd
 from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
 from powmon.common.schema.status import STATE_STOPPED
 from powmon.common.transport import Heartbeat, close_all, pub_socket, recv_rest, sub_socket
@@ -66,7 +66,7 @@ class Loop:
         The deadlines are computed, never a fixed tick: the sink's own (the writer's next
         flush, only while rows are pending), the heartbeat, the gap filler's (a request's
         timeout, a stopped reader's grace) and the summary line. Replay replies and the stop
-        request (common.lifecycle.Stop) are in the same poll as the bus, so a sink at rest
+        request (common.runtime.Stop) are in the same poll as the bus, so a sink at rest
         wakes once per heartbeat. After a partial batch it lets readings gather for
         `CoreConfig.gather` (readers publish every PUBLISH_INTERVAL: a message per reader per
         wake-up instead of one per arrival); after a full batch it goes on at once.

@@ -9,7 +9,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from powmon.common.curve import Curve, load_pair
+from powmon.common.curvezmq import Curve, load_pair
 from powmon.keys import keygen_command
 
 

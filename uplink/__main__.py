@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from powmon.common.errors import UplinkError
-from powmon.common.lifecycle import EXIT_OK, load_or_exit, run_process
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
+from powmon.common.runtime import EXIT_OK, load_or_exit, run_process
 from powmon.uplink.config import UplinkConfig
 from powmon.uplink.spool import Spool
 from powmon.uplink.uplink import run

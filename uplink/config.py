@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings
 from powmon.sink.api import CoreConfig

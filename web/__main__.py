@@ -1,6 +1,6 @@
 """`powmon web` / `python -m powmon.web`: serve the live page, events and metrics.
 
-A plain process like the others: settings, logging and exit codes from common.lifecycle (2 for
+A plain process like the others: settings, logging and exit codes from common.runtime (2 for
 bad settings, including a non-loopback address without WEB_TOKEN). uvicorn serves the app on a
 socket bound here, so a port in use is one clear error line; uvicorn's own signal handling stops
 it gracefully (event streams end, the bus tasks send a last `stopped` heartbeat).
@@ -22,8 +22,8 @@ import click
 
 from powmon.common import checks
 from powmon.common.errors import InUseError, PowmonError
-from powmon.common.lifecycle import EXIT_USAGE, run_process
 from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
+from powmon.common.runtime import EXIT_USAGE, run_process
 from powmon.web.config import WebConfig
 
 if TYPE_CHECKING:

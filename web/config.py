@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from powmon.base.health import Expected
-from powmon.common.curve import Curve, is_loopback
+from powmon.common.curvezmq import Curve, is_loopback
 from powmon.common.errors import SettingsError
 from powmon.common.settings import Settings
 

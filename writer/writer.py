@@ -25,7 +25,7 @@ from typing import Final
 
 from powmon.base.storage import SEQ, FileNaming, csv_lines, find_current
 from powmon.common.backoff import backoff
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import PowmonError
 from powmon.common.lock import writer_lock
 from powmon.common.logs import RateLimiter

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import msgpack
 
-from powmon.common.curve import is_z85_key
+from powmon.common.curvezmq import is_z85_key
 from powmon.common.errors import SchemaError
 from powmon.common.schema.envelope import I64, SCHEMA_VERSION, SHOW, STATUS_PREFIX, unpack
 

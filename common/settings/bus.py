@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from powmon.common import checks as c
-from powmon.common.curve import Curve, check_folder, is_local_endpoint, load_pair, load_public
+from powmon.common.curvezmq import Curve, check_folder, is_local_endpoint, load_pair, load_public
 from powmon.common.errors import SettingsError
 from powmon.common.settings.problems import Found
 from powmon.common.settings.values import resolve

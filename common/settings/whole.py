@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import SettingsError
 from powmon.common.settings.sensors import SensorSettings
 from powmon.common.settings.uplink import MqttSettings, UplinkSettings, build_mqtt, build_uplink

@@ -29,7 +29,6 @@ import serial
 import zmq
 
 from powmon.base.storage import csv_lines
-from powmon.common.conversion import Calibration, convert
 from powmon.common.schema.envelope import BATCH_VERSION, READING_PREFIX, SCHEMA_VERSION
 from powmon.common.schema.readings import (
     Reading,
@@ -41,6 +40,7 @@ from powmon.common.schema.readings import (
     pack_row,
 )
 from powmon.common.transport import pub_socket, sub_socket, wait_for_broker
+from powmon.readers.conversion import Calibration, convert
 
 _ANSWER: Final = re.compile(rb"\s*\d{1,9}(?:\.\d{1,9})?\s*")
 READ: Final = b"read \n"

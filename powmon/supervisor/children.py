@@ -22,8 +22,8 @@ from pathlib import Path
 from powmon.base.processes import ProcessSpec, Watch
 from powmon.common import lifeline, publishmark
 from powmon.common.backoff import backoff
-from powmon.common.lifecycle import EXIT_USAGE
 from powmon.common.lifeline import Beat
+from powmon.common.runtime import EXIT_USAGE
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import sys
 
 from powmon.base.processes import pipeline
 from powmon.common.errors import SettingsError
-from powmon.common.lifecycle import EXIT_USAGE
 from powmon.common.lock import holder, spool_lock, writer_lock
+from powmon.common.runtime import EXIT_USAGE
 from powmon.common.settings import Settings
 from powmon.probes import endpoint_state
 from powmon.readers.reader import ReaderConfig

@@ -38,18 +38,18 @@ import zmq
 
 from powmon.base.processes import BROKER, READERS, SINKS, ProcessSpec, Watch, groups, pipeline
 from powmon.common import publishmark
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import PowmonError, SchemaError
-from powmon.common.lifecycle import (
+from powmon.common.lifeline import LifelineServer
+from powmon.common.logs import configure_logging
+from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
+from powmon.common.runtime import (
     EXIT_USAGE,
     Stop,
     install_stop_handlers,
     load_or_exit,
     wake_fd,
 )
-from powmon.common.lifeline import LifelineServer
-from powmon.common.logs import configure_logging
-from powmon.common.options import CONTEXT_SETTINGS, config_option, log_level_option
 from powmon.common.schema.status import MAX_GONE, ReaderEnd, decode_status, status_topic
 from powmon.common.settings import Settings
 from powmon.common.transport import Heartbeat, pub_socket, sub_socket

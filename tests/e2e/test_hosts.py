@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from powmon.common.curve import is_z85_key
+from powmon.common.curvezmq import is_z85_key
 from tests.helpers import (
     Proc,
     data_rows,

@@ -32,7 +32,7 @@ from powmon.common.schema.readings import (
 )
 from powmon.common.schema.replay import ReplayReply, decode_replay_reply, decode_replay_request
 from powmon.common.schema.status import Status, decode_status, status_topic
-from powmon.tap import _render
+from powmon.tap.command import _render
 from tests.fuzz.strategies import INT64_MIN, any_text, fuzz, msgpack_values
 from tests.rows import csv_row, csv_rows
 

@@ -1,6 +1,6 @@
 """The settings loader against arbitrary YAML: a frozen Settings, or one SettingsError line.
 
-Entry points turn SettingsError into one line and exit code 2 (lifecycle.load_or_exit); any
+Entry points turn SettingsError into one line and exit code 2 (runtime.load_or_exit); any
 other exception is a traceback and exit 1 for what is only a typo. Every message names the file.
 """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from powmon.common.conversion import Calibration, convert, convert_rms
 from powmon.common.schema.readings import Flag
+from powmon.readers.conversion import Calibration, convert, convert_rms
 
 CAL = Calibration()
 

@@ -13,7 +13,7 @@ import zmq
 
 from powmon.broker.broker import BrokerConfig
 from powmon.broker.broker import run as broker_run
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import PowmonError, SchemaError
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
 from powmon.common.schema.readings import pack_row

@@ -15,8 +15,8 @@ from cryptography.fernet import Fernet
 
 from powmon import __version__
 from powmon.cli import SUBCOMMANDS, main
-from powmon.common.conversion import Calibration, convert_rms
 from powmon.common.settings import load_settings
+from powmon.readers.conversion import Calibration, convert_rms
 from powmon.readers.handshake import handshake
 from powmon.readers.link import Link, open_port, parse_answer
 from powmon.readers.reader import ReaderConfig

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import zmq
 
-from powmon.common.conversion import Calibration, convert
 from powmon.common.errors import SettingsError
 from powmon.common.replay import ReplayClient, ReplayServer
 from powmon.common.schema.readings import MAX_BATCH, decode_batch
 from powmon.common.schema.replay import ReplayReply
 from powmon.common.schema.status import ReaderProgress, Status
 from powmon.common.settings import load_settings
+from powmon.readers.conversion import Calibration, convert
 from powmon.readers.counters import Counters
 from powmon.readers.emitter import Batch, Emitter
 from powmon.readers.numbering import Sample

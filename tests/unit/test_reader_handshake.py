@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import serial
 
-from powmon.common.conversion import convert, convert_rms
 from powmon.common.errors import SettingsError
 from powmon.common.schema.readings import Flag
 from powmon.common.settings import load_settings
+from powmon.readers.conversion import convert, convert_rms
 from powmon.readers.handshake import NoAnswer, Wanted, handshake
 from powmon.readers.link import Link, open_port, read_command
 from powmon.readers.reader import ReaderConfig

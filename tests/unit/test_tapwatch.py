@@ -1,4 +1,4 @@
-"""What a tap says about silence (powmon.tapwatch), on real loopback sockets with a test clock."""
+"""What a tap says about silence (powmon.tap.listen), on real loopback sockets with a test clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from powmon.tapwatch import MIN_QUIET_S, Listening, quiet_after
+from powmon.tap.listen import MIN_QUIET_S, Listening, quiet_after
 from tests.helpers import free_endpoint, wait_until
 
 

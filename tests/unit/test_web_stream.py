@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from powmon.base.health import Expected
-from powmon.common.curve import is_loopback
+from powmon.common.curvezmq import is_loopback
 from powmon.common.errors import SettingsError
 from powmon.common.schema.readings import Reading, encode_batch, encode_reading
 from powmon.common.schema.status import Status, encode_status

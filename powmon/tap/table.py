@@ -23,7 +23,7 @@ from powmon.base.energy import EnergyMeter
 from powmon.common.errors import SchemaError
 from powmon.common.schema import decode_message
 from powmon.common.schema.status import Status, decode_status
-from powmon.tapwatch import Listening
+from powmon.tap.listen import Listening
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -220,7 +220,7 @@ def run_status(
 
 
 def _show(listening: Listening, view: _View, stop: threading.Event, count: int) -> int:
-    """Feed the view and redraw it in place; say a long silence (tapwatch) above it."""
+    """Feed the view and redraw it in place; say a long silence (tap.listen) above it."""
     from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 

@@ -1,5 +1,5 @@
 """`powmon tap`: watch the live stream as one more subscriber, one JSON object a line (or,
-on a terminal, a live table: powmon.taplive).
+on a terminal, a live table: powmon.tap.table).
 
 A tap is an ordinary SUB socket on the broker's backend. It cannot slow the pipeline down: if
 the terminal (or a pipe into `jq`) reads too slowly, the broker drops messages for this
@@ -7,7 +7,7 @@ subscriber only (the seq column shows where), never for the writer or the uplink
 
 It shows readings, or with --status heartbeats only (--count counts what is shown). A tap that
 hears nothing says so on stderr and what to do, and one refused by the broker's CURVE
-admission says that instead of waiting silently (powmon.tapwatch).
+admission says that instead of waiting silently (powmon.tap.listen).
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ import zmq
 
 from powmon.base.text import reading_dict
 from powmon.common.errors import SchemaError
-from powmon.common.lifecycle import EXIT_CRASH, install_stop_handlers, load_or_exit
 from powmon.common.logs import RateLimiter
 from powmon.common.options import CONTEXT_SETTINGS, config_option
+from powmon.common.runtime import EXIT_CRASH, install_stop_handlers, load_or_exit
 from powmon.common.schema import decode_message
 from powmon.common.schema.envelope import READING_PREFIX, STATUS_PREFIX
 from powmon.common.schema.readings import reading_topic
 from powmon.common.schema.status import Status
-from powmon.tapwatch import Listening, TapRefused, quiet_after
+from powmon.tap.listen import Listening, TapRefused, quiet_after
 
 
 def _topics(sensors: tuple[str, ...], with_status: bool) -> list[bytes]:
     """Heartbeats only with --status; else the readings, and the heartbeats too (not shown:
-    they tell a quiet pipeline from none, tapwatch)."""
+    they tell a quiet pipeline from none, tap.listen)."""
     if with_status:
         return [STATUS_PREFIX]
     return [*([reading_topic(s) for s in sensors] if sensors else [READING_PREFIX]), STATUS_PREFIX]
@@ -140,13 +140,13 @@ def tap_command(
     )
     try:
         if sys.stdout.isatty() and not as_json:
-            from powmon import taplive  # noqa: PLC0415 -- rich only for a terminal
+            from powmon.tap import table  # noqa: PLC0415 -- rich only for a terminal
 
             if with_status:
-                taplive.run_status(listening, frozenset(sensors), stop, count)
+                table.run_status(listening, frozenset(sensors), stop, count)
             else:
                 periods = {s.sensor_id: s.polling_delay for s in settings.sensors}
-                taplive.run_live(listening, frozenset(sensors), periods, stop, count)
+                table.run_live(listening, frozenset(sensors), periods, stop, count)
         else:
             tap(listening, _shown(with_status, frozenset(sensors)), stop, sys.stdout, count)
     except TapRefused as err:

@@ -18,7 +18,7 @@ from typing import Final
 
 import zmq
 
-from powmon.common.curve import Curve
+from powmon.common.curvezmq import Curve
 from powmon.common.errors import PowmonError
 from powmon.common.transport import (
     HANDSHAKE_FAILED,
