@@ -233,8 +233,8 @@ class Link:
 
     def read_line(self, *, patient: bool = False) -> bytes:
         """One line with its b'\\n'; what came before the deadline if none (b'' for silence).
-        A stop request ends the wait early, unless `patient` (the answer to a request already
-        written, read on the way out)."""
+        A stop request ends the wait early with b'', leaving what came of the line buffered,
+        unless `patient` (the answer to a request already written, read on the way out)."""
         if self._wait is None:
             return self._read_line_port(patient)
         return self._read_line_fd(patient)
@@ -270,9 +270,11 @@ class Link:
                 raise serial.SerialException(
                     "device reports readiness to read but returned no data (device "
                     "disconnected or multiple access on port?)")
+            if self._stop.is_set() and not patient:
+                return b""  # cut short: what came stays buffered for a patient read (_finish)
             now = time.monotonic()
             deadline = deadline or now + self._timeout
-            if now >= deadline or (self._stop.is_set() and not patient):
+            if now >= deadline:
                 return self._take()
             events = wait.poll(max(1, math.ceil(min(deadline - now, self._slice) * 1000)))
             ready = any(item == fd for item, _ in events)
@@ -293,10 +295,12 @@ class Link:
                 buf += chunk
                 want = port.in_waiting or 1
                 continue
+            if self._stop.is_set() and not patient:
+                return b""  # cut short: what came stays buffered for a patient read (_finish)
             now = time.monotonic()
             if not deadline:
                 deadline = now + self._timeout - self._slice
-            if now >= deadline or (self._stop.is_set() and not patient):
+            if now >= deadline:
                 return self._take()
 
     def unread(self, data: bytes) -> None:

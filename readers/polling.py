@@ -85,6 +85,8 @@ class Poller:
                 if defer:
                     continue
             line = link.read_line()
+            if not line and stop.is_set():
+                break  # cut short by the stop: the answers in flight are read in _finish
             ts_ns = in_flight.popleft()
             try:
                 raw = parse_answer(line)
