@@ -12,6 +12,7 @@ even when the wall clock jumps back; the time is there for people (docs/writer.m
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import os
 import re
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from math import isfinite
 from pathlib import Path, PurePath
-from typing import Final, NamedTuple
+from typing import IO, Final, NamedTuple, cast
 
 from powmon.base.text import FLAG_TEXT, flag_names, parse_ts, seconds_text
 from powmon.common.schema.readings import Reading
@@ -32,8 +33,14 @@ TS, SENSOR, SESSION, SEQ, RAW, VOLTS, AMPS, WATTS, FLAGS = range(len(CSV_FIELDS)
 LINE_TERMINATOR: Final = "\n"
 COUNTER_WIDTH: Final = 6
 TIME_FORMAT: Final = "%Y%m%dT%H%M%SZ"
-# <stem>-<counter>-<UTC time><suffix>, as FileNaming.name makes them
-ROTATED: Final = re.compile(r"(?P<stem>.+)-(?P<counter>\d{6,})-\d{8}T\d{6}Z(?P<suffix>\.\w+)?")
+# COMPRESS value -> the suffix a closed file gets when it is compressed (docs/writer.md)
+COMPRESSED_SUFFIX: Final = {"gzip": ".gz", "zstd": ".zst", "none": ""}
+_COMPRESSION_OF: Final = {s: kind for kind, s in COMPRESSED_SUFFIX.items() if s}
+DATA_GLOBS: Final = ("*.csv", "*.csv.gz", "*.csv.zst")  # what a folder of data files holds
+TEMP_SUFFIX: Final = ".tmp"  # a compressed copy being written: removed at the next start
+# <stem>-<counter>-<UTC time><suffix>[.gz|.zst], as FileNaming.name makes them
+ROTATED: Final = re.compile(
+    r"(?P<stem>.+)-(?P<counter>\d{6,})-\d{8}T\d{6}Z(?P<suffix>\.\w+)?(?P<packed>\.gz|\.zst)?")
 _IDS_MAX: Final = 4096  # ids cached by csv_field (they come off the bus: bounded)
 
 
@@ -138,31 +145,93 @@ class FileNaming:
         return f"{self.stem}-{counter:0{COUNTER_WIDTH}d}-{stamp}{self.suffix}"
 
     def counter_of(self, name: str) -> int | None:
-        """The counter of a data file name, or None for any other file."""
+        """The counter of a data file name, raw or compressed, or None for any other file."""
         pattern = rf"{re.escape(self.stem)}-(\d{{{COUNTER_WIDTH},}})-\d{{8}}T\d{{6}}Z"
-        match = re.fullmatch(pattern + re.escape(self.suffix), name)
+        match = re.fullmatch(pattern + re.escape(self.suffix) + r"(?:\.gz|\.zst)?", name)
         return int(match.group(1)) if match else None
 
 
 def list_files(root: Path, naming: FileNaming) -> list[tuple[int, Path]]:
-    """The data files in `root` as (counter, path), oldest first; other files are ignored."""
+    """The data files in `root` as (counter, path), oldest first; other files are ignored.
+
+    One path per counter: a file and its compressed copy both exist only between the copy's
+    rename and the original's removal (a compression cut short); the original is whole, and is
+    the one listed, so no row is ever read twice.
+    """
     try:
         entries = list(os.scandir(root))
     except FileNotFoundError:
         return []
-    found: list[tuple[int, Path]] = []
+    found: dict[int, Path] = {}
     for entry in entries:
         counter = naming.counter_of(entry.name)
-        if counter is not None and entry.is_file():
-            found.append((counter, Path(entry.path)))
-    found.sort()
-    return found
+        if counter is None or not entry.is_file():
+            continue
+        if counter not in found or compression_of(found[counter]) is not None:
+            found[counter] = Path(entry.path)
+    return sorted(found.items())
 
 
 def find_current(root: Path, naming: FileNaming) -> tuple[int, Path] | None:
     """The file with the highest counter, which is where appending resumes."""
     files = list_files(root, naming)
     return files[-1] if files else None
+
+
+def compression_of(path: PurePath) -> str | None:
+    """'gzip' or 'zstd' for a compressed data file (by its suffix), None for a plain one."""
+    return _COMPRESSION_OF.get(path.suffix)
+
+
+def plain_name(path: PurePath) -> str:
+    """The name of a data file without its compression suffix (the name it was written as)."""
+    return path.stem if compression_of(path) is not None else path.name
+
+
+def open_bytes(path: Path) -> IO[bytes]:
+    """A data file's bytes, decompressed as they are read: every tool reads `.csv.gz` and
+    `.csv.zst` exactly like `.csv`. zstd needs the `zstandard` package (`powmon[zstd]`)."""
+    kind = compression_of(path)
+    if kind is None:
+        return path.open("rb")
+    if kind == "gzip":
+        return cast("IO[bytes]", gzip.open(path, "rb"))  # a GzipFile, read as bytes
+    try:
+        import zstandard  # noqa: PLC0415 -- an extra, needed only for .zst files
+    except ImportError as err:
+        raise OSError(f"{path}: reading .zst files needs zstandard "
+                      "(pip install 'powmon[zstd]')") from err
+    return zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
+
+
+def open_text(path: Path) -> IO[str]:
+    """A data file's text (UTF-8; undecodable bytes replaced, so a damaged file is read as
+    far as it goes), decompressed as it is read, for csv.reader."""
+    return io.TextIOWrapper(open_bytes(path), encoding="utf-8", errors="replace", newline="")
+
+
+def read_tail(path: Path, budget: int) -> tuple[bytes, int]:
+    """The last `budget` bytes of a data file's content (decompressed) from the start of a
+    line, and what is left of the budget: how the writer reads the newest rows at start.
+
+    A plain file is read from an offset; a compressed one (closed, at most FILE_SIZE_LIMIT
+    decompressed) is read whole and cut: it cannot be entered in the middle.
+    """
+    if compression_of(path) is None:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - budget)
+            f.seek(start)
+            data = f.read(size - start)  # bounded: a device file may never end
+    else:
+        with open_bytes(path) as f:
+            data = f.read()
+        size = len(data)
+        start = max(0, size - budget)
+        data = data[start:]
+    if start > 0:  # drop the partial first line
+        data = data[data.find(b"\n") + 1 :]
+    return data, budget - (size - start)
 
 
 def creation_order(path: Path) -> tuple[str, str, int, str]:

@@ -97,7 +97,7 @@ class Views:
         if path is None:
             return PlainTextResponse("404: no such data file\n", status_code=404)
         return StreamingResponse(
-            files.snapshot(path), media_type="text/csv",
+            files.snapshot(path), media_type=files.media_type(path),
             headers={"Content-Disposition": f"attachment; filename*=utf-8''{quote(path.name)}"},
         )
 

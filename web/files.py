@@ -1,8 +1,9 @@
 """`/files/`: the CSV files in LOCAL_DATA_ROOT for download, and `/report`: a summary.
 
-A file is served only if its name is one the listing shows (a plain `*.csv` directly in the data
-folder, not a symlink), compared as a whole string: no path from the URL ever reaches the file
-system, so `..`, slashes, encoded slashes and links out of the folder find nothing.
+A file is served only if its name is one the listing shows (a plain `*.csv`, `*.csv.gz` or
+`*.csv.zst` directly in the data folder, not a symlink), compared as a whole string: no path
+from the URL ever reaches the file system, so `..`, slashes, encoded slashes and links out of
+the folder find nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Final
 from urllib.parse import quote
 
+from powmon.base.storage import compression_of
 from powmon.base.text import format_ts
 
 
@@ -34,7 +36,7 @@ def list_files(root: Path) -> list[DataFile]:
         return []  # no data folder yet: nothing to list
     files = []
     for path in entries:
-        if path.suffix != ".csv" or path.is_symlink() or not path.is_file():
+        if not _listed(path.name) or path.is_symlink() or not path.is_file():
             continue
         try:
             st = path.stat()
@@ -42,6 +44,21 @@ def list_files(root: Path) -> list[DataFile]:
             continue  # rotated or removed meanwhile
         files.append(DataFile(path.name, st.st_size, st.st_mtime_ns))
     return sorted(files, key=lambda f: f.name, reverse=True)
+
+
+def _listed(name: str) -> bool:
+    """A CSV file, or a compressed one (a closed data file, base.storage)."""
+    return name.endswith(".csv") or (
+        compression_of(PurePath(name)) is not None and name[: name.rindex(".")].endswith(".csv"))
+
+
+_MEDIA: Final = {"gzip": "application/gzip", "zstd": "application/zstd"}
+
+
+def media_type(path: Path) -> str:
+    """What a download is: text/csv, or the compressed file as it is stored."""
+    kind = compression_of(path)
+    return "text/csv" if kind is None else _MEDIA[kind]
 
 
 CHUNK = 64 * 1024
@@ -54,6 +71,11 @@ def snapshot(path: Path) -> Iterator[bytes]:
     announces one length and then finds more (or, mid-write, a partial row). This reads up to
     the size seen at the start and stops after the last newline within it: whole rows only.
     """
+    if compression_of(path) is not None:  # closed and never written again: sent whole
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+        return
     with path.open("rb") as handle:
         left = os.fstat(handle.fileno()).st_size
         held = b""  # the bytes after a chunk's last newline: sent only once their row ends

@@ -28,9 +28,12 @@ from powmon.base.storage import (
     SESSION,
     TS,
     FileNaming,
+    compression_of,
     data_rows,
     find_current,
     list_files,
+    open_text,
+    read_tail,
 )
 from powmon.base.text import parse_ts
 from powmon.sink.api import Key, Mark, StreamState
@@ -55,8 +58,8 @@ def cut_torn_row(root: Path, naming: FileNaming) -> int:
     again by replay, or is named as lost.
     """
     current = find_current(root, naming)
-    if current is None:
-        return 0
+    if current is None or compression_of(current[1]) is not None:
+        return 0  # a compressed file was closed whole: appending never resumes there
     path = current[1]
     with path.open("r+b") as f:
         size = f.seek(0, os.SEEK_END)
@@ -81,6 +84,8 @@ def resume_size(path: Path, limit: int, header: bytes) -> int | None:
     Appending is safe only below the limit, under our own header (a file from another schema
     version is left alone) and after a complete row (cut_torn_row makes it so at start).
     """
+    if compression_of(path) is not None:
+        return None  # closed and compressed: the next rows go to a new file
     size = path.stat().st_size
     if size == 0:
         return 0
@@ -186,9 +191,13 @@ def rows_after(root: Path, naming: FileNaming, mark: Mark) -> Iterator[list[str]
         if first is not None and counter < first:
             continue
         try:
+            if path.name != mark.file:  # a later file, or the marked one since compressed
+                with open_text(path) as text:
+                    yield from data_rows(text)
+                continue
             with path.open("rb") as raw:
                 size = raw.seek(0, os.SEEK_END)
-                raw.seek(mark.size if path.name == mark.file and mark.size <= size else 0)
+                raw.seek(mark.size if mark.size <= size else 0)
                 text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
                 try:
                     yield from data_rows(text)
@@ -240,11 +249,5 @@ def scan_session(
 
 
 def _read_tail(path: Path, budget: int) -> tuple[str, int]:
-    with path.open("rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        start = max(0, size - budget)
-        f.seek(start)
-        data = f.read(size - start)  # bounded: a device file may never end
-    if start > 0:  # drop the partial first line
-        data = data[data.find(b"\n") + 1 :]
-    return data.decode("utf-8", errors="replace"), budget - (size - start)
+    data, left = read_tail(path, budget)
+    return data.decode("utf-8", errors="replace"), left

@@ -80,6 +80,9 @@ class WriterConfig:
     retry_max: float = 30.0
     energy_periods: Mapping[str, float] = field(default_factory=dict)  # sensor: POLLING_DELAY
     energy_save_interval: float = 5.0
+    compress: str = "none"  # COMPRESS, for a file once it is closed (the settings say gzip)
+    data_max_bytes: int | None = None  # DATA_MAX_BYTES: retention by the raw files' total
+    data_keep_days: float | None = None  # DATA_KEEP_DAYS: retention by a closed file's age
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WriterConfig:
@@ -95,6 +98,9 @@ class WriterConfig:
             heartbeat_interval=settings.heartbeat_interval,
             energy_periods={s.sensor_id: s.polling_delay for s in settings.sensors},
             curve=settings.curve,
+            compress=settings.compress,
+            data_max_bytes=settings.data_max_bytes,
+            data_keep_days=settings.data_keep_days,
         )
 
     def core(self) -> CoreConfig:

@@ -27,6 +27,9 @@ SECRET_KEYS: Final = frozenset(
 LEGACY_IGNORED: Final = frozenset({"EHOST", "PROJECT_ROOT"})
 
 
+# COMPRESS values: how a closed data file is compressed (base.storage.COMPRESSED_SUFFIX)
+COMPRESSIONS: Final = ("gzip", "zstd", "none")
+
 # Original keys first, then PowMon's additions. key -> (check, default)
 TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "SENSORS": (lambda v: v, c.REQUIRED),
@@ -58,6 +61,9 @@ TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "STREAM_HZ": (c.optional(c.integer(1, 65535)), None),
     "READ_PIPELINE": (c.integer(1, MAX_PIPELINE), 4),
     "PUBLISH_INTERVAL": (c.number(0, 5), 0.1),
+    "DATA_MAX_BYTES": (c.optional(c.integer(1024)), None),
+    "DATA_KEEP_DAYS": (c.optional(c.number(0, lo_open=True)), None),
+    "COMPRESS": (c.choice(COMPRESSIONS), "gzip"),
     "UPLINK_URL": (c.optional(c.URL), None),
     "HOST_KEY_ENV": (
         c.text("an environment variable name", r"[A-Za-z_][A-Za-z0-9_]*"),

@@ -33,6 +33,9 @@ class Settings:
     file_size_limit: int
     sync_write: bool
     flush_interval: float
+    data_max_bytes: int | None  # DATA_MAX_BYTES: the raw files' total kept (None: no cap)
+    data_keep_days: float | None  # DATA_KEEP_DAYS: a closed file's age kept (None: forever)
+    compress: str  # COMPRESS: gzip | zstd | none, for a file once it is closed
     # the bus and its heartbeats
     broker_frontend: str
     broker_backend: str
@@ -85,6 +88,8 @@ def build(
         broker_frontend=v["BROKER_FRONTEND"], broker_backend=v["BROKER_BACKEND"], hwm=v["HWM"],
         heartbeat_interval=v["HEARTBEAT_INTERVAL"], stall_timeout=v["STALL_TIMEOUT"],
         flush_interval=v["FLUSH_INTERVAL"], replay_buffer=v["REPLAY_BUFFER"],
+        data_max_bytes=v["DATA_MAX_BYTES"], data_keep_days=v["DATA_KEEP_DAYS"],
+        compress=v["COMPRESS"],
         restart_backoff_max=v["RESTART_BACKOFF_MAX"], uplink=build_uplink(base, data_root, v),
         web_listen=v["WEB_LISTEN"], web_token=secret(v["WEB_TOKEN"]),
         mqtt=build_mqtt(base, v), curve=curve,

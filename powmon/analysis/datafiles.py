@@ -2,7 +2,8 @@
 
 Files are taken in creation order: rotated files by the counter in their name (the writer
 puts it first for that reason, docs/writer.md), whatever order the shell listed them in; a
-folder stands for the data files in it. gaps.csv and other CSV files are not data files and
+folder stands for the data files in it, plain or compressed (`.csv.gz`, `.csv.zst`: read exactly
+like `.csv`, base.storage.open_text). gaps.csv and other CSV files are not data files and
 are skipped, saying so. Rows are parsed one at a time, so memory does not grow with the files;
 a row that cannot be read (the cut-off last line of a crash, a hand edit) is skipped and
 counted per file, never silently.
@@ -18,7 +19,15 @@ from pathlib import Path
 
 import click
 
-from powmon.base.storage import StoredRow, creation_order, is_data_header, parse_row
+from powmon.base.storage import (
+    DATA_GLOBS,
+    StoredRow,
+    compression_of,
+    creation_order,
+    is_data_header,
+    open_text,
+    parse_row,
+)
 
 
 def data_files(paths: Iterable[Path]) -> list[Path]:
@@ -29,21 +38,29 @@ def data_files(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(p for p in path.glob("*.csv") if p.is_file())
+            found.extend(p for pattern in DATA_GLOBS for p in path.glob(pattern) if p.is_file())
         elif path.is_file():
             found.append(path)
         else:
             raise click.BadParameter(f"{path}: no such file or folder", param_hint="FILES")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = _one_copy(dict.fromkeys(p.resolve() for p in found))
     data = [p for p in unique if _is_data_file(p)]
     return sorted(data, key=creation_order)
 
 
+def _one_copy(paths: Iterable[Path]) -> list[Path]:
+    """A file and its compressed copy (a compression cut short) count once: the original,
+    which is whole (base.storage.list_files takes the same one)."""
+    paths = list(paths)
+    plain = {p for p in paths if compression_of(p) is None}
+    return [p for p in paths if compression_of(p) is None or p.with_name(p.stem) not in plain]
+
+
 def _is_data_file(path: Path) -> bool:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with open_text(path) as handle:
             header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, EOFError, csv.Error) as err:  # EOFError: a gzip file cut short
         raise click.BadParameter(f"{path}: cannot read it: {err}", param_hint="FILES") from err
     if is_data_header(header):
         return True
@@ -85,7 +102,7 @@ def rows(files: Iterable[Path], bad: BadRows) -> Iterator[StoredRow]:
     file, re-entered only after a bad line.
     """
     for path in files:
-        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        with open_text(path) as handle:
             reader = csv.reader(handle)
             next(reader, None)  # the header, checked by data_files
             while True:
@@ -95,3 +112,6 @@ def rows(files: Iterable[Path], bad: BadRows) -> Iterator[StoredRow]:
                     break
                 except (ValueError, csv.Error) as err:  # csv.Error: a NUL byte, say
                     bad.add(path, reader.line_num, str(err))
+                except (EOFError, OSError) as err:  # a compressed file cut short, or damaged
+                    bad.add(path, reader.line_num, f"cannot read on: {err}")
+                    break
