@@ -144,3 +144,11 @@ def test_a_long_module_says_why_in_its_docstring() -> None:
         if text.count("\n") > LONG and "This module is long because" not in " ".join(doc.split()):
             unexplained.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
     assert unexplained == []
+
+
+def test_the_map_names_every_package_of_the_layers() -> None:
+    """docs/architecture.md is the map a newcomer reads first: each package the walk knows has
+    its line there, so a new package cannot land without being put on the map."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [folder for _, folder, _ in LAYERS if f"`{folder}/`" not in text]
+    assert missing == []
