@@ -165,16 +165,8 @@ def key_of(row: list[str]) -> Key:
 def tail_rows(root: Path, naming: FileNaming, limit: int = TAIL_BYTES) -> Iterator[list[str]]:
     """The whole rows of the newest `limit` bytes of data, newest file first, each file's rows
     in file order (headers, partial lines and foreign rows left out)."""
-    budget = limit
-    for _, path in reversed(list_files(root, naming)):
-        try:
-            text, budget = _read_tail(path, budget)
-        except OSError as err:
-            log.warning("cannot read the tail of %s: %s", path.name, err)
-            continue
+    for text in _newest_texts(root, naming, limit):
         yield from data_rows(io.StringIO(text))
-        if budget <= 0:
-            break
 
 
 def rows_after(root: Path, naming: FileNaming, mark: Mark) -> Iterator[list[str]]:
@@ -224,13 +216,7 @@ def scan_session(
     """
     needle = f",{session},"
     best: int | None = None
-    budget = limit
-    for _, path in reversed(list_files(root, naming)):
-        try:
-            text, budget = _read_tail(path, budget)
-        except OSError as err:
-            log.warning("cannot read %s: %s", path.name, err)
-            continue
+    for text in _newest_texts(root, naming, limit):
         start = text.find(needle)
         while start >= 0:
             line_start = text.rfind("\n", 0, start) + 1
@@ -243,11 +229,20 @@ def scan_session(
             ):
                 best = max(best if best is not None else -1, int(row[SEQ]))
             start = text.find(needle, start + 1)
-        if budget <= 0:
-            break
     return best
 
 
-def _read_tail(path: Path, budget: int) -> tuple[str, int]:
-    data, left = read_tail(path, budget)
-    return data.decode("utf-8", errors="replace"), left
+def _newest_texts(root: Path, naming: FileNaming, limit: int) -> Iterator[str]:
+    """The newest `limit` bytes of data as text, newest file first, each from the start of a
+    line; a file that cannot be read (EOFError: a compressed file cut short) is logged and
+    passed over."""
+    budget = limit
+    for _, path in reversed(list_files(root, naming)):
+        try:
+            data, budget = read_tail(path, budget)
+        except (OSError, EOFError) as err:
+            log.warning("cannot read the tail of %s: %s", path.name, err)
+            continue
+        yield data.decode("utf-8", errors="replace")
+        if budget <= 0:
+            break
