@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 
 from powmon.common.schema.readings import Reading
 from powmon.common.schema.status import Status
-from powmon.uplink.spool import Row
+from powmon.uplink.spool import Spooled
 
 R = TypeVar("R")
 
@@ -49,29 +49,29 @@ class Answer:
 
     done: tuple[int, ...] = ()
     dead: tuple[Dead, ...] = ()
-    again: tuple[tuple[Row, ...], ...] = ()
+    again: tuple[tuple[Spooled, ...], ...] = ()
     wait: Wait = Wait.NONE
     detail: str = ""
     retry_after: float | None = None
 
     @classmethod
-    def ok(cls, rows: Sequence[Row], detail: str = "") -> Answer:
+    def ok(cls, rows: Sequence[Spooled], detail: str = "") -> Answer:
         return cls(done=ids(rows), detail=detail)
 
     @classmethod
-    def retry(cls, rows: Sequence[Row], detail: str, after: float | None = None) -> Answer:
+    def retry(cls, rows: Sequence[Spooled], detail: str, after: float | None = None) -> Answer:
         return cls(again=(tuple(rows),), wait=Wait.RETRY, detail=detail, retry_after=after)
 
     @classmethod
-    def refused(cls, rows: Sequence[Row], detail: str) -> Answer:
+    def refused(cls, rows: Sequence[Spooled], detail: str) -> Answer:
         return cls(again=(tuple(rows),), wait=Wait.REFUSED, detail=detail)
 
     @classmethod
-    def dead_all(cls, rows: Sequence[Row], status: int | None, detail: str) -> Answer:
+    def dead_all(cls, rows: Sequence[Spooled], status: int | None, detail: str) -> Answer:
         return cls(dead=(Dead(ids(rows), status, detail),), detail=detail)
 
     @classmethod
-    def split(cls, rows: Sequence[Row], status: int | None, detail: str) -> Answer:
+    def split(cls, rows: Sequence[Spooled], status: int | None, detail: str) -> Answer:
         """Send in two halves (413, a partial write that names no line); one row left alone
         is dead-lettered: halving always ends."""
         if len(rows) <= 1:
@@ -80,7 +80,7 @@ class Answer:
         return cls(again=(tuple(rows[:half]), tuple(rows[half:])), detail=detail)
 
 
-def ids(rows: Sequence[Row]) -> tuple[int, ...]:
+def ids(rows: Sequence[Spooled]) -> tuple[int, ...]:
     return tuple(row.id for row in rows)
 
 
@@ -131,7 +131,7 @@ class Output(Generic[R]):
         out like one from send), or Wait.NONE when the receiver took the output back."""
         return None
 
-    def encode(self, rows: Sequence[Row]) -> Encoded[R]:
+    def encode(self, rows: Sequence[Spooled]) -> Encoded[R]:
         raise NotImplementedError
 
     def send(self, request: R) -> Answer:

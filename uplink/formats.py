@@ -24,7 +24,7 @@ from powmon.base.storage import csv_field, csv_lines, header_line
 from powmon.base.text import flag_names
 from powmon.common.schema.readings import Reading
 from powmon.uplink.contract import Encoded
-from powmon.uplink.spool import Row
+from powmon.uplink.spool import Spooled
 
 CSV_TYPE: Final = "text/csv; charset=utf-8; header=present"
 JSON_TYPE: Final = "application/json"
@@ -37,7 +37,7 @@ _Problem = Callable[[Reading], "str | None"]
 class Request:
     """One POST body and the spool rows it delivers."""
 
-    rows: tuple[Row, ...]
+    rows: tuple[Spooled, ...]
     body: bytes
     content_type: str | None
 
@@ -81,7 +81,7 @@ def seed_line(r: Reading) -> str:
             f"{r.amps:.4f},{float(r.watts)!s}\n")
 
 
-def _seed(rows: Sequence[Row]) -> Encoded[Request]:
+def _seed(rows: Sequence[Spooled]) -> Encoded[Request]:
     # No Content-Type: the original posted a str with requests, which sets none.
     return Encoded([Request((row,), seed_line(row.reading).encode(), None) for row in rows])
 
@@ -89,7 +89,7 @@ def _seed(rows: Sequence[Row]) -> Encoded[Request]:
 # --- csv and json -------------------------------------------------------------------------
 
 
-def _csv(rows: Sequence[Row]) -> Encoded[Request]:
+def _csv(rows: Sequence[Spooled]) -> Encoded[Request]:
     if not rows:
         return Encoded([])
     # The writer's own rows (base.storage.csv_lines), with RFC 4180's line ends: a row ends in
@@ -154,7 +154,7 @@ def json_objects(readings: Sequence[Reading]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-def _json(rows: Sequence[Row]) -> Encoded[Request]:
+def _json(rows: Sequence[Spooled]) -> Encoded[Request]:
     good, rejected = _split(rows, non_finite)
     if not good:
         return Encoded([], rejected)
@@ -222,7 +222,7 @@ def _influx_problem(r: Reading) -> str | None:
     return non_finite(r)
 
 
-def influx_requests(rows: Sequence[Row], measurement: str) -> Encoded[Request]:
+def influx_requests(rows: Sequence[Spooled], measurement: str) -> Encoded[Request]:
     """One POST of line protocol for the batch (the InfluxDB output's body)."""
     good, rejected = _split(rows, _influx_problem)
     if not good:
@@ -235,8 +235,10 @@ def influx_requests(rows: Sequence[Row], measurement: str) -> Encoded[Request]:
 # --- dispatch -----------------------------------------------------------------------------
 
 
-def _split(rows: Sequence[Row], problem: _Problem) -> tuple[list[Row], list[tuple[int, str]]]:
-    good: list[Row] = []
+def _split(
+    rows: Sequence[Spooled], problem: _Problem
+) -> tuple[list[Spooled], list[tuple[int, str]]]:
+    good: list[Spooled] = []
     rejected: list[tuple[int, str]] = []
     for row in rows:
         why = problem(row.reading)
@@ -247,7 +249,7 @@ def _split(rows: Sequence[Row], problem: _Problem) -> tuple[list[Row], list[tupl
     return good, rejected
 
 
-_Encoder = Callable[[Sequence[Row], str], Encoded[Request]]
+_Encoder = Callable[[Sequence[Spooled], str], Encoded[Request]]
 _ENCODERS: Final[dict[str, _Encoder]] = {
     "seed": lambda rows, _measurement: _seed(rows),
     "csv": lambda rows, _measurement: _csv(rows),
@@ -256,7 +258,7 @@ _ENCODERS: Final[dict[str, _Encoder]] = {
 }
 
 
-def encode(fmt: str, rows: Sequence[Row], measurement: str = "power") -> Encoded[Request]:
+def encode(fmt: str, rows: Sequence[Spooled], measurement: str = "power") -> Encoded[Request]:
     """The requests that deliver `rows` in format `fmt` (one of settings.UPLINK_FORMATS)."""
     encoder = _ENCODERS.get(fmt)
     if encoder is None:

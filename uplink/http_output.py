@@ -41,7 +41,7 @@ from powmon.common.settings import Secret, Settings
 from powmon.uplink import formats
 from powmon.uplink.contract import Answer, Encoded, Output
 from powmon.uplink.server_url import redact_url, resolve_url
-from powmon.uplink.spool import Row
+from powmon.uplink.spool import Spooled
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def server_message(body: str) -> tuple[str, Any]:
     return str(text).strip(), data
 
 
-def classify(status: int, retry_after: str | None, body: str, rows: Sequence[Row]) -> Answer:
+def classify(status: int, retry_after: str | None, body: str, rows: Sequence[Spooled]) -> Answer:
     """What to do with the batch `rows` after the server answered `status`."""
     if 200 <= status < 300:
         return Answer.ok(rows, f"HTTP {status}")
@@ -225,7 +225,7 @@ class HttpTransport(Output[formats.Request]):
         return self.answer(status, retry_after, body, request.rows)
 
     def answer(self, status: int, retry_after: str | None, body: str,
-               rows: Sequence[Row]) -> Answer:
+               rows: Sequence[Spooled]) -> Answer:
         """What the server's answer to the request of `rows` means for them."""
         return classify(status, retry_after, body, rows)
 
@@ -242,5 +242,5 @@ class HttpTransport(Output[formats.Request]):
 class HttpOutput(HttpTransport):
     """REMOTE_SAVE to a server of your own, or the original PowMon's: seed, csv or json."""
 
-    def encode(self, rows: Sequence[Row]) -> Encoded[formats.Request]:
+    def encode(self, rows: Sequence[Spooled]) -> Encoded[formats.Request]:
         return formats.encode(self._cfg.format, rows)

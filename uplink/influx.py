@@ -55,7 +55,7 @@ from powmon.uplink.formats import (
     lp_unrepresentable,
 )
 from powmon.uplink.http_output import HttpConfig, HttpTransport, server_message
-from powmon.uplink.spool import Row
+from powmon.uplink.spool import Spooled
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,11 @@ def _check_measurement(where: Path, name: str) -> None:
 class InfluxOutput(HttpTransport):
     """REMOTE_SAVE into InfluxDB 1.x, 2.x or 3.x: line protocol, partial writes understood."""
 
-    def encode(self, rows: Sequence[Row]) -> Encoded[Request]:
+    def encode(self, rows: Sequence[Spooled]) -> Encoded[Request]:
         return influx_requests(rows, self._cfg.measurement)
 
     def answer(self, status: int, retry_after: str | None, body: str,
-               rows: Sequence[Row]) -> Answer:
+               rows: Sequence[Spooled]) -> Answer:
         if status in PARTIAL_STATUSES:
             return partial(status, body, rows, self._cfg.measurement)
         return super().answer(status, retry_after, body, rows)
@@ -149,7 +149,7 @@ def refused_lines(body: str, lines: Sequence[str]) -> tuple[set[int], str]:
     return named, message
 
 
-def partial(status: int, body: str, rows: Sequence[Row], measurement: str) -> Answer:
+def partial(status: int, body: str, rows: Sequence[Spooled], measurement: str) -> Answer:
     """What to do after a 400/422 from InfluxDB (see the module docstring)."""
     escaped = lp_measurement(measurement)
     lines = [influx_line(escaped, row.reading) for row in rows]

@@ -38,7 +38,7 @@ from powmon.uplink.formats import non_finite
 from powmon.uplink.homeassistant import Presence
 from powmon.uplink.mqtt_config import BATCH_SIZE, BATCH_WAIT, MqttConfig
 from powmon.uplink.mqtt_connection import QOS, Connection
-from powmon.uplink.spool import Row
+from powmon.uplink.spool import Spooled
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ STOPPING: Final = "stopping"
 class Batch:
     """One round of messages: (topic, payload, row), each published on its own."""
 
-    messages: tuple[tuple[str, bytes, Row], ...]
+    messages: tuple[tuple[str, bytes, Spooled], ...]
 
 
 def topic_for(template: str, r: Reading) -> str:
@@ -147,8 +147,8 @@ class MqttOutput(Output[Batch], BusWatcher):
 
             self.presence.tick(publish)
 
-    def encode(self, rows: Sequence[Row]) -> Encoded[Batch]:
-        messages: list[tuple[str, bytes, Row]] = []
+    def encode(self, rows: Sequence[Spooled]) -> Encoded[Batch]:
+        messages: list[tuple[str, bytes, Spooled]] = []
         rejected: list[tuple[int, str]] = []
         for row in rows:
             topic = topic_for(self._cfg.topic, row.reading)
@@ -169,7 +169,7 @@ class MqttOutput(Output[Batch], BusWatcher):
         conn = self._conn
         if conn is None:  # _connect() returned None, so this cannot be; typing says otherwise
             return Answer.retry(rows, "not connected")
-        mids: dict[int, Row] = {}
+        mids: dict[int, Spooled] = {}
         conn.forget_acks()
         for topic, payload, row in request.messages:
             mid = conn.publish(topic, payload, QOS, False)
@@ -189,7 +189,7 @@ class MqttOutput(Output[Batch], BusWatcher):
         self._drop(conn, why)
         return Answer(done=acked_rows, again=(left,), wait=Wait.RETRY, detail=why)
 
-    def _wait_acks(self, conn: Connection, mids: dict[int, Row]) -> tuple[set[int], str]:
+    def _wait_acks(self, conn: Connection, mids: dict[int, Spooled]) -> tuple[set[int], str]:
         """Wait until every mid is acked, the connection drops, the output is stopped, or no
         PUBACK came for MQTT_TIMEOUT; (the acked mids, why it ended early)."""
         timeout = self._cfg.timeout

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from powmon.uplink.spool import COLUMNS, ID_RANGE, Row, Spool, row_of
+from powmon.uplink.spool import COLUMNS, ID_RANGE, Spool, Spooled, row_of
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Position:
             raise LookupError(f"output {self.name!r} is not registered in {self.spool.path}")
         return int(found[0])
 
-    def pending(self, limit: int) -> list[Row]:
+    def pending(self, limit: int) -> list[Spooled]:
         """The oldest `limit` rows this output has not done, oldest first."""
         cur = self.spool.db.execute(_PENDING, (self._acked(), self.name, limit))
         return [row_of(found) for found in cur.fetchall()]

@@ -19,7 +19,7 @@ that) and never mistakes a reading it sent long ago for a new one.
 synchronous=NORMAL: a committed insert survives a crash or kill -9 of the process; a power cut
 can lose the last few transactions (the writer's CSV files still have those readings).
 
-Row ids are SQLite rowids without AUTOINCREMENT, so new rows get max(id)+1 and ignored
+Spooled ids are SQLite rowids without AUTOINCREMENT, so new rows get max(id)+1 and ignored
 duplicates consume no id (AUTOINCREMENT would burn one per ignored duplicate). Rows only ever
 leave from the old end (once every output is past them, or by the cap), so the live ids form
 one contiguous range and depths are differences of ids: O(log n) queries instead of COUNT(*)
@@ -118,7 +118,7 @@ _PRUNE_PROGRESS: Final = (
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
+class Spooled:
     """A spooled reading with its row id (what ack and dead_letter take)."""
 
     id: int
@@ -126,9 +126,9 @@ class Row:
     received_ns: int
 
 
-def row_of(found: tuple[Any, ...]) -> Row:
-    """A Row from `SELECT id, {COLUMNS}`."""
-    return Row(found[0], Reading(*found[1:10]), found[10])
+def row_of(found: tuple[Any, ...]) -> Spooled:
+    """A Spooled from `SELECT id, {COLUMNS}`."""
+    return Spooled(found[0], Reading(*found[1:10]), found[10])
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +232,7 @@ class Spool:
         cur = self.db.execute("DELETE FROM readings WHERE id <= ?", (cut,))
         return cur.rowcount, unsent
 
-    def peek(self, limit: int) -> list[Row]:
+    def peek(self, limit: int) -> list[Spooled]:
         """The oldest `limit` rows, oldest first (not removed), whatever the outputs did."""
         return [row_of(found) for found in self.db.execute(_PEEK, (limit,)).fetchall()]
 

@@ -26,7 +26,7 @@ from powmon.common.errors import UplinkError
 from powmon.common.logs import RateLimiter
 from powmon.uplink.contract import Answer, Output, Wait
 from powmon.uplink.positions import Position
-from powmon.uplink.spool import Row, Spool
+from powmon.uplink.spool import Spool, Spooled
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Worker:
             self.stats.spool_depth = position.depth()
             self.stats.dropped_over_cap = position.dropped()
 
-    def _next_batch(self, position: Position) -> list[Row]:
+    def _next_batch(self, position: Position) -> list[Spooled]:
         """Wait until a full batch is ready or the oldest reading waited the output's batch
         wait; then the batch (empty if stopped)."""
         size, wait = self.output.batch_size, self.output.batch_wait
@@ -200,7 +200,7 @@ class Worker:
         elif answer.wait is Wait.NONE and self.stats.state in ("refused", "retrying"):
             self._set_state("running", "")
 
-    def _deliver(self, position: Position, rows: Sequence[Row]) -> None:
+    def _deliver(self, position: Position, rows: Sequence[Spooled]) -> None:
         """Deliver `rows` until each is done or dead, or the Worker is stopped."""
         queue = deque(self._encode(position, rows))
         while queue and not self._stop.is_set():
@@ -218,7 +218,7 @@ class Worker:
             done, self._unacked = self._unacked, []
             position.ack(done)
 
-    def _encode(self, position: Position, rows: Sequence[Row]) -> list[Any]:
+    def _encode(self, position: Position, rows: Sequence[Spooled]) -> list[Any]:
         encoded = self.output.encode(rows)
         for row_id, why in encoded.rejected:
             self.stats.dead_lettered += position.dead_letter([row_id], None, why)

@@ -107,7 +107,7 @@ def decode_reading(frames: Sequence[bytes]) -> Reading:
     return _new_tuple(Reading, body)
 
 
-Row = tuple[int, float, float, float, float, int]  # ts_ns, raw, volts, amps, watts, flags
+Measured = tuple[int, float, float, float, float, int]  # ts_ns, raw, volts, amps, watts, flags
 
 
 class ReadingBatch(NamedTuple):
@@ -127,20 +127,20 @@ class ReadingBatch(NamedTuple):
 
 
 def encode_batch(
-    sensor_id: str, session: str, seq: int, rows: Sequence[Row], dropped: int = 0
+    sensor_id: str, session: str, seq: int, rows: Sequence[Measured], dropped: int = 0
 ) -> list[bytes]:
     """The two frames of a batch: `[2, sensor_id, session, seq, dropped, [row, ...]]`, each row
     `[ts_ns, raw, volts, amps, watts, flags]` of the readings seq, seq + 1, ..."""
     return batch_frames(sensor_id, session, seq, pack_rows(rows), dropped)
 
 
-def pack_row(row: Row) -> bytes:
+def pack_row(row: Measured) -> bytes:
     """A reading's measured fields, packed once: the message, the replay ring and replay
     answers all reuse these bytes (batch_payload splices them in)."""
     return _packb(row)
 
 
-def pack_rows(rows: Iterable[Row]) -> list[bytes]:
+def pack_rows(rows: Iterable[Measured]) -> list[bytes]:
     pack = _packb
     return [pack(row) for row in rows]
 

@@ -28,7 +28,7 @@ from powmon.bench.procs import (
     lost_readings,
     wait_for,
 )
-from powmon.bench.results import Row, median
+from powmon.bench.results import Figure, median
 from powmon.bench.runner import Plan, result, worker
 
 PUBLISHERS: Final = 2
@@ -91,7 +91,7 @@ def lost_in_csv(pipe: Pipeline, expected: dict[str, int]) -> int:
     return lost_readings(csv_seqs(pipe.data), expected)
 
 
-def run(plan: Plan) -> list[Row]:
+def run(plan: Plan) -> list[Figure]:
     count = 20_000 if plan.quick else 400_000
     repeat = 1 if plan.quick else 3
     once = [raw_rate(count, codec=False) for _ in range(repeat)]
@@ -101,22 +101,22 @@ def run(plan: Plan) -> list[Row]:
     rate = median(rates)
     ceiling = median(codec)
     rows = [
-        Row("2", "raw PUB/SUB, packed once", "msgs/s", median(once), runs=once),
-        Row("2", "raw PUB/SUB, pack+unpack each", "msgs/s", ceiling, runs=codec),
-        Row("2", "readers->broker->writer->CSV", "readings/s", rate, TARGET_RATE, "target",
+        Figure("2", "raw PUB/SUB, packed once", "msgs/s", median(once), runs=once),
+        Figure("2", "raw PUB/SUB, pack+unpack each", "msgs/s", ceiling, runs=codec),
+        Figure("2", "readers->broker->writer->CSV", "readings/s", rate, TARGET_RATE, "target",
             ">= 100,000/s", rate >= TARGET_RATE, rates, note="one reading per message"),
-        Row("2", "  ... share of raw pack+unpack", "readings/s", rate, ceiling, "pack+unpack",
+        Figure("2", "  ... share of raw pack+unpack", "readings/s", rate, ceiling, "pack+unpack",
             ">= 0.50 x raw", rate >= TARGET_SHARE * ceiling),
-        Row("2", "  ... lost or doubled in CSV", "readings", lost, float(readings),
+        Figure("2", "  ... lost or doubled in CSV", "readings", lost, float(readings),
             "published", "0", lost == 0),
     ]
     for kind in ("writer", "broker"):
-        rows.append(Row("4", f"{kind} CPU at full throughput", "CPU s/1000",
+        rows.append(Figure("4", f"{kind} CPU at full throughput", "CPU s/1000",
                         cpu.get(kind, 0.0) / readings * 1000, note="bus burst"))
     return rows + batch_rows(plan, count, repeat, per_pub, ceiling)
 
 
-def batch_rows(plan: Plan, count: int, repeat: int, per_pub: int, single: float) -> list[Row]:
+def batch_rows(plan: Plan, count: int, repeat: int, per_pub: int, single: float) -> list[Figure]:
     """The same with batches of BATCH readings per message, against the raw rate of the batch
     message (and, for comparison, of single readings)."""
     codec = [raw_rate(count // (2 * BATCH), codec=True, batch=BATCH) for _ in range(repeat)]
@@ -124,12 +124,12 @@ def batch_rows(plan: Plan, count: int, repeat: int, per_pub: int, single: float)
     rate, ceiling = median(rates), median(codec)
     label = f"batches of {BATCH}"
     return [
-        Row("2", f"raw PUB/SUB pack+unpack, {label}", "readings/s", ceiling, runs=codec),
-        Row("2", f"readers->broker->writer->CSV, {label}", "readings/s", rate, ceiling,
+        Figure("2", f"raw PUB/SUB pack+unpack, {label}", "readings/s", ceiling, runs=codec),
+        Figure("2", f"readers->broker->writer->CSV, {label}", "readings/s", rate, ceiling,
             "pack+unpack", ">= 0.50 x raw", rate >= TARGET_SHARE * ceiling, rates,
             note=f"{rate / single:.2f} x raw single-reading messages"),
-        Row("2", f"  ... lost or doubled in CSV, {label}", "readings", lost, float(readings),
+        Figure("2", f"  ... lost or doubled in CSV, {label}", "readings", lost, float(readings),
             "published", "0", lost == 0),
-        Row("4", f"writer CPU at full throughput, {label}", "CPU s/1000",
+        Figure("4", f"writer CPU at full throughput, {label}", "CPU s/1000",
             cpu.get("writer", 0.0) / readings * 1000, note="bus burst"),
     ]

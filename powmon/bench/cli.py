@@ -23,10 +23,10 @@ from powmon.bench import (
     stream_bench,
     uplink_bench,
 )
-from powmon.bench.results import Row, save, table
+from powmon.bench.results import Figure, save, table
 from powmon.bench.runner import Plan
 
-FIGURES: Final[dict[str, Callable[[Plan], list[Row]]]] = {
+FIGURES: Final[dict[str, Callable[[Plan], list[Figure]]]] = {
     "serial": serial_bench.run,
     "stream": stream_bench.run,
     "bus": bus_bench.run,
@@ -38,11 +38,11 @@ FIGURES: Final[dict[str, Callable[[Plan], list[Row]]]] = {
 }
 
 
-def run_all(quick: bool, only: tuple[str, ...], out: Path) -> tuple[list[Row], Path]:
+def run_all(quick: bool, only: tuple[str, ...], out: Path) -> tuple[list[Figure], Path]:
     """Run the chosen figures in a scratch folder; return the rows and the JSON file."""
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="powmon-bench-"))
-    rows: list[Row] = []
+    rows: list[Figure] = []
     try:
         plan = Plan.make(quick, workdir)
         for name, bench in FIGURES.items():

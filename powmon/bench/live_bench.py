@@ -23,7 +23,7 @@ from typing import Final
 
 from powmon.bench.procs import BusWatch, Pipeline, cpu_window, pty_boards, wait_for
 from powmon.bench.remote_bench import server
-from powmon.bench.results import Row, cpu_seconds, peak_rss_mb, percentile
+from powmon.bench.results import Figure, cpu_seconds, peak_rss_mb, percentile
 from powmon.bench.runner import Plan, result, worker
 from powmon.sink.api import GATHER
 
@@ -171,10 +171,10 @@ def _reading(watch: BusWatch, sensor: str) -> bool:
     return int(watch.counter("reader", sensor, "readings", 0)) > 0
 
 
-def run(plan: Plan) -> list[Row]:
+def run(plan: Plan) -> list[Figure]:
     runs = RUNS[:1] if plan.quick else RUNS
     measured = [measure(plan, r) for r in runs]
-    rows: list[Row] = []
+    rows: list[Figure] = []
     bare = _bare_wake_us(plan)
     for m in measured:
         if m.run.interval:
@@ -239,7 +239,7 @@ def _bare_wake_us(plan: Plan) -> float:
     return float(got["cpu_s"]) / max(int(got["wakes"]), 1) * 1e6
 
 
-def _rows(m: Measured, ref: Measured | None, bare_us: float) -> list[Row]:
+def _rows(m: Measured, ref: Measured | None, bare_us: float) -> list[Figure]:
     r = m.run
     target = TARGETS.get(r.label)
     whole = m.per_1000()
@@ -251,28 +251,28 @@ def _rows(m: Measured, ref: Measured | None, bare_us: float) -> list[Row]:
     # stream reader wakes once per interval, a polled one once per slot).
     wakes = r.period / max(r.period, r.interval) if r.mode == "stream" else 1.0
     note += f"; floor (bare reader wake-ups, {bare_us:.0f} us each): {wakes * bare_us / 1e3:.4f}"
-    rows = [Row("4", f"whole pipeline, {r.label}", "CPU s/1000", whole, ref_value,
+    rows = [Figure("4", f"whole pipeline, {r.label}", "CPU s/1000", whole, ref_value,
                 "PUBLISH_INTERVAL 0", f"<= {target}" if target else "",
                 None if target is None else whole <= target, note=note)]
     limit = r.interval * 1000 + 10
     tap99 = percentile(m.tap_ms, 99)
-    rows.append(Row("3", f"tap latency p99, {r.label}", "ms", tap99,
+    rows.append(Figure("3", f"tap latency p99, {r.label}", "ms", tap99,
                     percentile(ref.tap_ms, 99) if ref is not None else None,
                     "PUBLISH_INTERVAL 0", f"<= {limit:.0f} ms (interval + 10)",
                     bool(m.tap_ms) and tap99 <= limit,
                     note=f"p50 {percentile(m.tap_ms, 50):.1f} ms, {len(m.tap_ms)} readings"))
     disk = FLUSH_INTERVAL * 1000 + r.interval * 1000 + GATHER * 1000 + 10
-    rows.append(Row("3", f"disk latency p99, {r.label}", "ms", percentile(m.disk_ms, 99),
+    rows.append(Figure("3", f"disk latency p99, {r.label}", "ms", percentile(m.disk_ms, 99),
                     disk, "flush + interval + gather + 10 ms",
                     note=f"p50 {percentile(m.disk_ms, 50):.0f} ms, {len(m.disk_ms)} rows"))
     if r.period >= 0.01 and not r.uplink:
         reader_rss = max(v for k, v in m.rss.items() if k.startswith("reader "))
         rows += [
-            Row("4", f"reader at 10 Hz, {r.mode}", "% of a core", m.r10,
+            Figure("4", f"reader at 10 Hz, {r.mode}", "% of a core", m.r10,
                 note=f"pty board at {BAUD} baud"),
-            Row("4", f"reader peak RSS, {r.mode}", "MiB", reader_rss, READER_RSS_MB, "target",
+            Figure("4", f"reader peak RSS, {r.mode}", "MiB", reader_rss, READER_RSS_MB, "target",
                 f"<= {READER_RSS_MB:.0f} MiB", reader_rss <= READER_RSS_MB),
-            Row("4", f"broker peak RSS, {r.mode}", "MiB", m.rss.get("broker", 0.0)),
-            Row("4", f"writer peak RSS, {r.mode}", "MiB", m.rss.get("writer", 0.0)),
+            Figure("4", f"broker peak RSS, {r.mode}", "MiB", m.rss.get("broker", 0.0)),
+            Figure("4", f"writer peak RSS, {r.mode}", "MiB", m.rss.get("writer", 0.0)),
         ]
     return rows

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 from powmon.bench.procs import BusWatch, Pipeline, wait_for
-from powmon.bench.results import Row
+from powmon.bench.results import Figure
 from powmon.bench.runner import Plan
 
 SENSORS: Final = 4
@@ -93,7 +93,7 @@ def _rate(plan: Plan, kind: str, url: str, seconds: float) -> tuple[float, dict[
     return rate, counters
 
 
-def run(plan: Plan) -> list[Row]:
+def run(plan: Plan) -> list[Figure]:
     seconds = 0.8 if plan.quick else 4.0
     rates: dict[str, float] = {}
     notes: dict[str, str] = {}
@@ -103,11 +103,11 @@ def run(plan: Plan) -> list[Row]:
         notes[kind] = (f"uplink sent={counters.get('sent')} spool={counters.get('spool_depth')} "
                        f"retries={counters.get('retries')}")
     healthy = rates["healthy"]
-    rows = [Row("6", "per-sensor rate, server healthy", "readings/s", healthy, RATE,
+    rows = [Figure("6", "per-sensor rate, server healthy", "readings/s", healthy, RATE,
                 "POLLING_DELAY", note=notes["healthy"])]
     for kind in ("hanging", "refusing"):
         same = healthy > 0 and abs(rates[kind] / healthy - 1) <= NOISE
         name = f"per-sensor rate, server {kind}"
-        rows.append(Row("6", name, "readings/s", rates[kind], healthy, "healthy",
+        rows.append(Figure("6", name, "readings/s", rates[kind], healthy, "healthy",
                         "within 5% of healthy", same, note=notes[kind]))
     return rows

@@ -22,7 +22,7 @@ from typing import Final
 import yaml
 
 from powmon.bench.procs import free_endpoint, pids_of, pty_boards, wait_for
-from powmon.bench.results import Row, cpu_seconds
+from powmon.bench.results import Figure, cpu_seconds
 from powmon.bench.runner import Plan, result, worker
 
 BAUD: Final = 115200
@@ -36,11 +36,11 @@ TOTAL_PCT: Final = 0.5
 PI4_FACTOR: Final = 4.0
 
 
-def run(plan: Plan) -> list[Row]:
+def run(plan: Plan) -> list[Figure]:
     return [*rest_rows(plan), pi4_row(plan)]
 
 
-def rest_rows(plan: Plan) -> list[Row]:
+def rest_rows(plan: Plan) -> list[Figure]:
     seconds = 3.0 if plan.quick else 20.0
     work = plan.sub("rest")
     links = work / "tty"
@@ -75,19 +75,19 @@ def rest_rows(plan: Plan) -> list[Row]:
             run.wait(30)
     total = sum(share.values())
     parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(share.items()))
-    rows = [Row("9", "pipeline at rest, 2 sensors x 10 Hz on ptys", "% of a core", total,
+    rows = [Figure("9", "pipeline at rest, 2 sensors x 10 Hz on ptys", "% of a core", total,
                 TOTAL_PCT, "target", f"<= {TOTAL_PCT}%", total <= TOTAL_PCT,
                 note=f"{seconds:.0f} s window; {parts}")]
-    rows += [Row("9", f"  ... {k}", "% of a core", v, EACH_PCT, "target", f"<= {EACH_PCT}%",
+    rows += [Figure("9", f"  ... {k}", "% of a core", v, EACH_PCT, "target", f"<= {EACH_PCT}%",
                  v <= EACH_PCT) for k, v in sorted(share.items())]
     return rows
 
 
-def pi4_row(plan: Plan) -> Row:
+def pi4_row(plan: Plan) -> Figure:
     """The reference loop here, and what it would be on a Pi 4 at the assumed factor."""
     got = result(worker("refloop", "--readings", "20000" if plan.quick else "100000"))
     us = float(got["seconds"]) / int(got["readings"]) * 1e6
-    return Row("9", "reference loop: a reading's Python work", "us/reading", us,
+    return Figure("9", "reference loop: a reading's Python work", "us/reading", us,
                us * PI4_FACTOR, f"Pi 4 at {PI4_FACTOR:g}x (assumed)",
                note="convert + pack_row + batch decode + CSV line; multiply CPU figures by "
                f"{PI4_FACTOR:g} for a Pi 4 core")

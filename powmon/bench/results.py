@@ -1,4 +1,4 @@
-"""Benchmark results: one Row per figure, medians of several runs, the table and the JSON file.
+"""Benchmark results: one Figure per figure, medians of several runs, the table and the JSON file.
 
 Every figure is reported next to a reference measured in the same run on the same machine
 (these machines are shared and noisy, so absolute numbers from another day mean little), and
@@ -23,7 +23,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass
-class Row:
+class Figure:
     """One figure: PowMon's number, the reference it is compared with, and the verdict."""
 
     figure: str  # "1", "2", ... as in the issue
@@ -110,7 +110,7 @@ def _num(value: float | None) -> str:
     return f"{value:.4f}"
 
 
-def table(rows: Iterable[Row]) -> str:
+def table(rows: Iterable[Figure]) -> str:
     """A plain-text table: figure, PowMon, reference, ratio, target, met."""
     head = ("#", "figure", "unit", "PowMon", "reference", "ratio", "target", "met")
     lines = [head]
@@ -140,7 +140,7 @@ def _git_commit() -> str:
     return done.stdout.strip()
 
 
-def save(rows: Sequence[Row], out_dir: Path, quick: bool, seconds: float) -> Path:
+def save(rows: Sequence[Figure], out_dir: Path, quick: bool, seconds: float) -> Path:
     """Write benchmarks/results/<timestamp>.json so that commits can be compared."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -15,7 +15,7 @@ from functools import partial
 from typing import Final
 
 from powmon.bench.procs import BusWatch, Pipeline, csv_seqs, lost_readings, wait_for
-from powmon.bench.results import Row
+from powmon.bench.results import Figure
 from powmon.bench.runner import Plan
 from powmon.common.schema.status import STATE_STOPPED
 
@@ -47,7 +47,7 @@ def _state(watch: BusWatch, sensor: str) -> str:
     return "" if status is None else status.state
 
 
-def run(plan: Plan) -> list[Row]:
+def run(plan: Plan) -> list[Figure]:
     steps = [4, 8] if plan.quick else [32, 64, 128, 256]
     seconds = 1.0 if plan.quick else 5.0
     sensors = [_sensor(n) for n in range(steps[-1])]
@@ -76,7 +76,7 @@ def run(plan: Plan) -> list[Row]:
         pipe.stop()
     lost = lost_readings(csv_seqs(pipe.data), sent)
     return [
-        Row("5", "sensors at 10 Hz, zero loss", "sensors", held, TARGET, "target", ">= 256",
+        Figure("5", "sensors at 10 Hz, zero loss", "sensors", held, TARGET, "target", ">= 256",
             None if plan.quick else held >= TARGET and lost == 0,
             note=f"tried {started}; slowest sensor in the last step {worst:.1f}/s; "
             f"{lost} lost in CSV"),

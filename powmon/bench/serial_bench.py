@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Final
 
 from powmon.bench.procs import Pipeline, wait_for
-from powmon.bench.results import Row, median
+from powmon.bench.results import Figure, median
 from powmon.bench.runner import Plan, result, worker
 from powmon.sim.device import SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
@@ -81,30 +81,30 @@ def loop_rate(baud: int | None, plan: Plan, depth: int) -> tuple[list[float], in
     return rates, sum(bad)
 
 
-def run(plan: Plan) -> list[Row]:
+def run(plan: Plan) -> list[Figure]:
     bauds: list[int | None] = [115200] if plan.quick else [115200, 9600, None]
-    rows: list[Row] = []
+    rows: list[Figure] = []
     for baud in bauds:
         label = f"{baud} baud" if baud else "unpaced pty"
         single = reader_rate(baud, plan, 1)
         bare, _ = loop_rate(baud, plan, 1)
         r, b = median(single), median(bare)
         relative = b > 0 and r / b >= TARGET
-        rows.append(Row("1", f"reader x1, {label}", "readings/s", r, b, "bare loop",
+        rows.append(Figure("1", f"reader x1, {label}", "readings/s", r, b, "bare loop",
                         ">= 0.90 x bare" if baud else "", relative if baud else None,
                         single, note="READ_PIPELINE 1: one request in flight"))
         if baud:
-            rows.append(Row("1", f"wire rate, {label}", "readings/s", r, wire_limit(baud),
+            rows.append(Figure("1", f"wire rate, {label}", "readings/s", r, wire_limit(baud),
                             "bits/baud", note="one request/answer in flight"))
         piped, bad = loop_rate(baud, plan, PIPELINE)
         p = median(piped)
-        rows.append(Row("1", f"pipelined x{PIPELINE} loop, {label}", "readings/s", p, b,
+        rows.append(Figure("1", f"pipelined x{PIPELINE} loop, {label}", "readings/s", p, b,
                         "bare loop", runs=piped,
                         note=f"{bad} bad answers; {PIPELINE * REQUEST} request bytes in flight "
                         "of the 64-byte Arduino buffer"))
         reader = reader_rate(baud, plan, PIPELINE)
         rp = median(reader)
-        rows.append(Row("1", f"reader x{PIPELINE}, {label}", "readings/s", rp, p,
+        rows.append(Figure("1", f"reader x{PIPELINE}, {label}", "readings/s", rp, p,
                         f"x{PIPELINE} loop", ">= 0.90 x loop" if baud else "",
                         rp >= TARGET * p if baud else None, reader,
                         note=f"READ_PIPELINE {PIPELINE} (the default): {rp / b:.2f} x the bare "

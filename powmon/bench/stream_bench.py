@@ -15,7 +15,7 @@ import time
 from typing import Final
 
 from powmon.bench.procs import BusWatch, Pipeline, wait_for
-from powmon.bench.results import Row, median
+from powmon.bench.results import Figure, median
 from powmon.bench.runner import Plan
 from powmon.sim.device import SignalSpec, SimDevice
 from powmon.sim.pty import PtySimulator
@@ -84,12 +84,12 @@ def wait_for_rows(watch: BusWatch, total: int) -> bool:
     return True
 
 
-def run(plan: Plan) -> list[Row]:
-    rows: list[Row] = []
+def run(plan: Plan) -> list[Figure]:
+    rows: list[Figure] = []
     for baud in BAUDS[:1] if plan.quick else BAUDS:
         rates, lost, hz, kept_up = stream_rate(baud, plan)
         rate, capacity = median(rates), wire_capacity(baud)
-        rows.append(Row("7", f"stream, {baud:,} baud", "readings/s", rate, capacity,
+        rows.append(Figure("7", f"stream, {baud:,} baud", "readings/s", rate, capacity,
                         "wire, 16-sample frames", ">= 0.90 x wire",
                         rate >= TARGET * capacity and lost == 0 and kept_up, rates,
                         note=f"board granted {hz} Hz (95% of the wire); {lost} samples lost; "

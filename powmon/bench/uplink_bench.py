@@ -34,7 +34,7 @@ import zmq
 
 from powmon.bench.procs import BusWatch, Pipeline, wait_for
 from powmon.bench.receiver import Ingest
-from powmon.bench.results import Row, cpu_seconds, peak_rss_mb
+from powmon.bench.results import Figure, cpu_seconds, peak_rss_mb
 from powmon.bench.runner import Plan, result, worker
 from powmon.common.schema.readings import Reading, encode_batch, encode_reading
 from powmon.common.schema.status import Status
@@ -127,7 +127,7 @@ def _pacer(endpoint: str, seconds: float, interval: float) -> subprocess.Popen[s
     )
 
 
-def cost(plan: Plan, fmt: str) -> Row:
+def cost(plan: Plan, fmt: str) -> Figure:
     """CPU s per 1,000 readings of the uplink at 8 x 100 Hz, sending `fmt` to a receiver."""
     warmup, seconds = (1.5, 2.0) if plan.quick else (3.0, 8.0)
     with Receiver(fmt) as recv:
@@ -151,7 +151,7 @@ def cost(plan: Plan, fmt: str) -> Row:
     arrived = _counter(last, "received") - _counter(first, "received")
     per = (cpu1 - cpu0) / max(arrived, 1) * 1000
     target = CPU_TARGETS[fmt]
-    return Row(FIGURE, f"uplink CPU at 8 x 100 Hz, {fmt}", "CPU s/1000", per, target, "target",
+    return Figure(FIGURE, f"uplink CPU at 8 x 100 Hz, {fmt}", "CPU s/1000", per, target, "target",
                f"<= {target}", per <= target,
                note=f"{arrived} readings in {t1 - t0:.1f} s, a message per sensor every "
                     f"{max(interval, 1 / RATE) * 1000:.0f} ms; {recv.requests} requests over "
@@ -159,7 +159,7 @@ def cost(plan: Plan, fmt: str) -> Row:
                     f"peak RSS {rss:.1f} MiB")
 
 
-def burst(plan: Plan, fmt: str = "json") -> list[Row]:
+def burst(plan: Plan, fmt: str = "json") -> list[Figure]:
     """Peak RSS while the uplink spools a burst with the receiver down, then drains it."""
     count = QUICK_BURST if plan.quick else BURST
     with Receiver(fmt) as recv:
@@ -183,16 +183,16 @@ def burst(plan: Plan, fmt: str = "json") -> list[Row]:
             rss = peak_rss_mb(uplink.pid)
     name = f"{count // 1000}k-reading burst"
     return [
-        Row(FIGURE, f"uplink peak RSS, {name}", "MiB", rss, RSS_TARGET_MB, "target",
+        Figure(FIGURE, f"uplink peak RSS, {name}", "MiB", rss, RSS_TARGET_MB, "target",
             f"<= {RSS_TARGET_MB:.0f} MiB", rss <= RSS_TARGET_MB,
             note=f"{fmt}: spooled in {spooled:.1f} s, drained in {drained:.1f} s "
                  f"({recv.requests} requests, largest {recv.largest})"),
-        Row(FIGURE, f"  ... while spooling, {name}", "MiB", receive_rss,
+        Figure(FIGURE, f"  ... while spooling, {name}", "MiB", receive_rss,
             note="VmHWM with the receiver down, every reading spooled"),
     ]
 
 
-def run(plan: Plan) -> list[Row]:
+def run(plan: Plan) -> list[Figure]:
     return [cost(plan, "json"), cost(plan, "seed"), *burst(plan)]
 
 

@@ -18,8 +18,8 @@ import zmq
 from powmon.common.replay import ReplayClient, ReplayRing, ReplayServer
 from powmon.common.schema.readings import (
     Flag,
+    Measured,
     Reading,
-    Row,
     encode_batch,
     encode_reading,
     pack_row,
@@ -223,7 +223,7 @@ def test_readings_the_sink_cannot_keep_are_named_as_lost(tmp_path: Path) -> None
     assert gaps(tmp_path) == [("s1", "4", "6", "buffer_full")]
 
 
-def rows(first: int, n: int) -> list[Row]:
+def rows(first: int, n: int) -> list[Measured]:
     return [(10**18 + seq, 512, 0.0, 0.0, 0.0, 0) for seq in range(first, first + n)]
 
 

@@ -18,7 +18,7 @@ from powmon.base.processes import pipeline
 from powmon.common import lifeline
 from powmon.common.errors import SchemaError
 from powmon.common.lifeline import Beat, LifelineServer
-from powmon.common.schema.readings import Reading, Row, encode_batch
+from powmon.common.schema.readings import Measured, Reading, encode_batch
 from powmon.common.schema.status import ReaderProgress, Status, decode_status, encode_status
 from powmon.common.settings import load_settings
 from powmon.sink.api import CoreConfig, Sink, Stored, StreamState
@@ -184,7 +184,7 @@ class _ListSink(Sink):
         return Stored()
 
 
-def _rows(first: int, n: int) -> list[Row]:
+def _rows(first: int, n: int) -> list[Measured]:
     return [(T0 + (first + i) * S, 512, 0.0, 0.0, 0.0, 0) for i in range(n)]
 
 

@@ -22,7 +22,7 @@ from powmon.base.storage import CSV_FIELDS
 from powmon.base.text import reading_dict
 from powmon.common.schema.readings import Flag, Reading
 from powmon.uplink import formats
-from powmon.uplink.spool import Row
+from powmon.uplink.spool import Spooled
 from tests.rows import csv_row
 
 AWKWARD_IDS = [
@@ -49,8 +49,8 @@ def reading(sensor: str = "VIC", seq: int = 0, **kw: object) -> Reading:
     return Reading(sensor, seq=seq, **values)  # type: ignore[arg-type]
 
 
-def rows(*readings: Reading) -> list[Row]:
-    return [Row(i + 1, r, 0) for i, r in enumerate(readings)]
+def rows(*readings: Reading) -> list[Spooled]:
+    return [Spooled(i + 1, r, 0) for i, r in enumerate(readings)]
 
 
 # --- a strict line-protocol parser ----------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from powmon.common.settings import Secret
 from powmon.uplink.contract import Wait
 from powmon.uplink.http_output import HttpOutput, classify, parse_retry_after
-from powmon.uplink.spool import Row
+from powmon.uplink.spool import Spooled
 from tests.helpers import free_tcp_port, wait_until
 from tests.httpserver import RecordingServer, Reply
 from tests.outputs import Running, http_config, reading
@@ -174,8 +174,8 @@ def test_stop_during_a_hanging_request_leaves_the_batch_spooled(
     assert run.depth() == 3
 
 
-def rows(n: int) -> list[Row]:
-    return [Row(i + 1, reading(i), 0) for i in range(n)]
+def rows(n: int) -> list[Spooled]:
+    return [Spooled(i + 1, reading(i), 0) for i in range(n)]
 
 
 @pytest.mark.parametrize(
