@@ -33,6 +33,9 @@ SERVE_EVERY: Final = 0.005  # replay requests, at least this often when the loop
 MAX_SILENT: Final = 10  # consecutive unanswered requests before the device counts as gone
 
 
+FRAMING_LOST: Final = frozenset({"timeout", "partial"})  # BadAnswer kinds that need a drain
+
+
 class DeviceLost(DeviceError):
     """The device stopped answering at all; reopening the port usually resets it."""
 
@@ -91,8 +94,8 @@ class Poller:
             try:
                 raw = parse_answer(line)
             except BadAnswer as bad:
-                self._bad_answer(bad, len(in_flight))
-                in_flight.clear()
+                if self._bad_answer(bad, len(in_flight)):
+                    in_flight.clear()
                 continue
             self._silent = 0
             try:
@@ -133,11 +136,18 @@ class Poller:
             in_flight.append(time.time_ns())
             link.send(request)
 
-    def _bad_answer(self, bad: BadAnswer, in_flight: int) -> None:
-        """Count a bad answer (or silence) and drain; DeviceLost after MAX_SILENT silences."""
+    def _bad_answer(self, bad: BadAnswer, in_flight: int) -> bool:
+        """Count a bad answer (or silence); DeviceLost after MAX_SILENT silences. True when
+        the answers still in flight are gone (drained, or the stop came).
+
+        Only silence and a line cut short lose the line framing, and so are drained (`r` and
+        its `ok` realign requests and answers). A whole line that is not a reading (noise
+        ending in a line end, a non-number) leaves the framing intact: the answers in flight
+        behind it are still readings, and are read as such, not thrown away uncounted.
+        """
         ctx = self.ctx
         if ctx.stop.is_set():
-            return  # the read was cut short by the stop request, not by the device
+            return True  # the read was cut short by the stop request, not by the device
         c = ctx.counters
         if bad.kind == "timeout":
             c.timeouts += 1
@@ -150,4 +160,7 @@ class Poller:
             bad.kind, "sensor=%s bad answer %s (bad_lines=%d timeouts=%d)",
             ctx.settings.wanted.sensor_id, bad, c.bad_lines, c.timeouts,
         )
+        if bad.kind not in FRAMING_LOST:
+            return False
         self.link.drain(in_flight)
+        return True

@@ -132,10 +132,13 @@ def test_unplugged_device_is_reconnected_and_seq_continues(rig: Rig) -> None:
     readings = rig.bus.readings
     _assert_gapless(readings)
     assert readings[-1].seq >= before["seq"] + 20
-    # An answer in flight when the cable was pulled may be lost; nothing else is.
+    # The answers in flight when the cable was pulled may be lost (up to READ_PIPELINE of
+    # them: a reader behind its schedule, on a loaded machine, has several requests out at
+    # once); nothing else is.
     raws = [r.raw for r in readings]
     assert _is_subsequence(raws, rig.device.sent)
-    assert len(rig.device.sent) - len(raws) <= 1
+    in_flight = load_settings(rig.settings).sensors[0].read_pipeline
+    assert len(rig.device.sent) - len(raws) <= in_flight
     final = rig.bus.reader_statuses()[-1].counters
     assert final["reconnects"] == 1
     assert final["disconnects"] == 1
