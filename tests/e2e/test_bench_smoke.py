@@ -2,11 +2,9 @@
 
 No timing assertions: the machine is shared. The benchmarks together must produce every figure
 of issue 5 in the table and in the JSON file, each with a positive number. Each benchmark runs
-as a test of its own (`--quick --only NAME`), all on one xdist worker (one group, scheduled
-first), as `powmon bench` runs them: one at a time, so that no benchmark measures while
-another loads the machine, and the minute they take runs beside the rest of the suite
-instead of alone after it. BENCHES says which figures each must produce, and together they
-are every figure.
+as a test of its own (`--quick --only NAME`), so that pytest-xdist spreads the minute they take
+in all over its workers; BENCHES says which figures each must produce, and together they are
+every figure.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from powmon.bench.cli import FIGURES as BENCH_RUNS
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.xdist_group("bench"),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ptys and /proc: Linux"),
 ]
 

@@ -40,8 +40,7 @@ from tests.helpers import (
     write_settings,
 )
 
-# One worker runs the module (--dist loadgroup): the pipeline and its hole are made once.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("operator_tools")]
+pytestmark = pytest.mark.e2e
 
 WATTS = 30.0  # 2.5 A x 12 V
 OFFSET_V = 2.47
