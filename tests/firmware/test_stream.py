@@ -179,7 +179,11 @@ def test_a_reset_mid_stream_recovers_with_a_new_stream(firmware: Built) -> None:
         client.start(1000)
         client.read_samples(1200)
         board.reset()
-        assert client.link.ask(b"id\n").startswith(b"POWMON ")  # alive, not streaming
+        # Frames the old stream sent just before the reset may still be on their way: they
+        # come in front of the answer, on its line (seen once under load: b'\xcc\xc0POWMON').
+        client.link.discard_input()
+        answer = client.link.ask(b"id\n")
+        assert b"POWMON " in answer, answer  # alive, not streaming
         params = client.start(1000)
         client.read_samples(300)
         assert client.stop()
