@@ -28,6 +28,7 @@ from powmon.writer.compress import (
     compressed_path,
     recover,
 )
+from powmon.writer.store import CsvStore
 from tests.helpers import wait_until
 
 NAMING = FileNaming.from_data_file("data.csv")
@@ -161,3 +162,31 @@ def test_a_failure_keeps_the_original_counts_and_is_retried(tmp_path: Path) -> N
     wait_until(lambda: compressor.files_compressed == 1, what="the retry that works")
     compressor.stop()
     assert stored_seqs(root) == list(range(110))
+
+
+def test_the_store_reports_each_file_it_closes_and_a_full_current_file_at_start(
+    tmp_path: Path,
+) -> None:
+    """on_closed (the compressor's hook): each file rotated past, once it has a successor;
+    at start, a current file that cannot be appended to (here not under our header)."""
+    closed: list[Path] = []
+    store = CsvStore(tmp_path, NAMING, 1024, fsync=False, on_closed=closed.append)
+    for seq in range(40):  # ~50 bytes a row: two files and some
+        store.add_rows([("2026-11-25T17:42:16.000000Z", "VIC", "s1", seq, 512, "0.00240",
+                         "0.0370", "0.185", "")])
+        store.flush()
+    store.close()
+    files = [p for _, p in list_files(tmp_path, NAMING)]
+    assert len(files) >= 2
+    assert closed == files[:-1]
+
+    (tmp_path / NAMING.name(len(files) + 1, 1_795_628_536)).write_text("foreign,header\n")
+    closed.clear()
+    again = CsvStore(tmp_path, NAMING, 1024, fsync=False, on_closed=closed.append)
+    again.add_rows([("2026-11-25T17:42:16.000000Z", "VIC", "s1", 40, 512, "0.00240",
+                     "0.0370", "0.185", "")])
+    again.flush()
+    again.close()
+    later = [p for _, p in list_files(tmp_path, NAMING)]
+    assert closed == [later[-2]]
+    assert stored_seqs(tmp_path) == list(range(41))
