@@ -116,7 +116,8 @@ class WriterConfig:
 
 
 class CsvSink(Sink):
-    """The writer's store: a bounded row buffer in front of the rotating CSV files."""
+    """The writer's store: a bounded row buffer in front of the rotating CSV files, whose
+    closed files a thread compresses (writer.compress: told by the store at each rotation)."""
 
     def __init__(self, config: WriterConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config
