@@ -20,6 +20,8 @@ from typing import Any, NoReturn, TypeVar
 import pytest
 import yaml
 
+from powmon.base.storage import FileNaming, list_files, open_text
+
 T = TypeVar("T")
 
 
@@ -170,15 +172,23 @@ def on_terminal(argv: Sequence[str], columns: int, lines: int,
 
 
 def data_rows(data: Path, stem: str = "data") -> list[dict[str, str]]:
-    """Every row of the writer's data files (not gaps.csv), in file order. A last line with no
-    newline yet is a write in progress (the test reads while the writer appends) and is left
-    out; a torn row left behind is looked for with csv.reader by the tests about it."""
-    rows: list[dict[str, str]] = []
-    for path in sorted(data.glob(f"{stem}-*.csv")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        whole = text[: text.rfind("\n") + 1]
-        rows.extend(csv.DictReader(whole.splitlines()))
-    return rows
+    """Every row of the writer's data files (not gaps.csv), in file order, compressed or not
+    (read through base.storage, as every tool reads them). A last line with no newline yet is
+    a write in progress (the test reads while the writer appends) and is left out; a torn row
+    left behind is looked for with csv.reader by the tests about it. A file compressed while
+    it is read (its original removed) makes the reading start again."""
+    naming = FileNaming.from_data_file(f"{stem}.csv")
+    while True:
+        try:
+            return [row for _, path in list_files(data, naming) for row in _file_rows(path)]
+        except FileNotFoundError:
+            continue  # the folder changed under the listing: read it again
+
+
+def _file_rows(path: Path) -> list[dict[str, str]]:
+    with open_text(path) as f:
+        text = f.read()
+    return list(csv.DictReader(text[: text.rfind("\n") + 1].splitlines()))
 
 
 def pids_running(settings: Path, module: str | None = None) -> list[int]:

@@ -43,6 +43,7 @@ from powmon.sink.api import (
     StreamState,
     serve,
 )
+from powmon.writer.compress import Compressor
 from powmon.writer.energy import EnergyBook
 from powmon.writer.resume import (
     cut_torn_row,
@@ -115,14 +116,19 @@ class WriterConfig:
 
 
 class CsvSink(Sink):
-    """The writer's store: a bounded row buffer in front of the rotating CSV files."""
+    """The writer's store: a bounded row buffer in front of the rotating CSV files, whose
+    closed files a thread compresses (writer.compress: told by the store at each rotation)."""
 
     def __init__(self, config: WriterConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self._clock = clock
         self.naming = FileNaming.from_data_file(config.data_file)
+        self.compressor = Compressor(config.data_root, self.naming, config.compress,
+                                     retry_initial=config.retry_initial,
+                                     retry_max=config.retry_max)
         self.files = CsvStore(
-            config.data_root, self.naming, config.file_size_limit, fsync=config.sync_write
+            config.data_root, self.naming, config.file_size_limit, fsync=config.sync_write,
+            on_closed=self.compressor.closed,
         )
         self._limiter = RateLimiter()
         self.dropped = 0
@@ -146,6 +152,7 @@ class CsvSink(Sink):
         less the sessions complete and over (resume.worth_resuming); energy.json's ended
         sessions are folded into their totals."""
         root, naming = self.config.data_root, self.naming
+        self.compressor.start()  # before the store opens a file: writer.compress
         cut_torn_row(root, naming)
         rows = list(tail_rows(root, naming))  # read and parsed once, for energy and streams
         self.energy.load(rows)
@@ -172,6 +179,7 @@ class CsvSink(Sink):
             "current_file": files.current_file, "bytes_in_file": files.bytes_in_file,
             "flushes": self.flushes, "write_errors": self.write_errors,
             "pending": files.pending_rows, "dropped": self.dropped, **self.energy.counters(),
+            **self.compressor.counters(),
         }
 
     def store(self, readings: Sequence[Reading], progress: Sequence[StreamState]) -> Stored:
@@ -251,7 +259,9 @@ class CsvSink(Sink):
         return True
 
     def close(self) -> None:
-        """Last flush at shutdown; rows that cannot be written make it an error exit."""
+        """Last flush at shutdown; rows that cannot be written make it an error exit. A
+        compression in progress stops at its next chunk (the original kept)."""
+        self.compressor.stop()
         try:
             if not self.flush(self._clock()):
                 raise PowmonError(

@@ -26,6 +26,7 @@ import msgpack
 import pytest
 import zmq
 
+from powmon.base.storage import FileNaming, list_files, open_text
 from powmon.common.schema.readings import Reading, encode_reading
 from tests.bus import BusEnd
 from tests.helpers import Proc, python_module, unavailable, wait_until, write_settings
@@ -43,8 +44,8 @@ def reading(sensor: str, session: str, seq: int) -> list[bytes]:
 
 def csv_rows(root: Path) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
-    for path in sorted(root.glob("data-*.csv")):
-        with path.open(newline="", encoding="utf-8") as f:
+    for _, path in list_files(root, FileNaming.from_data_file("data.csv")):
+        with open_text(path) as f:  # closed files may be compressed (COMPRESS gzip)
             rows += csv.DictReader(f)
     return rows
 

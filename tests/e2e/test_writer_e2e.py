@@ -20,7 +20,7 @@ import pytest
 import yaml
 import zmq
 
-from powmon.base.storage import CSV_FIELDS
+from powmon.base.storage import CSV_FIELDS, FileNaming, list_files, open_text
 from powmon.common.schema.readings import Flag, Reading, encode_reading
 from powmon.common.schema.status import decode_status
 from tests.helpers import Proc, python_module, wait_until, write_settings
@@ -108,11 +108,18 @@ def reading(seq: int, session: str = "e2e", flags: int = 0) -> list[bytes]:
 
 
 def stored(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
-    files = sorted(root.glob("data-*.csv"))
+    """The data files (closed ones may be compressed: COMPRESS gzip) and their rows."""
+    files = [path for _, path in list_files(root, FileNaming.from_data_file("data.csv"))]
     rows: list[dict[str, str]] = []
     for path in files:
-        rows += csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
+        rows += csv.DictReader(io.StringIO(content(path)))
     return files, rows
+
+
+def content(path: Path) -> str:
+    """A data file's text, decompressed."""
+    with open_text(path) as f:
+        return f.read()
 
 
 def stop_ok(proc: Proc) -> None:
@@ -155,7 +162,7 @@ def test_small_file_size_limit_rotates_into_files_with_headers(
     assert counters["files_opened"] >= len(files) - 1
     header = ",".join(CSV_FIELDS) + "\n"
     for path in files:
-        data = path.read_text(encoding="utf-8")
+        data = content(path)
         assert data.startswith(header)
         assert data.endswith("\n")
         assert len(data.encode()) <= 1024
