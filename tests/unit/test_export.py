@@ -1,0 +1,218 @@
+"""powmon export on data files made here: time order across files and sessions, each reading
+once, the window and sensors, every format read back, and the chunked sort's merge of runs."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import random
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner, Result
+
+from powmon.analysis import timeorder
+from powmon.analysis.timeorder import time_ordered
+from powmon.base.storage import CSV_FIELDS, csv_lines, header_line, parse_reading
+from powmon.base.text import format_ts, parse_ts
+from powmon.cli import main
+from powmon.common.schema.readings import Flag, Reading
+
+S = 1_000_000_000
+T0 = parse_ts("2026-11-25T17:59:50.000000Z")
+
+
+def reading(seq: int, t: float, sensor: str = "VIC", session: str = "s1",
+            flags: int = 0, raw: float = 512) -> Reading:
+    return Reading(sensor, session, seq, T0 + int(t * S), raw, 12.0, 2.5 + seq / 1000,
+                   30.0 + seq / 100, flags)
+
+
+def write_data(path: Path, rows: list[Reading]) -> Path:
+    """A data file as the writer makes it (gzipped for a .gz name)."""
+    text = header_line() + "".join(csv_lines(rows))
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    """Two sensors, two sessions of VIC across a rotation (the first file gzipped), a
+    replayed reading written after its time neighbours, a reading stored in both files, and
+    a cut-off last line."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    first = [reading(i, i / 10) for i in range(5) if i != 2]
+    first += [reading(i, i / 10 + 0.05, "ATT", "a1", Flag.AC_RMS, raw=17.25) for i in range(5)]
+    write_data(folder / "data-000001-20261125T175950Z.csv.gz", first)
+    late = reading(2, 0.2, flags=Flag.REPLAYED)  # replayed: later in the files than seq 3, 4
+    second = [reading(4, 0.4), late, reading(0, 0.6, session="s2"), reading(1, 0.7, session="s2")]
+    path = write_data(folder / "data-000002-20261125T180000Z.csv", second)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("2026-11-25T17:59:51.000000Z,VIC,s2,2,51")  # a crash's cut-off line
+    return folder
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, ["export", *args])
+
+
+def keys(rows: list[dict[str, str]]) -> list[tuple[str, str, str]]:
+    return [(r["timestamp"], r["sensor_id"], r["session"]) for r in rows]
+
+
+def test_csv_merges_files_and_sessions_in_time_order_each_reading_once(data: Path) -> None:
+    """The rows come back with the data files' header and row format, ordered by (timestamp,
+    sensor, session, seq), the replayed reading in its place, the twice-stored one once."""
+    result = run(str(data))
+    assert result.exit_code == 0, result.output
+    table = list(csv.reader(result.stdout.splitlines()))
+    assert tuple(table[0]) == CSV_FIELDS
+    got = [parse_reading(row) for row in table[1:]]
+    assert [(r.ts_ns, r.sensor_id, r.session, r.seq) for r in got] == sorted(
+        (r.ts_ns, r.sensor_id, r.session, r.seq) for r in got)
+    assert [(r.sensor_id, r.session, r.seq) for r in got if r.sensor_id == "VIC"] == [
+        ("VIC", "s1", 0), ("VIC", "s1", 1), ("VIC", "s1", 2), ("VIC", "s1", 3), ("VIC", "s1", 4),
+        ("VIC", "s2", 0), ("VIC", "s2", 1)]
+    assert len(got) == 12  # 7 VIC + 5 ATT; seq 4 of s1 once although stored in both files
+    replayed = next(r for r in got if r.session == "s1" and r.seq == 2)
+    assert replayed.flags == Flag.REPLAYED
+    att = next(r for r in got if r.sensor_id == "ATT")
+    assert att.raw == 17.25 and att.flags == Flag.AC_RMS
+    assert "".join(csv_lines(got)) == result.stdout.split("\n", 1)[1]  # the writer's format
+    assert "skipped 1 row(s)" in result.stderr  # the cut-off line, said
+
+
+def test_since_until_and_sensor_keep_only_that(data: Path) -> None:
+    """--since is inclusive, --until exclusive (as report's window), --sensor repeatable."""
+    result = run(str(data), "--sensor", "VIC", "--since", "2026-11-25T17:59:50.1Z",
+                 "--until", "2026-11-25T17:59:50.6Z", "--format", "jsonl")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["session"], r["seq"]) for r in rows] == [("s1", 1), ("s1", 2), ("s1", 3),
+                                                         ("s1", 4)]
+    both = run(str(data), "--sensor", "VIC", "--sensor", "ATT", "--until",
+               "2026-11-25T17:59:50.1Z")
+    assert keys(list(csv.DictReader(both.stdout.splitlines()))) == [
+        ("2026-11-25T17:59:50.000000Z", "VIC", "s1"), ("2026-11-25T17:59:50.050000Z", "ATT", "a1")]
+
+
+def test_jsonl_has_the_uplink_json_fields(data: Path, tmp_path: Path) -> None:
+    """One object per line, the fields of base.text.reading_dict (the uplink's json body),
+    written to -o's file."""
+    out = tmp_path / "out.jsonl"
+    result = run(str(data), "--format", "jsonl", "-o", str(out), "--sensor", "ATT")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 5
+    assert rows[0] == {
+        "timestamp": "2026-11-25T17:59:50.050000Z", "ts_ns": T0 + S // 20, "sensor_id": "ATT",
+        "session": "a1", "seq": 0, "raw": 17.25, "volts": 12.0, "amps": 2.5, "watts": 30.0,
+        "flags": "ac_rms"}
+    assert "exported 5 reading(s)" in result.stderr
+    assert list(tmp_path.glob(".out.jsonl.*")) == []  # the partial file was renamed
+
+
+def test_parquet_is_a_typed_table(data: Path, tmp_path: Path) -> None:
+    """timestamp is a UTC timestamp[us], seq an int, the measures floats."""
+    out = tmp_path / "out.parquet"
+    result = run(str(data), "--format", "parquet", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column_names == list(CSV_FIELDS)
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types == {"timestamp": "timestamp[us, tz=UTC]", "sensor_id": "string",
+                     "session": "string", "seq": "int64", "raw": "double", "volts": "double",
+                     "amps": "double", "watts": "double", "flags": "string"}
+    rows = table.to_pylist()
+    assert len(rows) == 12
+    assert rows[0]["timestamp"] == datetime(2026, 11, 25, 17, 59, 50, tzinfo=timezone.utc)
+    assert [r["timestamp"] for r in rows] == sorted(r["timestamp"] for r in rows)
+    assert rows[1]["flags"] == "ac_rms" and rows[1]["raw"] == 17.25
+
+
+def test_usage_errors_exit_2_naming_the_option(data: Path, tmp_path: Path) -> None:
+    cases = {
+        ("--format", "parquet"): "--output",
+        ("--format", "xml"): "--format",
+        ("--since", "yesterday"): "--since",
+        ("--since", "2026-11-26", "--until", "2026-11-25"): "--until",
+        ("-o", str(tmp_path / "no" / "such" / "x.csv")): "--output",
+    }
+    for args, option in cases.items():
+        result = run(str(data), *args)
+        assert result.exit_code == 2, args
+        assert option in result.stderr, (args, result.stderr)
+
+
+def test_nothing_to_export_is_said_and_writes_nothing(data: Path, tmp_path: Path) -> None:
+    """No data files, or none of their readings in the window: exit 1 with a line on stderr
+    (as report), no file and no header written."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(str(empty))
+    assert result.exit_code == 1 and "no data files" in result.stderr
+    out = tmp_path / "x.csv"
+    result = run(str(data), "--since", "2027-01-01", "-o", str(out))
+    assert result.exit_code == 1 and "no readings" in result.stderr
+    assert not out.exists() and list(tmp_path.glob(".x.csv.*")) == []
+    result = run(str(data), "--sensor", "NOPE")
+    assert result.exit_code == 1 and "NOPE" in result.stderr and result.stdout == ""
+
+
+def test_help_lists_export() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "export" in result.output
+
+
+def shuffled_readings(n: int, seed: int) -> Iterator[Reading]:
+    """n readings of three sensors, mostly in order with late ones, some stored twice."""
+    rng = random.Random(seed)
+    made = [reading(i, i / 100, sensor=f"S{i % 3}") for i in range(n)]
+    late = rng.sample(made, n // 10)
+    late_set = set(late)
+    kept = [r for r in made if r not in late_set]
+    yield from kept[: n // 2]
+    yield from late  # replayed: after rows later in time
+    yield from kept[n // 2 :]
+    yield from rng.sample(made, n // 20)  # stored a second time
+
+
+def test_chunked_sort_merges_many_runs_and_cascades(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """Chunks far smaller than the data: several runs spilled and merged (and, with a small
+    FAN_IN, merged into one on the way), giving exactly the sorted readings, each once."""
+    monkeypatch.setattr(timeorder, "FAN_IN", 3)
+    made: list[Path] = []
+    real = timeorder._Runs._new_run
+
+    def spy(self: timeorder._Runs) -> object:
+        out = real(self)
+        made.append(self.paths[-1])
+        return out
+
+    monkeypatch.setattr(timeorder._Runs, "_new_run", spy)
+    rows = list(shuffled_readings(3000, seed=1))
+    got = list(time_ordered(iter(rows), tmp_path, chunk_rows=97))
+    expected = sorted(set(rows), key=lambda r: (r.ts_ns, r.sensor_id, r.session, r.seq))
+    assert got == expected
+    assert len(got) == 3000
+    assert len(made) > 5  # several runs (and merged runs) were written
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is gone
+
+
+def test_sort_in_memory_when_it_fits(tmp_path: Path) -> None:
+    """Fewer rows than a chunk: sorted in memory, no file written."""
+    rows = list(shuffled_readings(200, seed=2))
+    got = list(time_ordered(iter(rows), tmp_path, chunk_rows=1000))
+    assert [format_ts(r.ts_ns) for r in got] == sorted(format_ts(r.ts_ns) for r in set(rows))
+    assert len(got) == 200
