@@ -16,7 +16,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
@@ -118,13 +117,13 @@ def export(rows: Iterator[Reading], fmt: str, output: Path | None) -> int:
         (write_csv if fmt == "csv" else write_jsonl)(sys.stdout, batches)
         sys.stdout.flush()
         return counted.count
-    partial = Path(tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial",
-                                    dir=output.parent)[1])
+    # created here (mode "x": new, with the umask's permissions, as the output will have)
+    partial = output.with_name(f".{output.name}.{os.getpid()}.partial")
     try:
         if fmt == "parquet":
             write_parquet(partial, batches)
         else:
-            with partial.open("w", encoding="utf-8", newline="") as out:
+            with partial.open("x", encoding="utf-8", newline="") as out:
                 (write_csv if fmt == "csv" else write_jsonl)(out, batches)
         os.replace(partial, output)
     finally:

@@ -36,6 +36,7 @@ from powmon.common.schema.readings import Reading
 CHUNK_ROWS: Final = 100_000
 FAN_IN: Final = 64  # runs merged at once: each holds one open file and its read buffer
 _WRITE_ROWS: Final = 8192  # rows packed into one write
+_IDS_MAX: Final = 4096  # ids shared at once (sessions come and go: bounded)
 
 Row = tuple[int, str, str, int, float, float, float, float, int]  # ts_ns first: sorts in time
 
@@ -47,7 +48,7 @@ def time_ordered(
     temporary folder in `temp_dir` (None: the system's), removed when this ends."""
     with tempfile.TemporaryDirectory(prefix="powmon-export-", dir=temp_dir) as folder:
         runs = _Runs(Path(folder))
-        rows = (_row(r) for r in readings)
+        rows = _rows(readings)
         chunk = list(itertools.islice(rows, chunk_rows))
         chunk.sort()
         if len(chunk) < chunk_rows:  # all of it fitted: no file needed
@@ -55,12 +56,22 @@ def time_ordered(
             return
         while chunk:
             runs.add(chunk)
-            chunk = sorted(itertools.islice(rows, chunk_rows))
+            chunk.clear()  # before the next is read: one chunk in memory, not two
+            chunk.extend(itertools.islice(rows, chunk_rows))
+            chunk.sort()
         yield from _once(runs.merged())
 
 
-def _row(r: Reading) -> Row:
-    return (r.ts_ns, r.sensor_id, r.session, r.seq, r.raw, r.volts, r.amps, r.watts, r.flags)
+def _rows(readings: Iterable[Reading]) -> Iterator[Row]:
+    """The readings as sortable rows, their ids shared: the csv module makes new strings for
+    every row, two per row that would otherwise each be held until the chunk is written."""
+    ids: dict[str, str] = {}
+    for r in readings:
+        sensor_id, session = r.sensor_id, r.session
+        yield (r.ts_ns, ids.setdefault(sensor_id, sensor_id), ids.setdefault(session, session),
+               r.seq, r.raw, r.volts, r.amps, r.watts, r.flags)
+        if len(ids) > _IDS_MAX:
+            ids.clear()
 
 
 def _once(rows: Iterable[Row]) -> Iterator[Reading]:

@@ -119,6 +119,8 @@ def test_jsonl_has_the_uplink_json_fields(data: Path, tmp_path: Path) -> None:
         "flags": "ac_rms"}
     assert "exported 5 reading(s)" in result.stderr
     assert list(tmp_path.glob(".out.jsonl.*")) == []  # the partial file was renamed
+    (tmp_path / "ref").touch()
+    assert out.stat().st_mode == (tmp_path / "ref").stat().st_mode  # the umask's, not 0600
 
 
 def test_parquet_is_a_typed_table(data: Path, tmp_path: Path) -> None:
