@@ -12,6 +12,7 @@ itself and renamed when whole, so a failed export leaves no half file.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -143,6 +144,14 @@ class _Counted(Iterator[Reading]):
         return r
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again
+    on the closed pipe (the recipe of Python's signal module docs)."""
+    with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def _check(fmt: str, output: Path | None, since: int | None, until: int | None) -> None:
     """Usage errors (exit 2), each naming its option, before any file is read."""
     if since is not None and until is not None and until <= since:
@@ -187,10 +196,14 @@ def export_command(
     bad = BadRows()
     rows = selected(paths, sensors, since, until, bad)
     temp_dir = None if output is None else output.parent  # spilled runs: beside the output
-    try:
-        written = export(time_ordered(rows, temp_dir), fmt, output)
-    except OSError as err:
-        raise click.ClickException(f"{output or 'stdout'}: cannot write: {err}") from None
+    try:  # closing: an error mid-way removes the spilled runs at once, not at collection
+        with contextlib.closing(time_ordered(rows, temp_dir)) as ordered:
+            written = export(ordered, fmt, output)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted; no traceback at exit
+        _quiet_stdout()
+        raise SystemExit(1) from None
+    except OSError as err:  # a full disk, a file gone meanwhile: the error names it
+        raise click.ClickException(f"cannot export: {err}") from None
     finally:
         bad.report()
     if written == 0:

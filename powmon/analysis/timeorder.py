@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Final
@@ -44,9 +44,10 @@ Row = tuple[int, str, str, int, float, float, float, float, int]  # ts_ns first:
 
 def time_ordered(
     readings: Iterable[Reading], temp_dir: Path | None = None, chunk_rows: int = CHUNK_ROWS
-) -> Iterator[Reading]:
+) -> Generator[Reading, None, None]:
     """The readings by (ts_ns, sensor_id, session, seq), each reading once; runs spill to a
-    temporary folder in `temp_dir` (None: the system's), removed when this ends."""
+    temporary folder in `temp_dir` (None: the system's), removed when this ends or is
+    closed."""
     with tempfile.TemporaryDirectory(prefix="powmon-export-", dir=temp_dir) as folder:
         runs = _Runs(Path(folder))
         rows = _rows(readings)

@@ -4,12 +4,16 @@ once, the window and sensors, every format read back, and the chunked sort's mer
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import json
 import random
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 import pyarrow.parquet as pq
 import pytest
@@ -218,3 +222,35 @@ def test_sort_in_memory_when_it_fits(tmp_path: Path) -> None:
     got = list(time_ordered(iter(rows), tmp_path, chunk_rows=1000))
     assert [format_ts(r.ts_ns) for r in got] == sorted(format_ts(r.ts_ns) for r in set(rows))
     assert len(got) == 200
+
+
+def test_a_failed_write_leaves_no_file(data: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails half way (a full disk) is one line, exit 1, and neither the output,
+    its partial file nor the sort's temporary folder is left."""
+    from powmon.analysis import export  # noqa: PLC0415 -- the module, to patch its writer
+
+    def full(out: IO[str], batches: Iterable[list[Reading]]) -> None:
+        out.write(header_line())
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "write_csv", full)
+    out = tmp_path / "x.csv"
+    result = run(str(data), "-o", str(out))
+    assert result.exit_code == 1
+    assert "cannot export" in result.stderr and "No space left" in result.stderr
+    assert list(tmp_path.glob("*x.csv*")) == []
+    assert list(tmp_path.glob("powmon-export-*")) == []  # the sort's folder, removed at once
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`powmon export data/ | head -1`: exit 1 once the reader is gone, no traceback."""
+    write_data(tmp_path / "d.csv", [reading(i, i / 10) for i in range(5000)])  # > a pipe's buffer
+    with subprocess.Popen([sys.executable, "-m", "powmon", "export", str(tmp_path / "d.csv")],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().decode().startswith("timestamp,")
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "Broken pipe" not in err, err
