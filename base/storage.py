@@ -23,7 +23,7 @@ from math import isfinite
 from pathlib import Path, PurePath
 from typing import IO, Final, NamedTuple, cast
 
-from powmon.base.text import FLAG_TEXT, flag_names, parse_ts, seconds_text
+from powmon.base.text import FLAG_TEXT, flag_names, parse_flags, parse_ts, seconds_text
 from powmon.common.schema.readings import Reading
 
 CSV_FIELDS: Final = (
@@ -115,6 +115,24 @@ def parse_row(fields: list[str]) -> StoredRow:
         raise ValueError(f"amps {amps} / watts {watts} are not finite")
     return StoredRow(parse_ts(fields[TS]), fields[SENSOR], fields[SESSION], int(fields[SEQ]),
                      amps, watts, fields[FLAGS])
+
+
+def parse_reading(fields: list[str]) -> Reading:
+    """A whole data row read back as the Reading it was written from (csv_lines of it gives
+    the row again), for tools that write every column (`powmon export`); ValueError (naming
+    what is wrong) for a row that is not a reading, as parse_row, and also for a number that
+    is not finite or a flag PowMon does not know. `raw` keeps the type it was written with:
+    an ADC count stays an int."""
+    if len(fields) != len(CSV_FIELDS):
+        raise ValueError(f"{len(fields)} fields, expected {len(CSV_FIELDS)}")
+    text = fields[RAW]
+    raw = int(text) if text.lstrip("-").isdigit() else float(text)
+    volts, amps, watts = float(fields[VOLTS]), float(fields[AMPS]), float(fields[WATTS])
+    if not all(map(isfinite, (raw, volts, amps, watts))):
+        raise ValueError(f"raw {raw} / volts {volts} / amps {amps} / watts {watts}: "
+                         "not all finite")
+    return Reading(fields[SENSOR], fields[SESSION], int(fields[SEQ]), parse_ts(fields[TS]),
+                   raw, volts, amps, watts, parse_flags(fields[FLAGS]))
 
 
 def data_rows(lines: Iterable[str]) -> Iterator[list[str]]:

@@ -29,6 +29,21 @@ def flag_names(flags: int) -> str:
     return _flag_text(flags)
 
 
+_FLAG_BITS: Final = {f.name.lower(): int(f) for f in Flag if f.name is not None}
+
+
+def parse_flags(text: str) -> int:
+    """flag_names read back: the flag bits of 'over_range|ac_rms' (0 for ''); ValueError for
+    a name PowMon does not know."""
+    bits = 0
+    for name in text.split("|") if text else ():
+        bit = _FLAG_BITS.get(name)
+        if bit is None:
+            raise ValueError(f"flag {name!r} is not one of {', '.join(_FLAG_BITS)}")
+        bits |= bit
+    return bits
+
+
 # (seconds, their text), replaced whole: threads that format at once (the uplink's outputs)
 # each see a pair that belongs together, never one's seconds with another's text.
 _ts_cache: list[tuple[int, str]] = [(-1, "")]

@@ -23,6 +23,7 @@ SUBCOMMANDS: Final = {
     "bench": "powmon.bench:bench_command",
     "report": "powmon.analysis.report:report_command",
     "plot": "powmon.analysis.plot:plot_command",
+    "export": "powmon.analysis.export:export_command",
     "calibrate": "powmon.calibrate:calibrate_command",
     "check-config": "powmon.checkconfig:check_config_command",
 }
@@ -42,6 +43,7 @@ SHORT_HELP: Final = {
     "bench": "Measure PowMon against the physical limits",
     "report": "Energy and power per sensor and period",
     "plot": "Plot power and current over time",
+    "export": "Readings as one time-ordered csv, jsonl or parquet",
     "calibrate": "Measure a sensor's zero offset (OFFSET)",
     "check-config": "Validate settings; test ports and bus endpoints",
 }

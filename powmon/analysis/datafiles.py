@@ -1,4 +1,5 @@
-"""Reading the writer's CSV files back, streaming, for `powmon report` and `powmon plot`.
+"""Reading the writer's CSV files back, streaming, for `powmon report`, `powmon plot` and
+`powmon export`.
 
 Files are taken in creation order: rotated files by the counter in their name (the writer
 puts it first for that reason, docs/writer.md), whatever order the shell listed them in; a
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -26,8 +28,12 @@ from powmon.base.storage import (
     creation_order,
     is_data_header,
     open_text,
+    parse_reading,
     parse_row,
 )
+from powmon.common.schema.readings import Reading
+
+_Row = TypeVar("_Row")
 
 
 def data_files(paths: Iterable[Path]) -> list[Path]:
@@ -96,10 +102,24 @@ class BadRows:
 
 
 def rows(files: Iterable[Path], bad: BadRows) -> Iterator[StoredRow]:
-    """Every reading of the files, in file order; bad rows go to `bad`.
+    """Every reading of the files, in file order, as the typed fields report and plot use;
+    bad rows go to `bad`."""
+    return _parsed(files, bad, parse_row)
 
-    This is the inner loop of report and plot (millions of rows): one try covers the whole
-    file, re-entered only after a bad line.
+
+def readings(files: Iterable[Path], bad: BadRows) -> Iterator[Reading]:
+    """Every reading of the files, in file order, whole (every column, `powmon export`); bad
+    rows (also those with a non-finite number or an unknown flag) go to `bad`."""
+    return _parsed(files, bad, parse_reading)
+
+
+def _parsed(
+    files: Iterable[Path], bad: BadRows, parse: Callable[[list[str]], _Row]
+) -> Iterator[_Row]:
+    """The rows of the files through `parse`, in file order; bad rows go to `bad`.
+
+    This is the inner loop of report, plot and export (millions of rows): one try covers the
+    whole file, re-entered only after a bad line.
     """
     for path in files:
         with open_text(path) as handle:
@@ -108,7 +128,7 @@ def rows(files: Iterable[Path], bad: BadRows) -> Iterator[StoredRow]:
             while True:
                 try:
                     for fields in reader:
-                        yield parse_row(fields)
+                        yield parse(fields)
                     break
                 except (ValueError, csv.Error) as err:  # csv.Error: a NUL byte, say
                     bad.add(path, reader.line_num, str(err))
