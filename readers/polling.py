@@ -23,6 +23,8 @@ import time
 from collections import deque
 from typing import Final
 
+import serial
+
 from powmon.common.errors import DeviceError
 from powmon.readers.context import Context
 from powmon.readers.emitter import Batch
@@ -33,6 +35,7 @@ SERVE_EVERY: Final = 0.005  # replay requests, at least this often when the loop
 MAX_SILENT: Final = 10  # consecutive unanswered requests before the device counts as gone
 
 
+GONE: Final = (serial.SerialException, OSError)  # the port or its device went away
 FRAMING_LOST: Final = frozenset({"timeout", "partial"})  # BadAnswer kinds that need a drain
 
 
@@ -59,7 +62,6 @@ class Poller:
         """Poll until stopped; DeviceLost (and serial errors) propagate to the reader."""
         ctx, link, in_flight = self.ctx, self.link, self.in_flight
         stop, emitter, request = ctx.stop, ctx.emitter, self.request
-        flags, convert = self.agreed.flags, self.agreed.convert
         chores, chores_every = ctx.chores, ctx.settings.heartbeat_interval
         schedule, defer = ctx.schedule, self.defer
         schedule.restart(time.monotonic())
@@ -98,20 +100,41 @@ class Poller:
                     in_flight.clear()
                 continue
             self._silent = 0
-            try:
-                self._fill()  # may find the device gone: the answer in hand is still a reading
-            finally:
-                emitter.publish(Batch.answer(raw, ts_ns, flags, convert))
+            self._answered(raw, ts_ns)
         self._finish()
 
-    def _finish(self) -> None:
-        """Stopped with requests written: their answers are readings (and the device counts
-        them as sent), so they are read on the way out, as far as they come within TIMEOUT."""
+    def _answered(self, raw: float, ts_ns: int) -> None:
+        """A good answer: the requests now due go out first (so converting, encoding and
+        sending overlap their round trips), then it is published. A device found gone by
+        those writes takes none of it along: the answer in hand is still a reading, and so
+        are those it sent before it went."""
+        agreed, publish = self.agreed, self.ctx.emitter.publish
+        try:
+            self._fill()
+        except GONE:
+            publish(Batch.answer(raw, ts_ns, agreed.flags, agreed.convert))
+            self._finish(gone=True)
+            raise
+        publish(Batch.answer(raw, ts_ns, agreed.flags, agreed.convert))
+
+    def _finish(self, *, gone: bool = False) -> None:
+        """Requests written and the loop left: their answers are readings (and the device
+        counts them as sent), so they are read, as far as they come within TIMEOUT.
+
+        On the way out after a stop; and when the device went away (`gone`: a write failed)
+        with answers on their way, as far as the port still gives them (the bytes a driver
+        already holds), instead of losing them with the port."""
         emitter, flags, convert = self.ctx.emitter, self.agreed.flags, self.agreed.convert
         while self.in_flight:
+            try:
+                line = self.link.read_line(patient=True)
+            except GONE:
+                if not gone:
+                    raise
+                return  # nothing more to read: the rest never came
             ts_ns = self.in_flight.popleft()
             try:
-                raw = parse_answer(self.link.read_line(patient=True))
+                raw = parse_answer(line)
             except BadAnswer:
                 self.in_flight.clear()
                 return
