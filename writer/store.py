@@ -64,12 +64,14 @@ class CsvStore:
         *,
         fsync: bool,
         clock: Callable[[], float] = time.time,
+        on_new_file: Callable[[], object] | None = None,
     ) -> None:
         self._root = root
         self._naming = naming
         self._limit = limit
         self._fsync = fsync
         self._clock = clock
+        self._on_new_file = on_new_file  # after a rotation: the writer's retention pass
         self._header = header_line().encode("utf-8")
         self._pending = _Lines()
         self._csv = csv.writer(self._pending, lineterminator=LINE_TERMINATOR)
@@ -214,6 +216,8 @@ class CsvStore:
             raise
         self.files_opened += 1
         log.info("new data file %s", path.name)
+        if self._on_new_file is not None:
+            self._on_new_file()  # the previous file is closed now
 
     def _write(self, data: bytes) -> None:
         """Write all of `data` to the current file, or cut the file back to its last full row."""
