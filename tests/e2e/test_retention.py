@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import signal
 import time
@@ -25,7 +24,7 @@ from powmon.base.storage import FileNaming, header_line, list_files, open_text
 from powmon.base.text import format_ts
 from tests.e2e.test_losses import _need_tmpfs_mounts
 from tests.e2e.test_writer_e2e import SENSORS, Bus, reading, stop_ok
-from tests.helpers import Proc, pids_running, python_module, write_settings
+from tests.helpers import Proc, python_module, write_settings
 from tests.pipeline import powmon_status
 
 pytestmark = pytest.mark.e2e
@@ -197,11 +196,15 @@ def test_on_a_full_disk_retention_deletes_the_oldest_closed_file_instead_of_drop
     data.mkdir()
 
     def in_tmpfs(argv: list[str]) -> list[str]:
-        script = (f"mount -t tmpfs -o size=96k tmpfs {data} && {' '.join(argv)}; "
-                  f"code=$?; mkdir -p {out}; cp -a {data}/. {out}/; exit $code")
+        """The writer under a shell that mounts the tmpfs, passes a SIGTERM on (a stop, or the
+        teardown's: never a writer left behind) and copies the folder out after it exited."""
+        script = (f"mount -t tmpfs -o size=96k tmpfs {data} || exit 1; {' '.join(argv)} & "
+                  "pid=$!; trap 'kill -TERM $pid' TERM; wait $pid; code=$?; "
+                  "if [ $code -gt 128 ]; then wait $pid; code=$?; fi; "
+                  f"mkdir -p {out}; cp -a {data}/. {out}/; exit $code")
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
-    writer, bus, settings = start(in_tmpfs,
+    writer, bus, _ = start(in_tmpfs,
                            DATA_MAX_BYTES=1 << 30, SYNC_WRITE=False)
     sent = 0
     while "disk full" not in writer.output() or sent < 3000:
@@ -209,9 +212,7 @@ def test_on_a_full_disk_retention_deletes_the_oldest_closed_file_instead_of_drop
         sent = send(bus, sent, 200)
         beat = all_written(bus, sent)
         assert beat["dropped"] == 0
-    (pid,) = pids_running(settings, "powmon.writer")  # not the shell around it
-    os.kill(pid, signal.SIGTERM)
-    assert writer.popen.wait(30) == 0, writer.output()
+    assert writer.stop(signal.SIGTERM) == 0, writer.output()
     gone = deletions(writer.output())
     assert gone and all(d["why"] == "disk full" for d in gone)
     assert beat["files_deleted"] == len(gone) and beat["write_errors"] >= 1
