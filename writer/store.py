@@ -64,14 +64,14 @@ class CsvStore:
         *,
         fsync: bool,
         clock: Callable[[], float] = time.time,
-        on_new_file: Callable[[], object] | None = None,
+        on_closed: Callable[[Path], None] | None = None,
     ) -> None:
         self._root = root
         self._naming = naming
         self._limit = limit
         self._fsync = fsync
         self._clock = clock
-        self._on_new_file = on_new_file  # after a rotation: the writer's retention pass
+        self._on_closed = on_closed  # told of each file rotated past (writer.compress)
         self._header = header_line().encode("utf-8")
         self._pending = _Lines()
         self._csv = csv.writer(self._pending, lineterminator=LINE_TERMINATOR)
@@ -178,7 +178,7 @@ class CsvStore:
         self._counter, path = current
         size = resume_size(path, self._limit, self._header)
         if size is None:
-            self._new_file()
+            self._new_file(closed=path)  # full (or not ours): closed
             return
         self._path = path
         self._file = FileIO(path, "ab")
@@ -191,9 +191,12 @@ class CsvStore:
                 raise
         log.info("appending to %s (%d bytes)", path.name, self._size)
 
-    def _new_file(self) -> None:
-        """Start the next file with a header; a file that cannot get one is removed again."""
+    def _new_file(self, closed: Path | None = None) -> None:
+        """Start the next file with a header; a file that cannot get one is removed again.
+        Once it has one, the file before it (`closed`, else the current one) is reported
+        closed: nothing is appended to it again."""
         self.close()
+        closed = self._path if closed is None else closed
         files = list_files(self._root, self._naming)
         counter = max(self._counter, files[-1][0] if files else 0)
         for _ in range(_MAX_NAME_TRIES):
@@ -216,8 +219,8 @@ class CsvStore:
             raise
         self.files_opened += 1
         log.info("new data file %s", path.name)
-        if self._on_new_file is not None:
-            self._on_new_file()  # the previous file is closed now
+        if closed is not None and self._on_closed is not None:
+            self._on_closed(closed)
 
     def _write(self, data: bytes) -> None:
         """Write all of `data` to the current file, or cut the file back to its last full row."""

@@ -130,7 +130,7 @@ class CsvSink(Sink):
                                    keep_days=config.data_keep_days, wall=time.time)
         self.files = CsvStore(
             config.data_root, self.naming, config.file_size_limit, fsync=config.sync_write,
-            on_new_file=self.retention.enforce,
+            on_closed=self._file_closed,
         )
         self._limiter = RateLimiter()
         self.dropped = 0
@@ -179,11 +179,11 @@ class CsvSink(Sink):
     def counters(self) -> dict[str, object]:
         files = self.files
         return {
+            **self.retention.counters(),
             "rows": files.rows_written, "files_opened": files.files_opened,
             "current_file": files.current_file, "bytes_in_file": files.bytes_in_file,
             "flushes": self.flushes, "write_errors": self.write_errors,
             "pending": files.pending_rows, "dropped": self.dropped, **self.energy.counters(),
-            **self.retention.counters(),
         }
 
     def store(self, readings: Sequence[Reading], progress: Sequence[StreamState]) -> Stored:
@@ -260,7 +260,7 @@ class CsvSink(Sink):
         self.ledger.settled()
         self._mark = Mark(files.current_file, files.bytes_in_file)
         self.flushes += 1
-        if now >= self._next_retention:  # rotations apply the rules too (CsvStore.on_new_file)
+        if now >= self._next_retention:  # rotations apply the rules too (_file_closed)
             self._next_retention = now + RETENTION_CHECK_S
             self.retention.enforce()
         if now >= self._next_energy_save:  # the totals of rows now on disk, never of more
@@ -268,6 +268,11 @@ class CsvSink(Sink):
             self.energy.fold(self.ledger.open_holes())  # ended sessions: their totals only
             self.energy.save()
         return True
+
+    def _file_closed(self, path: Path) -> None:
+        """A rotation (CsvStore.on_closed): the retention pass, at once, so that even a flush
+        that fills several files never leaves more than DATA_MAX_BYTES plus one file."""
+        self.retention.enforce()
 
     def _write_freeing(self) -> None:
         """Save the progress and write the rows; on a full disk with retention on, delete the
