@@ -270,6 +270,18 @@ class Health:
             "bad_messages": _int(s, "bad_messages"), "dropped": _int(s, "dropped"),
         }
 
+    @staticmethod
+    def _storage_json(proc: _Proc | None) -> Json | None:
+        """What the data files hold, from the writer's heartbeat: the retention's deletions
+        since the writer started and the oldest data kept (docs/writer.md, Retention)."""
+        if proc is None or proc.last is None:
+            return None
+        s = proc.last
+        return {
+            "files_deleted": _int(s, "files_deleted"), "bytes_deleted": _int(s, "bytes_deleted"),
+            "oldest_data": _str(s, "oldest_data") or None,
+        }
+
     def _uplink_json(self, proc: _Proc | None, now: float) -> Json | None:
         if proc is None or proc.last is None:
             return None
@@ -310,7 +322,7 @@ class Health:
                 )
         return {
             "ok": not problems, "problems": problems, "processes": procs, "sensors": sensors,
-            "writer": self._writer_json(writer),
+            "writer": self._writer_json(writer), "storage": self._storage_json(writer),
             "uplink": self._uplink_json(self._procs.get(("uplink", "uplink")), now),
             "heartbeat_interval": self.expected.heartbeat_interval,
             "stall_timeout": self.expected.stall_timeout,

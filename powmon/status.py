@@ -93,6 +93,10 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"writer: file {w['current_file'] or '-'} ({_num(w['bytes_in_file'])} bytes)"
                      f", rows {_num(w['rows'])} since writer start, gaps {_num(w['gaps'])}, "
                      f"lost {_num(w['lost'])}")
+    if (d := report.get("storage")) is not None:
+        lines.append(f"storage: oldest data {d['oldest_data'] or '-'}, deleted "
+                     f"{_num(d['files_deleted'])} files ({_num(d['bytes_deleted'])} bytes) "
+                     "since writer start")
     if (u := report["uplink"]) is not None:
         lines.append(f"uplink: spool {_num(u['spool_depth'])}, last success "
                      f"{_age(u['last_success_age_s'])}, last error {u['last_error'] or '-'}")

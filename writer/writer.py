@@ -9,11 +9,13 @@ newest files (writer.resume), together with what it still missed, which it saves
 session's start from a hole still being filled. A disk that refuses a write (full,
 permissions) never stops the loop: rows wait in memory up to a bound and the write is retried
 with backoff; readings past the bound are dropped, counted and named in gaps.csv (reason
-`buffer_full`).
+`buffer_full`). With retention on (writer.retention) the oldest closed file is deleted first,
+and the write retried, before a full disk makes rows wait or readings drop.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import threading
@@ -54,12 +56,15 @@ from powmon.writer.resume import (
     tail_rows,
     worth_resuming,
 )
+from powmon.writer.retention import Retention
 from powmon.writer.store import CsvStore
 
 log = logging.getLogger(__name__)
 
 GAP_LOG: Final = "gaps.csv"
 PROGRESS_FILE: Final = "progress.json"
+RETENTION_CHECK_S: Final = 60.0  # the rules are applied this often, at start and each rotation
+_DISK_FULL: Final = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +131,11 @@ class CsvSink(Sink):
         self.compressor = Compressor(config.data_root, self.naming, config.compress,
                                      retry_initial=config.retry_initial,
                                      retry_max=config.retry_max)
+        self.retention = Retention(config.data_root, self.naming, max_bytes=config.data_max_bytes,
+                                   keep_days=config.data_keep_days, wall=time.time)
         self.files = CsvStore(
             config.data_root, self.naming, config.file_size_limit, fsync=config.sync_write,
-            on_closed=self.compressor.closed,
+            on_closed=self._file_closed,
         )
         self._limiter = RateLimiter()
         self.dropped = 0
@@ -143,6 +150,8 @@ class CsvSink(Sink):
         self.ledger = ProgressLedger()
         self._mark = Mark()  # where the files stood when the saved progress was last exact
         self._saved_holes = True  # what the file says may name holes (unknown until saved)
+        self._next_retention = clock() + RETENTION_CHECK_S  # the age rule, between rotations
+        self._disk_full = False  # the last write failed for want of space
 
     def _new_backoff(self) -> Iterator[float]:
         return backoff(self.config.retry_initial, self.config.retry_max)
@@ -167,6 +176,7 @@ class CsvSink(Sink):
                 stored.setdefault(key_of(row), set()).add(int(row[SEQ]))
             streams = self.ledger.resume(saved.streams, streams_of(rows), stored)
         self.energy.fold(self.ledger.open_holes())
+        self.retention.enforce()  # at start: after the tail was read, before any write
         return worth_resuming(streams, rows)  # sessions complete and over are not taken up
 
     def find(self, sensor_id: str, session: str) -> int | None:
@@ -175,6 +185,7 @@ class CsvSink(Sink):
     def counters(self) -> dict[str, object]:
         files = self.files
         return {
+            **self.retention.counters(),
             "rows": files.rows_written, "files_opened": files.files_opened,
             "current_file": files.current_file, "bytes_in_file": files.bytes_in_file,
             "flushes": self.flushes, "write_errors": self.write_errors,
@@ -185,6 +196,9 @@ class CsvSink(Sink):
     def store(self, readings: Sequence[Reading], progress: Sequence[StreamState]) -> Stored:
         """Buffer the rows; past the memory bound, the newest are dropped and named as lost."""
         room = max(self.config.max_pending_rows - self.files.pending_rows, 0)
+        if len(readings) > room and self._disk_full and self.retention.free_one():
+            self.flush(self._clock())  # the space of the oldest closed file, before a drop
+            room = max(self.config.max_pending_rows - self.files.pending_rows, 0)
         dropped: Sequence[Reading] = ()
         if len(readings) > room:
             dropped = readings[room:]
@@ -236,9 +250,9 @@ class CsvSink(Sink):
         if not files.pending_rows:
             return True
         try:
-            self.save_progress()
-            files.flush()
+            self._write_freeing()
         except OSError as err:
+            self._disk_full = err.errno in _DISK_FULL
             self.write_errors += 1
             delay = next(self._retry)
             self._retry_at = now + delay
@@ -249,14 +263,43 @@ class CsvSink(Sink):
             log.warning("writing again after %d write errors", self.write_errors)
             self._retry = self._new_backoff()
             self._retry_at = 0.0
+        self._disk_full = False
         self.ledger.settled()
         self._mark = Mark(files.current_file, files.bytes_in_file)
         self.flushes += 1
+        if now >= self._next_retention:  # rotations apply the rules too (_file_closed)
+            self._next_retention = now + RETENTION_CHECK_S
+            self.retention.enforce()
         if now >= self._next_energy_save:  # the totals of rows now on disk, never of more
             self._next_energy_save = now + self.config.energy_save_interval
             self.energy.fold(self.ledger.open_holes())  # ended sessions: their totals only
             self.energy.save()
         return True
+
+    def _file_closed(self, path: Path) -> None:
+        """A rotation (CsvStore.on_closed): the closed file goes to the compressor's queue,
+        and the retention pass runs at once, so that even a flush that fills several files
+        never leaves more than DATA_MAX_BYTES plus one file (a file retention deletes before
+        its turn is skipped by the compressor)."""
+        self.compressor.closed(path)
+        self.retention.enforce()
+
+    def _write_freeing(self) -> None:
+        """Save the progress and write the rows; on a full disk with retention on, delete the
+        oldest closed file and try again, for as long as there is one (the rows written
+        before the failure stay written: flush() keeps only the rest pending)."""
+        while True:
+            try:
+                self.save_progress()
+                self.files.flush()
+            except OSError as err:
+                if err.errno not in _DISK_FULL or not self.retention.free_one():
+                    raise
+                self.write_errors += 1
+                log.warning("disk full writing to %s: deleted the oldest closed data file, "
+                            "writing again", self.config.data_root)
+                continue
+            return
 
     def close(self) -> None:
         """Last flush at shutdown; rows that cannot be written make it an error exit. A
@@ -282,7 +325,9 @@ def run(config: WriterConfig, stop: threading.Event) -> None:
 
 
 def _run(config: WriterConfig, stop: threading.Event) -> None:
-    log.info("writer up backend=%s data_root=%s limit=%d flush=%.2fs fsync=%s",
+    log.info("writer up backend=%s data_root=%s limit=%d flush=%.2fs fsync=%s "
+             "retention max_bytes=%s keep_days=%s",
              config.backend, config.data_root, config.file_size_limit,
-             config.flush_interval, config.sync_write)
+             config.flush_interval, config.sync_write, config.data_max_bytes,
+             config.data_keep_days)
     serve(config.core(), CsvSink(config), stop)

@@ -190,6 +190,12 @@
     } else {
       rows.push(["writer", "no heartbeat yet"]);
     }
+    const d = report.storage;
+    if (d) {
+      rows.push(["oldest data", d.oldest_data || "–"],
+        ["files deleted since writer start", fmt(d.files_deleted, 0) + " (" +
+          (d.bytes_deleted === null ? "–" : (d.bytes_deleted / 1e6).toFixed(2)) + " MB)"]);
+    }
     const u = report.uplink;
     if (u) {
       rows.push(["uplink spool", fmt(u.spool_depth, 0) + " readings"],
