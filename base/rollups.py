@@ -168,7 +168,8 @@ def iter_rollups(data_root: Path, sensors: Collection[str] | None, since_ns: int
                  until_ns: int) -> Iterator[Rollup]:
     """read_rollups one day file at a time (a year's rows need not all be held at once)."""
     wanted = None if sensors is None else frozenset(sensors)
-    since, until = format_ts(since_ns), format_ts(until_ns)
+    # minutes start on whole microseconds: [since, until) rounded up to them is the same set
+    since, until = format_ts(-(-since_ns // 1000) * 1000), format_ts(-(-until_ns // 1000) * 1000)
     for day_ns, path in list_days(rollup_dir(data_root)):
         if day_ns + DAY_NS <= since_ns or day_ns >= until_ns:
             continue
