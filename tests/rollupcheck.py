@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from powmon.base.rollups import Rollup, read_rollups
-from powmon.base.storage import FileNaming, data_rows, list_files, open_text, parse_row
+from powmon.base.storage import FileNaming, StoredRow, data_rows, list_files, open_text, parse_row
 from powmon.writer.minutes import recompute
 
 
 def raw_rollups(root: Path, periods: Mapping[str, float]) -> dict[tuple[str, int], Rollup]:
     """Every minute of the raw data files, recomputed from their rows."""
-    rows = []
+    rows: list[StoredRow] = []
     for _, path in list_files(root, FileNaming.from_data_file("data.csv")):
         with open_text(path) as text:
             rows.extend(parse_row(fields) for fields in data_rows(text))
