@@ -30,6 +30,7 @@ no rollup covers (an existing installation's history).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import operator
 import os
@@ -66,7 +67,7 @@ RETENTION_EVERY_S: Final = 3600.0
 # the raw tails read (bytes), each until one reaches back far enough: 15 minutes of 8 x 100 Hz
 # are about 70 MB; only the rows of the minutes recomputed are kept
 _RESUME_BYTES: Final = (4 << 20, 32 << 20, 128 << 20)
-_TS, _AMPS, _WATTS, _FLAGS = (operator.itemgetter(i) for i in (3, 6, 7, 8))
+_AMPS, _WATTS, _FLAGS = (operator.itemgetter(i) for i in (6, 7, 8))
 _OVER: Final = int(Flag.OVER_RANGE)
 
 TailReader = Callable[[int], Iterable[list[str]]]  # a byte budget -> the raw tail's rows
@@ -111,21 +112,39 @@ class Rollups:
         self._minute(sensor_id, start - start % MINUTE_NS).energy(consumed, returned, covered_s)
 
     def add_runs(self, runs: Iterable[Sequence[Reading]]) -> None:
-        """Runs of one stream each (writer.energy.stream_runs), as stored."""
+        """Runs of one stream each (writer.energy.stream_runs), as stored: grouped by sensor
+        and minute first, so that the statistics are a few C-level passes per group (a
+        batch holds a FLUSH_INTERVAL of every sensor), not Python work per reading or run."""
+        groups: dict[MinuteKey, list[Sequence[Reading]]] = {}
         newest = self._newest
         for run in runs:
-            ts = list(map(_TS, run))
-            lo, hi = min(ts), max(ts)
-            sensor_id = run[0][0]
-            if hi > newest.get(sensor_id, -1):
-                newest[sensor_id] = hi
-            start = lo - lo % MINUTE_NS
-            if hi < start + MINUTE_NS:  # the usual case: the whole run in one minute
-                self._chunk(self._minute(sensor_id, start), run)
-                continue
-            for r in run:  # a run across a minute's end: each reading on its own
-                t = r[3]
-                self._minute(sensor_id, t - t % MINUTE_NS).reading(r[7], r[6], bool(r[8] & _OVER))
+            first, last = run[0][3], run[-1][3]
+            start = first - first % MINUTE_NS
+            # the usual case: the run in one minute (by its ends: a clock that steps back and
+            # forth again across a minute's start within one run of a tenth of a second aside)
+            if start <= last < start + MINUTE_NS:
+                key = (run[0][0], start)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [run]
+                else:
+                    group.append(run)
+                if last > newest.get(key[0], -1):
+                    newest[key[0]] = last
+            else:
+                self._spread(run)
+        for key, group in groups.items():
+            self._chunk(self._minute(*key), group[0] if len(group) == 1
+                        else list(itertools.chain(*group)))
+
+    def _spread(self, readings: Sequence[Reading]) -> None:
+        """Readings of one sensor across minutes: each into its own."""
+        sensor_id = readings[0][0]
+        for r in readings:
+            t = r[3]
+            self._minute(sensor_id, t - t % MINUTE_NS).reading(r[7], r[6], bool(r[8] & _OVER))
+            if t > self._newest.get(sensor_id, -1):
+                self._newest[sensor_id] = t
 
     @staticmethod
     def _chunk(m: Minute, run: Sequence[Reading]) -> None:
