@@ -90,26 +90,43 @@ def format_rollup(r: Rollup) -> str:
     )
 
 
-def _opt(text: str) -> float | None:
-    if not text:
-        return None
-    value = float(text)
-    if not isfinite(value):
-        raise ValueError(f"{text!r} is not finite")
-    return value
+# (a day's text, its start in ns), replaced whole (threads each see a pair that belongs together)
+_day_cache: list[tuple[str, int]] = [("", 0)]
+
+
+def _minute_ns(text: str) -> int:
+    """A minute's start read back: strptime once per day, not once per minute (a year's read
+    would spend most of its time in it); any other timestamp through parse_ts."""
+    if len(text) == 27 and text[10] == "T" and text[13] == ":" and text[16:] == ":00.000000Z":
+        hours, minutes = text[11:13], text[14:16]
+        if hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60:
+            day, start = _day_cache[0]
+            if day != text[:10]:
+                day, start = text[:10], parse_ts(text[:10] + "T00:00:00.000000Z")
+                _day_cache[0] = (day, start)
+            return start + (int(hours) * 60 + int(minutes)) * MINUTE_NS
+    return parse_ts(text)
 
 
 def parse_rollup(fields: list[str]) -> Rollup:
     """The one parser of a rollup row's fields; ValueError for anything else (a header, a
-    torn or foreign row)."""
+    torn or foreign row, a number that is not finite)."""
     if len(fields) != len(ROLLUP_FIELDS):
         raise ValueError(f"{len(fields)} fields, expected {len(ROLLUP_FIELDS)}")
+    readings = int(fields[2])
     energy, returned, covered = float(fields[7]), float(fields[8]), float(fields[9])
-    if not (isfinite(energy) and isfinite(returned) and isfinite(covered)):
-        raise ValueError("energy or coverage is not finite")
-    return Rollup(parse_ts(fields[0]), fields[1], int(fields[2]), _opt(fields[3]),
-                  _opt(fields[4]), _opt(fields[5]), _opt(fields[6]), energy, returned,
-                  covered, int(fields[10]))
+    if readings:
+        mean_w, min_w, max_w = float(fields[3]), float(fields[4]), float(fields[5])
+        mean_a = float(fields[6])
+        check = energy + returned + covered + mean_w + min_w + max_w + mean_a
+        if not isfinite(check):  # a NaN or an infinity anywhere makes the sum one
+            raise ValueError(f"a number of {fields} is not finite")
+        return Rollup(_minute_ns(fields[0]), fields[1], readings, mean_w, min_w, max_w,
+                      mean_a, energy, returned, covered, int(fields[10]))
+    if not isfinite(energy + returned + covered):
+        raise ValueError(f"a number of {fields} is not finite")
+    return Rollup(_minute_ns(fields[0]), fields[1], 0, None, None, None, None, energy,
+                  returned, covered, int(fields[10]))
 
 
 def rollup_dir(data_root: Path) -> Path:

@@ -9,7 +9,8 @@ like live ones do.
 
 When a minute is written: after the raw rows reached the disk (`flush`, called after the data
 files' flush, so no rollup counts a row a kill could lose), once it is complete enough, i.e.
-the writer has stored a reading of that sensor more than a minute after the minute's end, and
+the writer has stored a reading of that sensor more than a minute after the minute's end (or
+of any sensor four minutes after it: an unplugged sensor's last minute is not held back), and
 again whenever a late reading or a give-up changes it; at stop (`close`) every minute. Minutes
 stay in memory for KEEP_NS behind their sensor's newest reading; a change to an older one is a
 delta, merged with its stored row when written.
@@ -61,6 +62,7 @@ from powmon.writer.minutes import Minute, MinuteKey, recompute
 
 log = logging.getLogger(__name__)
 
+QUIET_NS: Final = 5 * MINUTE_NS  # a minute is due this long after its start by any sensor
 KEEP_NS: Final = 10 * MINUTE_NS  # minutes kept in memory behind their sensor's newest reading
 RESUME_NS: Final = 15 * MINUTE_NS  # how far back a start recomputes minutes at most
 RETENTION_EVERY_S: Final = 3600.0
@@ -166,7 +168,9 @@ class Rollups:
             self._next_retention = now + RETENTION_EVERY_S
             self.retention(now)
         newest = self._newest
-        due = [k for k in self._dirty if newest.get(k[0], 0) >= k[1] + 2 * MINUTE_NS]
+        latest = max(newest.values(), default=0)  # a sensor gone quiet waits for the others
+        due = [k for k in self._dirty if newest.get(k[0], 0) >= k[1] + 2 * MINUTE_NS
+               or latest >= k[1] + QUIET_NS]
         if due:
             self._write(due)
         for key in [k for k in self._minutes if k not in self._dirty
