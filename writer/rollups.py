@@ -217,14 +217,19 @@ class Rollups:
                     m.merge(row)
                 m.partial = False
             lines.append(format_rollup(m.row(*key)))
-        with path.open("a", encoding="utf-8", newline="") as f:
-            if f.tell() == 0:
-                f.write(header_line())
-            f.writelines(lines)
+        with path.open("a+b") as f:  # appends go to the end, wherever it was read
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                lines.insert(0, header_line())
+            else:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # a row torn by a kill: ended, it stays a bad row alone
+                    lines.insert(0, "\n")
+            f.write("".join(lines).encode("utf-8"))
             f.flush()
             if self._fsync:
                 os.fsync(f.fileno())
-        self.rows_written += len(lines)
+        self.rows_written += len(keys)
         self._dirty.difference_update(keys)
 
     def retention(self, now: float) -> None:

@@ -11,20 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from powmon.base import rollups as fmt
 from powmon.base.energy import EnergyMeter
-from powmon.base.rollups import (
-    DAY_NS,
-    MINUTE_NS,
-    Rollup,
-    compact,
-    day_name,
-    format_rollup,
-    header_line,
-    list_days,
-    parse_rollup,
-    read_rollups,
-    rollup_dir,
-)
+from powmon.base.rollups import DAY_NS, MINUTE_NS, Rollup
 from powmon.common.schema.readings import Flag, Measured, Reading, encode_batch
 from powmon.writer.rollups import Rollups
 from powmon.writer.writer import WriterConfig
@@ -102,11 +91,11 @@ def test_a_minute_filled_late_by_replayed_readings_is_rebuilt(tmp_path: Path) ->
     feed(w, range(hole.stop, 2400), sensors=("VIC",))
     assert w.csv.flush(1.0)
     minute = (T0 + 950 * STEP) - (T0 + 950 * STEP) % MINUTE_NS
-    before = {r.minute_ns: r for r in read_rollups(tmp_path, ["VIC"], 0, 1 << 62)}
+    before = {r.minute_ns: r for r in fmt.read_rollups(tmp_path, ["VIC"], 0, 1 << 62)}
     assert before[minute].readings == 600 - len(hole)
     feed(w, hole, sensors=("VIC",), flags=int(Flag.REPLAYED))
     assert w.csv.flush(2.0)
-    after = {r.minute_ns: r for r in read_rollups(tmp_path, ["VIC"], 0, 1 << 62)}
+    after = {r.minute_ns: r for r in fmt.read_rollups(tmp_path, ["VIC"], 0, 1 << 62)}
     assert after[minute].readings == 600
     assert after[minute].energy_wh > before[minute].energy_wh
     w.csv.close()
@@ -121,17 +110,22 @@ def test_a_restart_after_a_kill_recomputes_what_the_rollups_lack(tmp_path: Path)
     assert w.csv.flush(1.0)
     w.csv.energy.save()
     w.csv.files.close()  # as if killed: no last flush of the rollups
-    day = rollup_dir(tmp_path) / day_name(T0)
+    day = fmt.rollup_dir(tmp_path) / fmt.day_name(T0)
     lines = day.read_text(encoding="utf-8").splitlines(keepends=True)
-    day.write_text("".join(lines[:-1]) + lines[-1][:20], encoding="utf-8")  # a torn last row
+    # the newest minute's rows, the first of them torn: what the restart writes first
+    torn = fmt.parse_rollup(lines[-2].rstrip("\n").split(","))
+    assert torn.minute_ns == fmt.parse_rollup(lines[-1].rstrip("\n").split(",")).minute_ns
+    day.write_text("".join(lines[:-2]) + lines[-2][:20], encoding="utf-8")
     again = start(tmp_path)
+    assert (torn.minute_ns, torn.sensor_id) in {
+        (r.minute_ns, r.sensor_id) for r in fmt.read_rollups(tmp_path, None, 0, 1 << 62)}
     feed(again, range(2000, 2600))
     again.csv.close()
     assert_rollups_equal_raw(tmp_path, PERIODS)
 
 
 def test_a_minute_written_again_reads_as_its_last_row_and_compacts(tmp_path: Path) -> None:
-    folder = rollup_dir(tmp_path)
+    folder = fmt.rollup_dir(tmp_path)
     folder.mkdir()
     m0 = T0 - T0 % MINUTE_NS
 
@@ -140,37 +134,37 @@ def test_a_minute_written_again_reads_as_its_last_row_and_compacts(tmp_path: Pat
 
     rows = [row(m0 + MINUTE_NS, "VIC", 1), row(m0, "VIC", 2), row(m0, "ATT", 3),
             row(m0, "VIC", 4), row(m0 + MINUTE_NS, "VIC", 5)]
-    path = folder / day_name(m0)
-    path.write_text(header_line() + "".join(map(format_rollup, rows)) + "2026-", "utf-8")
-    got = read_rollups(tmp_path, None, m0, m0 + 2 * MINUTE_NS)
+    path = folder / fmt.day_name(m0)
+    path.write_text(fmt.header_line() + "".join(map(fmt.format_rollup, rows)) + "2026-", "utf-8")
+    got = fmt.read_rollups(tmp_path, None, m0, m0 + 2 * MINUTE_NS)
     assert [(r.minute_ns, r.sensor_id, r.readings) for r in got] == [
         (m0, "ATT", 3), (m0, "VIC", 4), (m0 + MINUTE_NS, "VIC", 5)]
-    assert [r.readings for r in read_rollups(tmp_path, ["VIC"], m0 + 1, m0 + DAY_NS)] == [5]
-    assert parse_rollup(format_rollup(got[0]).rstrip("\n").split(",")) == got[0]
-    assert compact(path) == 3
+    assert [r.readings for r in fmt.read_rollups(tmp_path, ["VIC"], m0 + 1, m0 + DAY_NS)] == [5]
+    assert fmt.parse_rollup(fmt.format_rollup(got[0]).rstrip("\n").split(",")) == got[0]
+    assert fmt.compact(path) == 3
     text = path.read_text(encoding="utf-8")
-    assert text == header_line() + "".join(map(format_rollup, got))
-    assert read_rollups(tmp_path, None, 0, 1 << 62) == got
+    assert text == fmt.header_line() + "".join(map(fmt.format_rollup, got))
+    assert fmt.read_rollups(tmp_path, None, 0, 1 << 62) == got
 
 
 def test_rollup_files_older_than_rollup_keep_days_are_deleted(tmp_path: Path) -> None:
     """Whole days older than ROLLUP_KEEP_DAYS go, at start and hourly; the rest stay."""
-    folder = rollup_dir(tmp_path)
+    folder = fmt.rollup_dir(tmp_path)
     folder.mkdir()
     now = time.time()
     today = int(now * 1e9)
     for days_ago in (0, 1, 2, 5, 30):
-        (folder / day_name(today - days_ago * DAY_NS)).write_text(header_line(), "utf-8")
+        (folder / fmt.day_name(today - days_ago * DAY_NS)).write_text(fmt.header_line(), "utf-8")
     cfg = dataclasses.replace(config(tmp_path), rollup_keep_days=3.0)
     w = start(tmp_path, cfg)
     feed(w, range(0, 20), sensors=("VIC",))
     assert w.csv.flush(1.0)
-    kept = {p.name for _, p in list_days(folder)} - {day_name(T0)}
-    assert kept == {day_name(today - d * DAY_NS) for d in (0, 1, 2)}
+    kept = {p.name for _, p in fmt.list_days(folder)} - {fmt.day_name(T0)}
+    assert kept == {fmt.day_name(today - d * DAY_NS) for d in (0, 1, 2)}
     assert w.csv.counters()["rollup_files_deleted"] == 2
     w.csv.close()
     Rollups(tmp_path, {}, None, fsync=False).retention(now + 1000 * 86400)  # None: forever
-    assert len(list_days(folder)) == 4
+    assert len(fmt.list_days(folder)) == 4
 
 
 def test_energy_told_per_minute_sums_to_the_meters_totals() -> None:
