@@ -271,8 +271,7 @@ class Rollups:
             self._newest[row.sensor_id] = max(self._newest.get(row.sensor_id, 0), row.ts_ns)
         for key, m in minutes.items():
             self._minutes[key] = m
-            old = stored.get((format_ts(key[1]), key[0]))
-            if old is None or format_rollup(old) != format_rollup(m.row(*key)):
+            if _stale(stored.get((format_ts(key[1]), key[0])), m.row(*key)):
                 self._dirty.add(key)
         log.info("rollups resumed from %s: %d minutes recomputed, %d to write",
                  format_ts(since), len(minutes), len(self._dirty))
@@ -324,3 +323,13 @@ def _rows_from(tail: Iterable[list[str]], low: int) -> tuple[list[StoredRow], bo
         else:
             reached = True
     return rows, reached
+
+
+def _stale(old: Rollup | None, new: Rollup) -> bool:
+    """Whether a stored row lacks what the raw rows hold: other counts, or energy or coverage
+    beyond the raw files' rounding (a row written live, of the readings' full precision,
+    is kept rather than replaced by its 3-decimal recomputation)."""
+    return old is None or (old.readings, old.over_range) != (new.readings, new.over_range) or (
+        abs(old.energy_wh - new.energy_wh) > 1e-6 + 1e-4 * abs(new.energy_wh)
+        or abs(old.returned_wh - new.returned_wh) > 1e-6 + 1e-4 * abs(new.returned_wh)
+        or abs(old.covered_s - new.covered_s) > 1e-3)
