@@ -34,6 +34,7 @@ from dataclasses import asdict, astuple, dataclass, field
 from typing import Any, Final
 
 from powmon.base.energy_state import load_sensors
+from powmon.base.segments import NS, split_pair, trapezoid_wh
 
 BRIDGE_PERIODS: Final = 5  # a pair further apart than this many polling periods is a hole ...
 BRIDGE_FLOOR_S: Final = 0.5  # ... and never less than this (POLLING_DELAY 0, fast links)
@@ -43,30 +44,18 @@ MAX_HOLES: Final = 1024  # open holes kept per stream; past that the oldest is g
 MAX_STREAMS: Final = 16  # sessions kept per sensor; older ones are closed and forgotten
 RETIRED_KEPT: Final = 256  # forgotten sessions remembered, so their stragglers are not recounted
 STATE_VERSION: Final = 1
-NS: Final = 1e9
 
 # sensor_id, t0_ns, w0, t1_ns, w1: one integrated pair, for per-period accounting
 SegmentSink = Callable[[str, int, float, int, float], None]
+# sensor_id, period start ns, consumed Wh, returned Wh, covered s: the parts of integrated pairs
+# that lie in one period (base.segments.split_pair), told per run of readings, not per pair
+PeriodSink = Callable[[str, int, float, float, float], None]
+_NO_PERIOD: Final = (-(1 << 62), 1 << 62)  # bounds no reading's time reaches
 
 
 def bridge_limit(period_s: float) -> float:
     """The longest time between two readings that is still bridged, for a polling period."""
     return max(BRIDGE_FLOOR_S, BRIDGE_PERIODS * period_s)
-
-
-def trapezoid_wh(t0_ns: int, w0: float, t1_ns: int, w1: float) -> tuple[float, float]:
-    """(consumed, returned) watt-hours of a straight line from (t0, w0) to (t1, w1).
-
-    A line crossing zero is split where it crosses, so each part is exact.
-    """
-    hours = (t1_ns - t0_ns) / NS / 3600.0
-    if w0 >= 0 and w1 >= 0:
-        return (w0 + w1) / 2 * hours, 0.0
-    if w0 <= 0 and w1 <= 0:
-        return 0.0, -(w0 + w1) / 2 * hours
-    share = w0 / (w0 - w1)  # fraction of the line before it crosses zero
-    first, second = w0 / 2 * hours * share, w1 / 2 * hours * (1 - share)
-    return (first, -second) if w0 > 0 else (second, -first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +115,9 @@ class EnergyMeter:
 
     `periods` maps sensor ids to their POLLING_DELAY; a sensor with 0 or none learns its
     typical interval from its first readings (held back meanwhile, at most LEARN_MAX).
-    `on_segment` hears every pair that was integrated, for accounting by period.
+    `on_segment` hears every pair that was integrated, for accounting by period (it turns off
+    add_run's fast path); `split_by` tells a sink the same energy summed per fixed period,
+    at the cost of one comparison per reading (the writer's per-minute rollups).
     """
 
     def __init__(
@@ -138,10 +129,17 @@ class EnergyMeter:
     ) -> None:
         self._periods = dict(periods or {})
         self._sink = on_segment
+        self._period_sink: PeriodSink | None = None
+        self._period_ns = 0
         self._max_holes = max(1, max_holes)
         self._sensors: dict[str, _Sensor] = {}
         self._retired: deque[tuple[str, str]] = deque(maxlen=RETIRED_KEPT)
         self.ignored = 0  # duplicates, and stragglers of forgotten sessions
+
+    def split_by(self, length_ns: int, sink: PeriodSink | None) -> None:
+        """From now on tell `sink` the energy of every pair integrated, per period of
+        `length_ns` (UTC-aligned: multiples of it since the epoch); None stops telling."""
+        self._period_sink, self._period_ns = sink, length_ns if sink is not None else 0
 
     # -- feeding ---------------------------------------------------------------------------
     def add(self, sensor_id: str, session: str, seq: int, ts_ns: int, watts: float) -> None:
@@ -181,10 +179,8 @@ class EnergyMeter:
         call and two attribute writes per reading). Each item indexes as a Reading does
         (seq at 2, ts_ns at 3, watts at 7)."""
         sensor = self._sensors.get(sensor_id)
-        runs = sensor.streams.get(session) if sensor is not None else None
-        last = runs[-1] if runs else None
-        if (sensor is None or last is None or sensor.bridge_s is None or self._sink is not None
-                or last.tseq < 0 or run[0][2] != last.hi + 1):
+        last = self._continued(sensor, session, run[0][2])
+        if sensor is None or last is None or sensor.bridge_s is None:
             for r in run:
                 self.add(sensor_id, session, r[2], r[3], r[7])
             return
@@ -192,10 +188,24 @@ class EnergyMeter:
         t0, w0 = last.tts, last.tw
         energy = covered = 0.0
         lo, hi = sensor.first_ns, sensor.last_ns
+        tell, length = self._period_sink or _told_nothing, self._period_ns
+        p_lo, p_hi = (t0 - t0 % length, t0 - t0 % length + length) if length else _NO_PERIOD
+        mark_e, mark_r, mark_c = 0.0, sensor.returned_wh, 0.0  # totals when the period began
         for r in run:
             t1, w1 = r[3], r[7]
             dt = (t1 - t0) / NS
-            if 0 <= dt <= bridge:
+            if not p_lo <= t1 <= p_hi:  # the pair leaves the period (only with a period sink)
+                _tell_share(tell, sensor_id, p_lo, energy - mark_e,
+                            sensor.returned_wh - mark_r, covered - mark_c)
+                if 0 <= dt <= bridge:
+                    consumed, returned, part_s = self._tell_parts(sensor_id, t0, w0, t1, w1)
+                    energy += consumed
+                    sensor.returned_wh += returned
+                    covered += part_s
+                mark_e, mark_r, mark_c = energy, sensor.returned_wh, covered
+                p_lo = t1 - t1 % length
+                p_hi = p_lo + length
+            elif 0 <= dt <= bridge:
                 if w0 >= 0 and w1 >= 0:
                     energy += (w0 + w1) * dt / 7200
                 else:
@@ -205,12 +215,24 @@ class EnergyMeter:
                 covered += dt
             lo, hi = min(lo, t1), max(hi, t1)
             t0, w0 = t1, w1
+        _tell_share(tell, sensor_id, p_lo, energy - mark_e, sensor.returned_wh - mark_r,
+                    covered - mark_c)
         sensor.energy_wh += energy
         sensor.covered_s += covered
         sensor.readings += len(run)
         sensor.first_ns, sensor.last_ns = lo, hi
         last.hi = last.tseq = run[-1][2]
         last.tts, last.tw = t0, w0
+
+    def _continued(self, sensor: _Sensor | None, session: str, seq: int) -> _Run | None:
+        """The run that a run of readings from `seq` continues where add_run may count them in
+        its one pass (known bridge, a present last reading, no per-pair listener); else None."""
+        runs = sensor.streams.get(session) if sensor is not None else None
+        last = runs[-1] if runs else None
+        if (sensor is None or last is None or sensor.bridge_s is None or self._sink is not None
+                or last.tseq < 0 or seq != last.hi + 1):
+            return None
+        return last
 
     def give_up(self, sensor_id: str, session: str, first: int, last: int) -> None:
         """Seqs first..last of a stream will never come (gaps.csv): their neighbours may meet."""
@@ -354,6 +376,21 @@ class EnergyMeter:
         s.covered_s += dt
         if self._sink is not None:
             self._sink(sensor_id, t0, w0, t1, w1)
+        if self._period_sink is not None:
+            self._tell_parts(sensor_id, t0, w0, t1, w1)
+
+    def _tell_parts(self, sensor_id: str, t0: int, w0: float, t1: int, w1: float
+                    ) -> tuple[float, float, float]:
+        """Tell the period sink a pair's parts; their consumed, returned and covered sums."""
+        tell, length = self._period_sink, self._period_ns
+        assert tell is not None  # noqa: S101 -- called only with a period sink
+        sums = [0.0, 0.0, 0.0]
+        for start, consumed, returned, part_s in split_pair(t0, w0, t1, w1, length):
+            tell(sensor_id, start - start % length, consumed, returned, part_s)
+            sums[0] += consumed
+            sums[1] += returned
+            sums[2] += part_s
+        return sums[0], sums[1], sums[2]
 
     def _learn(self, sensor_id: str, s: _Sensor, reading: tuple[str, int, int, float]) -> None:
         s.learning.append(reading)
@@ -410,6 +447,18 @@ class EnergyMeter:
         meter._retired.extend(retired)
         meter.ignored = ignored
         return meter
+
+
+def _told_nothing(sensor_id: str, start: int, consumed: float, returned: float,
+                  covered_s: float) -> None:
+    """The period sink of a meter without one."""
+
+
+def _tell_share(tell: PeriodSink, sensor_id: str, start: int, consumed: float,
+                returned: float, covered_s: float) -> None:
+    """A period's share of a run's pairs, if there is any."""
+    if consumed or returned or covered_s:
+        tell(sensor_id, start, consumed, returned, covered_s)
 
 
 def _newest_ns(runs: list[_Run]) -> int:

@@ -23,7 +23,8 @@ from math import isfinite
 from pathlib import Path
 from typing import Final
 
-from powmon.base.energy import EnergyMeter
+from powmon.base.energy import EnergyMeter, PeriodSink
+from powmon.base.rollups import MINUTE_NS
 from powmon.base.storage import SENSOR, SEQ, SESSION, TS, WATTS
 from powmon.base.text import parse_ts
 from powmon.common.schema.readings import Reading
@@ -34,17 +35,39 @@ log = logging.getLogger(__name__)
 ENERGY_FILE: Final = "energy.json"
 
 
+def stream_runs(readings: Sequence[Reading]) -> list[Sequence[Reading]]:
+    """A batch as runs of consecutive readings of one stream (how they come off the bus: a
+    reader's message is one), found once for the energy and the rollups."""
+    if not readings:
+        return []
+    runs = []
+    start, prev = 0, readings[0]
+    for i in range(1, len(readings)):  # inlined: it runs for every reading stored
+        r = readings[i]
+        if r[2] != prev[2] + 1 or r[1] != prev[1] or r[0] != prev[0]:
+            runs.append(readings[start:i])
+            start = i
+        prev = r
+    runs.append(readings[start:])
+    return runs
+
+
 class EnergyBook:
     """The meter, its file, and what the heartbeat shows of it."""
 
-    def __init__(self, root: Path, periods: Mapping[str, float]) -> None:
+    def __init__(self, root: Path, periods: Mapping[str, float],
+                 on_minute: PeriodSink | None = None) -> None:
         self.path = root / ENERGY_FILE
         self._periods = dict(periods)
+        self._on_minute = on_minute  # the rollups: told each pair's energy per minute
         self.meter = EnergyMeter(self._periods)
+        self.meter.split_by(MINUTE_NS, on_minute)
         self.save_errors = 0
 
     def load(self, tail: Iterable[Sequence[str]]) -> None:
-        """The saved totals, then the stored rows they may lag behind (CSV rows of the tail)."""
+        """The saved totals, then the stored rows they may lag behind (CSV rows of the tail);
+        the rollups are not told of those (they recompute the tail's minutes themselves)."""
+        self.meter.split_by(MINUTE_NS, None)
         try:
             state = json.loads(self.path.read_text(encoding="utf-8"))
             self.meter = EnergyMeter.from_state(state, self._periods)
@@ -59,21 +82,13 @@ class EnergyBook:
                 continue
             if isfinite(watts):
                 self.meter.add(row[SENSOR], row[SESSION], int(row[SEQ]), ts_ns, watts)
+        self.meter.split_by(MINUTE_NS, self._on_minute)
 
-    def add(self, readings: Sequence[Reading]) -> None:
-        """A batch, as runs of consecutive readings of one stream (how they come off the
-        bus: a reader's message is one), each counted in one pass (EnergyMeter.add_run)."""
-        if not readings:
-            return
+    def add(self, runs: Iterable[Sequence[Reading]]) -> None:
+        """A batch as its runs (stream_runs), each counted in one pass (EnergyMeter.add_run)."""
         add_run = self.meter.add_run
-        start, prev = 0, readings[0]
-        for i in range(1, len(readings)):  # inlined: it runs for every reading stored
-            r = readings[i]
-            if r[2] != prev[2] + 1 or r[1] != prev[1] or r[0] != prev[0]:
-                add_run(prev[0], prev[1], readings[start:i])
-                start = i
-            prev = r
-        add_run(prev[0], prev[1], readings[start:])
+        for run in runs:
+            add_run(run[0][0], run[0][1], run)
 
     def lost(self, lost: Iterable[Lost]) -> None:
         for gap in lost:

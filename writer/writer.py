@@ -46,7 +46,7 @@ from powmon.sink.api import (
     serve,
 )
 from powmon.writer.compress import Compressor
-from powmon.writer.energy import EnergyBook
+from powmon.writer.energy import EnergyBook, stream_runs
 from powmon.writer.resume import (
     cut_torn_row,
     key_of,
@@ -57,6 +57,7 @@ from powmon.writer.resume import (
     worth_resuming,
 )
 from powmon.writer.retention import Retention
+from powmon.writer.rollups import Rollups
 from powmon.writer.store import CsvStore
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class WriterConfig:
     compress: str = "none"  # COMPRESS, for a file once it is closed (the settings say gzip)
     data_max_bytes: int | None = None  # DATA_MAX_BYTES: retention by the raw files' total
     data_keep_days: float | None = None  # DATA_KEEP_DAYS: retention by a closed file's age
+    rollup_keep_days: float | None = 3650.0  # ROLLUP_KEEP_DAYS: rollup files kept (writer.rollups)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WriterConfig:
@@ -107,6 +109,7 @@ class WriterConfig:
             compress=settings.compress,
             data_max_bytes=settings.data_max_bytes,
             data_keep_days=settings.data_keep_days,
+            rollup_keep_days=settings.rollup_keep_days,
         )
 
     def core(self) -> CoreConfig:
@@ -144,7 +147,9 @@ class CsvSink(Sink):
         self._retry: Iterator[float] = self._new_backoff()
         self._retry_at = 0.0
         self._next_flush = clock() + config.flush_interval
-        self.energy = EnergyBook(config.data_root, config.energy_periods)
+        self.rollups = Rollups(config.data_root, config.energy_periods,
+                               config.rollup_keep_days, fsync=config.sync_write)
+        self.energy = EnergyBook(config.data_root, config.energy_periods, self.rollups.energy)
         self._next_energy_save = 0.0  # the first flush saves
         self.progress = ProgressFile(config.data_root / PROGRESS_FILE, fsync=config.sync_write)
         self.ledger = ProgressLedger()
@@ -176,6 +181,7 @@ class CsvSink(Sink):
                 stored.setdefault(key_of(row), set()).add(int(row[SEQ]))
             streams = self.ledger.resume(saved.streams, streams_of(rows), stored)
         self.energy.fold(self.ledger.open_holes())
+        self.rollups.resume(lambda budget: tail_rows(root, naming, budget))
         self.retention.enforce()  # at start: after the tail was read, before any write
         return worth_resuming(streams, rows)  # sessions complete and over are not taken up
 
@@ -191,6 +197,7 @@ class CsvSink(Sink):
             "flushes": self.flushes, "write_errors": self.write_errors,
             "pending": files.pending_rows, "dropped": self.dropped, **self.energy.counters(),
             **self.compressor.counters(),
+            **self.rollups.counters(),
         }
 
     def store(self, readings: Sequence[Reading], progress: Sequence[StreamState]) -> Stored:
@@ -210,7 +217,9 @@ class CsvSink(Sink):
                 self.files.pending_rows, len(dropped),
             )
         self.files.add_lines(csv_lines(readings))
-        self.energy.add(readings)
+        runs = stream_runs(readings)
+        self.energy.add(runs)
+        self.rollups.add_runs(runs)
         self.ledger.update(progress)
         return Stored(dropped=tuple(dropped))
 
@@ -270,6 +279,7 @@ class CsvSink(Sink):
         if now >= self._next_retention:  # rotations apply the rules too (_file_closed)
             self._next_retention = now + RETENTION_CHECK_S
             self.retention.enforce()
+        self.rollups.flush()  # of rows now on disk only
         if now >= self._next_energy_save:  # the totals of rows now on disk, never of more
             self._next_energy_save = now + self.config.energy_save_interval
             self.energy.fold(self.ledger.open_holes())  # ended sessions: their totals only
@@ -312,6 +322,7 @@ class CsvSink(Sink):
                     f"{self.config.data_root} at shutdown"
                 )
             self.energy.save()
+            self.rollups.close()
         finally:
             self.files.close()
         log.info("writer stopped rows=%d files_opened=%d", self.files.rows_written,

@@ -63,6 +63,7 @@ TOP: Final[dict[str, tuple[c.Check, Any]]] = {
     "PUBLISH_INTERVAL": (c.number(0, 5), 0.1),
     "DATA_MAX_BYTES": (c.optional(c.integer(1024)), None),
     "DATA_KEEP_DAYS": (c.optional(c.number(0, lo_open=True)), None),
+    "ROLLUP_KEEP_DAYS": (c.optional(c.number(0, lo_open=True)), 3650.0),
     "COMPRESS": (c.choice(COMPRESSIONS), "gzip"),
     "UPLINK_URL": (c.optional(c.URL), None),
     "HOST_KEY_ENV": (

@@ -35,6 +35,7 @@ class Settings:
     flush_interval: float
     data_max_bytes: int | None  # DATA_MAX_BYTES: the raw files' total kept (None: no cap)
     data_keep_days: float | None  # DATA_KEEP_DAYS: a closed file's age kept (None: forever)
+    rollup_keep_days: float | None  # ROLLUP_KEEP_DAYS: a rollup day's age kept (None: forever)
     compress: str  # COMPRESS: gzip | zstd | none, for a file once it is closed
     # the bus and its heartbeats
     broker_frontend: str
@@ -89,6 +90,7 @@ def build(
         heartbeat_interval=v["HEARTBEAT_INTERVAL"], stall_timeout=v["STALL_TIMEOUT"],
         flush_interval=v["FLUSH_INTERVAL"], replay_buffer=v["REPLAY_BUFFER"],
         data_max_bytes=v["DATA_MAX_BYTES"], data_keep_days=v["DATA_KEEP_DAYS"],
+        rollup_keep_days=v["ROLLUP_KEEP_DAYS"],
         compress=v["COMPRESS"],
         restart_backoff_max=v["RESTART_BACKOFF_MAX"], uplink=build_uplink(base, data_root, v),
         web_listen=v["WEB_LISTEN"], web_token=secret(v["WEB_TOKEN"]),

@@ -1,7 +1,8 @@
 """Per (sensor, period) figures for `powmon report`: energy, power, readings, coverage.
 
 Energy comes from base.energy's integrated pairs, split where a pair crosses a period
-boundary (or the --since/--until window), with the power interpolated there, so an hour gets
+boundary (or the --since/--until window), with the power interpolated there
+(base.segments.split_pair, which the writer's per-minute rollups use too), so an hour gets
 exactly the energy of its own minutes. Reading statistics (min, max, over-range) count the
 rows whose timestamp falls in the period. Periods are UTC hours or days, or the whole window.
 """
@@ -12,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from powmon.base.energy import NS, trapezoid_wh
+from powmon.base.segments import NS, split_pair, trapezoid_wh
 from powmon.base.text import format_ts
 
 MAX_EMPTY_PERIODS: Final = 100_000
@@ -121,15 +122,11 @@ class Periods:
             acc.returned_wh += returned
             acc.covered_s += (t1 - t0) / NS
             return
-        while lo < hi:
-            end = hi if not length else min(hi, (lo // length + 1) * length)
-            a, b = _at(t0, w0, t1, w1, lo), _at(t0, w0, t1, w1, end)
-            consumed, returned = trapezoid_wh(lo, a, end, b)
-            acc = self.acc(sensor_id, lo)
+        for start, consumed, returned, part_s in split_pair(t0, w0, t1, w1, length, lo, hi):
+            acc = self.acc(sensor_id, start)
             acc.energy_wh += consumed
             acc.returned_wh += returned
-            acc.covered_s += (end - lo) / NS
-            lo = end
+            acc.covered_s += part_s
 
     def window(self) -> tuple[int, int]:
         """The report's [start, end]: --since/--until, else the data's span."""
@@ -178,7 +175,3 @@ class Periods:
             return with_data
         return list(range(first, last + 1))
 
-
-def _at(t0: int, w0: float, t1: int, w1: float, t: int) -> float:
-    """The power at time t on the straight line between two readings."""
-    return w0 if t1 == t0 else w0 + (w1 - w0) * (t - t0) / (t1 - t0)

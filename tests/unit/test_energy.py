@@ -16,8 +16,8 @@ from powmon.base.energy import (
     LEARN_INTERVALS,
     EnergyMeter,
     bridge_limit,
-    trapezoid_wh,
 )
+from powmon.base.segments import trapezoid_wh
 from powmon.common.schema.readings import Reading
 
 S = 1_000_000_000  # ns per second
