@@ -105,9 +105,10 @@ class StoredRow(NamedTuple):
 
 
 def parse_row(fields: list[str]) -> StoredRow:
-    """The one parser of a data row's fields; ValueError (naming what is wrong) for a row that
-    is not a reading: the wrong field count, a bad timestamp or number, amps or watts that are
-    not finite."""
+    """A data row's fields as the offline tools and the energy tail use them (the columns they
+    need, parsed: the inner loop of report and plot; parse_reading reads every column); a
+    ValueError (naming what is wrong) for a row that is not a reading: the wrong field count,
+    a bad timestamp or number, amps or watts that are not finite."""
     if len(fields) != len(CSV_FIELDS):
         raise ValueError(f"{len(fields)} fields, expected {len(CSV_FIELDS)}")
     amps, watts = float(fields[AMPS]), float(fields[WATTS])
@@ -172,22 +173,28 @@ class FileNaming:
 def list_files(root: Path, naming: FileNaming) -> list[tuple[int, Path]]:
     """The data files in `root` as (counter, path), oldest first; other files are ignored.
 
-    One path per counter: a file and its compressed copy both exist only between the copy's
-    rename and the original's removal (a compression cut short); the original is whole, and is
-    the one listed, so no row is ever read twice.
+    One path per counter: of a file and its compressed copy, the original (one_copy).
     """
     try:
         entries = list(os.scandir(root))
     except FileNotFoundError:
         return []
-    found: dict[int, Path] = {}
-    for entry in entries:
-        counter = naming.counter_of(entry.name)
-        if counter is None or not entry.is_file():
-            continue
-        if counter not in found or compression_of(found[counter]) is not None:
-            found[counter] = Path(entry.path)
-    return sorted(found.items())
+    counted = {Path(e.path): c for e in entries
+               if (c := naming.counter_of(e.name)) is not None and e.is_file()}
+    kept: dict[int, Path] = {}
+    for path in one_copy(counted):
+        kept.setdefault(counted[path], path)
+    return sorted(kept.items())
+
+
+def one_copy(paths: Iterable[Path]) -> list[Path]:
+    """The paths less the compressed copies whose original is among them: a file and its copy
+    both exist only between the copy's rename and the original's removal (a compression cut
+    short), and the original is whole, so it is the one read: no row is ever read twice. The
+    writer's listing and the tools' (any paths given) both take this rule."""
+    paths = list(paths)
+    plain = {p for p in paths if compression_of(p) is None}
+    return [p for p in paths if compression_of(p) is None or p.with_name(p.stem) not in plain]
 
 
 def find_current(root: Path, naming: FileNaming) -> tuple[int, Path] | None:

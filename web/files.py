@@ -17,7 +17,7 @@ from pathlib import Path, PurePath
 from typing import Any, Final
 from urllib.parse import quote
 
-from powmon.base.storage import compression_of
+from powmon.base.storage import compression_of, plain_name
 from powmon.base.text import format_ts
 
 
@@ -48,8 +48,7 @@ def list_files(root: Path) -> list[DataFile]:
 
 def _listed(name: str) -> bool:
     """A CSV file, or a compressed one (a closed data file, base.storage)."""
-    return name.endswith(".csv") or (
-        compression_of(PurePath(name)) is not None and name[: name.rindex(".")].endswith(".csv"))
+    return plain_name(PurePath(name)).endswith(".csv")
 
 
 _MEDIA: Final = {"gzip": "application/gzip", "zstd": "application/zstd"}

@@ -22,6 +22,6 @@ def decode_message(frames: Sequence[bytes]) -> ReadingBatch | Status:
     ReadingBatch of a reading message (either version); SchemaError for anything else."""
     if not frames:
         raise SchemaError("expected 2 frames [topic, payload], got 0")
-    if bytes(frames[0][: len(STATUS_PREFIX)]) == STATUS_PREFIX:
+    if frames[0].startswith(STATUS_PREFIX):
         return decode_status(frames)
     return decode_batch(frames)

@@ -24,9 +24,9 @@ import click
 from powmon.base.storage import (
     DATA_GLOBS,
     StoredRow,
-    compression_of,
     creation_order,
     is_data_header,
+    one_copy,
     open_text,
     parse_reading,
     parse_row,
@@ -49,17 +49,9 @@ def data_files(paths: Iterable[Path]) -> list[Path]:
             found.append(path)
         else:
             raise click.BadParameter(f"{path}: no such file or folder", param_hint="FILES")
-    unique = _one_copy(dict.fromkeys(p.resolve() for p in found))
+    unique = one_copy(dict.fromkeys(p.resolve() for p in found))
     data = [p for p in unique if _is_data_file(p)]
     return sorted(data, key=creation_order)
-
-
-def _one_copy(paths: Iterable[Path]) -> list[Path]:
-    """A file and its compressed copy (a compression cut short) count once: the original,
-    which is whole (base.storage.list_files takes the same one)."""
-    paths = list(paths)
-    plain = {p for p in paths if compression_of(p) is None}
-    return [p for p in paths if compression_of(p) is None or p.with_name(p.stem) not in plain]
 
 
 def _is_data_file(path: Path) -> bool:
